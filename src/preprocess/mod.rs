@@ -1,0 +1,3 @@
+//! Turning files and strings into model inputs, exactly as the reference does.
+
+pub mod image;
