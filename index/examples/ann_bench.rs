@@ -1,0 +1,315 @@
+//! ANN benchmark: builds an index of N synthetic images (Q = 32, D = 256,
+//! clustered unit vectors, seeded), then measures search latency, recall@10
+//! against exact brute-force max-over-slots on the original f32 vectors, and
+//! resident memory of the reopened index. Prints one JSON line.
+//!
+//! ```text
+//! cargo run --release -p qseek-index --example ann_bench -- --items 20000 --queries 200 --dtype int8
+//! ```
+//!
+//! Options: `--graph-points R` (graph points per image, default 4), `--ef`,
+//! `--candidates`, `--threads` (default 2), `--dir` (default: a temp dir).
+//! The search half runs in a child process so that the memory it reports is
+//! the loaded index's alone, not what the build freed.
+
+use std::collections::BinaryHeap;
+use std::time::Instant;
+
+use qseek_index::{ImageRecord, Index, Manifest, ModelId, SearchParams, VectorDtype};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+const Q: usize = 32;
+const D: usize = 256;
+const CLUSTERS: u64 = 1000;
+const SEED: u64 = 42;
+const K: usize = 10;
+/// Spread of an image around its cluster centre, of a slot around its image,
+/// and of a query around the slot it was drawn from (norms of the noise).
+const IMAGE_SPREAD: f32 = 0.6;
+const SLOT_SPREAD: f32 = 0.8;
+const QUERY_SPREAD: f32 = 0.8;
+
+struct Args {
+    items: usize,
+    queries: usize,
+    dtype: VectorDtype,
+    graph_points: usize,
+    ef: usize,
+    candidates: usize,
+    threads: usize,
+    dir: Option<String>,
+    search_only: Option<f64>,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        items: 20_000,
+        queries: 200,
+        dtype: VectorDtype::F32,
+        graph_points: 4,
+        ef: 128,
+        candidates: 100,
+        threads: 2,
+        dir: None,
+        search_only: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let v = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--items" => a.items = v.parse().expect("--items N"),
+            "--queries" => a.queries = v.parse().expect("--queries M"),
+            "--dtype" => a.dtype = v.parse().expect("--dtype f32|f16|int8"),
+            "--graph-points" => a.graph_points = v.parse().expect("--graph-points R"),
+            "--ef" => a.ef = v.parse().expect("--ef N"),
+            "--candidates" => a.candidates = v.parse().expect("--candidates N"),
+            "--threads" => a.threads = v.parse().expect("--threads N"),
+            "--dir" => a.dir = Some(v),
+            "--search-only" => a.search_only = Some(v.parse().expect("--search-only BUILD_S")),
+            other => panic!("unknown option {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+fn gaussian_unit(rng: &mut SmallRng, scale: f32) -> Vec<f32> {
+    // Sum of uniforms is close enough to Gaussian for direction sampling.
+    (0..D)
+        .map(|_| {
+            (0..4).map(|_| rng.random_range(-1.0f32..1.0)).sum::<f32>()
+                * scale
+                * (3.0 / (4.0 * D as f32)).sqrt()
+        })
+        .collect()
+}
+
+fn normalise(v: &mut [f32]) {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|x| *x /= n);
+}
+
+fn centre(c: u64) -> Vec<f32> {
+    let mut rng = SmallRng::seed_from_u64(SEED ^ (c << 20) ^ 0xC0FFEE);
+    let mut v = gaussian_unit(&mut rng, 1.0);
+    normalise(&mut v);
+    v
+}
+
+/// The `Q × D` vectors of image `i`, a pure function of `i`.
+fn image_vectors(i: u64, centres: &[Vec<f32>]) -> Vec<f32> {
+    let mut rng = SmallRng::seed_from_u64(SEED.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i);
+    let c = &centres[rng.random_range(0..CLUSTERS) as usize];
+    let noise = gaussian_unit(&mut rng, IMAGE_SPREAD);
+    let mut base: Vec<f32> = c.iter().zip(&noise).map(|(a, b)| a + b).collect();
+    normalise(&mut base);
+    let mut out = Vec::with_capacity(Q * D);
+    for _ in 0..Q {
+        let noise = gaussian_unit(&mut rng, SLOT_SPREAD);
+        let mut v: Vec<f32> = base.iter().zip(&noise).map(|(a, b)| a + b).collect();
+        normalise(&mut v);
+        out.extend(v);
+    }
+    out
+}
+
+fn queries(n: usize, items: usize, centres: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let mut rng = SmallRng::seed_from_u64(SEED + 1);
+    (0..n)
+        .map(|_| {
+            let img = image_vectors(rng.random_range(0..items as u64), centres);
+            let slot = rng.random_range(0..Q);
+            let noise = gaussian_unit(&mut rng, QUERY_SPREAD);
+            let mut q: Vec<f32> = img[slot * D..(slot + 1) * D]
+                .iter()
+                .zip(&noise)
+                .map(|(a, b)| a + b)
+                .collect();
+            normalise(&mut q);
+            q
+        })
+        .collect()
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn model() -> ModelId {
+    ModelId {
+        model_id: "bench/synthetic".into(),
+        config_hash: "q32-d256".into(),
+    }
+}
+
+fn build(args: &Args, dir: &std::path::Path, centres: &[Vec<f32>]) -> f64 {
+    let mut manifest = Manifest::new(&model(), Q, D);
+    manifest.vector_dtype = args.dtype;
+    manifest.graph_points_per_image = args.graph_points;
+    let start = Instant::now();
+    let index = Index::create(dir, manifest).expect("create index");
+    let mut writer = index.writer().expect("writer");
+    const BATCH: usize = 2000;
+    for chunk_start in (0..args.items).step_by(BATCH) {
+        let end = (chunk_start + BATCH).min(args.items);
+        let vectors: Vec<Vec<f32>> = (chunk_start..end)
+            .into_par_iter()
+            .map(|i| image_vectors(i as u64, centres))
+            .collect();
+        for (i, v) in (chunk_start..end).zip(&vectors) {
+            let record = ImageRecord {
+                path: format!("photos/{}/{i}.jpg", i % 100),
+                size: 1,
+                mtime: 0,
+                content_hash: format!("{i:016x}"),
+                width: 1,
+                height: 1,
+            };
+            writer.add_image(record, v, None).expect("add image");
+        }
+        writer.commit().expect("commit");
+    }
+    start.elapsed().as_secs_f64()
+}
+
+fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]) {
+    let qs = queries(args.queries, args.items, centres);
+    let rss_before = rss_bytes();
+    let open_start = Instant::now();
+    let index = Index::open(dir, Some(&model())).expect("open index");
+    let open_s = open_start.elapsed().as_secs_f64();
+    let rss_after = rss_bytes();
+    let params = SearchParams {
+        ef: args.ef,
+        candidates: args.candidates,
+        ..SearchParams::default()
+    };
+    let mut latencies = Vec::with_capacity(qs.len());
+    let mut found = Vec::with_capacity(qs.len());
+    for q in &qs {
+        let t = Instant::now();
+        let hits = index.search_images(q, K, &params).expect("search");
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        // Paths are `photos/{i % 100}/{i}.jpg`: recover the item number.
+        found.push(
+            hits.iter()
+                .map(|h| {
+                    h.paths[0]
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .trim_end_matches(".jpg")
+                        .parse::<u64>()
+                        .unwrap()
+                })
+                .collect::<Vec<u64>>(),
+        );
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+
+    // Exact top-10 on the original f32 vectors, one pass over the images.
+    let truth: Vec<Vec<u64>> = {
+        let heaps = (0..args.items as u64)
+            .into_par_iter()
+            .fold(
+                || vec![BinaryHeap::<(std::cmp::Reverse<u32>, u64)>::new(); qs.len()],
+                |mut heaps, i| {
+                    let v = image_vectors(i, centres);
+                    for (h, q) in heaps.iter_mut().zip(&qs) {
+                        let s = qseek_index::max_sim::max_sim(q, &v).0;
+                        // f32 scores of unit vectors order like their bit patterns when ≥ 0; shift to keep negatives ordered.
+                        let key = (s + 2.0).to_bits();
+                        h.push((std::cmp::Reverse(key), i));
+                        if h.len() > K {
+                            h.pop();
+                        }
+                    }
+                    heaps
+                },
+            )
+            .reduce(
+                || vec![BinaryHeap::new(); qs.len()],
+                |mut a, b| {
+                    for (ha, hb) in a.iter_mut().zip(b) {
+                        for x in hb {
+                            ha.push(x);
+                            if ha.len() > K {
+                                ha.pop();
+                            }
+                        }
+                    }
+                    a
+                },
+            );
+        heaps
+            .into_iter()
+            .map(|h| h.into_iter().map(|(_, i)| i).collect())
+            .collect()
+    };
+    let hits: usize = found
+        .iter()
+        .zip(&truth)
+        .map(|(f, t)| f.iter().filter(|i| t.contains(i)).count())
+        .sum();
+    let recall = hits as f64 / (K * qs.len()) as f64;
+    let stats = index.stats();
+    println!(
+        "{}",
+        serde_json::json!({
+            "items": args.items,
+            "build_s": (build_s * 100.0).round() / 100.0,
+            "p50_ms": (pct(0.5) * 1000.0).round() / 1000.0,
+            "p99_ms": (pct(0.99) * 1000.0).round() / 1000.0,
+            "recall_at_10": recall,
+            "bytes_per_item": (rss_after.saturating_sub(rss_before)) / args.items as u64,
+            "open_s": (open_s * 100.0).round() / 100.0,
+            "dtype": format!("{:?}", args.dtype).to_lowercase(),
+            "graph_points_per_image": stats.graph_points_per_image,
+            "ef": args.ef,
+            "candidates": args.candidates,
+            "threads": args.threads,
+            "vector_bytes_per_item": stats.vector_bytes / args.items as u64,
+        })
+    );
+}
+
+fn main() {
+    let args = parse_args();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build_global()
+        .expect("rayon pool");
+    let centres: Vec<Vec<f32>> = (0..CLUSTERS).map(centre).collect();
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            tmp = tempfile::tempdir().expect("temp dir");
+            tmp.path().join("index")
+        }
+    };
+    if let Some(build_s) = args.search_only {
+        search(&args, &dir, build_s, &centres);
+        return;
+    }
+    let build_s = build(&args, &dir, &centres);
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if args.dir.is_none() {
+        argv.extend(["--dir".into(), dir.display().to_string()]);
+    }
+    argv.extend(["--search-only".into(), build_s.to_string()]);
+    let status = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .args(&argv)
+        .status()
+        .expect("run the search half");
+    std::process::exit(status.code().unwrap_or(1));
+}

@@ -1,0 +1,174 @@
+//! The HNSW graph (hnsw_rs) over graph vectors, and what goes into it.
+//!
+//! Why not every query vector of every image: hnsw_rs takes ~2.9 KB and ~0.3 ms
+//! of build time per point, so 32 points per image would cost ~92 KB and ~10 ms
+//! per image. Instead each image's Q vectors are clustered into
+//! `graph_points_per_image` unit centroids ([`graph_vectors`]); the graph only
+//! has to bring the right images into the candidate set, and the exact
+//! max-over-slots score is then recomputed from all Q stored vectors. Texts
+//! have one vector and put it in the graph as it is.
+
+use hnsw_rs::prelude::{Distance, Hnsw};
+
+use crate::max_sim::dot;
+use crate::point_map::{PointMap, PointTarget};
+
+/// Max neighbours per node and layer (layer 0 keeps twice as many).
+const MAX_CONNECTIONS: usize = 16;
+/// Candidate list size while inserting; higher builds slower and searches better.
+const EF_CONSTRUCTION: usize = 100;
+/// hnsw_rs's layer cap.
+const MAX_LAYERS: usize = 16;
+/// k-means rounds for the image centroids; more changes little on 32 slots.
+const KMEANS_ROUNDS: usize = 4;
+
+/// `1 - <a, b>` on unit vectors, clamped at 0: hnsw_rs asserts that distances
+/// are non-negative, and rounding can push a dot product of unit vectors past 1.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UnitDot;
+
+impl Distance<f32> for UnitDot {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).max(0.0)
+    }
+}
+
+/// An HNSW graph and the map from its point ids to items.
+pub(crate) struct AnnGraph {
+    hnsw: Hnsw<'static, f32, UnitDot>,
+    points: PointMap,
+}
+
+impl AnnGraph {
+    pub(crate) fn new(expected_points: usize) -> Self {
+        AnnGraph {
+            hnsw: Hnsw::new(
+                MAX_CONNECTIONS,
+                expected_points.max(1024),
+                MAX_LAYERS,
+                EF_CONSTRUCTION,
+                UnitDot,
+            ),
+            points: PointMap::default(),
+        }
+    }
+
+    /// Inserts the graph vectors (`dim` values each) of many items; parallel over rayon.
+    pub(crate) fn insert(&mut self, items: &[(u64, Vec<f32>)], dim: usize) {
+        let mut batch: Vec<(&[f32], usize)> = Vec::new();
+        for (item, vectors) in items {
+            for (slot, v) in vectors.chunks_exact(dim).enumerate() {
+                let id = self.points.push(PointTarget {
+                    row: *item,
+                    slot: slot as u16,
+                });
+                batch.push((v, id));
+            }
+        }
+        if batch.len() < 64 {
+            batch.iter().for_each(|p| self.hnsw.insert_slice(*p));
+        } else {
+            self.hnsw.parallel_insert_slice(&batch);
+        }
+    }
+
+    /// The `n` nearest points to `query` with their similarity, nearest first.
+    pub(crate) fn search(&self, query: &[f32], n: usize, ef: usize) -> Vec<(PointTarget, f32)> {
+        if self.points.is_empty() {
+            return Vec::new();
+        }
+        self.hnsw
+            .search(query, n, ef.max(n))
+            .into_iter()
+            .filter_map(|nb| Some((self.points.get(nb.d_id)?, 1.0 - nb.distance)))
+            .collect()
+    }
+
+    pub(crate) fn points(&self) -> &PointMap {
+        &self.points
+    }
+}
+
+/// The vectors an image puts in the graph: `k` unit centroids of its `Q` query
+/// vectors (spherical k-means, deterministic start on evenly spaced slots), or
+/// the vectors themselves when `k == Q`.
+pub(crate) fn graph_vectors(vectors: &[f32], dim: usize, k: usize) -> Vec<f32> {
+    let q = vectors.len() / dim;
+    if k >= q {
+        return vectors.to_vec();
+    }
+    let rows: Vec<&[f32]> = vectors.chunks_exact(dim).collect();
+    let mut centroids: Vec<f32> = (0..k)
+        .flat_map(|c| rows[c * q / k].iter().copied())
+        .collect();
+    let mut assignment = vec![0usize; q];
+    for _ in 0..KMEANS_ROUNDS {
+        for (r, row) in rows.iter().enumerate() {
+            assignment[r] = (0..k)
+                .max_by(|&a, &b| {
+                    let da = dot(row, &centroids[a * dim..(a + 1) * dim]);
+                    let db = dot(row, &centroids[b * dim..(b + 1) * dim]);
+                    da.total_cmp(&db)
+                })
+                .unwrap_or(0);
+        }
+        let mut sums = vec![0f32; k * dim];
+        for (r, row) in rows.iter().enumerate() {
+            let c = assignment[r];
+            sums[c * dim..(c + 1) * dim]
+                .iter_mut()
+                .zip(row.iter())
+                .for_each(|(s, x)| *s += x);
+        }
+        for c in 0..k {
+            let sum = &mut sums[c * dim..(c + 1) * dim];
+            let n = dot(sum, sum).sqrt();
+            // An empty cluster keeps its previous centroid.
+            if n > 1e-12 {
+                sum.iter_mut().for_each(|x| *x /= n);
+                centroids[c * dim..(c + 1) * dim].copy_from_slice(sum);
+            }
+        }
+    }
+    centroids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_vectors_are_unit_and_k_per_image() {
+        let dim = 8;
+        let vectors: Vec<f32> = (0..6 * dim)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0)
+            .collect::<Vec<_>>()
+            .chunks_exact(dim)
+            .flat_map(|v| {
+                let n = dot(v, v).sqrt();
+                v.iter().map(move |x| x / n).collect::<Vec<_>>()
+            })
+            .collect();
+        for k in [1, 2, 6] {
+            let g = graph_vectors(&vectors, dim, k);
+            assert_eq!(g.len(), k * dim);
+            for v in g.chunks_exact(dim) {
+                assert!((dot(v, v) - 1.0).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn search_finds_inserted_point_first() {
+        let dim = 4;
+        let mut graph = AnnGraph::new(10);
+        let items: Vec<(u64, Vec<f32>)> = vec![
+            (10, vec![1.0, 0.0, 0.0, 0.0]),
+            (11, vec![0.0, 1.0, 0.0, 0.0]),
+            (12, vec![0.0, 0.0, 1.0, 0.0]),
+        ];
+        graph.insert(&items, dim);
+        let hits = graph.search(&[0.0, 0.9, 0.1, 0.0], 2, 10);
+        assert_eq!(hits[0].0, PointTarget { row: 11, slot: 0 });
+    }
+}

@@ -1,0 +1,75 @@
+//! Search parameters, filters and hits.
+
+use crate::metadata_store::{ImageId, TextId};
+
+/// Restricts a search to some images (or texts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only images with a path that starts with this string.
+    pub path_prefix: Option<String>,
+    /// Only items that match this tantivy query over `name` (file name),
+    /// `path` (path components) and `text`, e.g. `name:beach OR path:2023`.
+    pub query: Option<String>,
+}
+
+/// How a search is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchParams {
+    /// HNSW search width; raised to the number of points asked for when lower.
+    pub ef: usize,
+    /// Distinct items whose score is recomputed exactly; at least `k`.
+    pub candidates: usize,
+    /// Optional restriction.
+    pub filter: Option<Filter>,
+    /// Score every (allowed) item exactly, without the graph.
+    pub exact: bool,
+    /// Below this many allowed items the search is exact anyway: scoring a
+    /// few thousand items beats walking a graph to find a few of them.
+    pub exact_below: usize,
+}
+
+impl Default for SearchParams {
+    fn default() -> Self {
+        SearchParams {
+            ef: 128,
+            candidates: 100,
+            filter: None,
+            exact: false,
+            exact_below: 2048,
+        }
+    }
+}
+
+/// One image found by a search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageHit {
+    /// The image.
+    pub image_id: ImageId,
+    /// Every path with this image's bytes, sorted.
+    pub paths: Vec<String>,
+    /// Exact score from the stored vectors: max-over-slots dot product for a
+    /// text query, symmetric Chamfer similarity for an image query.
+    pub score: f32,
+    /// Query slot of the image that reached the score (0 for image queries).
+    pub best_slot: usize,
+}
+
+/// One text found by a search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextHit {
+    /// The text.
+    pub text_id: TextId,
+    /// Its string.
+    pub text: String,
+    /// The caller's id for it, if given.
+    pub external_id: Option<String>,
+    /// Max over the query vectors of the dot product with the text's vector.
+    pub score: f32,
+    /// Query vector that reached the score.
+    pub best_slot: usize,
+}
+
+/// Sorts by score, highest first, ties by id so that results are deterministic.
+pub(crate) fn sort_hits<T>(hits: &mut [(f32, u64, T)]) {
+    hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+}

@@ -1,0 +1,298 @@
+//! Exact vectors, one fixed-size row per item, in an append-only file.
+//!
+//! A row holds `per_row` vectors of `dim` values (`Q` for an image, 1 for a
+//! text) in the index's [`VectorDtype`]. The file only grows between
+//! compactions; how many rows are committed is recorded in sled, in the same
+//! batch as the metadata that points at them, so bytes past that length are an
+//! interrupted commit and are cut off on open.
+//!
+//! Row layout on disk (little-endian): f32 and f16 store the `per_row * dim`
+//! values; int8 stores `per_row` f32 scales, then `per_row * dim` i8 codes.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use half::f16;
+
+use crate::manifest::VectorDtype;
+use crate::max_sim;
+use crate::{io_err, Error, Result};
+
+/// Rows in memory, in the index's dtype.
+enum RowData {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Int8 { codes: Vec<i8>, scales: Vec<f32> },
+}
+
+/// The in-memory copy of a vector file: decoded rows, scored without touching disk.
+pub(crate) struct VectorStoreReader {
+    dtype: VectorDtype,
+    dim: usize,
+    per_row: usize,
+    rows: usize,
+    data: RowData,
+}
+
+impl VectorStoreReader {
+    pub(crate) fn new(dtype: VectorDtype, dim: usize, per_row: usize) -> Self {
+        let data = match dtype {
+            VectorDtype::F32 => RowData::F32(Vec::new()),
+            VectorDtype::F16 => RowData::F16(Vec::new()),
+            VectorDtype::Int8 => RowData::Int8 {
+                codes: Vec::new(),
+                scales: Vec::new(),
+            },
+        };
+        VectorStoreReader {
+            dtype,
+            dim,
+            per_row,
+            rows: 0,
+            data,
+        }
+    }
+
+    /// Bytes of one row on disk.
+    pub(crate) fn row_bytes(&self) -> usize {
+        self.per_row * self.dtype.bytes_per_vector(self.dim)
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Bytes the rows take in memory.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.rows * self.row_bytes()
+    }
+
+    /// Encodes one row (`per_row * dim` f32 values) into its on-disk bytes.
+    pub(crate) fn encode_row(&self, values: &[f32]) -> Vec<u8> {
+        debug_assert_eq!(values.len(), self.per_row * self.dim);
+        let mut out = Vec::with_capacity(self.row_bytes());
+        match self.dtype {
+            VectorDtype::F32 => values
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            VectorDtype::F16 => values
+                .iter()
+                .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_le_bytes())),
+            VectorDtype::Int8 => {
+                let scales: Vec<f32> = values
+                    .chunks_exact(self.dim)
+                    .map(|v| v.iter().fold(0f32, |m, x| m.max(x.abs())) / 127.0)
+                    .collect();
+                scales
+                    .iter()
+                    .for_each(|s| out.extend_from_slice(&s.to_le_bytes()));
+                for (v, scale) in values.chunks_exact(self.dim).zip(&scales) {
+                    let inv = if *scale > 0.0 { 1.0 / scale } else { 0.0 };
+                    out.extend(
+                        v.iter()
+                            .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8 as u8),
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// Appends one encoded row.
+    pub(crate) fn push_encoded(&mut self, bytes: &[u8]) {
+        debug_assert_eq!(bytes.len(), self.row_bytes());
+        match &mut self.data {
+            RowData::F32(v) => v.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap())),
+            ),
+            RowData::F16(v) => v.extend(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes(b.try_into().unwrap())),
+            ),
+            RowData::Int8 { codes, scales } => {
+                let (s, c) = bytes.split_at(self.per_row * 4);
+                scales.extend(
+                    s.chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap())),
+                );
+                codes.extend(c.iter().map(|&b| b as i8));
+            }
+        }
+        self.rows += 1;
+    }
+
+    /// Max over the row's vectors of `<query, vector>`, with the slot that reached it.
+    /// `scratch` must hold `dim` values (used by f16 only).
+    pub(crate) fn max_sim(&self, row: usize, query: &[f32], scratch: &mut [f32]) -> (f32, usize) {
+        let n = self.per_row * self.dim;
+        match &self.data {
+            RowData::F32(v) => max_sim::max_sim(query, &v[row * n..(row + 1) * n]),
+            RowData::F16(v) => max_sim::max_sim_f16(query, &v[row * n..(row + 1) * n], scratch),
+            RowData::Int8 { codes, scales } => max_sim::max_sim_i8(
+                query,
+                &codes[row * n..(row + 1) * n],
+                &scales[row * self.per_row..(row + 1) * self.per_row],
+            ),
+        }
+    }
+
+    /// The row decoded to f32 (`per_row * dim` values).
+    pub(crate) fn row_f32(&self, row: usize) -> Vec<f32> {
+        let n = self.per_row * self.dim;
+        match &self.data {
+            RowData::F32(v) => v[row * n..(row + 1) * n].to_vec(),
+            RowData::F16(v) => v[row * n..(row + 1) * n]
+                .iter()
+                .map(|x| x.to_f32())
+                .collect(),
+            RowData::Int8 { codes, scales } => codes[row * n..(row + 1) * n]
+                .chunks_exact(self.dim)
+                .zip(&scales[row * self.per_row..])
+                .flat_map(|(c, s)| c.iter().map(move |&x| x as f32 * s))
+                .collect(),
+        }
+    }
+}
+
+/// The append side of a vector file. Owned by the writer; `append` then `sync`
+/// before the commit that records the new length.
+pub(crate) struct VectorFileWriter {
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+impl VectorFileWriter {
+    /// Opens (or creates) `path`, cuts it to `committed_len` bytes (dropping
+    /// any interrupted commit) and loads its rows into `reader`.
+    pub(crate) fn open(
+        path: &Path,
+        committed_len: u64,
+        reader: Option<&mut VectorStoreReader>,
+    ) -> Result<Self> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path))?;
+        let actual = file.metadata().map_err(io_err(path))?.len();
+        if actual < committed_len {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                expected: committed_len,
+                actual,
+            });
+        }
+        if actual > committed_len {
+            file.set_len(committed_len).map_err(io_err(path))?;
+            file.sync_all().map_err(io_err(path))?;
+        }
+        let Some(reader) = reader else {
+            return Ok(VectorFileWriter {
+                path: path.to_path_buf(),
+                file,
+                len: committed_len,
+            });
+        };
+        let row_bytes = reader.row_bytes() as u64;
+        if committed_len % row_bytes != 0 {
+            return Err(Error::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("committed length {committed_len} is not a multiple of the row size {row_bytes}"),
+            });
+        }
+        // Read in blocks of rows: the whole file at once would double peak memory.
+        let mut buf = vec![0u8; row_bytes as usize * 256];
+        let mut left = committed_len;
+        while left > 0 {
+            let take = left.min(buf.len() as u64) as usize;
+            file.read_exact(&mut buf[..take]).map_err(io_err(path))?;
+            for row in buf[..take].chunks_exact(row_bytes as usize) {
+                reader.push_encoded(row);
+            }
+            left -= take as u64;
+        }
+        Ok(VectorFileWriter {
+            path: path.to_path_buf(),
+            file,
+            len: committed_len,
+        })
+    }
+
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        self.file
+            .seek(SeekFrom::Start(self.len))
+            .map_err(io_err(&self.path))?;
+        self.file.write_all(bytes).map_err(io_err(&self.path))?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Makes the appended bytes durable.
+    pub(crate) fn sync(&mut self) -> Result<()> {
+        self.file.sync_data().map_err(io_err(&self.path))
+    }
+
+    /// Reads `buf.len()` committed bytes at `offset` (compaction copies rows this way).
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(io_err(&self.path))
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Forgets bytes appended since `len` (a commit that failed before it was recorded).
+    pub(crate) fn rollback(&mut self, len: u64) -> Result<()> {
+        self.file.set_len(len).map_err(io_err(&self.path))?;
+        self.len = len;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(dim: usize, seed: usize) -> Vec<f32> {
+        let v: Vec<f32> = (0..dim).map(|i| ((i + seed) as f32 * 0.7).sin()).collect();
+        let n = max_sim::norm(&v);
+        v.into_iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn every_dtype_round_trips_within_its_precision() {
+        let (dim, per_row) = (40, 3);
+        let row: Vec<f32> = (0..per_row).flat_map(|s| unit(dim, s)).collect();
+        for (dtype, tolerance) in [
+            (VectorDtype::F32, 1e-6),
+            (VectorDtype::F16, 2e-3),
+            (VectorDtype::Int8, 1e-2),
+        ] {
+            let mut store = VectorStoreReader::new(dtype, dim, per_row);
+            let bytes = store.encode_row(&row);
+            assert_eq!(bytes.len(), store.row_bytes());
+            store.push_encoded(&bytes);
+            let back = store.row_f32(0);
+            let err = row
+                .iter()
+                .zip(&back)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err < tolerance, "{dtype:?}: max error {err}");
+            let mut scratch = vec![0.0; dim];
+            let (score, slot) = store.max_sim(0, &row[dim..2 * dim], &mut scratch);
+            assert_eq!(slot, 1, "{dtype:?}");
+            assert!((score - 1.0).abs() < 10.0 * tolerance, "{dtype:?}: {score}");
+        }
+    }
+}

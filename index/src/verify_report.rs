@@ -1,0 +1,261 @@
+//! `verify`: every invariant of an index, checked against what is on disk.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+
+use crate::index::Index;
+use crate::manifest::Manifest;
+use crate::max_sim::norm;
+
+/// What [`Index::verify`] found. Empty `problems` means the index is sound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Live images checked.
+    pub images: usize,
+    /// Live paths checked.
+    pub paths: usize,
+    /// Live texts checked.
+    pub texts: usize,
+    /// One line per broken invariant, naming the file or item.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether no invariant is broken.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{} images, {} paths, {} texts",
+            self.images, self.paths, self.texts
+        )?;
+        if self.problems.is_empty() {
+            return writeln!(f, "ok");
+        }
+        for p in &self.problems {
+            writeln!(f, "problem: {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Tolerance on the norm of a stored vector: int8 quantisation moves it ~1%.
+const NORM_TOLERANCE: f32 = 0.05;
+
+pub(crate) fn verify(index: &Index) -> VerifyReport {
+    let shared = &index.shared;
+    let mut problems = Vec::new();
+    match Manifest::read(&shared.dir) {
+        Ok(m) if m == shared.manifest => {}
+        Ok(_) => problems.push("manifest.json changed since the index was opened".to_string()),
+        Err(e) => problems.push(format!("manifest: {e}")),
+    }
+    let state = index.state();
+    match shared.meta.load() {
+        Ok(disk) => {
+            if disk.state != state.commit {
+                problems.push(format!(
+                    "sled commit state (generation {}) differs from the loaded one (generation {})",
+                    disk.state.generation, state.commit.generation
+                ));
+            }
+            if disk.images != state.images || disk.texts != state.texts {
+                problems.push("sled entries differ from the loaded ones".to_string());
+            }
+            if disk.paths.len() != state.paths.len() || disk.hashes != state.hashes {
+                problems.push("sled path or hash index differs from the loaded one".to_string());
+            }
+        }
+        Err(e) => problems.push(format!("metadata: {e}")),
+    }
+    for (name, len, rows, row_bytes) in [
+        (
+            &state.commit.image_vectors_file,
+            state.commit.image_vectors_len,
+            state.image_vectors.rows(),
+            state.image_vectors.row_bytes(),
+        ),
+        (
+            &state.commit.text_vectors_file,
+            state.commit.text_vectors_len,
+            state.text_vectors.rows(),
+            state.text_vectors.row_bytes(),
+        ),
+        (&state.commit.features_file, state.commit.features_len, 0, 0),
+    ] {
+        let path = shared.dir.join(name);
+        match std::fs::metadata(&path) {
+            Ok(md) if md.len() != len => problems.push(format!(
+                "{}: {} bytes on disk, last commit recorded {len}",
+                path.display(),
+                md.len()
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+        if row_bytes > 0 && (rows * row_bytes) as u64 != len {
+            problems.push(format!(
+                "{}: {rows} rows loaded for {len} committed bytes",
+                path.display()
+            ));
+        }
+    }
+
+    // Image entries ↔ rows ↔ paths ↔ hashes.
+    let mut rows_seen: HashMap<u64, u64> = HashMap::new();
+    for (id, e) in &state.images {
+        if id >= &state.commit.next_image_id {
+            problems.push(format!(
+                "image {id}: id not below next_image_id {}",
+                state.commit.next_image_id
+            ));
+        }
+        if let Some(other) = rows_seen.insert(e.row, *id) {
+            problems.push(format!(
+                "images {other} and {id} share vector row {}",
+                e.row
+            ));
+        }
+        if state.image_rows.get(e.row as usize).copied().flatten() != Some(*id) {
+            problems.push(format!(
+                "image {id}: row table does not map row {} to it",
+                e.row
+            ));
+        }
+        if e.paths.is_empty() {
+            problems.push(format!("image {id}: no paths"));
+        }
+        for p in &e.paths {
+            if state.paths.get(&p.path) != Some(id) {
+                problems.push(format!("image {id}: path {:?} not mapped to it", p.path));
+            }
+        }
+        if state.hashes.get(&e.content_hash) != Some(id) {
+            problems.push(format!(
+                "image {id}: content hash {} not mapped to it",
+                e.content_hash
+            ));
+        }
+        if let Some(f) = &e.features {
+            let end = f.offset + 2 * f.shape.iter().product::<usize>() as u64;
+            if end > state.commit.features_len {
+                problems.push(format!(
+                    "image {id}: vision features end at byte {end}, past the committed length"
+                ));
+            }
+        }
+    }
+    for (path, id) in &state.paths {
+        if !state
+            .images
+            .get(id)
+            .is_some_and(|e| e.paths.iter().any(|p| &p.path == path))
+        {
+            problems.push(format!(
+                "path {path:?}: maps to image {id}, which does not list it"
+            ));
+        }
+    }
+    for (hash, id) in &state.hashes {
+        if !state
+            .images
+            .get(id)
+            .is_some_and(|e| &e.content_hash == hash)
+        {
+            problems.push(format!(
+                "content hash {hash}: maps to image {id}, which has another hash"
+            ));
+        }
+    }
+    let live_rows = state.image_rows.iter().filter(|r| r.is_some()).count();
+    if live_rows != state.images.len() {
+        problems.push(format!(
+            "{live_rows} live image rows for {} images",
+            state.images.len()
+        ));
+    }
+    for (id, e) in &state.texts {
+        if state.text_rows.get(e.row as usize).copied().flatten() != Some(*id) {
+            problems.push(format!(
+                "text {id}: row table does not map row {} to it",
+                e.row
+            ));
+        }
+        if id >= &state.commit.next_text_id {
+            problems.push(format!(
+                "text {id}: id not below next_text_id {}",
+                state.commit.next_text_id
+            ));
+        }
+    }
+
+    // Every live row has its graph points.
+    let mut points_per_row: HashMap<u64, usize> = HashMap::new();
+    for (_, target) in state.image_graph.points().iter() {
+        *points_per_row.entry(target.row).or_default() += 1;
+    }
+    let per_image = shared.manifest.graph_points_per_image;
+    for e in state.images.values() {
+        let n = points_per_row.get(&e.row).copied().unwrap_or(0);
+        if n != per_image {
+            problems.push(format!(
+                "vector row {}: {n} graph points, expected {per_image}",
+                e.row
+            ));
+        }
+    }
+    let text_points: std::collections::HashSet<u64> = state
+        .text_graph
+        .points()
+        .iter()
+        .map(|(_, t)| t.row)
+        .collect();
+    for (id, e) in &state.texts {
+        if !text_points.contains(&e.row) {
+            problems.push(format!("text {id}: not in the text graph"));
+        }
+    }
+
+    // Stored vectors are finite and unit-length.
+    let dim = shared.manifest.dim;
+    let bad_vectors: Vec<String> = state
+        .images
+        .par_iter()
+        .filter_map(|(id, e)| {
+            let v = state.image_vectors.row_f32(e.row as usize);
+            let bad = v.chunks_exact(dim).any(|x| {
+                let n = norm(x);
+                !n.is_finite() || (n - 1.0).abs() > NORM_TOLERANCE
+            });
+            bad.then(|| format!("image {id}: a stored vector is not finite or not unit-length"))
+        })
+        .collect();
+    problems.extend(bad_vectors);
+
+    drop(state);
+    let state = index.state();
+    match index.lexical().counts() {
+        Ok((paths, texts)) => {
+            if paths != state.paths.len() as u64 || texts != state.texts.len() as u64 {
+                problems.push(format!(
+                    "lexical index has {paths} paths and {texts} texts, metadata {} and {}",
+                    state.paths.len(),
+                    state.texts.len()
+                ));
+            }
+        }
+        Err(e) => problems.push(format!("lexical index: {e}")),
+    }
+    VerifyReport {
+        images: state.images.len(),
+        paths: state.paths.len(),
+        texts: state.texts.len(),
+        problems,
+    }
+}

@@ -1,0 +1,530 @@
+//! One small test per behaviour of the index.
+
+mod common;
+
+use common::*;
+use qseek_index::{Error, Filter, Index, SearchParams, VectorDtype};
+
+fn exact() -> SearchParams {
+    SearchParams {
+        exact: true,
+        ..SearchParams::default()
+    }
+}
+
+/// Forces the graph path even on tiny collections.
+fn ann() -> SearchParams {
+    SearchParams {
+        exact_below: 0,
+        candidates: 10,
+        ..SearchParams::default()
+    }
+}
+
+/// An index with `n` images `img/{i}.jpg` whose vectors are `unit_vectors(i, Q)`.
+fn index_with_images(dir: &std::path::Path, n: u64) -> Index {
+    let index = create(dir);
+    let mut w = index.writer().unwrap();
+    for i in 0..n {
+        w.add_image(
+            record(&format!("img/{i}.jpg"), &format!("h{i}")),
+            &unit_vectors(i, Q),
+            None,
+        )
+        .unwrap();
+    }
+    w.commit().unwrap();
+    drop(w);
+    index
+}
+
+#[test]
+fn a_query_equal_to_a_slot_finds_that_image_with_score_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 50);
+    let query = &unit_vectors(17, Q)[2 * D..3 * D];
+    for params in [exact(), ann()] {
+        let hits = index.search_images(query, 3, &params).unwrap();
+        assert_eq!(hits[0].paths, vec!["img/17.jpg"]);
+        assert!((hits[0].score - 1.0).abs() < 1e-5);
+        assert_eq!(hits[0].best_slot, 2);
+        assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+    }
+}
+
+#[test]
+fn ann_and_exact_agree_on_scores_of_returned_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 200);
+    let query = &unit_vectors(999, 1);
+    let exact_hits = index.search_images(query, 5, &exact()).unwrap();
+    let ann_hits = index
+        .search_images(
+            query,
+            5,
+            &SearchParams {
+                exact_below: 0,
+                ..SearchParams::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(exact_hits, ann_hits);
+}
+
+#[test]
+fn reopen_restores_committed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let index = index_with_images(dir.path(), 20);
+        index
+            .search_images(&unit_vectors(5, 1), 5, &exact())
+            .unwrap()
+    };
+    let index = Index::open(dir.path(), Some(&model())).unwrap();
+    assert_eq!(
+        index
+            .search_images(&unit_vectors(5, 1), 5, &exact())
+            .unwrap(),
+        before
+    );
+    assert!(index.verify().is_ok(), "{}", index.verify());
+}
+
+#[test]
+fn uncommitted_changes_are_invisible_and_lost_on_drop() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 3);
+    let mut w = index.writer().unwrap();
+    w.add_image(record("new.jpg", "hnew"), &unit_vectors(100, Q), None)
+        .unwrap();
+    assert!(w.remove_path("img/0.jpg").unwrap());
+    assert!(index.image_by_path("new.jpg").is_none());
+    assert!(index.image_by_path("img/0.jpg").is_some());
+    drop(w);
+    drop(index);
+    let index = Index::open(dir.path(), None).unwrap();
+    assert_eq!(index.paths(), vec!["img/0.jpg", "img/1.jpg", "img/2.jpg"]);
+}
+
+#[test]
+fn identical_bytes_share_one_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    let a = w
+        .add_image(record("a.jpg", "same"), &unit_vectors(1, Q), None)
+        .unwrap();
+    let b = w
+        .add_image(record("copy/a.jpg", "same"), &unit_vectors(2, Q), None)
+        .unwrap();
+    let c = w.add_path(record("copy2/a.jpg", "same")).unwrap();
+    w.commit().unwrap();
+    assert_eq!((a, a), (b, c));
+    assert_eq!(index.stats().images, 1);
+    assert_eq!(index.stats().paths, 3);
+    let hit = &index
+        .search_images(&unit_vectors(1, 1), 1, &exact())
+        .unwrap()[0];
+    assert_eq!(hit.paths, vec!["a.jpg", "copy/a.jpg", "copy2/a.jpg"]);
+    assert!(matches!(
+        w.add_path(record("x.jpg", "unknown")),
+        Err(Error::UnknownHash { .. })
+    ));
+}
+
+#[test]
+fn removing_the_last_path_removes_the_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 3);
+    let mut w = index.writer().unwrap();
+    w.add_path(record("dup.jpg", "h1")).unwrap();
+    w.remove_path("img/1.jpg").unwrap();
+    w.commit().unwrap();
+    assert_eq!(index.stats().images, 3);
+    w.remove_path("dup.jpg").unwrap();
+    w.commit().unwrap();
+    assert_eq!(index.stats().images, 2);
+    assert!(index.image_by_hash("h1").is_none());
+    assert_eq!(index.stats().dead_image_rows, 1);
+    assert!(index.verify().is_ok(), "{}", index.verify());
+}
+
+#[test]
+fn re_adding_a_path_with_new_bytes_replaces_its_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 3);
+    let mut w = index.writer().unwrap();
+    w.add_image(record("img/0.jpg", "edited"), &unit_vectors(50, Q), None)
+        .unwrap();
+    w.commit().unwrap();
+    let hit = &index
+        .search_images(&unit_vectors(50, 1), 1, &exact())
+        .unwrap()[0];
+    assert_eq!(hit.paths, vec!["img/0.jpg"]);
+    assert!((hit.score - 1.0).abs() < 1e-5);
+    assert!(index.image_by_hash("h0").is_none());
+    assert_eq!(index.stats().images, 3);
+}
+
+#[test]
+fn compact_drops_tombstones_and_keeps_every_live_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 40);
+    let mut w = index.writer().unwrap();
+    for i in (0..40).step_by(2) {
+        w.remove_path(&format!("img/{i}.jpg")).unwrap();
+    }
+    w.add_text("a text", None, &unit_vectors(7, 1)).unwrap();
+    w.commit().unwrap();
+    drop(w);
+    let before = index
+        .search_images(&unit_vectors(9, 1), 10, &exact())
+        .unwrap();
+    index.compact().unwrap();
+    let stats = index.stats();
+    assert_eq!(
+        (
+            stats.images,
+            stats.dead_image_rows,
+            stats.image_graph_points
+        ),
+        (20, 0, 40)
+    );
+    assert_eq!(
+        index
+            .search_images(&unit_vectors(9, 1), 10, &exact())
+            .unwrap(),
+        before
+    );
+    assert!(index.verify().is_ok(), "{}", index.verify());
+    drop(index);
+    let index = Index::open(dir.path(), None).unwrap();
+    assert_eq!(
+        index
+            .search_images(&unit_vectors(9, 1), 10, &ann())
+            .unwrap()[0],
+        before[0]
+    );
+    assert!(index.verify().is_ok(), "{}", index.verify());
+}
+
+#[test]
+fn texts_are_found_by_the_max_over_query_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    for i in 0..30u64 {
+        w.add_text(
+            &format!("caption number {i}"),
+            Some(format!("ext{i}")),
+            &unit_vectors(1000 + i, 1),
+        )
+        .unwrap();
+    }
+    w.commit().unwrap();
+    // An image whose third query vector is text 12's vector.
+    let mut queries = unit_vectors(5, Q);
+    queries[2 * D..3 * D].copy_from_slice(&unit_vectors(1012, 1));
+    for params in [exact(), ann()] {
+        let hit = &index.search_texts(&queries, 3, &params).unwrap()[0];
+        assert_eq!(
+            (hit.text.as_str(), hit.external_id.as_deref()),
+            ("caption number 12", Some("ext12"))
+        );
+        assert_eq!(hit.best_slot, 2);
+        assert!((hit.score - 1.0).abs() < 1e-5);
+    }
+    assert_eq!(index.texts().len(), 30);
+}
+
+#[test]
+fn text_filter_restricts_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    w.add_text("a dog on a beach", None, &unit_vectors(1, 1))
+        .unwrap();
+    w.add_text("a cat on a sofa", None, &unit_vectors(2, 1))
+        .unwrap();
+    w.commit().unwrap();
+    let params = SearchParams {
+        filter: Some(Filter {
+            path_prefix: None,
+            query: Some("cat".into()),
+        }),
+        ..SearchParams::default()
+    };
+    let hits = index.search_texts(&unit_vectors(1, Q), 5, &params).unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].text, "a cat on a sofa");
+}
+
+#[test]
+fn filters_by_path_prefix_and_by_tantivy_query_lose_no_recall() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    for i in 0..300u64 {
+        let folder = if i % 10 == 0 { "beach" } else { "city" };
+        w.add_image(
+            record(&format!("{folder}/photo_{i}.jpg"), &format!("h{i}")),
+            &unit_vectors(i, Q),
+            None,
+        )
+        .unwrap();
+    }
+    w.commit().unwrap();
+    let query = unit_vectors(4242, 1);
+    for filter in [
+        Filter {
+            path_prefix: Some("beach/".into()),
+            query: None,
+        },
+        Filter {
+            path_prefix: None,
+            query: Some("path:beach".into()),
+        },
+    ] {
+        let expected = index
+            .search_images(
+                &query,
+                5,
+                &SearchParams {
+                    filter: Some(filter.clone()),
+                    ..exact()
+                },
+            )
+            .unwrap();
+        let got = index
+            .search_images(
+                &query,
+                5,
+                &SearchParams {
+                    filter: Some(filter.clone()),
+                    ..ann()
+                },
+            )
+            .unwrap();
+        assert_eq!(got, expected, "{filter:?}");
+        assert!(got.iter().all(|h| h.paths[0].starts_with("beach/")));
+    }
+    let bad = SearchParams {
+        filter: Some(Filter {
+            path_prefix: None,
+            query: Some("name:(".into()),
+        }),
+        ..SearchParams::default()
+    };
+    assert!(matches!(
+        index.search_images(&query, 5, &bad),
+        Err(Error::BadQuery { .. })
+    ));
+}
+
+#[test]
+fn similar_images_ranks_a_near_copy_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 100);
+    let mut near = unit_vectors(33, Q);
+    near.iter_mut()
+        .zip(unit_vectors(7777, Q))
+        .for_each(|(x, n)| *x += 0.1 * n);
+    near.chunks_exact_mut(D).for_each(normalise);
+    let hits = index.similar_images(&near, 3, &ann()).unwrap();
+    assert_eq!(hits[0].paths, vec!["img/33.jpg"]);
+    let id = index.image_by_path("img/33.jpg").unwrap().image_id;
+    let hits = index.similar_to_image(id, 3, &exact()).unwrap();
+    assert!(hits.iter().all(|h| h.image_id != id));
+    assert_eq!(hits.len(), 3);
+}
+
+#[test]
+fn every_dtype_returns_the_same_top_image_with_close_scores() {
+    for dtype in [VectorDtype::F32, VectorDtype::F16, VectorDtype::Int8] {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::create(dir.path(), manifest(dtype)).unwrap();
+        let mut w = index.writer().unwrap();
+        for i in 0..30u64 {
+            w.add_image(
+                record(&format!("{i}.jpg"), &format!("h{i}")),
+                &unit_vectors(i, Q),
+                None,
+            )
+            .unwrap();
+        }
+        w.commit().unwrap();
+        let hit = &index
+            .search_images(&unit_vectors(12, 1), 1, &exact())
+            .unwrap()[0];
+        assert_eq!(hit.paths, vec!["12.jpg"], "{dtype:?}");
+        assert!((hit.score - 1.0).abs() < 0.01, "{dtype:?}: {}", hit.score);
+        assert!(index.verify().is_ok(), "{dtype:?}: {}", index.verify());
+    }
+}
+
+#[test]
+fn vision_features_round_trip_as_f16() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = manifest(VectorDtype::F32);
+    m.store_vision_features = true;
+    let index = Index::create(dir.path(), m).unwrap();
+    let features: Vec<f32> = (0..3 * 5).map(|i| i as f32 * 0.25).collect();
+    let mut w = index.writer().unwrap();
+    let id = w
+        .add_image(
+            record("a.jpg", "ha"),
+            &unit_vectors(1, Q),
+            Some((&features, &[3, 5])),
+        )
+        .unwrap();
+    w.commit().unwrap();
+    drop(w);
+    drop(index);
+    let index = Index::open(dir.path(), None).unwrap();
+    assert_eq!(
+        index.vision_features(id).unwrap(),
+        Some((features, vec![3, 5]))
+    );
+    assert_eq!(index.stats().vision_features_bytes, 30);
+}
+
+#[test]
+fn vision_features_are_refused_when_the_index_does_not_store_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    let r = w.add_image(
+        record("a.jpg", "ha"),
+        &unit_vectors(1, Q),
+        Some((&[1.0], &[1])),
+    );
+    assert!(matches!(r, Err(Error::VisionFeatures { .. })));
+}
+
+#[test]
+fn wrong_vector_dimension_is_reported_with_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    let r = w.add_image(record("a.jpg", "ha"), &unit_vectors(1, Q - 1), None);
+    assert!(
+        matches!(r, Err(Error::WrongVectorDimension { expected, received }) if expected == Q * D && received == (Q - 1) * D)
+    );
+    let r = index.search_images(&[1.0; 3], 1, &SearchParams::default());
+    assert!(matches!(
+        r,
+        Err(Error::WrongVectorDimension {
+            expected: D,
+            received: 3
+        })
+    ));
+}
+
+#[test]
+fn only_one_writer_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let w = index.writer().unwrap();
+    assert!(matches!(index.writer(), Err(Error::WriterBusy)));
+    drop(w);
+    assert!(index.writer().is_ok());
+}
+
+#[test]
+fn opening_with_another_model_fails_and_names_both() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(create(dir.path()));
+    let other = qseek_index::ModelId {
+        model_id: "test/blip2".into(),
+        config_hash: "cfg2".into(),
+    };
+    let err = Index::open(dir.path(), Some(&other)).err().unwrap();
+    assert!(matches!(err, Error::ModelMismatch { .. }));
+    assert!(
+        err.to_string().contains("cfg1") && err.to_string().contains("cfg2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn opening_a_newer_format_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(create(dir.path()));
+    let path = dir.path().join("manifest.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"format_version\": 1", "\"format_version\": 99");
+    std::fs::write(&path, text).unwrap();
+    let err = Index::open(dir.path(), None).err().unwrap();
+    assert!(matches!(err, Error::NewerFormat { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn creating_over_an_existing_index_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(create(dir.path()));
+    assert!(matches!(
+        Index::create(dir.path(), manifest(VectorDtype::F32)),
+        Err(Error::AlreadyExists { .. })
+    ));
+}
+
+#[test]
+fn a_corrupt_manifest_is_named_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(create(dir.path()));
+    std::fs::write(dir.path().join("manifest.json"), b"{ not json").unwrap();
+    let err = Index::open(dir.path(), None).err().unwrap();
+    assert!(err.to_string().contains("manifest.json"), "{err}");
+}
+
+#[test]
+fn a_truncated_vector_file_is_named_on_open_and_by_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 5);
+    let file = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("image_vectors")
+        })
+        .unwrap();
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let report = index.verify();
+    assert!(!report.is_ok());
+    assert!(report.problems[0].contains("image_vectors"), "{report}");
+    drop(index);
+    let err = Index::open(dir.path(), None).err().unwrap();
+    assert!(matches!(err, Error::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("image_vectors"), "{err}");
+}
+
+#[test]
+fn a_missing_lexical_index_is_rebuilt_from_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(index_with_images(dir.path(), 5));
+    std::fs::remove_dir_all(dir.path().join("lexical")).unwrap();
+    let index = Index::open(dir.path(), None).unwrap();
+    assert!(index.verify().is_ok(), "{}", index.verify());
+    let params = SearchParams {
+        filter: Some(Filter {
+            path_prefix: None,
+            query: Some("name:3.jpg".into()),
+        }),
+        ..exact()
+    };
+    let hits = index
+        .search_images(&unit_vectors(0, 1), 5, &params)
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].paths, vec!["img/3.jpg"]);
+}
