@@ -175,7 +175,7 @@ impl MetadataStore {
     }
 
     pub(crate) fn has_state(&self) -> Result<bool> {
-        Ok(self.db.contains_key(STATE_KEY).map_err(self.err())?)
+        self.db.contains_key(STATE_KEY).map_err(self.err())
     }
 
     /// Applies `ops` and the new `state` atomically and waits until they are on disk.

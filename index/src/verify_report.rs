@@ -163,11 +163,7 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
         }
     }
     for (hash, id) in &state.hashes {
-        if !state
-            .images
-            .get(id)
-            .is_some_and(|e| &e.content_hash == hash)
-        {
+        if state.images.get(id).map(|e| &e.content_hash) != Some(hash) {
             problems.push(format!(
                 "content hash {hash}: maps to image {id}, which has another hash"
             ));

@@ -18,7 +18,7 @@ use common::*;
 use qseek_index::{Index, VectorDtype};
 
 const CHILD_ENV: &str = "QSEEK_INDEX_CRASH_CHILD_DIR";
-const ROUNDS: u64 = 24;
+const ROUNDS: u64 = 16;
 const MAX_COMMITS: u64 = 400;
 
 /// Paths after commit `c`: each commit adds `c{i}/p0..p2` (p2 a copy of p1's

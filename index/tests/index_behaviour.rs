@@ -295,16 +295,20 @@ fn filters_by_path_prefix_and_by_tantivy_query_lose_no_recall() {
                 },
             )
             .unwrap();
-        let got = index
-            .search_images(
-                &query,
-                5,
-                &SearchParams {
-                    filter: Some(filter.clone()),
-                    ..ann()
-                },
-            )
-            .unwrap();
+        // Default parameters: 30 allowed images are few enough to score exactly.
+        let default = SearchParams {
+            filter: Some(filter.clone()),
+            ..SearchParams::default()
+        };
+        assert_eq!(index.search_images(&query, 5, &default).unwrap(), expected);
+        // Forced through the graph, asking for as many candidates as the filter
+        // allows: the search must dig until it has found every one of them.
+        let deep = SearchParams {
+            filter: Some(filter.clone()),
+            candidates: 30,
+            ..ann()
+        };
+        let got = index.search_images(&query, 5, &deep).unwrap();
         assert_eq!(got, expected, "{filter:?}");
         assert!(got.iter().all(|h| h.paths[0].starts_with("beach/")));
     }
