@@ -1,0 +1,401 @@
+//! Image decoding and pre-processing, checked against what PIL and `transformers` make of
+//! the same files. The fixtures and their references come from
+//! `tests/fixtures/make_image_fixtures.py`; see its docstring for the file layout.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+use qseek::preprocess::image::{decode_rgb, load_rgb, ImagePreprocessor, LoadOptions, Resample};
+use qseek::Error;
+
+/// Decodable fixtures: (file, max |ours - PIL| after `convert("RGB")`, max |ours - PIL|
+/// after `convert("RGB").resize(..., BICUBIC)`). The second column is the acceptance
+/// criterion: within one 8-bit step of the reference.
+const GOOD: &[(&str, u8, u8)] = &[
+    // JPEG: zune-jpeg's IDCT and chroma upsampling are not libjpeg-turbo's bit for bit.
+    ("chelsea_420.jpg", 2, 1),
+    ("chelsea_422.jpg", 2, 1),
+    ("coffee_444.jpg", 1, 1),
+    ("astronaut_progressive.jpg", 2, 1),
+    ("chelsea_full_420.jpg", 2, 1),
+    ("rocket.jpg", 1, 1),
+    ("coffee_cmyk.jpg", 1, 1),
+    ("chelsea_gray.jpg", 1, 1),
+    ("tiny_13x9.jpg", 2, 1),
+    ("exif6.jpg", 2, 1),
+    ("exif3.jpg", 2, 1),
+    ("exif8.jpg", 2, 1),
+    // Lossless formats: exact.
+    ("exif6.png", 0, 0),
+    ("rgb.png", 0, 0),
+    ("gray.png", 0, 0),
+    ("bilevel.png", 0, 0),
+    ("palette.png", 0, 0),
+    ("palette_transparent.png", 0, 0),
+    ("rgba.png", 0, 0),
+    ("la.png", 0, 0),
+    ("gray16.png", 0, 0),
+    ("rgb16.png", 0, 0),
+    ("rgba16.png", 0, 0),
+    ("tiny_7x5.png", 0, 0),
+    ("lossless.webp", 0, 0),
+    ("lossy.webp", 2, 1),
+    ("animated.gif", 0, 0),
+    ("rgb.bmp", 0, 0),
+    ("rgb_lzw.tiff", 0, 0),
+];
+
+/// Files that must be refused: (file, expected error, words the reason must contain).
+const BAD: &[(&str, fn(&Error) -> bool, &str)] = &[
+    ("empty.jpg", is_decode_error, "empty"),
+    ("truncated.jpg", is_decode_error, "truncated"),
+    ("text.jpg", is_decode_error, "text file"),
+    ("bomb.png", is_too_large, "20000x20000"),
+];
+
+fn is_decode_error(e: &Error) -> bool {
+    matches!(e, Error::ImageDecode { .. })
+}
+
+fn is_too_large(e: &Error) -> bool {
+    matches!(e, Error::ImageTooLarge { .. })
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/images")
+        .join(name)
+}
+
+/// A PIL reference, if the generator wrote one (it skips some for large images).
+fn reference(name: &str) -> Option<Vec<u8>> {
+    std::fs::read(fixture("ref").join(name)).ok()
+}
+
+/// (width, height) PIL reports for each decodable fixture.
+fn pil_dimensions(name: &str) -> (u32, u32) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("index.json")).unwrap()).unwrap();
+    let entry = &index[name];
+    let dim = |key: &str| {
+        entry[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name}: no {key} in index")) as u32
+    };
+    (dim("width"), dim("height"))
+}
+
+fn max_abs_diff(ours: &[u8], pil: &[u8]) -> u8 {
+    assert_eq!(ours.len(), pil.len(), "buffer lengths differ");
+    ours.iter()
+        .zip(pil)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The resize targets the generator wrote for `name`, as (width, height).
+fn resize_targets(name: &str) -> Vec<(u32, u32)> {
+    let mut targets: Vec<(u32, u32)> = std::fs::read_dir(fixture("ref"))
+        .unwrap()
+        .filter_map(|entry| {
+            let file = entry.unwrap().file_name().into_string().unwrap();
+            let size = file
+                .strip_prefix(name)?
+                .strip_prefix('.')?
+                .strip_suffix(".rgb")?;
+            let (w, h) = size.split_once('x')?;
+            Some((w.parse().ok()?, h.parse().ok()?))
+        })
+        .collect();
+    targets.sort_unstable();
+    assert!(!targets.is_empty(), "{name}: no resize reference");
+    targets
+}
+
+fn preprocessor(width: u32, height: u32, resample: Resample) -> ImagePreprocessor {
+    let mut p = ImagePreprocessor::default();
+    p.size.width = width;
+    p.size.height = height;
+    p.resample = resample;
+    p
+}
+
+#[test]
+fn every_good_fixture_decodes_like_pil_convert_rgb() {
+    for &(name, tolerance, _) in GOOD {
+        let ours = load_rgb(&fixture(name), &LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            ours.dimensions(),
+            pil_dimensions(name),
+            "{name}: dimensions"
+        );
+        let Some(pil) = reference(&format!("{name}.rgb")) else {
+            continue;
+        };
+        let diff = max_abs_diff(ours.as_raw(), &pil);
+        eprintln!("decode  {name:28} max |ours - PIL| = {diff}");
+        assert!(
+            diff <= tolerance,
+            "{name}: decoded pixels differ from PIL's by {diff} > {tolerance}"
+        );
+    }
+}
+
+#[test]
+fn resize_of_pil_pixels_matches_pil_bicubic_exactly() {
+    for &(name, _, _) in GOOD {
+        let Some(pil_rgb) = reference(&format!("{name}.rgb")) else {
+            continue;
+        };
+        let (w, h) = pil_dimensions(name);
+        let src = image::RgbImage::from_raw(w, h, pil_rgb).unwrap();
+        for (tw, th) in resize_targets(name) {
+            let ours = preprocessor(tw, th, Resample::Bicubic).resize(&src);
+            let pil = reference(&format!("{name}.{tw}x{th}.rgb")).unwrap();
+            assert_eq!(max_abs_diff(ours.as_raw(), &pil), 0, "{name} -> {tw}x{th}");
+        }
+    }
+}
+
+#[test]
+fn every_good_fixture_resizes_within_one_step_of_pil() {
+    for &(name, _, tolerance) in GOOD {
+        let decoded = load_rgb(&fixture(name), &LoadOptions::default()).unwrap();
+        for (tw, th) in resize_targets(name) {
+            let ours = preprocessor(tw, th, Resample::Bicubic).resize(&decoded);
+            assert_eq!(ours.dimensions(), (tw, th));
+            let pil = reference(&format!("{name}.{tw}x{th}.rgb")).unwrap();
+            let diff = max_abs_diff(ours.as_raw(), &pil);
+            eprintln!("resize  {name:28} -> {tw}x{th}: max |ours - PIL| = {diff}");
+            assert!(
+                diff <= tolerance,
+                "{name} -> {tw}x{th}: differs from PIL by {diff} > {tolerance}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bilinear_resize_matches_pil() {
+    let pil_rgb = reference("chelsea_420.jpg.rgb").unwrap();
+    let (w, h) = pil_dimensions("chelsea_420.jpg");
+    let src = image::RgbImage::from_raw(w, h, pil_rgb).unwrap();
+    let ours = preprocessor(56, 40, Resample::Bilinear).resize(&src);
+    let pil = reference("chelsea_420.jpg.56x40.bilinear.rgb").unwrap();
+    assert_eq!(max_abs_diff(ours.as_raw(), &pil), 0);
+}
+
+#[test]
+fn pixel_values_match_transformers_blip_image_processor() {
+    let config = ImagePreprocessor::from_file(&fixture("preprocessor_small.json")).unwrap();
+    assert_eq!(config.image_size(), (24, 32));
+    // (file, tolerance in 8-bit steps): PNG decodes exactly, so its values should be
+    // bit-identical up to float rounding; JPEG may be one step off.
+    for (name, steps) in [("rgb.png", 0.0f32), ("chelsea_420.jpg", 1.0)] {
+        let ours = config
+            .load(&fixture(name), &LoadOptions::default())
+            .unwrap();
+        let theirs: Vec<f32> = reference(&format!("{name}.pixel_values.f32"))
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(ours.len(), 3 * 24 * 32);
+        assert_eq!(ours.len(), theirs.len());
+        let plane = 24 * 32;
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let std = config.image_std[i / plane];
+            let tolerance = steps / 255.0 / std + 1e-6;
+            assert!((a - b).abs() <= tolerance, "{name}[{i}]: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn bad_files_are_refused_with_the_path_in_the_message() {
+    for &(name, is_expected, words) in BAD {
+        let path = fixture(name);
+        let err = load_rgb(&path, &LoadOptions::default()).expect_err(name);
+        let message = err.to_string();
+        assert!(is_expected(&err), "{name}: wrong error: {message}");
+        assert!(
+            message.contains(path.to_str().unwrap()),
+            "{name}: no path in: {message}"
+        );
+        assert!(
+            message.contains(words),
+            "{name}: `{words}` not in: {message}"
+        );
+    }
+}
+
+#[test]
+fn missing_file_is_an_io_error() {
+    let err = load_rgb(&fixture("no_such_file.jpg"), &LoadOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(err.to_string().contains("no_such_file.jpg"), "{err}");
+}
+
+#[test]
+fn bomb_is_refused_without_allocating_its_pixels() {
+    let bytes = std::fs::read(fixture("bomb.png")).unwrap();
+    let peak = peak_allocation_during(|| {
+        let err = decode_rgb(&bytes, Path::new("bomb.png"), &LoadOptions::default()).unwrap_err();
+        assert!(is_too_large(&err), "{err}");
+    });
+    // The bomb would need 400 MB; reading its header needs next to nothing.
+    assert!(peak < 4 << 20, "peak allocation {peak} bytes");
+}
+
+#[test]
+fn megapixel_limit_applies_to_normal_images_too() {
+    // chelsea_420.jpg is 97x65 = 6305 pixels.
+    let path = fixture("chelsea_420.jpg");
+    let tight = LoadOptions {
+        max_megapixels: 0.006,
+    };
+    let err = load_rgb(&path, &tight).unwrap_err();
+    let Error::ImageTooLarge {
+        width,
+        height,
+        limit,
+        ..
+    } = err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!((width, height, limit), (97, 65, 0.006));
+    assert!(load_rgb(
+        &path,
+        &LoadOptions {
+            max_megapixels: 0.0064
+        }
+    )
+    .is_ok());
+}
+
+#[test]
+fn damaged_files_give_errors_not_panics() {
+    // Cuts and byte flips of every good fixture: each must decode or fail cleanly.
+    let mut seed = 0x2545_f491_u32;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed as usize
+    };
+    for &(name, _, _) in GOOD {
+        let bytes = std::fs::read(fixture(name)).unwrap();
+        for cut in (1..8).map(|k| bytes.len() * k / 8) {
+            let _ = decode_rgb(&bytes[..cut], Path::new(name), &LoadOptions::default());
+        }
+        for _ in 0..8 {
+            let mut damaged = bytes.clone();
+            for _ in 0..4 {
+                let i = next() % damaged.len();
+                damaged[i] = next() as u8;
+            }
+            let _ = decode_rgb(&damaged, Path::new(name), &LoadOptions::default());
+        }
+    }
+}
+
+#[test]
+fn blip2_preprocessor_config_is_read() {
+    let config = ImagePreprocessor::from_file(&fixture("preprocessor_blip2.json")).unwrap();
+    assert_eq!(config.image_size(), (224, 224));
+    assert_eq!(config.resample, Resample::Bicubic);
+    assert_eq!(config.image_mean, [0.481_454_66, 0.457_827_5, 0.408_210_73]);
+    assert_eq!(config.image_std, [0.268_629_54, 0.261_302_58, 0.275_777_11]);
+    assert!((config.rescale_factor - 1.0 / 255.0).abs() < 1e-12);
+}
+
+/// (config text, what `from_file` must say: `Ok(height, width)` or words of the error).
+const CONFIGS: &[(&str, Result<(u32, u32), &str>)] = &[
+    ("{}", Ok((384, 384))),
+    (r#"{"size": 336}"#, Ok((336, 336))),
+    (r#"{"size": {"height": 96, "width": 128}}"#, Ok((96, 128))),
+    (r#"{"size": {"shortest_edge": 224}}"#, Err("key `size`")),
+    (r#"{"image_mean": "abc"}"#, Err("key `image_mean`")),
+    (r#"{"image_std": [0.5, 0.5]}"#, Err("key `image_std`")),
+    (r#"{"image_std": [0.5, 0.0, 0.5]}"#, Err("key `image_std`")),
+    (r#"{"resample": 0}"#, Err("key `resample`")),
+    (
+        r#"{"do_resize": "yes", "size": 224}"#,
+        Err("key `do_resize`"),
+    ),
+    (
+        r#"{"size": {"height": 0, "width": 224}}"#,
+        Err("key `size`"),
+    ),
+    ("{\"size\": ", Err("not valid JSON")),
+    ("[1, 2]", Err("JSON object")),
+];
+
+#[test]
+fn preprocessor_configs_parse_or_name_the_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("preprocessor_config.json");
+    for &(text, expected) in CONFIGS {
+        std::fs::write(&path, text).unwrap();
+        match (ImagePreprocessor::from_file(&path), expected) {
+            (Ok(config), Ok(size)) => assert_eq!(config.image_size(), size, "{text}"),
+            (Err(err), Err(words)) => {
+                assert!(matches!(err, Error::Config { .. }), "{text}: {err}");
+                let message = err.to_string();
+                assert!(
+                    message.contains(words),
+                    "{text}: `{words}` not in: {message}"
+                );
+                assert!(message.contains("preprocessor_config.json"), "{message}");
+            }
+            (got, _) => panic!("{text}: expected {expected:?}, got {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn missing_preprocessor_config_is_an_io_error() {
+    let err = ImagePreprocessor::from_file(&fixture("no_such_config.json")).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+}
+
+/// Counts this thread's allocations, so a test can bound the memory a call takes.
+struct CountingAllocator;
+
+thread_local! {
+    static CURRENT: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = CURRENT.try_with(|current| {
+            current.set(current.get() + layout.size());
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(current.get())));
+        });
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let _ =
+            CURRENT.try_with(|current| current.set(current.get().saturating_sub(layout.size())));
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// The most memory this thread held at once while `f` ran, above what it held before.
+fn peak_allocation_during(f: impl FnOnce()) -> usize {
+    let before = CURRENT.with(Cell::get);
+    PEAK.with(|peak| peak.set(before));
+    f();
+    PEAK.with(Cell::get) - before
+}
