@@ -7,7 +7,7 @@
 //! cargo run --release -p qseek-index --example ann_bench -- --items 20000 --queries 200 --dtype int8
 //! ```
 //!
-//! Options: `--graph-points R` (graph points per image, default 4), `--ef`,
+//! Options: `--graph-points R` (graph points per image, default 1), `--ef`,
 //! `--candidates`, `--threads` (default 2), `--dir` (default: a temp dir).
 //! The search half runs in a child process so that the memory it reports is
 //! the loaded index's alone, not what the build freed.
@@ -48,7 +48,7 @@ fn parse_args() -> Args {
         items: 20_000,
         queries: 200,
         dtype: VectorDtype::F32,
-        graph_points: 4,
+        graph_points: 1,
         ef: 128,
         candidates: 100,
         threads: 2,

@@ -13,8 +13,9 @@ use hnsw_rs::prelude::{Distance, Hnsw};
 use crate::max_sim::dot;
 use crate::point_map::{PointMap, PointTarget};
 
-/// Max neighbours per node and layer (layer 0 keeps twice as many).
-const MAX_CONNECTIONS: usize = 16;
+/// Max neighbours per node and layer (layer 0 keeps twice as many). 12 rather
+/// than 16: same recall@10 on the benchmark, ~0.5 KB less per point, faster build.
+const MAX_CONNECTIONS: usize = 12;
 /// Candidate list size while inserting; higher builds slower and searches better.
 const EF_CONSTRUCTION: usize = 100;
 /// hnsw_rs's layer cap.
