@@ -19,7 +19,7 @@ mod search;
 mod vector_store;
 mod verify_report;
 
-pub use index::{Index, IndexStats};
+pub use index::{ImageInfo, Index, IndexStats, TextInfo};
 pub use index_writer::IndexWriter;
 pub use manifest::{Manifest, ModelId, VectorDtype, FORMAT_VERSION};
 pub use metadata_store::{ImageId, ImageRecord, PathEntry, TextId};
