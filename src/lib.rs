@@ -2,7 +2,11 @@
 //! with BLIP-2's first-stage retrieval model (EVA ViT-g + Q-Former).
 #![warn(missing_docs)]
 
+pub mod cli;
+pub mod embedder;
 pub mod error;
+pub mod model;
 pub mod preprocess;
 
+pub use embedder::{Embedder, ModelOptions};
 pub use error::{Error, Result};

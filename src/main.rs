@@ -1,1 +1,17 @@
-fn main() {}
+//! The `qseek` binary: parse flags, run, map the outcome to an exit status.
+
+use clap::Parser;
+use qseek::cli::{run, Cli, Outcome};
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(Outcome::Success) => 0,
+        Ok(Outcome::SomeFailed) => 1,
+        Err(e) => {
+            eprintln!("qseek: {e}");
+            2
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,3 +1,4 @@
 //! Turning files and strings into model inputs, exactly as the reference does.
 
 pub mod image;
+pub mod text;

@@ -1,0 +1,102 @@
+//! The `qseek` command line: flags (clap) and one module per subcommand.
+//!
+//! Exit status: 0 when everything succeeded; 1 when some inputs (files, texts) failed
+//! but the others were processed; 2 when the command could not run at all.
+
+mod embed;
+mod score;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::embedder::{parse_device, parse_dtype, ModelOptions};
+use crate::model::checkpoint::DEFAULT_MODEL;
+use crate::model::ModelSource;
+use crate::preprocess::image::LoadOptions;
+use crate::Result;
+
+/// Find photos from a sentence, sentences from a photo, and photos from a photo (BLIP-2).
+#[derive(Debug, Parser)]
+#[command(name = "qseek", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print embeddings as JSON lines.
+    #[command(subcommand)]
+    Embed(embed::EmbedCommand),
+    /// Score images against texts: ITC cosine, ITM logits and match probability.
+    Score(score::ScoreArgs),
+}
+
+/// What happened, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything was processed.
+    Success,
+    /// Some inputs failed (each reported on stderr); the rest were processed.
+    SomeFailed,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<Outcome> {
+    match cli.command {
+        Command::Embed(cmd) => embed::run(cmd),
+        Command::Score(args) => score::run(args),
+    }
+}
+
+/// Flags every model-running command takes.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Checkpoint: a local directory or a Hugging Face hub id.
+    #[arg(long, short = 'm', env = "QSEEK_MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+    /// Compute dtype of the image encoder (the Q-Former always runs in f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
+    /// Where to run: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images (or texts) per model call.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    /// Refuse to decode images larger than this many megapixels.
+    #[arg(long, default_value_t = 100.0)]
+    pub max_megapixels: f64,
+    /// Do not show progress bars.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+impl ModelArgs {
+    fn options(&self) -> Result<ModelOptions> {
+        let mut opts = ModelOptions::new(ModelSource::parse(&self.model));
+        opts.dtype = parse_dtype(&self.dtype)?;
+        opts.device = parse_device(&self.device)?;
+        opts.progress = !self.quiet;
+        Ok(opts)
+    }
+
+    fn load_options(&self) -> Result<LoadOptions> {
+        if !(self.max_megapixels > 0.0) {
+            return Err(crate::Error::Usage("--max-megapixels must be positive".into()));
+        }
+        Ok(LoadOptions {
+            max_megapixels: self.max_megapixels,
+        })
+    }
+}
+
+/// Reports one failed input on stderr, the way every command does.
+pub(crate) fn report_failure(what: &std::path::Path, error: &crate::Error) {
+    // The error's message already names the file for file errors.
+    let message = error.to_string();
+    if message.contains(&what.display().to_string()) {
+        eprintln!("qseek: {message}");
+    } else {
+        eprintln!("qseek: {}: {message}", what.display());
+    }
+}

@@ -1,0 +1,237 @@
+//! `qformer` and `embeddings`: the BERT-style Querying Transformer (`Blip2QFormerModel`).
+//!
+//! One stack runs three ways: queries alone, cross-attending to the image (image
+//! features); text alone (text features); queries and text together, queries
+//! cross-attending to the image (ITM). Queries and text share self-attention but have
+//! their own feed-forward weights (`intermediate_query`/`output_query` vs
+//! `intermediate`/`output`).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
+
+use super::config::QFormerConfig;
+use super::ops::{attention, layer_norm, Linear};
+
+/// `embeddings`: word and absolute position embeddings (`Blip2TextEmbeddings`).
+#[derive(Debug, Clone)]
+pub struct TextEmbeddings {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+}
+
+impl TextEmbeddings {
+    /// Loads the weights under `embeddings.`.
+    pub fn new(cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            word_embeddings: candle_nn::embedding(cfg.vocab_size, h, vb.pp("word_embeddings"))?,
+            position_embeddings: candle_nn::embedding(
+                cfg.max_position_embeddings,
+                h,
+                vb.pp("position_embeddings"),
+            )?,
+        })
+    }
+
+    /// input_ids (batch, len) → (batch, len, hidden).
+    pub fn forward(&self, input_ids: &Tensor) -> Result<Tensor> {
+        let (_, len) = input_ids.dims2()?;
+        let positions = Tensor::arange(0u32, len as u32, input_ids.device())?;
+        self.word_embeddings
+            .forward(input_ids)?
+            .broadcast_add(&self.position_embeddings.forward(&positions)?)
+    }
+}
+
+/// `attention.attention` / `crossattention.attention`: separate q, k, v projections.
+#[derive(Debug, Clone)]
+pub struct MultiHeadAttention {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    num_heads: usize,
+    scale: f64,
+}
+
+impl MultiHeadAttention {
+    fn new(cfg: &QFormerConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            query: Linear::new(h, h, vb.pp("query"))?,
+            key: Linear::new(kv_dim, h, vb.pp("key"))?,
+            value: Linear::new(kv_dim, h, vb.pp("value"))?,
+            num_heads: cfg.num_attention_heads,
+            scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
+        })
+    }
+
+    /// xs (batch, q_len, hidden) attends to kv (batch, kv_len, kv_dim).
+    fn forward(&self, xs: &Tensor, kv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, q_len, h) = xs.dims3()?;
+        let kv_len = kv.dim(1)?;
+        let head_dim = h / self.num_heads;
+        let split = |t: Tensor, len: usize| t.reshape((b, len, self.num_heads, head_dim))?.transpose(1, 2);
+        let q = split(self.query.forward(xs)?, q_len)?;
+        let k = split(self.key.forward(kv)?, kv_len)?;
+        let v = split(self.value.forward(kv)?, kv_len)?;
+        attention(&q, &k, &v, self.scale, mask)?.transpose(1, 2)?.reshape((b, q_len, h))
+    }
+}
+
+/// `dense` → residual → `LayerNorm` (BERT's post-norm block ending).
+#[derive(Debug, Clone)]
+pub struct DenseNorm {
+    dense: Linear,
+    /// The checkpoint's `LayerNorm` (BERT's capitalised name).
+    layer_norm: LayerNorm,
+}
+
+impl DenseNorm {
+    fn new(in_dim: usize, cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            dense: Linear::new(in_dim, cfg.hidden_size, vb.pp("dense"))?,
+            layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        (self.dense.forward(xs)? + residual)?.apply(&self.layer_norm)
+    }
+}
+
+/// `attention` / `crossattention`: multi-head attention and its output block.
+#[derive(Debug, Clone)]
+pub struct QFormerAttention {
+    attention: MultiHeadAttention,
+    output: DenseNorm,
+}
+
+impl QFormerAttention {
+    fn new(cfg: &QFormerConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            attention: MultiHeadAttention::new(cfg, kv_dim, vb.pp("attention"))?,
+            output: DenseNorm::new(cfg.hidden_size, cfg, vb.pp("output"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, kv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        self.output.forward(&self.attention.forward(xs, kv, mask)?, xs)
+    }
+}
+
+/// `intermediate` + `output` (or their `_query` twins): the feed-forward block.
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    intermediate: Linear,
+    activation: Activation,
+    output: DenseNorm,
+}
+
+impl FeedForward {
+    fn new(cfg: &QFormerConfig, vb: VarBuilder, intermediate: &str, output: &str) -> Result<Self> {
+        Ok(Self {
+            intermediate: Linear::new(cfg.hidden_size, cfg.intermediate_size, vb.pp(intermediate).pp("dense"))?,
+            activation: cfg.hidden_act,
+            output: DenseNorm::new(cfg.intermediate_size, cfg, vb.pp(output))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let hidden = self.intermediate.forward(xs)?.apply(&self.activation)?;
+        self.output.forward(&hidden, xs)
+    }
+}
+
+/// `qformer.encoder.layer.{i}`.
+#[derive(Debug, Clone)]
+pub struct QFormerLayer {
+    attention: QFormerAttention,
+    crossattention: Option<QFormerAttention>,
+    /// `intermediate` + `output`: text tokens' feed-forward (absent without text input).
+    text_feed_forward: Option<FeedForward>,
+    /// `intermediate_query` + `output_query`: query tokens' feed-forward.
+    query_feed_forward: FeedForward,
+}
+
+impl QFormerLayer {
+    fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder) -> Result<Self> {
+        let crossattention = if index % cfg.cross_attention_frequency == 0 {
+            Some(QFormerAttention::new(cfg, cfg.encoder_hidden_size, vb.pp("crossattention"))?)
+        } else {
+            None
+        };
+        let text_feed_forward = if cfg.use_qformer_text_input || vb.contains_tensor("intermediate.dense.weight") {
+            Some(FeedForward::new(cfg, vb.clone(), "intermediate", "output")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            attention: QFormerAttention::new(cfg, cfg.hidden_size, vb.pp("attention"))?,
+            crossattention,
+            text_feed_forward,
+            query_feed_forward: FeedForward::new(cfg, vb, "intermediate_query", "output_query")?,
+        })
+    }
+
+    fn text_ff(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.text_feed_forward {
+            Some(ff) => ff.forward(xs),
+            None => candle_core::bail!(
+                "this checkpoint has no text feed-forward (qformer_config.use_qformer_text_input is false): it cannot embed text"
+            ),
+        }
+    }
+
+    /// xs (batch, query_len + text_len, hidden): the first `query_len` rows are queries.
+    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>, image: Option<&Tensor>, query_len: usize) -> Result<Tensor> {
+        let attended = self.attention.forward(xs, xs, mask)?;
+        if query_len == 0 {
+            return self.text_ff(&attended);
+        }
+        let mut queries = attended.narrow(1, 0, query_len)?;
+        if let Some(cross) = &self.crossattention {
+            let image = image.ok_or_else(|| candle_core::Error::Msg("cross-attention needs the image".into()))?;
+            queries = cross.forward(&queries, image, None)?;
+        }
+        let queries = self.query_feed_forward.forward(&queries)?;
+        let total = attended.dim(1)?;
+        if total == query_len {
+            return Ok(queries);
+        }
+        let text = self.text_ff(&attended.narrow(1, query_len, total - query_len)?)?;
+        Tensor::cat(&[&queries, &text], 1)
+    }
+}
+
+/// `qformer`: input LayerNorm and the layer stack.
+#[derive(Debug, Clone)]
+pub struct QFormerModel {
+    layernorm: LayerNorm,
+    layer: Vec<QFormerLayer>,
+}
+
+impl QFormerModel {
+    /// Loads the weights under `qformer.`.
+    pub fn new(cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
+        let layers_vb = vb.pp("encoder").pp("layer");
+        let layer = (0..cfg.num_hidden_layers)
+            .map(|i| QFormerLayer::new(cfg, i, layers_vb.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?,
+            layer,
+        })
+    }
+
+    /// embeds (batch, query_len + text_len, hidden) → last hidden state, same shape.
+    ///
+    /// `mask`: additive self-attention mask (batch, 1, 1, len) or none;
+    /// `image`: the ViT output the queries cross-attend to (needed when `query_len > 0`).
+    pub fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>, image: Option<&Tensor>, query_len: usize) -> Result<Tensor> {
+        let mut xs = embeds.apply(&self.layernorm)?;
+        for layer in &self.layer {
+            xs = layer.forward(&xs, mask, image, query_len)?;
+        }
+        Ok(xs)
+    }
+}

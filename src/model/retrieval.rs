@@ -1,0 +1,114 @@
+//! `Blip2ForImageTextRetrieval`: the first-stage BLIP-2 model, ITC and ITM heads.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::config::Blip2Config;
+use super::ops::{additive_mask, l2_normalize, Linear};
+use super::qformer::{QFormerModel, TextEmbeddings};
+use super::vision::VisionModel;
+
+/// The whole retrieval model, its fields named as the checkpoint's top-level keys.
+///
+/// The vision model runs in the chosen dtype; like transformers
+/// (`_keep_in_fp32_modules = ["query_tokens", "qformer"]`), everything after it runs in
+/// f32, so that f16/bf16 only approximate the expensive part.
+#[derive(Debug, Clone)]
+pub struct Blip2ForImageTextRetrieval {
+    vision_model: VisionModel,
+    /// (1, num_query_tokens, qformer hidden).
+    query_tokens: Tensor,
+    embeddings: TextEmbeddings,
+    qformer: QFormerModel,
+    vision_projection: Linear,
+    text_projection: Linear,
+    itm_head: Linear,
+    dtype: DType,
+    num_query_tokens: usize,
+}
+
+impl Blip2ForImageTextRetrieval {
+    /// Builds the model from `vb` (rooted at the checkpoint's top level); the vision
+    /// model's weights are converted to `dtype`, the rest to f32.
+    pub fn new(cfg: &Blip2Config, vb: VarBuilder, dtype: DType) -> Result<Self> {
+        let q = &cfg.qformer_config;
+        let f32_vb = vb.clone().set_dtype(DType::F32);
+        let proj = |name: &str, out: usize| Linear::new(q.hidden_size, out, f32_vb.pp(name));
+        Ok(Self {
+            vision_model: VisionModel::new(&cfg.vision_config, vb.set_dtype(dtype).pp("vision_model"))?,
+            query_tokens: f32_vb.get((1, cfg.num_query_tokens, q.hidden_size), "query_tokens")?,
+            embeddings: TextEmbeddings::new(q, f32_vb.pp("embeddings"))?,
+            qformer: QFormerModel::new(q, f32_vb.pp("qformer"))?,
+            vision_projection: proj("vision_projection", cfg.image_text_hidden_size)?,
+            text_projection: proj("text_projection", cfg.image_text_hidden_size)?,
+            itm_head: proj("itm_head", 2)?,
+            dtype,
+            num_query_tokens: cfg.num_query_tokens,
+        })
+    }
+
+    /// The dtype the vision model computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.query_tokens.device()
+    }
+
+    /// pixel_values (batch, 3, S, S), any float dtype → the ViT's `last_hidden_state`
+    /// (batch, 1 + grid², vision hidden), post-layernorm, in f32. ITM needs it later.
+    pub fn vision_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.vision_model
+            .forward(&pixel_values.to_dtype(self.dtype)?)?
+            .to_dtype(DType::F32)
+    }
+
+    fn queries(&self, batch: usize) -> Result<Tensor> {
+        let (_, q, h) = self.query_tokens.dims3()?;
+        self.query_tokens.broadcast_as((batch, q, h))
+    }
+
+    /// vision features (batch, tokens, vision hidden) → the image's query vectors
+    /// (batch, num_query_tokens, image_text_hidden_size), L2-normalised.
+    pub fn image_embeds(&self, vision: &Tensor) -> Result<Tensor> {
+        let vision = vision.to_dtype(DType::F32)?;
+        let queries = self.queries(vision.dim(0)?)?;
+        let out = self.qformer.forward(&queries, None, Some(&vision), self.num_query_tokens)?;
+        l2_normalize(&self.vision_projection.forward(&out)?)
+    }
+
+    /// input_ids (batch, len) u32 and attention_mask (batch, len) 0/1 → the `[CLS]`
+    /// text embeddings (batch, image_text_hidden_size), L2-normalised.
+    pub fn text_embeds(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let embeds = self.embeddings.forward(input_ids)?;
+        let mask = additive_mask(attention_mask, DType::F32)?;
+        let out = self.qformer.forward(&embeds, Some(&mask), None, 0)?;
+        let cls = out.narrow(1, 0, 1)?.squeeze(1)?;
+        l2_normalize(&self.text_projection.forward(&cls)?)
+    }
+
+    /// ITM logits `[no match, match]` (batch, 2) for pairs: vision features
+    /// (batch, tokens, vision hidden) with input_ids/attention_mask (batch, len).
+    pub fn itm_logits(&self, vision: &Tensor, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let vision = vision.to_dtype(DType::F32)?;
+        let batch = vision.dim(0)?;
+        let queries = self.queries(batch)?;
+        let text = self.embeddings.forward(input_ids)?;
+        let embeds = Tensor::cat(&[&queries, &text], 1)?;
+        let query_mask = Tensor::ones((batch, self.num_query_tokens), attention_mask.dtype(), attention_mask.device())?;
+        let mask = additive_mask(&Tensor::cat(&[&query_mask, attention_mask], 1)?, DType::F32)?;
+        let out = self.qformer.forward(&embeds, Some(&mask), Some(&vision), self.num_query_tokens)?;
+        let logits = self.itm_head.forward(&out.narrow(1, 0, self.num_query_tokens)?)?;
+        logits.mean(1)
+    }
+}
+
+/// ITC similarity: for image query vectors (images, Q, D) and text embeddings
+/// (texts, D), the max over the Q queries of the cosine → (images, texts).
+pub fn itc_scores(image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor> {
+    let (n, q, d) = image_embeds.dims3()?;
+    let sims = image_embeds.reshape((n * q, d))?.matmul(&text_embeds.t()?)?;
+    sims.reshape((n, q, text_embeds.dim(0)?))?.max(D::Minus2)
+}

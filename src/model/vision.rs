@@ -1,0 +1,186 @@
+//! `vision_model`: the EVA ViT image encoder (`Blip2VisionModel`).
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Activation, LayerNorm, VarBuilder};
+
+use super::config::VisionConfig;
+use super::ops::{attention, layer_norm, Linear};
+
+/// `vision_model.embeddings`: patches, `[CLS]` and learned positions.
+#[derive(Debug, Clone)]
+pub struct VisionEmbeddings {
+    class_embedding: Tensor,
+    /// The patch convolution's weight as a matrix (hidden, 3·p·p).
+    patch_embedding: Linear,
+    position_embedding: Tensor,
+    patch_size: usize,
+    grid: usize,
+}
+
+impl VisionEmbeddings {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, p) = (cfg.hidden_size, cfg.patch_size);
+        let class_embedding = vb.get((1, 1, h), "class_embedding")?;
+        let conv = vb.pp("patch_embedding");
+        let weight = conv.get((h, 3, p, p), "weight")?.reshape((h, 3 * p * p))?;
+        let bias = conv.get(h, "bias")?;
+        let position_embedding = vb.get((1, cfg.num_positions(), h), "position_embedding")?;
+        Ok(Self {
+            class_embedding,
+            patch_embedding: Linear::from_parts(weight, Some(bias)),
+            position_embedding,
+            patch_size: p,
+            grid: cfg.grid(),
+        })
+    }
+
+    /// (batch, 3, S, S) → (batch, 1 + grid², hidden).
+    fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let (b, c, _, _) = pixel_values.dims4()?;
+        let (g, p) = (self.grid, self.patch_size);
+        // A convolution whose stride equals its kernel is a matmul over flattened patches;
+        // like the convolution, it ignores pixels past the last whole patch.
+        let patches = pixel_values
+            .narrow(2, 0, g * p)?
+            .narrow(3, 0, g * p)?
+            .reshape((b, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, g * g, c * p * p))?;
+        let patch_embeds = self.patch_embedding.forward(&patches)?;
+        let class = self.class_embedding.broadcast_as((b, 1, self.class_embedding.dim(2)?))?;
+        Tensor::cat(&[&class, &patch_embeds], 1)?.broadcast_add(&self.position_embedding)
+    }
+}
+
+/// `self_attn`: multi-head self-attention with a fused qkv projection.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    qkv: Linear,
+    projection: Linear,
+    num_heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let qkv_vb = vb.pp("qkv");
+        let weight = qkv_vb.get((3 * h, h), "weight")?;
+        let bias = if qkv_vb.contains_tensor("bias") {
+            Some(qkv_vb.get(3 * h, "bias")?)
+        } else if vb.contains_tensor("q_bias") || vb.contains_tensor("v_bias") {
+            // The original LAVIS/EVA layout (and the hub checkpoints): separate q and v
+            // biases, and no key bias at all.
+            let q = vb.get(h, "q_bias")?;
+            let v = vb.get(h, "v_bias")?;
+            Some(Tensor::cat(&[&q, &q.zeros_like()?, &v], 0)?)
+        } else if cfg.qkv_bias {
+            // Neither naming present: report the standard name as missing.
+            Some(qkv_vb.get(3 * h, "bias")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            qkv: Linear::from_parts(weight, bias),
+            projection: Linear::new(h, h, vb.pp("projection"))?,
+            num_heads: cfg.num_attention_heads,
+            scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, t, h) = xs.dims3()?;
+        let qkv = self
+            .qkv
+            .forward(xs)?
+            .reshape((b, t, 3, self.num_heads, h / self.num_heads))?
+            .permute((2, 0, 3, 1, 4))?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let out = attention(&q, &k, &v, self.scale, None)?;
+        let out = out.transpose(1, 2)?.reshape((b, t, h))?;
+        self.projection.forward(&out)
+    }
+}
+
+/// `mlp`: fc1 → activation → fc2.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    activation: Activation,
+}
+
+impl Mlp {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1"))?,
+            fc2: Linear::new(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2"))?,
+            activation: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(xs)?.apply(&self.activation)?)
+    }
+}
+
+/// `encoder.layers.{i}`: pre-norm transformer block.
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    self_attn: Attention,
+    layer_norm1: LayerNorm,
+    mlp: Mlp,
+    layer_norm2: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(Self {
+            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let residual = xs;
+        let xs = (self.self_attn.forward(&xs.apply(&self.layer_norm1)?)? + residual)?;
+        let residual = &xs;
+        self.mlp.forward(&xs.apply(&self.layer_norm2)?)? + residual
+    }
+}
+
+/// `vision_model`: embeddings → encoder → `post_layernorm`.
+#[derive(Debug, Clone)]
+pub struct VisionModel {
+    embeddings: VisionEmbeddings,
+    layers: Vec<EncoderLayer>,
+    post_layernorm: LayerNorm,
+}
+
+impl VisionModel {
+    /// Loads the weights under `vision_model.`.
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let layers_vb = vb.pp("encoder").pp("layers");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"))?,
+            layers,
+            post_layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
+        })
+    }
+
+    /// (batch, 3, S, S) → `last_hidden_state` (batch, 1 + grid², hidden), post-layernorm.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let mut xs = self.embeddings.forward(pixel_values)?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs)?;
+        }
+        xs.apply(&self.post_layernorm)
+    }
+}

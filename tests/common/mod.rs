@@ -1,0 +1,80 @@
+//! Shared by the integration tests: fixture paths and reference outputs.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+/// The committed fixture models.
+pub const MODELS: [&str; 2] = ["tiny", "odd"];
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+/// What `make_fixtures.py` recorded for one model.
+pub struct Reference {
+    pub tensors: HashMap<String, Tensor>,
+    pub photos: Vec<PathBuf>,
+    pub captions: Vec<String>,
+    pub input_ids: Vec<Vec<u32>>,
+}
+
+impl Reference {
+    pub fn load(model: &str) -> Self {
+        let dir = model_dir(model);
+        let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
+        let strings = |key: &str| -> Vec<String> {
+            meta[key].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        };
+        let photos = strings("photos").iter().map(|p| fixtures().join("photos").join(p)).collect();
+        let input_ids = meta["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect())
+            .collect();
+        Self {
+            tensors,
+            photos,
+            captions: strings("captions"),
+            input_ids,
+        }
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        &self.tensors[name]
+    }
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Smallest cosine between matching rows (last dimension) of two tensors.
+pub fn min_row_cosine(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let d = *a.dims().last().unwrap();
+    let a = a.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.chunks(d)
+        .zip(b.chunks(d))
+        .map(|(x, y)| {
+            let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+            let nx: f32 = x.iter().map(|p| p * p).sum::<f32>().sqrt();
+            let ny: f32 = y.iter().map(|q| q * q).sum::<f32>().sqrt();
+            dot / (nx * ny)
+        })
+        .fold(1.0, f32::min)
+}

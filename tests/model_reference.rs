@@ -1,0 +1,113 @@
+//! The model against transformers' `Blip2ForImageTextRetrieval` on the committed
+//! fixtures (`tests/fixtures/make_fixtures.py`): a default-structure model (`tiny`) and
+//! one with every size changed, hub-style `q_bias`/`v_bias` and sharded weights (`odd`).
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use common::{max_abs_diff, min_row_cosine, model_dir, Reference, MODELS};
+use qseek::model::ModelSource;
+use qseek::preprocess::image::LoadOptions;
+use qseek::{Embedder, ModelOptions};
+
+fn load(model: &str, dtype: DType) -> Embedder {
+    let mut opts = ModelOptions::new(ModelSource::Local(model_dir(model)));
+    opts.dtype = dtype;
+    Embedder::load(&opts).unwrap_or_else(|e| panic!("{model}: {e}"))
+}
+
+#[test]
+fn input_ids_are_identical() {
+    for model in MODELS {
+        let (embedder, reference) = (load(model, DType::F32), Reference::load(model));
+        assert_eq!(embedder.tokenize(&reference.captions).unwrap(), reference.input_ids, "{model}");
+    }
+}
+
+#[test]
+fn vocab_txt_alone_tokenizes_the_same() {
+    let dir = model_dir("tiny");
+    let reference = Reference::load("tiny");
+    let tokenizer = qseek::preprocess::text::TextTokenizer::from_vocab(&dir.join("vocab.txt"), 35).unwrap();
+    assert_eq!(tokenizer.vocab_size(), 30523);
+    for (caption, expected) in reference.captions.iter().zip(&reference.input_ids) {
+        assert_eq!(&tokenizer.encode(caption).unwrap(), expected, "{caption}");
+    }
+}
+
+#[test]
+fn f32_embeddings_and_itm_match_with_identical_pixels() {
+    for model in MODELS {
+        let (embedder, reference) = (load(model, DType::F32), Reference::load(model));
+        let (vision, image_embeds) = embedder.embed_pixels(reference.get("pixel_values")).unwrap();
+        let vision_diff = max_abs_diff(&vision, reference.get("vision_last_hidden_state"));
+        let image_diff = max_abs_diff(&image_embeds, reference.get("image_embeds"));
+        assert!(vision_diff < 1e-4, "{model}: vision features differ by {vision_diff}");
+        assert!(image_diff < 1e-4, "{model}: image embeddings differ by {image_diff}");
+
+        let text_embeds = embedder.embed_token_ids(&reference.input_ids).unwrap();
+        let text_diff = max_abs_diff(&text_embeds, reference.get("text_embeds"));
+        assert!(text_diff < 1e-4, "{model}: text embeddings differ by {text_diff}");
+
+        let itc = qseek::model::itc_scores(&image_embeds, &text_embeds).unwrap();
+        let itc_diff = max_abs_diff(&itc, reference.get("itc"));
+        assert!(itc_diff < 1e-4, "{model}: ITC differs by {itc_diff}");
+
+        let (n, t) = (reference.photos.len(), reference.input_ids.len());
+        let mut rows = Vec::new();
+        for i in 0..n {
+            let pairs = vision.narrow(0, i, 1).unwrap().repeat((t, 1, 1)).unwrap();
+            rows.push(embedder.itm_logits(&pairs, &reference.input_ids).unwrap());
+        }
+        let itm = Tensor::stack(&rows, 0).unwrap();
+        let itm_diff = max_abs_diff(&itm, reference.get("itm_logits"));
+        assert!(itm_diff < 1e-3, "{model}: ITM logits differ by {itm_diff}");
+    }
+}
+
+#[test]
+fn pixel_values_from_files_are_within_one_8bit_step() {
+    for model in MODELS {
+        let (embedder, reference) = (load(model, DType::F32), Reference::load(model));
+        let pixels: Vec<Vec<f32>> = reference
+            .photos
+            .iter()
+            .map(|p| embedder.pixel_values(p, &LoadOptions::default()).unwrap())
+            .collect();
+        let ours = embedder.pixel_batch(&pixels).unwrap();
+        // One 8-bit step is 1/255 before normalisation: at most 1/(255·std) after it.
+        let step = 1.0 / (255.0 * 0.26130258) + 1e-5;
+        let diff = max_abs_diff(&ours, reference.get("pixel_values"));
+        assert!(diff <= step, "{model}: pixel values differ by {diff} (> {step})");
+
+        let (_, embeds) = embedder.embed_pixels(&ours).unwrap();
+        let cosine = min_row_cosine(&embeds, reference.get("image_embeds"));
+        assert!(cosine >= 0.999, "{model}: a query vector from the files has cosine {cosine}");
+    }
+}
+
+#[test]
+fn half_precision_stays_close() {
+    for dtype in [DType::F16, DType::BF16] {
+        for model in MODELS {
+            let (embedder, reference) = (load(model, dtype), Reference::load(model));
+            let (_, embeds) = embedder.embed_pixels(reference.get("pixel_values")).unwrap();
+            let cosine = min_row_cosine(&embeds, reference.get("image_embeds"));
+            assert!(cosine >= 0.99, "{model} {dtype:?}: query vector cosine {cosine}");
+            let text = embedder.embed_token_ids(&reference.input_ids).unwrap();
+            let cosine = min_row_cosine(&text, reference.get("text_embeds"));
+            assert!(cosine >= 0.99, "{model} {dtype:?}: text cosine {cosine}");
+        }
+    }
+}
+
+#[test]
+fn batching_does_not_change_results() {
+    let (embedder, reference) = (load("tiny", DType::F32), Reference::load("tiny"));
+    let all = embedder.model().vision_features(reference.get("pixel_values")).unwrap();
+    let one = embedder.model().vision_features(&reference.get("pixel_values").narrow(0, 2, 1).unwrap()).unwrap();
+    assert!(max_abs_diff(&all.narrow(0, 2, 1).unwrap(), &one) < 1e-5);
+    let texts = embedder.embed_token_ids(&reference.input_ids).unwrap();
+    let single = embedder.embed_token_ids(&reference.input_ids[..1]).unwrap();
+    assert!(max_abs_diff(&texts.narrow(0, 0, 1).unwrap(), &single) < 1e-5);
+}
