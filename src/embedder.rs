@@ -44,7 +44,9 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
         "f32" | "float32" => Ok(DType::F32),
         "f16" | "float16" => Ok(DType::F16),
         "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(Error::Usage(format!("unknown dtype `{other}`: use f32, f16 or bf16"))),
+        other => Err(Error::Usage(format!(
+            "unknown dtype `{other}`: use f32, f16 or bf16"
+        ))),
     }
 }
 
@@ -54,9 +56,11 @@ pub fn parse_device(name: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         _ if name == "cuda" || name.starts_with("cuda:") => {
             let ordinal = match name.strip_prefix("cuda:") {
-                Some(n) => n
-                    .parse::<usize>()
-                    .map_err(|_| Error::Usage(format!("bad device `{name}`: use cuda:N with N a GPU number")))?,
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    Error::Usage(format!(
+                        "bad device `{name}`: use cuda:N with N a GPU number"
+                    ))
+                })?,
                 None => 0,
             };
             if !candle_core::utils::cuda_is_available() {
@@ -64,9 +68,12 @@ pub fn parse_device(name: &str) -> Result<Device> {
                     "this qseek was built without CUDA support: rebuild it with `cargo build --release --features cuda`".into(),
                 ));
             }
-            Device::new_cuda(ordinal).map_err(|e| Error::Usage(format!("cannot use GPU {ordinal}: {e}")))
+            Device::new_cuda(ordinal)
+                .map_err(|e| Error::Usage(format!("cannot use GPU {ordinal}: {e}")))
         }
-        other => Err(Error::Usage(format!("unknown device `{other}`: use cpu, cuda or cuda:N"))),
+        other => Err(Error::Usage(format!(
+            "unknown device `{other}`: use cpu, cuda or cuda:N"
+        ))),
     }
 }
 
@@ -100,7 +107,9 @@ impl Embedder {
             let (h, w) = images.image_size();
             return Err(Error::Checkpoint {
                 path: checkpoint.preprocessor.clone(),
-                reason: format!("resizes to {w}x{h} but config.json's vision_config.image_size is {s}"),
+                reason: format!(
+                    "resizes to {w}x{h} but config.json's vision_config.image_size is {s}"
+                ),
             });
         }
         let tokenizer = match (&checkpoint.tokenizer, &checkpoint.vocab) {
@@ -111,7 +120,11 @@ impl Embedder {
         let vocab = config.qformer_config.vocab_size;
         if tokenizer.vocab_size() > vocab {
             return Err(Error::Checkpoint {
-                path: checkpoint.tokenizer.clone().or(checkpoint.vocab.clone()).unwrap_or_default(),
+                path: checkpoint
+                    .tokenizer
+                    .clone()
+                    .or(checkpoint.vocab.clone())
+                    .unwrap_or_default(),
                 reason: format!(
                     "has {} tokens but the model's qformer_config.vocab_size is {vocab}",
                     tokenizer.vocab_size()
@@ -158,7 +171,11 @@ impl Embedder {
     pub fn pixel_batch(&self, images: &[Vec<f32>]) -> Result<Tensor> {
         let s = self.config.vision_config.image_size;
         let flat: Vec<f32> = images.iter().flatten().copied().collect();
-        Ok(Tensor::from_vec(flat, (images.len(), 3, s, s), self.model.device())?)
+        Ok(Tensor::from_vec(
+            flat,
+            (images.len(), 3, s, s),
+            self.model.device(),
+        )?)
     }
 
     /// pixel batch → (vision features (batch, tokens, hidden) f32, query vectors

@@ -64,7 +64,10 @@ fn images(args: ImageArgs) -> Result<Outcome> {
     let mut outcome = Outcome::Success;
     for chunk in args.files.chunks(args.model.batch as usize) {
         // Decoding is independent per file: spread it over the cores.
-        let decoded: Vec<_> = chunk.par_iter().map(|p| embedder.pixel_values(p, &load)).collect();
+        let decoded: Vec<_> = chunk
+            .par_iter()
+            .map(|p| embedder.pixel_values(p, &load))
+            .collect();
         let mut good = Vec::new();
         let mut pixels = Vec::new();
         for (path, result) in chunk.iter().zip(decoded) {
@@ -102,7 +105,14 @@ fn texts(args: TextArgs) -> Result<Outcome> {
         let ids = embedder.tokenize(chunk)?;
         let embeds: Vec<Vec<f32>> = embedder.embed_token_ids(&ids)?.to_vec2()?;
         for ((text, ids), embed) in chunk.iter().zip(&ids).zip(embeds) {
-            write_line(&mut out, &TextLine { text, input_ids: ids, embed })?;
+            write_line(
+                &mut out,
+                &TextLine {
+                    text,
+                    input_ids: ids,
+                    embed,
+                },
+            )?;
         }
     }
     Ok(Outcome::Success)

@@ -82,7 +82,9 @@ impl ModelArgs {
 
     fn load_options(&self) -> Result<LoadOptions> {
         if !(self.max_megapixels > 0.0) {
-            return Err(crate::Error::Usage("--max-megapixels must be positive".into()));
+            return Err(crate::Error::Usage(
+                "--max-megapixels must be positive".into(),
+            ));
         }
         Ok(LoadOptions {
             max_megapixels: self.max_megapixels,

@@ -36,8 +36,14 @@ struct ScoreLine<'a> {
 }
 
 pub(super) fn run(args: ScoreArgs) -> Result<Outcome> {
-    if let Some(empty) = args.texts.iter().find(|t| crate::preprocess::text::pre_caption(t).is_empty()) {
-        return Err(Error::Usage(format!("--text {empty:?} is empty once normalised: give some words")));
+    if let Some(empty) = args
+        .texts
+        .iter()
+        .find(|t| crate::preprocess::text::pre_caption(t).is_empty())
+    {
+        return Err(Error::Usage(format!(
+            "--text {empty:?} is empty once normalised: give some words"
+        )));
     }
     let load = args.model.load_options()?;
     let embedder = Embedder::load(&args.model.options()?)?;
@@ -58,7 +64,10 @@ pub(super) fn run(args: ScoreArgs) -> Result<Outcome> {
         let itc: Vec<f32> = itc_scores(&embeds, &text_embeds)?.squeeze(0)?.to_vec1()?;
         let pairs = vision.repeat((ids.len(), 1, 1))?;
         let logits = embedder.itm_logits(&pairs, &ids)?;
-        let probs: Vec<f32> = candle_nn::ops::softmax(&logits, D::Minus1)?.narrow(1, 1, 1)?.flatten_all()?.to_vec1()?;
+        let probs: Vec<f32> = candle_nn::ops::softmax(&logits, D::Minus1)?
+            .narrow(1, 1, 1)?
+            .flatten_all()?
+            .to_vec1()?;
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         for (j, text) in args.texts.iter().enumerate() {
             let line = ScoreLine {

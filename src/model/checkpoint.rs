@@ -32,7 +32,10 @@ impl ModelSource {
     /// local directory; anything else is a hub id.
     pub fn parse(spec: &str) -> Self {
         let path = Path::new(spec);
-        let looks_like_path = spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') || spec.contains('\\');
+        let looks_like_path = spec.starts_with('.')
+            || spec.starts_with('/')
+            || spec.starts_with('~')
+            || spec.contains('\\');
         if path.exists() || looks_like_path || spec.split('/').count() > 2 {
             Self::Local(path.to_path_buf())
         } else {
@@ -77,7 +80,11 @@ impl Checkpoint {
                 reason: "is not a directory (give a checkpoint directory or a hub id such as Salesforce/blip2-itm-vit-g)".into(),
             });
         }
-        let id = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf()).display().to_string();
+        let id = dir
+            .canonicalize()
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .display()
+            .to_string();
         Self::locate(&id, dir.display().to_string(), |name| {
             let p = dir.join(name);
             Ok(p.is_file().then_some(p))
@@ -85,7 +92,8 @@ impl Checkpoint {
     }
 
     fn from_hub(id: &str, progress: bool) -> Result<Self> {
-        let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false");
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .is_ok_and(|v| !v.is_empty() && v != "0" && v.to_lowercase() != "false");
         let cache = match std::env::var_os("HF_HUB_CACHE") {
             Some(dir) => hf_hub::Cache::new(dir.into()),
             None => hf_hub::Cache::from_env(),
@@ -95,11 +103,16 @@ impl Checkpoint {
         let api = if offline {
             None
         } else {
-            let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).with_progress(progress);
+            let mut builder =
+                hf_hub::api::sync::ApiBuilder::from_cache(cache.clone()).with_progress(progress);
             if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
                 builder = builder.with_endpoint(endpoint);
             }
-            Some(builder.build().map_err(|e| Error::Hub(format!("cannot set up the hub client: {e}")))?)
+            Some(
+                builder
+                    .build()
+                    .map_err(|e| Error::Hub(format!("cannot set up the hub client: {e}")))?,
+            )
         };
         let repo = api.as_ref().map(|api| api.model(id.to_string()));
         Self::locate(id, format!("{id} (hub cache {cache_dir})"), |name| {
@@ -128,26 +141,37 @@ impl Checkpoint {
 
     /// Shared by both sources: `fetch(name)` gives a file's local path, or `None` when
     /// the checkpoint does not have it.
-    fn locate(id: &str, place: String, mut fetch: impl FnMut(&str) -> Result<Option<PathBuf>>) -> Result<Self> {
+    fn locate(
+        id: &str,
+        place: String,
+        mut fetch: impl FnMut(&str) -> Result<Option<PathBuf>>,
+    ) -> Result<Self> {
         let missing = |what: &str| Error::Checkpoint {
             path: PathBuf::from(&place),
             reason: format!("has no {what}"),
         };
         let config = fetch(CONFIG)?.ok_or_else(|| missing(CONFIG))?;
-        let weights = match fetch(SINGLE_WEIGHTS)? {
-            Some(p) => vec![p],
-            None => {
-                let index = fetch(SHARDED_INDEX)?
-                    .ok_or_else(|| missing(&format!("{SINGLE_WEIGHTS} nor {SHARDED_INDEX}")))?;
-                let mut files = Vec::new();
-                for shard in shard_names(&index)? {
-                    files.push(fetch(&shard)?.ok_or_else(|| missing(&format!("{shard} (named by {SHARDED_INDEX})")))?);
+        let weights =
+            match fetch(SINGLE_WEIGHTS)? {
+                Some(p) => vec![p],
+                None => {
+                    let index = fetch(SHARDED_INDEX)?
+                        .ok_or_else(|| missing(&format!("{SINGLE_WEIGHTS} nor {SHARDED_INDEX}")))?;
+                    let mut files = Vec::new();
+                    for shard in shard_names(&index)? {
+                        files.push(fetch(&shard)?.ok_or_else(|| {
+                            missing(&format!("{shard} (named by {SHARDED_INDEX})"))
+                        })?);
+                    }
+                    files
                 }
-                files
-            }
-        };
+            };
         let tokenizer = fetch(TOKENIZER)?;
-        let vocab = if tokenizer.is_none() { fetch(VOCAB)? } else { None };
+        let vocab = if tokenizer.is_none() {
+            fetch(VOCAB)?
+        } else {
+            None
+        };
         if tokenizer.is_none() && vocab.is_none() {
             return Err(missing(&format!("{TOKENIZER} nor {VOCAB}")));
         }
@@ -169,21 +193,29 @@ impl Checkpoint {
 
     /// Opens the weights (memory-mapped) and builds the model; the vision model in
     /// `dtype`, the rest in f32. Errors name the tensor, expected and found shape.
-    pub fn load_model(&self, config: &Blip2Config, dtype: DType, device: &Device) -> Result<Blip2ForImageTextRetrieval> {
+    pub fn load_model(
+        &self,
+        config: &Blip2Config,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Blip2ForImageTextRetrieval> {
         for file in &self.weights {
             // Checked one by one so that a truncated or corrupt file is named.
             // SAFETY: the file is mapped read-only; qseek does not modify checkpoints
             // while it runs (the same contract as candle's and transformers' loaders).
-            unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }.map_err(|e| Error::Checkpoint {
-                path: file.clone(),
-                reason: format!("is not a readable safetensors file: {}", root_message(&e)),
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }.map_err(|e| {
+                Error::Checkpoint {
+                    path: file.clone(),
+                    reason: format!("is not a readable safetensors file: {}", root_message(&e)),
+                }
             })?;
         }
         // SAFETY: as above.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.weights, DType::F32, device) }.map_err(|e| Error::Checkpoint {
-            path: self.weights[0].clone(),
-            reason: root_message(&e),
-        })?;
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.weights, DType::F32, device) }
+            .map_err(|e| Error::Checkpoint {
+                path: self.weights[0].clone(),
+                reason: root_message(&e),
+            })?;
         Blip2ForImageTextRetrieval::new(config, vb, dtype).map_err(|e| Error::Checkpoint {
             path: self.config.parent().unwrap_or(Path::new(".")).to_path_buf(),
             reason: format!("{}{}", root_message(&e), config.defaulted_note()),
@@ -201,16 +233,21 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         path: index.to_path_buf(),
         reason,
     };
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("is not valid JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("is not valid JSON: {e}")))?;
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| bad("has no `weight_map` object".into()))?;
     let mut names: Vec<String> = Vec::new();
     for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| bad(format!("maps `{tensor}` to a non-string")))?;
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("maps `{tensor}` to a non-string")))?;
         if file.contains('/') || file.contains("..") {
-            return Err(bad(format!("maps `{tensor}` to `{file}`, outside the checkpoint")));
+            return Err(bad(format!(
+                "maps `{tensor}` to `{file}`, outside the checkpoint"
+            )));
         }
         if !names.iter().any(|n| n == file) {
             names.push(file.to_string());
@@ -226,7 +263,9 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
 fn root_message(e: &candle_core::Error) -> String {
     match e {
         candle_core::Error::WithBacktrace { inner, .. } => root_message(inner),
-        candle_core::Error::Context { inner, context } => format!("{context}: {}", root_message(inner)),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", root_message(inner))
+        }
         other => other.to_string(),
     }
 }

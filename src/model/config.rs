@@ -123,7 +123,10 @@ impl Blip2Config {
         }
         let empty = Value::Object(Map::new());
         let vision = r.object(top.get("vision_config").unwrap_or(&empty), "vision_config")?;
-        let qformer = r.object(top.get("qformer_config").unwrap_or(&empty), "qformer_config")?;
+        let qformer = r.object(
+            top.get("qformer_config").unwrap_or(&empty),
+            "qformer_config",
+        )?;
 
         let v = "vision_config.";
         let vision_config = VisionConfig {
@@ -177,7 +180,10 @@ impl Blip2Config {
             ("vision_config.image_size", v.image_size),
             ("qformer_config.hidden_size", q.hidden_size),
             ("qformer_config.num_attention_heads", q.num_attention_heads),
-            ("qformer_config.cross_attention_frequency", q.cross_attention_frequency),
+            (
+                "qformer_config.cross_attention_frequency",
+                q.cross_attention_frequency,
+            ),
             ("num_query_tokens", self.num_query_tokens),
             ("image_text_hidden_size", self.image_text_hidden_size),
         ];
@@ -189,19 +195,28 @@ impl Blip2Config {
         if v.hidden_size % v.num_attention_heads != 0 {
             return Err(r.error(
                 "vision_config.num_attention_heads",
-                &format!("{} does not divide hidden_size {}", v.num_attention_heads, v.hidden_size),
+                &format!(
+                    "{} does not divide hidden_size {}",
+                    v.num_attention_heads, v.hidden_size
+                ),
             ));
         }
         if q.hidden_size % q.num_attention_heads != 0 {
             return Err(r.error(
                 "qformer_config.num_attention_heads",
-                &format!("{} does not divide hidden_size {}", q.num_attention_heads, q.hidden_size),
+                &format!(
+                    "{} does not divide hidden_size {}",
+                    q.num_attention_heads, q.hidden_size
+                ),
             ));
         }
         if v.patch_size > v.image_size {
             return Err(r.error(
                 "vision_config.patch_size",
-                &format!("{} is larger than image_size {}", v.patch_size, v.image_size),
+                &format!(
+                    "{} is larger than image_size {}",
+                    v.patch_size, v.image_size
+                ),
             ));
         }
         if q.encoder_hidden_size != v.hidden_size {
@@ -280,36 +295,64 @@ impl Reader {
     ) -> Result<usize> {
         match self.get(obj, prefix, key) {
             None => Ok(default),
-            Some(v) => v
-                .as_u64()
-                .map(|x| x as usize)
-                .ok_or_else(|| self.error(&format!("{prefix}{key}"), &format!("should be a non-negative integer, found {v}"))),
+            Some(v) => v.as_u64().map(|x| x as usize).ok_or_else(|| {
+                self.error(
+                    &format!("{prefix}{key}"),
+                    &format!("should be a non-negative integer, found {v}"),
+                )
+            }),
         }
     }
 
-    fn f64(&mut self, obj: &Map<String, Value>, prefix: &str, key: &str, default: f64) -> Result<f64> {
+    fn f64(
+        &mut self,
+        obj: &Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        default: f64,
+    ) -> Result<f64> {
         match self.get(obj, prefix, key) {
             None => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| self.error(&format!("{prefix}{key}"), &format!("should be a number, found {v}"))),
+            Some(v) => v.as_f64().ok_or_else(|| {
+                self.error(
+                    &format!("{prefix}{key}"),
+                    &format!("should be a number, found {v}"),
+                )
+            }),
         }
     }
 
-    fn bool(&mut self, obj: &Map<String, Value>, prefix: &str, key: &str, default: bool) -> Result<bool> {
+    fn bool(
+        &mut self,
+        obj: &Map<String, Value>,
+        prefix: &str,
+        key: &str,
+        default: bool,
+    ) -> Result<bool> {
         match self.get(obj, prefix, key) {
             None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| self.error(&format!("{prefix}{key}"), &format!("should be true or false, found {v}"))),
+            Some(v) => v.as_bool().ok_or_else(|| {
+                self.error(
+                    &format!("{prefix}{key}"),
+                    &format!("should be true or false, found {v}"),
+                )
+            }),
         }
     }
 
-    fn activation(&mut self, obj: &Map<String, Value>, prefix: &str, key: &str) -> Result<Activation> {
+    fn activation(
+        &mut self,
+        obj: &Map<String, Value>,
+        prefix: &str,
+        key: &str,
+    ) -> Result<Activation> {
         match self.get(obj, prefix, key) {
             None => Ok(Activation::Gelu),
             Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
-                self.error(&format!("{prefix}{key}"), &format!("names an activation qseek does not know: {v}"))
+                self.error(
+                    &format!("{prefix}{key}"),
+                    &format!("names an activation qseek does not know: {v}"),
+                )
             }),
         }
     }
@@ -329,16 +372,27 @@ mod tests {
         assert_eq!(c.vision_config.hidden_size, 1408);
         assert_eq!(c.vision_config.num_positions(), 257);
         assert_eq!(c.num_query_tokens, 32);
-        assert!(c.defaulted.contains(&"vision_config.image_size".to_string()));
+        assert!(c
+            .defaulted
+            .contains(&"vision_config.image_size".to_string()));
     }
 
     #[test]
     fn bad_values_name_their_key() {
         let cases = [
             (r#"{"num_query_tokens": "x"}"#, "num_query_tokens"),
-            (r#"{"vision_config": {"image_size": -3}}"#, "vision_config.image_size"),
-            (r#"{"vision_config": {"hidden_act": "wobble"}}"#, "vision_config.hidden_act"),
-            (r#"{"qformer_config": {"hidden_size": 10, "num_attention_heads": 3}}"#, "qformer_config.num_attention_heads"),
+            (
+                r#"{"vision_config": {"image_size": -3}}"#,
+                "vision_config.image_size",
+            ),
+            (
+                r#"{"vision_config": {"hidden_act": "wobble"}}"#,
+                "vision_config.hidden_act",
+            ),
+            (
+                r#"{"qformer_config": {"hidden_size": 10, "num_attention_heads": 3}}"#,
+                "qformer_config.num_attention_heads",
+            ),
             (r#"{"qformer_config": 5}"#, "qformer_config"),
             (r#"{"image_token_index": 3}"#, "image_token_index"),
             ("[1]", "not a JSON object"),

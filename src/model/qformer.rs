@@ -70,11 +70,16 @@ impl MultiHeadAttention {
         let (b, q_len, h) = xs.dims3()?;
         let kv_len = kv.dim(1)?;
         let head_dim = h / self.num_heads;
-        let split = |t: Tensor, len: usize| t.reshape((b, len, self.num_heads, head_dim))?.transpose(1, 2);
+        let split = |t: Tensor, len: usize| {
+            t.reshape((b, len, self.num_heads, head_dim))?
+                .transpose(1, 2)
+        };
         let q = split(self.query.forward(xs)?, q_len)?;
         let k = split(self.key.forward(kv)?, kv_len)?;
         let v = split(self.value.forward(kv)?, kv_len)?;
-        attention(&q, &k, &v, self.scale, mask)?.transpose(1, 2)?.reshape((b, q_len, h))
+        attention(&q, &k, &v, self.scale, mask)?
+            .transpose(1, 2)?
+            .reshape((b, q_len, h))
     }
 }
 
@@ -115,7 +120,8 @@ impl QFormerAttention {
     }
 
     fn forward(&self, xs: &Tensor, kv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        self.output.forward(&self.attention.forward(xs, kv, mask)?, xs)
+        self.output
+            .forward(&self.attention.forward(xs, kv, mask)?, xs)
     }
 }
 
@@ -130,7 +136,11 @@ pub struct FeedForward {
 impl FeedForward {
     fn new(cfg: &QFormerConfig, vb: VarBuilder, intermediate: &str, output: &str) -> Result<Self> {
         Ok(Self {
-            intermediate: Linear::new(cfg.hidden_size, cfg.intermediate_size, vb.pp(intermediate).pp("dense"))?,
+            intermediate: Linear::new(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                vb.pp(intermediate).pp("dense"),
+            )?,
             activation: cfg.hidden_act,
             output: DenseNorm::new(cfg.intermediate_size, cfg, vb.pp(output))?,
         })
@@ -156,15 +166,20 @@ pub struct QFormerLayer {
 impl QFormerLayer {
     fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder) -> Result<Self> {
         let crossattention = if index % cfg.cross_attention_frequency == 0 {
-            Some(QFormerAttention::new(cfg, cfg.encoder_hidden_size, vb.pp("crossattention"))?)
+            Some(QFormerAttention::new(
+                cfg,
+                cfg.encoder_hidden_size,
+                vb.pp("crossattention"),
+            )?)
         } else {
             None
         };
-        let text_feed_forward = if cfg.use_qformer_text_input || vb.contains_tensor("intermediate.dense.weight") {
-            Some(FeedForward::new(cfg, vb.clone(), "intermediate", "output")?)
-        } else {
-            None
-        };
+        let text_feed_forward =
+            if cfg.use_qformer_text_input || vb.contains_tensor("intermediate.dense.weight") {
+                Some(FeedForward::new(cfg, vb.clone(), "intermediate", "output")?)
+            } else {
+                None
+            };
         Ok(Self {
             attention: QFormerAttention::new(cfg, cfg.hidden_size, vb.pp("attention"))?,
             crossattention,
@@ -183,14 +198,21 @@ impl QFormerLayer {
     }
 
     /// xs (batch, query_len + text_len, hidden): the first `query_len` rows are queries.
-    fn forward(&self, xs: &Tensor, mask: Option<&Tensor>, image: Option<&Tensor>, query_len: usize) -> Result<Tensor> {
+    fn forward(
+        &self,
+        xs: &Tensor,
+        mask: Option<&Tensor>,
+        image: Option<&Tensor>,
+        query_len: usize,
+    ) -> Result<Tensor> {
         let attended = self.attention.forward(xs, xs, mask)?;
         if query_len == 0 {
             return self.text_ff(&attended);
         }
         let mut queries = attended.narrow(1, 0, query_len)?;
         if let Some(cross) = &self.crossattention {
-            let image = image.ok_or_else(|| candle_core::Error::Msg("cross-attention needs the image".into()))?;
+            let image = image
+                .ok_or_else(|| candle_core::Error::Msg("cross-attention needs the image".into()))?;
             queries = cross.forward(&queries, image, None)?;
         }
         let queries = self.query_feed_forward.forward(&queries)?;
@@ -227,7 +249,13 @@ impl QFormerModel {
     ///
     /// `mask`: additive self-attention mask (batch, 1, 1, len) or none;
     /// `image`: the ViT output the queries cross-attend to (needed when `query_len > 0`).
-    pub fn forward(&self, embeds: &Tensor, mask: Option<&Tensor>, image: Option<&Tensor>, query_len: usize) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        mask: Option<&Tensor>,
+        image: Option<&Tensor>,
+        query_len: usize,
+    ) -> Result<Tensor> {
         let mut xs = embeds.apply(&self.layernorm)?;
         for layer in &self.layer {
             xs = layer.forward(&xs, mask, image, query_len)?;

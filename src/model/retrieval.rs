@@ -35,7 +35,10 @@ impl Blip2ForImageTextRetrieval {
         let f32_vb = vb.clone().set_dtype(DType::F32);
         let proj = |name: &str, out: usize| Linear::new(q.hidden_size, out, f32_vb.pp(name));
         Ok(Self {
-            vision_model: VisionModel::new(&cfg.vision_config, vb.set_dtype(dtype).pp("vision_model"))?,
+            vision_model: VisionModel::new(
+                &cfg.vision_config,
+                vb.set_dtype(dtype).pp("vision_model"),
+            )?,
             query_tokens: f32_vb.get((1, cfg.num_query_tokens, q.hidden_size), "query_tokens")?,
             embeddings: TextEmbeddings::new(q, f32_vb.pp("embeddings"))?,
             qformer: QFormerModel::new(q, f32_vb.pp("qformer"))?,
@@ -75,7 +78,9 @@ impl Blip2ForImageTextRetrieval {
     pub fn image_embeds(&self, vision: &Tensor) -> Result<Tensor> {
         let vision = vision.to_dtype(DType::F32)?;
         let queries = self.queries(vision.dim(0)?)?;
-        let out = self.qformer.forward(&queries, None, Some(&vision), self.num_query_tokens)?;
+        let out = self
+            .qformer
+            .forward(&queries, None, Some(&vision), self.num_query_tokens)?;
         l2_normalize(&self.vision_projection.forward(&out)?)
     }
 
@@ -91,16 +96,29 @@ impl Blip2ForImageTextRetrieval {
 
     /// ITM logits `[no match, match]` (batch, 2) for pairs: vision features
     /// (batch, tokens, vision hidden) with input_ids/attention_mask (batch, len).
-    pub fn itm_logits(&self, vision: &Tensor, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    pub fn itm_logits(
+        &self,
+        vision: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         let vision = vision.to_dtype(DType::F32)?;
         let batch = vision.dim(0)?;
         let queries = self.queries(batch)?;
         let text = self.embeddings.forward(input_ids)?;
         let embeds = Tensor::cat(&[&queries, &text], 1)?;
-        let query_mask = Tensor::ones((batch, self.num_query_tokens), attention_mask.dtype(), attention_mask.device())?;
+        let query_mask = Tensor::ones(
+            (batch, self.num_query_tokens),
+            attention_mask.dtype(),
+            attention_mask.device(),
+        )?;
         let mask = additive_mask(&Tensor::cat(&[&query_mask, attention_mask], 1)?, DType::F32)?;
-        let out = self.qformer.forward(&embeds, Some(&mask), Some(&vision), self.num_query_tokens)?;
-        let logits = self.itm_head.forward(&out.narrow(1, 0, self.num_query_tokens)?)?;
+        let out =
+            self.qformer
+                .forward(&embeds, Some(&mask), Some(&vision), self.num_query_tokens)?;
+        let logits = self
+            .itm_head
+            .forward(&out.narrow(1, 0, self.num_query_tokens)?)?;
         logits.mean(1)
     }
 }
@@ -109,6 +127,8 @@ impl Blip2ForImageTextRetrieval {
 /// (texts, D), the max over the Q queries of the cosine → (images, texts).
 pub fn itc_scores(image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor> {
     let (n, q, d) = image_embeds.dims3()?;
-    let sims = image_embeds.reshape((n * q, d))?.matmul(&text_embeds.t()?)?;
+    let sims = image_embeds
+        .reshape((n * q, d))?
+        .matmul(&text_embeds.t()?)?;
     sims.reshape((n, q, text_embeds.dim(0)?))?.max(D::Minus2)
 }

@@ -48,7 +48,9 @@ impl VisionEmbeddings {
             .contiguous()?
             .reshape((b, g * g, c * p * p))?;
         let patch_embeds = self.patch_embedding.forward(&patches)?;
-        let class = self.class_embedding.broadcast_as((b, 1, self.class_embedding.dim(2)?))?;
+        let class = self
+            .class_embedding
+            .broadcast_as((b, 1, self.class_embedding.dim(2)?))?;
         Tensor::cat(&[&class, &patch_embeds], 1)?.broadcast_add(&self.position_embedding)
     }
 }
@@ -121,7 +123,8 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(xs)?.apply(&self.activation)?)
+        self.fc2
+            .forward(&self.fc1.forward(xs)?.apply(&self.activation)?)
     }
 }
 
@@ -171,7 +174,11 @@ impl VisionModel {
         Ok(Self {
             embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"))?,
             layers,
-            post_layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
+            post_layernorm: layer_norm(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("post_layernorm"),
+            )?,
         })
     }
 

@@ -17,15 +17,13 @@
 //! Images larger than [`LoadOptions::max_megapixels`] are refused from their header,
 //! before any pixel buffer is allocated.
 
-use std::cell::RefCell;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use fast_image_resize::images::{Image as FirImage, ImageRef as FirImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use serde::Deserialize;
 
+use super::pil_resize;
 use crate::{Error, Result};
 
 /// Options for decoding.
@@ -431,11 +429,10 @@ impl<'de> Deserialize<'de> for Resample {
 }
 
 impl Resample {
-    /// The `fast_image_resize` filter that reproduces Pillow's.
-    fn filter(self) -> FilterType {
+    fn filter(self) -> pil_resize::Filter {
         match self {
-            Self::Bilinear => FilterType::Bilinear,
-            Self::Bicubic => FilterType::CatmullRom,
+            Self::Bilinear => pil_resize::Filter::Bilinear,
+            Self::Bicubic => pil_resize::Filter::Bicubic,
         }
     }
 }
@@ -537,18 +534,7 @@ impl ImagePreprocessor {
             // Nothing to sample from (decode_rgb never returns such an image).
             return RgbImage::new(width, height);
         }
-        let src = FirImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
-            .expect("an RgbImage holds width*height*3 bytes");
-        let mut dst = FirImage::new(width, height, PixelType::U8x3);
-        let options =
-            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(self.resample.filter()));
-        RESIZER.with(|resizer| {
-            resizer
-                .borrow_mut()
-                .resize(&src, &mut dst, &options)
-                .expect("same pixel type, non-empty images: resizing cannot fail")
-        });
-        RgbImage::from_raw(width, height, dst.into_vec()).expect("width*height*3 bytes")
+        pil_resize::resize(img, width, height, self.resample.filter())
     }
 
     /// The model input for `img`: resized (if `do_resize`), rescaled and normalised, in
@@ -598,9 +584,4 @@ impl ImagePreprocessor {
     pub fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Vec<f32>> {
         Ok(self.pixel_values(&load_rgb(path, opts)?))
     }
-}
-
-thread_local! {
-    /// One resizer per thread: it keeps its scratch buffers between images.
-    static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
 }

@@ -67,7 +67,9 @@ pub struct TextTokenizer {
 
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextTokenizer").field("max_tokens", &self.max_tokens).finish()
+        f.debug_struct("TextTokenizer")
+            .field("max_tokens", &self.max_tokens)
+            .finish()
     }
 }
 
@@ -94,19 +96,27 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             reason,
         };
-        let path_str = path.to_str().ok_or_else(|| bad("path is not UTF-8".into()))?;
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| bad("path is not UTF-8".into()))?;
         let wordpiece = WordPiece::from_file(path_str)
             .unk_token("[UNK]".into())
             .build()
             .map_err(|e| bad(format!("is not a WordPiece vocabulary: {e}")))?;
-        let id = |token: &str| wordpiece_id(&wordpiece, token).ok_or_else(|| bad(format!("has no `{token}` token")));
+        let id = |token: &str| {
+            wordpiece_id(&wordpiece, token).ok_or_else(|| bad(format!("has no `{token}` token")))
+        };
         let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
         let mut tokenizer = Tokenizer::new(wordpiece);
         tokenizer
             .with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
             .with_pre_tokenizer(Some(BertPreTokenizer))
-            .with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
-        let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"].map(|t| AddedToken::from(t, true));
+            .with_post_processor(Some(BertProcessing::new(
+                ("[SEP]".into(), sep),
+                ("[CLS]".into(), cls),
+            )));
+        let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+            .map(|t| AddedToken::from(t, true));
         tokenizer.add_special_tokens(&specials);
         Self::new(tokenizer, max_tokens)
     }
@@ -149,8 +159,15 @@ impl TextTokenizer {
         let mut flat_ids = Vec::with_capacity(ids.len() * longest);
         let mut flat_mask = Vec::with_capacity(ids.len() * longest);
         for row in ids {
-            flat_ids.extend(row.iter().copied().chain(std::iter::repeat_n(self.pad_id, longest - row.len())));
-            flat_mask.extend(std::iter::repeat_n(1u32, row.len()).chain(std::iter::repeat_n(0, longest - row.len())));
+            flat_ids.extend(
+                row.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(self.pad_id, longest - row.len())),
+            );
+            flat_mask.extend(
+                std::iter::repeat_n(1u32, row.len())
+                    .chain(std::iter::repeat_n(0, longest - row.len())),
+            );
         }
         let shape = (ids.len(), longest);
         Ok((
