@@ -169,11 +169,10 @@ fn resize_of_pil_pixels_matches_pil_bicubic_exactly() {
     resize_pil_pixels(|name| !PILLOW13_VERTICAL_FIRST.contains(&name));
 }
 
-/// Known gap: for these portrait shapes Pillow 13 runs the vertical pass before the
-/// horizontal one (Pillow up to 12 always ran horizontal first, as qseek does); the rule
-/// it uses to choose has not been pinned down yet.
+/// For these portrait shapes Pillow 13 runs the vertical pass before the horizontal one
+/// (Pillow up to 12 always ran horizontal first): it does when the image loses more than
+/// twice as many rows as columns.
 #[test]
-#[ignore = "Pillow 13 chooses the pass order for some shapes; rule not yet reproduced"]
 fn resize_of_portrait_pil_pixels_matches_pillow_13() {
     resize_pil_pixels(|name| PILLOW13_VERTICAL_FIRST.contains(&name));
 }

@@ -1,8 +1,8 @@
 //! Pillow's `Image.resize` for 8-bit RGB, bit for bit (`libImaging/Resample.c`).
 //!
 //! General-purpose resizers (fast_image_resize included) use the same filters but other
-//! rounding: Pillow's fixed-point coefficients (22 fractional bits), its horizontal-then-
-//! vertical order and its clipping to 8 bits between the passes all change pixels by a
+//! rounding: Pillow's fixed-point coefficients (22 fractional bits), its order of the two
+//! passes and its clipping to 8 bits between the passes all change pixels by a
 //! level or two. BLIP-2 was trained and is evaluated on Pillow's output, so qseek
 //! reproduces it exactly.
 
@@ -119,60 +119,91 @@ pub fn resize(img: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbIma
     let mut vertical = coefficients(in_h, out_h, filter);
     let need_horizontal = out_w != in_w;
     let need_vertical = out_h != in_h;
+    let src = img.as_raw();
+
+    if need_horizontal && need_vertical && vertical_first(in_w, in_h, out_w, out_h) {
+        // Pillow 13: the vertical pass over every column, then the horizontal pass.
+        let tmp = vertical_pass(src, in_w, out_h, &vertical);
+        let data = horizontal_pass(&tmp, in_w, 0, out_h, out_w, &horizontal);
+        return RgbImage::from_raw(width, height, data).expect("width*height*3 bytes");
+    }
 
     // The horizontal pass only runs over the rows the vertical pass will read.
     let first_row = vertical.bounds[0].0;
     let last_row = vertical.bounds[out_h - 1].0 + vertical.bounds[out_h - 1].1;
-    let src = img.as_raw();
     let (mut data, mut cur_w, mut cur_h) = (src.clone(), in_w, in_h);
     if need_horizontal {
         for b in &mut vertical.bounds {
             b.0 -= first_row;
         }
         let rows = last_row - first_row;
-        let mut out = vec![0u8; rows * out_w * 3];
-        out.par_chunks_mut(out_w * 3)
-            .enumerate()
-            .for_each(|(y, line)| {
-                let input = &src[(y + first_row) * in_w * 3..(y + first_row + 1) * in_w * 3];
-                for (xx, px) in line.chunks_exact_mut(3).enumerate() {
-                    let (xmin, taps) = horizontal.bounds[xx];
-                    let k = &horizontal.weights[xx * horizontal.ksize..];
-                    let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
-                    for (x, &w) in k.iter().enumerate().take(taps) {
-                        let p = &input[(xmin + x) * 3..(xmin + x) * 3 + 3];
-                        for c in 0..3 {
-                            acc[c] += i64::from(p[c]) * i64::from(w);
-                        }
-                    }
-                    for c in 0..3 {
-                        px[c] = clip8(acc[c]);
-                    }
-                }
-            });
-        data = out;
+        data = horizontal_pass(src, in_w, first_row, rows, out_w, &horizontal);
         cur_w = out_w;
         cur_h = rows;
     }
     if need_vertical {
-        let input = &data;
-        let mut out = vec![0u8; out_h * cur_w * 3];
-        out.par_chunks_mut(cur_w * 3)
-            .enumerate()
-            .for_each(|(yy, line)| {
-                let (ymin, taps) = vertical.bounds[yy];
-                let k = &vertical.weights[yy * vertical.ksize..];
-                for (i, v) in line.iter_mut().enumerate() {
-                    let mut acc = 1i64 << (PRECISION_BITS - 1);
-                    for (y, &w) in k.iter().enumerate().take(taps) {
-                        acc += i64::from(input[(ymin + y) * cur_w * 3 + i]) * i64::from(w);
-                    }
-                    *v = clip8(acc);
-                }
-            });
-        data = out;
+        data = vertical_pass(&data, cur_w, out_h, &vertical);
         cur_h = out_h;
     }
     debug_assert_eq!((cur_w, cur_h), (out_w, out_h));
     RgbImage::from_raw(width, height, data).expect("width*height*3 bytes")
+}
+
+/// Pillow 13's choice of pass order (`ImagingResampleInner`): the vertical pass runs
+/// first when the image loses more than twice as many rows as columns.
+fn vertical_first(in_w: usize, in_h: usize, out_w: usize, out_h: usize) -> bool {
+    let rows_lost = in_h as i64 - out_h as i64;
+    let columns_lost = in_w as i64 - out_w as i64;
+    rows_lost > 0 && rows_lost > 2 * columns_lost
+}
+
+/// Resamples rows `first_row..first_row + rows` of `src` (`in_w` pixels wide) to `out_w`.
+fn horizontal_pass(
+    src: &[u8],
+    in_w: usize,
+    first_row: usize,
+    rows: usize,
+    out_w: usize,
+    horizontal: &Coefficients,
+) -> Vec<u8> {
+    let mut out = vec![0u8; rows * out_w * 3];
+    out.par_chunks_mut(out_w * 3)
+        .enumerate()
+        .for_each(|(y, line)| {
+            let input = &src[(y + first_row) * in_w * 3..(y + first_row + 1) * in_w * 3];
+            for (xx, px) in line.chunks_exact_mut(3).enumerate() {
+                let (xmin, taps) = horizontal.bounds[xx];
+                let k = &horizontal.weights[xx * horizontal.ksize..];
+                let mut acc = [1i64 << (PRECISION_BITS - 1); 3];
+                for (x, &w) in k.iter().enumerate().take(taps) {
+                    let p = &input[(xmin + x) * 3..(xmin + x) * 3 + 3];
+                    for c in 0..3 {
+                        acc[c] += i64::from(p[c]) * i64::from(w);
+                    }
+                }
+                for c in 0..3 {
+                    px[c] = clip8(acc[c]);
+                }
+            }
+        });
+    out
+}
+
+/// Resamples the columns of `input` (`width` pixels wide) to `out_h` rows.
+fn vertical_pass(input: &[u8], width: usize, out_h: usize, vertical: &Coefficients) -> Vec<u8> {
+    let mut out = vec![0u8; out_h * width * 3];
+    out.par_chunks_mut(width * 3)
+        .enumerate()
+        .for_each(|(yy, line)| {
+            let (ymin, taps) = vertical.bounds[yy];
+            let k = &vertical.weights[yy * vertical.ksize..];
+            for (i, v) in line.iter_mut().enumerate() {
+                let mut acc = 1i64 << (PRECISION_BITS - 1);
+                for (y, &w) in k.iter().enumerate().take(taps) {
+                    acc += i64::from(input[(ymin + y) * width * 3 + i]) * i64::from(w);
+                }
+                *v = clip8(acc);
+            }
+        });
+    out
 }
