@@ -86,10 +86,8 @@ fn lossless_photos_give_pixels_within_one_8bit_step_and_the_same_vectors() {
     files_end_to_end(|p| !is_jpeg(p));
 }
 
-/// Known gap: the `image` crate's JPEG decoder is not libjpeg-turbo (Pillow's); after
-/// resizing, the JPEG photos are measured up to 2 levels from the reference.
+/// JPEG photos are decoded by libjpeg-turbo's code (mozjpeg), as Pillow does.
 #[test]
-#[ignore = "JPEG decoding is not yet bit-compatible with libjpeg-turbo (2 levels after resize)"]
 fn jpeg_photos_give_pixels_within_one_8bit_step_and_the_same_vectors() {
     files_end_to_end(is_jpeg);
 }

@@ -5,7 +5,9 @@
 //! normalises with a per-channel mean and std. Each step here reproduces PIL's, so the
 //! model sees the pixels it was trained on:
 //!
-//! - decoding: [`load_rgb`] / [`decode_rgb`] convert every pixel format the way
+//! - decoding: JPEG goes through libjpeg-turbo's decoder (as mozjpeg) with its defaults,
+//!   which is what Pillow uses: the same pixels bit for bit (integer IDCT, "fancy" chroma
+//!   upsampling). [`load_rgb`] / [`decode_rgb`] convert every pixel format the way
 //!   `convert("RGB")` does (alpha dropped, not composited; 16-bit grey clipped to 255,
 //!   16-bit colour reduced to its high byte; CMYK inverted Adobe-style). One deliberate
 //!   difference: the EXIF orientation is applied, so that phone photos stand upright.
@@ -87,6 +89,10 @@ pub fn decode_rgb(bytes: &[u8], path_for_errors: &Path, opts: &LoadOptions) -> R
         return Err(fail(
             "the JPEG data is truncated (the file ends before the image does)".into(),
         ));
+    }
+    if format == ImageFormat::Jpeg {
+        let rgb = decode_jpeg(bytes, path_for_errors, opts)?;
+        return Ok(apply_exif_orientation(rgb, bytes));
     }
 
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -199,6 +205,78 @@ fn decode_error(
             reason: format!("invalid {} data: {e}", format_name(format)),
         },
     }
+}
+
+/// Decodes a JPEG as Pillow does: with libjpeg-turbo's code (mozjpeg) and its default
+/// settings (`JDCT_ISLOW` integer IDCT, fancy upsampling), which Pillow keeps. Grey
+/// images are replicated to three channels; CMYK and YCCK ones are read as inverted
+/// ("Adobe") CMYK and converted the way PIL's `convert("RGB")` does.
+///
+/// The size limit is checked from the header, before any pixel buffer is allocated.
+fn decode_jpeg(bytes: &[u8], path: &Path, opts: &LoadOptions) -> Result<RgbImage> {
+    use mozjpeg::ColorSpace;
+
+    let fail = |reason: String| Error::ImageDecode {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // libjpeg reports fatal errors by unwinding out of the decoder (mozjpeg's error
+    // manager); catching that, and any other panic, turns bad data into an error.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let decompress = mozjpeg::Decompress::new_mem(bytes)
+            .map_err(|e| fail(format!("invalid JPEG data: {e}")))?;
+        let (width, height) = decompress.size();
+        let width = u32::try_from(width).unwrap_or(u32::MAX);
+        let height = u32::try_from(height).unwrap_or(u32::MAX);
+        check_size(width, height, path, opts)?;
+        if width == 0 || height == 0 {
+            return Err(fail(format!("the image has no pixels ({width}x{height})")));
+        }
+        let read_error = |e: std::io::Error| fail(format!("invalid JPEG data: {e}"));
+        let samples = match decompress.color_space() {
+            ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK => {
+                let cmyk =
+                    read_all(decompress.to_colorspace(ColorSpace::JCS_CMYK)).map_err(read_error)?;
+                // PIL opens these as "CMYK;I" (inverted) and `convert("RGB")` computes
+                // (255 - C) * (255 - K) / 255, i.e. stored C * stored K / 255, rounded.
+                cmyk.chunks_exact(4)
+                    .flat_map(|p| [p[0], p[1], p[2]].map(|c| mul_div_255(c, p[3])))
+                    .collect()
+            }
+            ColorSpace::JCS_GRAYSCALE => read_all(decompress.grayscale())
+                .map_err(read_error)?
+                .iter()
+                .flat_map(|&v| [v; 3])
+                .collect(),
+            _ => read_all(decompress.rgb()).map_err(read_error)?,
+        };
+        RgbImage::from_raw(width, height, samples)
+            .ok_or_else(|| fail("the JPEG decoder returned fewer pixels than the image has".into()))
+    }));
+    outcome.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("the JPEG decoder crashed on this file");
+        Err(fail(format!("invalid JPEG data: {message}")))
+    })
+}
+
+/// All scanlines of a started decompression, then its end.
+fn read_all<R: std::io::BufRead>(
+    started: std::io::Result<mozjpeg::decompress::DecompressStarted<R>>,
+) -> std::io::Result<Vec<u8>> {
+    let mut started = started?;
+    let samples = started.read_scanlines::<u8>()?;
+    started.finish()?;
+    Ok(samples)
+}
+
+/// PIL's `MULDIV255`: `a * b / 255`, rounded.
+fn mul_div_255(a: u8, b: u8) -> u8 {
+    let t = u32::from(a) * u32::from(b) + 128;
+    ((t + (t >> 8)) >> 8) as u8
 }
 
 /// Whether a JPEG stream reaches its end-of-image marker.
@@ -339,7 +417,7 @@ pub struct ImagePreprocessor {
 
 /// OpenAI CLIP's normalisation, `BlipImageProcessor`'s default.
 const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 impl Default for ImagePreprocessor {
     fn default() -> Self {
