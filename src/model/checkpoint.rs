@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
+use super::weights::SafetensorsFiles;
 use super::{Blip2Config, Blip2ForImageTextRetrieval};
 use crate::{Error, Result};
 
@@ -133,7 +134,7 @@ impl Checkpoint {
         })
         .map_err(|e| match e {
             Error::Checkpoint { reason, .. } if offline => Error::Hub(format!(
-                "{id} is not in the hub cache ({cache_dir}) and HF_HUB_OFFLINE is set: {reason}. Unset HF_HUB_OFFLINE to download it, or pass --model DIR with a local copy"
+                "{id} is not in the hub cache ({cache_dir}): it {reason}, and HF_HUB_OFFLINE is set. Unset HF_HUB_OFFLINE to download it, or pass --model DIR with a local copy"
             )),
             e => e,
         })
@@ -191,7 +192,7 @@ impl Checkpoint {
         Blip2Config::from_file(&self.config)
     }
 
-    /// Opens the weights (memory-mapped) and builds the model; the vision model in
+    /// Reads the weights (see [`SafetensorsFiles`]) and builds the model; the vision model in
     /// `dtype`, the rest in f32. Errors name the tensor, expected and found shape.
     pub fn load_model(
         &self,
@@ -199,23 +200,8 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> Result<Blip2ForImageTextRetrieval> {
-        for file in &self.weights {
-            // Checked one by one so that a truncated or corrupt file is named.
-            // SAFETY: the file is mapped read-only; qseek does not modify checkpoints
-            // while it runs (the same contract as candle's and transformers' loaders).
-            unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }.map_err(|e| {
-                Error::Checkpoint {
-                    path: file.clone(),
-                    reason: format!("is not a readable safetensors file: {}", root_message(&e)),
-                }
-            })?;
-        }
-        // SAFETY: as above.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.weights, DType::F32, device) }
-            .map_err(|e| Error::Checkpoint {
-                path: self.weights[0].clone(),
-                reason: root_message(&e),
-            })?;
+        let files = SafetensorsFiles::open(&self.weights)?;
+        let vb = VarBuilder::from_backend(Box::new(files), DType::F32, device.clone());
         Blip2ForImageTextRetrieval::new(config, vb, dtype).map_err(|e| Error::Checkpoint {
             path: self.config.parent().unwrap_or(Path::new(".")).to_path_buf(),
             reason: format!("{}{}", root_message(&e), config.defaulted_note()),

@@ -10,6 +10,7 @@ pub mod ops;
 pub mod qformer;
 pub mod retrieval;
 pub mod vision;
+pub mod weights;
 
 pub use checkpoint::{Checkpoint, ModelSource};
 pub use config::Blip2Config;
