@@ -124,7 +124,7 @@ fn files_end_to_end(select: fn(&std::path::Path) -> bool) {
             .index_select(&index, 0)
             .unwrap();
         // One 8-bit step is 1/255 before normalisation: at most 1/(255·std) after it.
-        let step = 1.0 / (255.0 * 0.26130258) + 1e-5;
+        let step = 1.0 / (255.0 * 0.261_302_6) + 1e-5;
         let diff = max_abs_diff(&ours, &theirs);
         assert!(
             diff <= step,

@@ -81,7 +81,8 @@ impl ModelArgs {
     }
 
     fn load_options(&self) -> Result<LoadOptions> {
-        if !(self.max_megapixels > 0.0) {
+        // Written so that NaN is refused too.
+        if self.max_megapixels.is_nan() || self.max_megapixels <= 0.0 {
             return Err(crate::Error::Usage(
                 "--max-megapixels must be positive".into(),
             ));

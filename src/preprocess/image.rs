@@ -12,7 +12,7 @@
 //!   16-bit colour reduced to its high byte; CMYK inverted Adobe-style). One deliberate
 //!   difference: the EXIF orientation is applied, so that phone photos stand upright.
 //! - resizing: [`ImagePreprocessor::resize`] is Pillow's 8-bit convolution resampling
-//!   (antialiased when shrinking), which `fast_image_resize` reproduces.
+//!   (antialiased when shrinking), ported bit for bit in [`super::pil_resize`].
 //! - [`ImagePreprocessor::pixel_values`] rescales and normalises in the same floating-point
 //!   order as `transformers`, through a 256-entry table per channel.
 //!
