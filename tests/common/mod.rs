@@ -76,20 +76,8 @@ impl Reference {
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a
-        .to_dtype(candle_core::DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = b
-        .to_dtype(candle_core::DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let a = flat(a);
+    let b = flat(b);
     a.iter()
         .zip(&b)
         .map(|(x, y)| (x - y).abs())
@@ -100,20 +88,8 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 pub fn min_row_cosine(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let d = *a.dims().last().unwrap();
-    let a = a
-        .to_dtype(candle_core::DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = b
-        .to_dtype(candle_core::DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let a = flat(a);
+    let b = flat(b);
     a.chunks(d)
         .zip(b.chunks(d))
         .map(|(x, y)| {
@@ -123,4 +99,14 @@ pub fn min_row_cosine(a: &Tensor, b: &Tensor) -> f32 {
             dot / (nx * ny)
         })
         .fold(1.0, f32::min)
+}
+
+/// All values of a tensor, as f32, in row-major order.
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
 }
