@@ -1,0 +1,279 @@
+//! Throughput benchmark (not a test): image embeddings/s, text embeddings/s and ITM
+//! pairs/s of a checkpoint, with its load time and peak memory, printed as one JSON line.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo run --release --example throughput -- \
+//!     --model /work/models/full --images 4 --texts 64 --pairs 16 --batch 4 --dtype f32
+//! ```
+//!
+//! Every timed phase is repeated `--reps` times after one warm-up batch of each kind;
+//! the rates are computed from the median repetition. Pixel pre-processing is not part
+//! of `images_per_s`; with `--photos DIR` it is measured on its own
+//! (`preprocess_ms_per_image`). `benches/compare_pytorch.py` runs this next to
+//! transformers and prints the ratios.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use clap::Parser;
+use qseek::embedder::parse_dtype;
+use qseek::model::ModelSource;
+use qseek::preprocess::image::LoadOptions;
+use qseek::{Embedder, ModelOptions};
+
+/// COCO-style captions of 10 to 14 tokens (special tokens included), cycled to make
+/// `--texts` texts and `--pairs` pairs. `benches/compare_pytorch.py` uses the same list.
+const CAPTIONS: [&str; 16] = [
+    "a cat lying on a bed next to a pillow",
+    "a cup of coffee on a saucer with a spoon",
+    "a rocket standing on the launch pad at night",
+    "a man holding a camera on a tripod in a field",
+    "stars and galaxies in the deep dark space",
+    "a close up of the retina of an eye",
+    "a pile of old coins on a wooden table",
+    "two dogs playing with a red ball in the park",
+    "a woman riding a bicycle down a busy city street",
+    "a plate of pasta with tomato sauce and basil",
+    "a train passing over a bridge near the mountains",
+    "a group of people standing around a kitchen table",
+    "a small boat floating on a calm blue lake",
+    "a child flying a kite on a sunny beach",
+    "a bowl of fresh fruit on a marble counter",
+    "an old red car parked in front of a house",
+];
+
+#[derive(Parser, Debug)]
+#[command(about = "qseek throughput: images/s, texts/s, ITM pairs/s, load time, peak RSS")]
+struct Args {
+    /// Checkpoint directory (e.g. one written by `make_fixtures.py --full DIR`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Images per repetition (random pixel values).
+    #[arg(long, default_value_t = 4)]
+    images: usize,
+    /// Texts per repetition.
+    #[arg(long, default_value_t = 64)]
+    texts: usize,
+    /// ITM (image, text) pairs per repetition.
+    #[arg(long, default_value_t = 16)]
+    pairs: usize,
+    /// Batch size of every phase.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Compute dtype of the vision model (f32, f16, bf16).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Timed repetitions of each phase (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Optional directory of photos whose decoding + pre-processing is timed separately.
+    #[arg(long)]
+    photos: Option<PathBuf>,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// `VmHWM` (peak resident set) of this process, in bytes.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Deterministic pseudo-random pixel values, roughly what normalised photos look like.
+fn random_pixels(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+/// Batch sizes that make `total` items in batches of at most `batch`.
+fn chunks(total: usize, batch: usize) -> Vec<usize> {
+    let mut out = vec![batch; total / batch];
+    if total % batch > 0 {
+        out.push(total % batch);
+    }
+    out
+}
+
+/// Runs `f` `reps` times, returning the median duration in seconds.
+fn time_median(reps: usize, mut f: impl FnMut() -> qseek::Result<()>) -> qseek::Result<f64> {
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+fn main() -> qseek::Result<()> {
+    let args = Args::parse();
+    assert!(
+        args.batch > 0 && args.reps > 0 && args.images > 0,
+        "--batch, --reps and --images must be positive"
+    );
+    let mut opts = ModelOptions::new(ModelSource::Local(args.model.clone()));
+    opts.dtype = parse_dtype(&args.dtype)?;
+
+    let t = Instant::now();
+    let embedder = Embedder::load(&opts)?;
+    let load_s = t.elapsed().as_secs_f64();
+    let rss_after_load = peak_rss_bytes();
+    let weights_bytes: u64 = embedder
+        .checkpoint
+        .weights
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    let model = embedder.model();
+    let size = embedder.config.vision_config.image_size;
+    let pixel_len = 3 * size * size;
+
+    // Pixel batches (pre-processing excluded), built once.
+    let image_batches: Vec<Tensor> = chunks(args.images, args.batch)
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let imgs: Vec<Vec<f32>> = (0..n)
+                .map(|j| random_pixels(pixel_len, (i * args.batch + j) as u64 + 1))
+                .collect();
+            embedder.pixel_batch(&imgs)
+        })
+        .collect::<qseek::Result<_>>()?;
+
+    let texts: Vec<String> = (0..args.texts.max(args.pairs))
+        .map(|i| CAPTIONS[i % CAPTIONS.len()].to_string())
+        .collect();
+    let ids = embedder.tokenize(&texts)?;
+    let mean_tokens = ids.iter().map(Vec::len).sum::<usize>() as f64 / ids.len().max(1) as f64;
+
+    // Warm-up: one batch of each kind. Its vision features feed the ITM pairs.
+    let (warm_vision, _) = embedder.embed_pixels(&image_batches[0])?;
+    embedder.embed_token_ids(&ids[..args.batch.min(ids.len())])?;
+    let n_warm = warm_vision.dim(0)?;
+
+    // Image embeddings: the ViT then the Q-Former query pass, split to see where the
+    // time goes.
+    let mut vision_s = Vec::new();
+    let mut qformer_s = Vec::new();
+    let image_s = time_median(args.reps, || {
+        let (mut v, mut q) = (0.0, 0.0);
+        for pixels in &image_batches {
+            let t = Instant::now();
+            let vision = model.vision_features(pixels)?;
+            let t1 = Instant::now();
+            model.image_embeds(&vision)?;
+            v += (t1 - t).as_secs_f64();
+            q += t1.elapsed().as_secs_f64();
+        }
+        vision_s.push(v);
+        qformer_s.push(q);
+        Ok(())
+    })?;
+
+    // Text embeddings.
+    let text_ids = &ids[..args.texts];
+    let text_s = time_median(args.reps, || {
+        for chunk in text_ids.chunks(args.batch) {
+            embedder.embed_token_ids(chunk)?;
+        }
+        Ok(())
+    })?;
+
+    // ITM pairs: pair k is (warm-up image k mod n, caption k), vision features
+    // precomputed, so that only the Q-Former ITM pass is timed.
+    let pair_ids = &ids[..args.pairs];
+    let pair_vision: Vec<Tensor> = chunks(args.pairs, args.batch)
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let idx: Vec<u32> = (0..n)
+                .map(|j| ((i * args.batch + j) % n_warm) as u32)
+                .collect();
+            let idx = Tensor::new(idx.as_slice(), warm_vision.device())?;
+            Ok(warm_vision.index_select(&idx, 0)?)
+        })
+        .collect::<qseek::Result<_>>()?;
+    let itm_s = if args.pairs > 0 {
+        time_median(args.reps, || {
+            for (vision, chunk) in pair_vision.iter().zip(pair_ids.chunks(args.batch)) {
+                embedder.itm_logits(vision, chunk)?;
+            }
+            Ok(())
+        })?
+    } else {
+        f64::NAN
+    };
+
+    // Optional: decoding + pre-processing of real photos, per image.
+    let preprocess_ms = match &args.photos {
+        Some(dir) => {
+            let entries = std::fs::read_dir(dir).map_err(|source| qseek::Error::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let mut paths: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            paths.sort();
+            let lo = LoadOptions::default();
+            let mut per_image = Vec::new();
+            for _ in 0..args.reps {
+                let t = Instant::now();
+                for p in &paths {
+                    embedder.pixel_values(p, &lo)?;
+                }
+                per_image.push(t.elapsed().as_secs_f64() * 1e3 / paths.len().max(1) as f64);
+            }
+            Some(median(per_image))
+        }
+        None => None,
+    };
+
+    let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { f64::NAN };
+    let json = serde_json::json!({
+        "load_s": load_s,
+        "images_per_s": rate(args.images, image_s),
+        "texts_per_s": rate(args.texts, text_s),
+        "itm_pairs_per_s": rate(args.pairs, itm_s),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "weights_bytes": weights_bytes,
+        "rss_after_load_bytes": rss_after_load,
+        "vision_s_per_image": median(vision_s) / args.images as f64,
+        "qformer_s_per_image": median(qformer_s) / args.images as f64,
+        "preprocess_ms_per_image": preprocess_ms,
+        "mean_text_tokens": mean_tokens,
+        "threads": candle_core::utils::get_num_threads(),
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "images": args.images,
+        "texts": args.texts,
+        "pairs": args.pairs,
+        "reps": args.reps,
+    });
+    println!("{json}");
+    Ok(())
+}
