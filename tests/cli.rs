@@ -176,12 +176,17 @@ fn a_bad_file_is_reported_and_the_others_still_processed() {
 fn model_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join(name);
-    std::fs::create_dir(&dir).unwrap();
+    copy_model(name, &dir);
+    (tmp, dir)
+}
+
+/// Copies every file of fixture model `name` into `dest` (created).
+fn copy_model(name: &str, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
     for entry in std::fs::read_dir(model_dir(name)).unwrap() {
         let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+        std::fs::copy(entry.path(), dest.join(entry.file_name())).unwrap();
     }
-    (tmp, dir)
 }
 
 fn rewrite_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
@@ -322,13 +327,9 @@ fn fake_hub_cache(model: &str) -> tempfile::TempDir {
         .join("hub")
         .join(format!("models--org--{model}"));
     let snapshot = repo.join("snapshots").join("0123abcd");
-    std::fs::create_dir_all(&snapshot).unwrap();
+    copy_model(model, &snapshot);
     std::fs::create_dir_all(repo.join("refs")).unwrap();
     std::fs::write(repo.join("refs").join("main"), "0123abcd").unwrap();
-    for entry in std::fs::read_dir(model_dir(model)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), snapshot.join(entry.file_name())).unwrap();
-    }
     home
 }
 

@@ -44,11 +44,6 @@ impl Module for Linear {
     }
 }
 
-/// `nn.LayerNorm` with weight and bias, as stored by transformers.
-pub fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<candle_nn::LayerNorm> {
-    candle_nn::layer_norm(size, eps, vb)
-}
-
 /// Scaled dot-product attention: `softmax(q kᵀ · scale + mask) v`.
 ///
 /// `q`: (batch, heads, q_len, head_dim); `k`, `v`: (batch, heads, kv_len, head_dim);

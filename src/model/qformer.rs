@@ -7,10 +7,10 @@
 //! `intermediate`/`output`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{layer_norm, Activation, Embedding, LayerNorm, VarBuilder};
 
 use super::config::QFormerConfig;
-use super::ops::{attention, layer_norm, Linear};
+use super::ops::{attention, Linear};
 
 /// `embeddings`: word and absolute position embeddings (`Blip2TextEmbeddings`).
 #[derive(Debug, Clone)]

@@ -1,10 +1,10 @@
 //! `vision_model`: the EVA ViT image encoder (`Blip2VisionModel`).
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Activation, LayerNorm, VarBuilder};
+use candle_nn::{layer_norm, Activation, LayerNorm, VarBuilder};
 
 use super::config::VisionConfig;
-use super::ops::{attention, layer_norm, Linear};
+use super::ops::{attention, Linear};
 
 /// `vision_model.embeddings`: patches, `[CLS]` and learned positions.
 #[derive(Debug, Clone)]
