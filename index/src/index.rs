@@ -362,7 +362,7 @@ impl Index {
             params,
             allowed.as_ref(),
         );
-        let mut scored: Vec<(f32, u64, usize)> = candidates
+        let scored: Vec<(f32, ImageId, usize)> = candidates
             .par_iter()
             .map_init(
                 || vec![0f32; dim],
@@ -372,12 +372,7 @@ impl Index {
                 },
             )
             .collect();
-        sort_hits(&mut scored);
-        Ok(scored
-            .into_iter()
-            .take(k)
-            .map(|(score, id, slot)| state.image_hit(id, score, slot))
-            .collect())
+        Ok(state.top_image_hits(scored, k))
     }
 
     /// Top-`k` images similar to an image given by its `Q × D` vectors, by
@@ -398,19 +393,14 @@ impl Index {
             .map(|v| v.to_vec())
             .collect();
         let candidates = state.image_candidates(&probes, k, params, allowed.as_ref());
-        let mut scored: Vec<(f32, u64, usize)> = candidates
+        let scored: Vec<(f32, ImageId, usize)> = candidates
             .par_iter()
             .map(|&id| {
                 let other = state.image_vectors.row_f32(state.images[&id].row as usize);
                 (max_sim::chamfer(image_vectors, &other, m.dim), id, 0)
             })
             .collect();
-        sort_hits(&mut scored);
-        Ok(scored
-            .into_iter()
-            .take(k)
-            .map(|(score, id, slot)| state.image_hit(id, score, slot))
-            .collect())
+        Ok(state.top_image_hits(scored, k))
     }
 
     /// Top-`k` images similar to `image_id`, without itself.
@@ -557,6 +547,16 @@ impl State {
             paths: e.paths.clone(),
             vision_features_shape: e.features.as_ref().map(|f| f.shape.clone()),
         })
+    }
+
+    /// The best `k` of exactly scored `(score, image, slot)` triples, as hits.
+    fn top_image_hits(&self, mut scored: Vec<(f32, ImageId, usize)>, k: usize) -> Vec<ImageHit> {
+        sort_hits(&mut scored);
+        scored
+            .into_iter()
+            .take(k)
+            .map(|(score, id, slot)| self.image_hit(id, score, slot))
+            .collect()
     }
 
     fn image_hit(&self, id: ImageId, score: f32, best_slot: usize) -> ImageHit {
