@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
 use half::f16;
 use rayon::prelude::*;
@@ -66,8 +66,11 @@ pub(crate) struct State {
     pub text_rows: Vec<Option<TextId>>,
     pub image_vectors: VectorStoreReader,
     pub text_vectors: VectorStoreReader,
-    pub image_graph: AnnGraph,
-    pub text_graph: AnnGraph,
+    /// Built on the first search that needs it (see [`State::image_graph`]).
+    pub image_graph: OnceLock<AnnGraph>,
+    pub text_graph: OnceLock<AnnGraph>,
+    /// Graph points per image (from the manifest).
+    pub graph_points_per_image: usize,
     /// Read side of the features file.
     pub features: File,
 }
@@ -322,7 +325,7 @@ impl Index {
             texts: state.texts.len(),
             dead_image_rows: state.image_rows.iter().filter(|r| r.is_none()).count(),
             dead_text_rows: state.text_rows.iter().filter(|r| r.is_none()).count(),
-            image_graph_points: state.image_graph.points().len(),
+            image_graph_points: state.image_graph().points().len(),
             num_query_tokens: m.num_query_tokens,
             dim: m.dim,
             vector_dtype: m.vector_dtype,
@@ -453,7 +456,7 @@ impl Index {
         } else {
             let mut found: HashSet<TextId> = HashSet::new();
             for q in queries.chunks_exact(dim) {
-                for (target, _) in state.text_graph.search(q, want, params.ef) {
+                for (target, _) in state.text_graph().search(q, want, params.ef) {
                     if let Some(Some(id)) = state.text_rows.get(target.row as usize) {
                         if is_allowed(id) {
                             found.insert(*id);
@@ -495,6 +498,14 @@ impl Index {
                 }
             })
             .collect())
+    }
+
+    /// Builds the HNSW graphs now rather than at the first search that needs
+    /// them (a server does this at start; a benchmark, before timing searches).
+    pub fn build_graphs(&self) {
+        let state = self.state();
+        state.image_graph();
+        state.text_graph();
     }
 
     /// Checks every invariant (manifest, counts, mappings, file lengths,
@@ -600,13 +611,14 @@ impl State {
                 None => self.images.keys().copied().collect(),
             };
         }
-        let per_image = self.image_graph.points().len() / self.image_rows.len().max(1);
-        let total_points = self.image_graph.points().len();
+        let graph = self.image_graph();
+        let per_image = graph.points().len() / self.image_rows.len().max(1);
+        let total_points = graph.points().len();
         let mut depth = want * per_image.max(1);
         loop {
             let mut best: HashMap<ImageId, f32> = HashMap::new();
             for probe in probes {
-                for (target, sim) in self.image_graph.search(probe, depth, params.ef.max(depth)) {
+                for (target, sim) in graph.search(probe, depth, params.ef.max(depth)) {
                     let Some(Some(id)) = self.image_rows.get(target.row as usize) else {
                         continue;
                     };
@@ -630,6 +642,48 @@ impl State {
             }
             depth = (depth * 4).min(total_points);
         }
+    }
+}
+
+impl State {
+    /// The HNSW graph over the live images' graph vectors, built on first use.
+    ///
+    /// Building costs ~0.3 ms per point (hnsw_rs), so an index is opened
+    /// without it: commands that only add, list or search exactly (small
+    /// collections) never pay for it. Commits extend a built graph.
+    pub(crate) fn image_graph(&self) -> &AnnGraph {
+        self.image_graph.get_or_init(|| {
+            let (dim, k) = (self.image_vectors.dim(), self.graph_points_per_image);
+            let points: Vec<(u64, Vec<f32>)> = self
+                .image_rows
+                .par_iter()
+                .enumerate()
+                .filter(|(_, id)| id.is_some())
+                .map(|(row, _)| {
+                    let vectors = self.image_vectors.row_f32(row);
+                    (row as u64, graph_vectors(&vectors, dim, k))
+                })
+                .collect();
+            let mut graph = AnnGraph::new(points.len() * k);
+            graph.insert(&points, dim);
+            graph
+        })
+    }
+
+    /// The HNSW graph over the live texts' vectors, built on first use.
+    pub(crate) fn text_graph(&self) -> &AnnGraph {
+        self.text_graph.get_or_init(|| {
+            let points: Vec<(u64, Vec<f32>)> = self
+                .text_rows
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| id.is_some())
+                .map(|(row, _)| (row as u64, self.text_vectors.row_f32(row)))
+                .collect();
+            let mut graph = AnnGraph::new(points.len());
+            graph.insert(&points, self.text_vectors.dim());
+            graph
+        })
     }
 }
 
@@ -657,7 +711,8 @@ pub(crate) fn debug_assert_unit(vectors: &[f32], dim: usize) {
 }
 
 /// Loads the committed state: cuts data files to their committed length,
-/// deletes files no commit refers to, decodes the vectors and builds the graphs.
+/// deletes files no commit refers to and decodes the vectors. The graphs are
+/// built later, when a search first needs them.
 pub(crate) fn load_state(
     dir: &Path,
     manifest: &Manifest,
@@ -725,29 +780,6 @@ pub(crate) fn load_state(
         }
     }
 
-    let k = manifest.graph_points_per_image;
-    let image_points: Vec<(u64, Vec<f32>)> = image_rows
-        .par_iter()
-        .enumerate()
-        .filter(|(_, id)| id.is_some())
-        .map(|(row, _)| {
-            (
-                row as u64,
-                graph_vectors(&image_vectors.row_f32(row), dim, k),
-            )
-        })
-        .collect();
-    let mut image_graph = AnnGraph::new(image_points.len() * k);
-    image_graph.insert(&image_points, dim);
-    let text_points: Vec<(u64, Vec<f32>)> = text_rows
-        .iter()
-        .enumerate()
-        .filter(|(_, id)| id.is_some())
-        .map(|(row, _)| (row as u64, text_vectors.row_f32(row)))
-        .collect();
-    let mut text_graph = AnnGraph::new(text_points.len());
-    text_graph.insert(&text_points, dim);
-
     let state = State {
         commit,
         images,
@@ -758,8 +790,9 @@ pub(crate) fn load_state(
         text_rows,
         image_vectors,
         text_vectors,
-        image_graph,
-        text_graph,
+        image_graph: OnceLock::new(),
+        text_graph: OnceLock::new(),
+        graph_points_per_image: manifest.graph_points_per_image,
         features,
     };
     let files = Files {

@@ -417,7 +417,7 @@ impl IndexWriter {
             state.image_vectors.push_encoded(bytes);
             let live = state.images.get(id).is_some_and(|e| e.row as usize == row);
             state.image_rows.push(live.then_some(*id));
-            if live {
+            if live && state.image_graph.get().is_some() {
                 let vectors = state.image_vectors.row_f32(row);
                 new_points.push((
                     row as u64,
@@ -425,7 +425,9 @@ impl IndexWriter {
                 ));
             }
         }
-        state.image_graph.insert(&new_points, m.dim);
+        if let Some(graph) = state.image_graph.get_mut() {
+            graph.insert(&new_points, m.dim);
+        }
         for (id, entry) in &pending.texts {
             match entry {
                 Some(e) => {
@@ -444,11 +446,13 @@ impl IndexWriter {
             state.text_vectors.push_encoded(bytes);
             let live = state.texts.get(id).is_some_and(|e| e.row as usize == row);
             state.text_rows.push(live.then_some(*id));
-            if live {
+            if live && state.text_graph.get().is_some() {
                 new_points.push((row as u64, state.text_vectors.row_f32(row)));
             }
         }
-        state.text_graph.insert(&new_points, m.dim);
+        if let Some(graph) = state.text_graph.get_mut() {
+            graph.insert(&new_points, m.dim);
+        }
         for (path, id) in &pending.paths {
             match id {
                 Some(id) => state.paths.insert(path.clone(), *id),

@@ -54,6 +54,11 @@ impl VectorStoreReader {
         }
     }
 
+    /// Values per vector.
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
+    }
+
     /// Bytes of one row on disk.
     pub(crate) fn row_bytes(&self) -> usize {
         self.per_row * self.dtype.bytes_per_vector(self.dim)

@@ -193,7 +193,7 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
 
     // Every live row has its graph points.
     let mut points_per_row: HashMap<u64, usize> = HashMap::new();
-    for (_, target) in state.image_graph.points().iter() {
+    for (_, target) in state.image_graph().points().iter() {
         *points_per_row.entry(target.row).or_default() += 1;
     }
     let per_image = shared.manifest.graph_points_per_image;
@@ -207,7 +207,7 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
         }
     }
     let text_points: std::collections::HashSet<u64> = state
-        .text_graph
+        .text_graph()
         .points()
         .iter()
         .map(|(_, t)| t.row)
