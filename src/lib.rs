@@ -6,6 +6,7 @@ pub mod cli;
 pub mod embedder;
 pub mod error;
 pub mod model;
+pub mod pipeline;
 pub mod preprocess;
 
 pub use embedder::{Embedder, ModelOptions};

@@ -8,6 +8,7 @@ fn main() {
     let code = match run(cli) {
         Ok(Outcome::Success) => 0,
         Ok(Outcome::SomeFailed) => 1,
+        Ok(Outcome::Interrupted) => 130,
         Err(e) => {
             eprintln!("qseek: {e}");
             2

@@ -104,6 +104,13 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Another process has the index open (one process at a time: the metadata
+    /// database holds an exclusive lock).
+    #[error("the index at {path} is in use by another process (a `qseek index` still running?); wait for it to finish")]
+    InUse {
+        /// The index directory.
+        path: PathBuf,
+    },
     /// A second writer was asked for while one is alive.
     #[error("the index already has a writer; drop it before asking for another")]
     WriterBusy,

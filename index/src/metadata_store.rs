@@ -150,9 +150,17 @@ impl MetadataStore {
             // Metadata is small; sled's 1 GB default cache would only hide leaks.
             .cache_capacity(64 << 20)
             .open()
-            .map_err(|source| Error::Metadata {
-                path: path.to_path_buf(),
-                source,
+            .map_err(|source| match &source {
+                // sled holds an exclusive file lock for as long as a process has it open.
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    Error::InUse {
+                        path: path.parent().unwrap_or(path).to_path_buf(),
+                    }
+                }
+                _ => Error::Metadata {
+                    path: path.to_path_buf(),
+                    source,
+                },
             })?;
         Ok(MetadataStore {
             db,

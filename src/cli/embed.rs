@@ -120,17 +120,8 @@ fn texts(args: TextArgs) -> Result<Outcome> {
 
 /// Writes one JSON line; a closed pipe (`| head`) ends the program quietly.
 pub(super) fn write_line(out: &mut impl Write, value: &impl Serialize) -> Result<()> {
-    let mut line = serde_json::to_vec(value).expect("plain data serialises");
-    line.push(b'\n');
-    if let Err(e) = out.write_all(&line) {
-        // A broken pipe means the reader has seen enough: graceful termination.
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
-        return Err(crate::Error::Io {
-            path: "<stdout>".into(),
-            source: e,
-        });
-    }
-    Ok(())
+    super::print_line(
+        out,
+        &serde_json::to_string(value).expect("plain data serialises"),
+    )
 }

@@ -4,7 +4,11 @@
 //! but the others were processed; 2 when the command could not run at all.
 
 mod embed;
+mod index;
+mod manage;
 mod score;
+mod search;
+mod texts;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -29,6 +33,21 @@ enum Command {
     Embed(embed::EmbedCommand),
     /// Score images against texts: ITC cosine, ITM logits and match probability.
     Score(score::ScoreArgs),
+    /// Index folders of photos (incremental: only new or changed files run the model).
+    Index(index::IndexArgs),
+    /// Find photos for a sentence, photos like a photo, or texts for a photo.
+    Search(search::SearchArgs),
+    /// Manage the texts that `search --image FILE --texts` finds.
+    #[command(subcommand)]
+    Texts(texts::TextsCommand),
+    /// Show what an index holds.
+    Info(manage::InfoArgs),
+    /// Remove files or folders from the index.
+    Remove(manage::RemoveArgs),
+    /// Reclaim the space of removed and replaced items.
+    Compact(manage::PlainArgs),
+    /// Check every invariant of the index files.
+    Verify(manage::PlainArgs),
 }
 
 /// What happened, for the exit status.
@@ -38,6 +57,8 @@ pub enum Outcome {
     Success,
     /// Some inputs failed (each reported on stderr); the rest were processed.
     SomeFailed,
+    /// Stopped by Ctrl-C after committing what was done.
+    Interrupted,
 }
 
 /// Runs a parsed command line.
@@ -45,15 +66,23 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Embed(cmd) => embed::run(cmd),
         Command::Score(args) => score::run(args),
+        Command::Index(args) => index::run(args),
+        Command::Search(args) => search::run(args),
+        Command::Texts(cmd) => texts::run(cmd),
+        Command::Info(args) => manage::info(args),
+        Command::Remove(args) => manage::remove(args),
+        Command::Compact(args) => manage::compact(args),
+        Command::Verify(args) => manage::verify(args),
     }
 }
 
 /// Flags every model-running command takes.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Checkpoint: a local directory or a Hugging Face hub id.
-    #[arg(long, short = 'm', env = "QSEEK_MODEL", default_value = DEFAULT_MODEL)]
-    pub model: String,
+    /// Checkpoint: a local directory or a Hugging Face hub id [default:
+    /// Salesforce/blip2-itm-vit-g; for an existing index, the model it was built with].
+    #[arg(long, short = 'm', env = "QSEEK_MODEL")]
+    pub model: Option<String>,
     /// Compute dtype of the image encoder (the Q-Former always runs in f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
@@ -73,7 +102,9 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     fn options(&self) -> Result<ModelOptions> {
-        let mut opts = ModelOptions::new(ModelSource::parse(&self.model));
+        let mut opts = ModelOptions::new(ModelSource::parse(
+            self.model.as_deref().unwrap_or(DEFAULT_MODEL),
+        ));
         opts.dtype = parse_dtype(&self.dtype)?;
         opts.device = parse_device(&self.device)?;
         opts.progress = !self.quiet;
@@ -102,4 +133,39 @@ pub(crate) fn report_failure(what: &std::path::Path, error: &crate::Error) {
     } else {
         eprintln!("qseek: {}: {message}", what.display());
     }
+}
+
+/// Where the index is.
+#[derive(Debug, Clone, Args)]
+pub struct IndexDir {
+    /// Index directory [default: the user's data directory, e.g. ~/.local/share/qseek/index].
+    #[arg(long, env = "QSEEK_INDEX", value_name = "PATH")]
+    pub index: Option<std::path::PathBuf>,
+}
+
+impl IndexDir {
+    fn dir(&self) -> Result<std::path::PathBuf> {
+        match &self.index {
+            Some(p) => Ok(p.clone()),
+            None => crate::pipeline::default_index_dir(),
+        }
+    }
+}
+
+/// Writes one line to stdout; a closed pipe (`qseek ... | head`) ends the program quietly.
+pub(crate) fn print_line(out: &mut impl std::io::Write, line: &str) -> Result<()> {
+    let result = out
+        .write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"));
+    if let Err(e) = result {
+        // A broken pipe means the reader has seen enough: graceful termination.
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        return Err(crate::Error::Io {
+            path: "<stdout>".into(),
+            source: e,
+        });
+    }
+    Ok(())
 }

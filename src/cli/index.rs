@@ -1,0 +1,143 @@
+//! `qseek index DIR...`: create or update the index of photo folders.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use qseek_index::VectorDtype;
+
+use super::{IndexDir, ModelArgs, Outcome};
+use crate::pipeline::indexer::{index_folders, IndexOptions, IndexSummary};
+use crate::pipeline::walk::WalkOptions;
+use crate::pipeline::{Collection, CreateOptions};
+use crate::{Error, Result};
+
+#[derive(Debug, Args)]
+pub(super) struct IndexArgs {
+    /// Folders (searched recursively) or single image files.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    index: IndexDir,
+    /// Also enter hidden folders and take hidden files.
+    #[arg(long)]
+    hidden: bool,
+    /// How a new index stores vectors: f32 (exact), f16 or int8 (smaller).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "int8"])]
+    vectors: String,
+    /// A new index also stores each image's vision-encoder output, so that reranking
+    /// need not decode the photo again (large: 257x1408 f16 values per image for ViT-g).
+    #[arg(long)]
+    store_vision_features: bool,
+    /// Commit at least every this many seconds (an interruption loses at most that much work).
+    #[arg(long, default_value_t = 10.0)]
+    commit_every: f64,
+    /// Print the summary as one JSON document.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Set by Ctrl-C: the run stops after the current batch and commits.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
+    let vector_dtype = match args.vectors.as_str() {
+        "f16" => VectorDtype::F16,
+        "int8" => VectorDtype::Int8,
+        _ => VectorDtype::F32,
+    };
+    if !(args.commit_every.is_finite() && args.commit_every > 0.0) {
+        return Err(Error::Usage(
+            "--commit-every must be a positive number of seconds".into(),
+        ));
+    }
+    for p in &args.paths {
+        if !p.exists() {
+            return Err(Error::Usage(format!(
+                "{}: no such file or folder",
+                p.display()
+            )));
+        }
+    }
+    let dir = args.index.dir()?;
+    let collection = Collection::open_or_create(
+        &dir,
+        args.model.model.as_deref(),
+        &args.model.options()?,
+        CreateOptions {
+            vector_dtype,
+            store_vision_features: args.store_vision_features,
+        },
+    )?;
+    // A second Ctrl-C quits at once: the index is still consistent (crash-safe commits).
+    let _ = ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nqseek: stopping after the current batch (Ctrl-C again to quit now)");
+    });
+    let opts = IndexOptions {
+        walk: WalkOptions {
+            hidden: args.hidden,
+        },
+        load: args.model.load_options()?,
+        batch: args.model.batch as usize,
+        commit_every: Duration::from_secs_f64(args.commit_every),
+        progress: !args.model.quiet,
+    };
+    let summary = index_folders(&collection, &args.paths, &opts, &STOP)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&summary).expect("summary serialises")
+        );
+    } else {
+        print_summary(&summary);
+    }
+    Ok(if summary.interrupted {
+        Outcome::Interrupted
+    } else if summary.failed.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+fn print_summary(s: &IndexSummary) {
+    if !s.skipped.is_empty() {
+        println!("skipped (not an image qseek reads):");
+        for n in &s.skipped {
+            println!("  {}: {}", n.path, n.reason);
+        }
+    }
+    if !s.failed.is_empty() {
+        println!("failed:");
+        for n in &s.failed {
+            println!("  {}: {}", n.path, n.reason);
+        }
+    }
+    let rate = if s.seconds > 0.0 {
+        s.embedded as f64 / s.seconds
+    } else {
+        0.0
+    };
+    println!(
+        "{}{} embedded, {} reused (moved/copied/touched), {} unchanged, {} removed, {} skipped, {} failed; {} images in the index ({:.1} s, {:.2} images/s)",
+        if s.interrupted { "interrupted; committed so far: " } else { "" },
+        s.embedded,
+        s.reused,
+        s.unchanged,
+        s.removed,
+        s.skipped.len(),
+        s.failed.len(),
+        s.images_in_index,
+        s.seconds,
+        rate
+    );
+    if s.interrupted {
+        println!("run `qseek index` again to finish");
+    }
+}

@@ -1,0 +1,395 @@
+//! `qseek index`: bring an index up to date with folders of photos, doing the least
+//! work that gets there.
+//!
+//! 1. Walk the folders ([`super::walk`]). A file whose path is indexed with the same
+//!    size and mtime is unchanged: not even read.
+//! 2. Every other file is read and hashed (blake3). Bytes the index already holds (a
+//!    moved, copied or touched file) get the new path without running the model.
+//! 3. The rest are decoded and pre-processed in parallel (rayon) on a producer thread,
+//!    a batch ahead of the model, which embeds them on this thread.
+//! 4. The writer commits every few seconds and at the end, so an interruption (Ctrl-C,
+//!    SIGKILL, a crash) loses at most the last few seconds of work, never the index.
+//! 5. Indexed paths under the walked folders that no longer exist are removed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use qseek_index::{ImageRecord, Index, IndexWriter};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::walk::{walk, FoundFile, WalkOptions};
+use super::{rows3, Collection};
+use crate::embedder::Embedder;
+use crate::preprocess::image::{decode_rgb, LoadOptions};
+use crate::{Error, Result};
+
+/// How to index.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    /// What to walk.
+    pub walk: WalkOptions,
+    /// Decoding limits.
+    pub load: LoadOptions,
+    /// Images per model call.
+    pub batch: usize,
+    /// Commit at least this often.
+    pub commit_every: Duration,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// A file and why it was not indexed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FileNote {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Serialize)]
+pub struct IndexSummary {
+    /// Images run through the model (new or changed bytes).
+    pub embedded: usize,
+    /// Paths added or updated without the model: their bytes were already indexed
+    /// (moved, copied, or touched files).
+    pub reused: usize,
+    /// Paths already indexed with the same size and mtime.
+    pub unchanged: usize,
+    /// Indexed paths that no longer exist, removed.
+    pub removed: usize,
+    /// Files that are not images qseek reads.
+    pub skipped: Vec<FileNote>,
+    /// Image files that could not be read or decoded.
+    pub failed: Vec<FileNote>,
+    /// Stopped early (Ctrl-C); what was done is committed.
+    pub interrupted: bool,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Images in the index after the run.
+    pub images_in_index: usize,
+}
+
+/// A file read and hashed by the producer, ready for the writer.
+enum Prepared {
+    /// New bytes: pixel values for the model.
+    Decoded {
+        record: ImageRecord,
+        pixels: Vec<f32>,
+    },
+    /// Bytes the index already holds.
+    Known { record: ImageRecord },
+    /// Could not be read (`io`) or decoded.
+    Failed {
+        path: PathBuf,
+        error: Error,
+        io: bool,
+    },
+}
+
+fn record_of(file: &FoundFile, hash: String, width: u32, height: u32) -> ImageRecord {
+    ImageRecord {
+        path: file.path.to_string_lossy().into_owned(),
+        size: file.size,
+        mtime: file.mtime,
+        content_hash: hash,
+        width,
+        height,
+    }
+}
+
+/// Content hash of a file's bytes, as stored in the index.
+pub fn content_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+fn prepare(file: &FoundFile, embedder: &Embedder, index: &Index, load: &LoadOptions) -> Prepared {
+    let bytes = match std::fs::read(&file.path) {
+        Ok(b) => b,
+        Err(source) => {
+            return Prepared::Failed {
+                path: file.path.clone(),
+                error: Error::Io {
+                    path: file.path.clone(),
+                    source,
+                },
+                io: true,
+            }
+        }
+    };
+    // The size may have changed since the walk; record what was hashed.
+    let file = FoundFile {
+        size: bytes.len() as u64,
+        ..file.clone()
+    };
+    let hash = content_hash(&bytes);
+    if let Some(info) = index.image_by_hash(&hash) {
+        return Prepared::Known {
+            record: record_of(&file, hash, info.width, info.height),
+        };
+    }
+    match decode_rgb(&bytes, &file.path, load) {
+        Ok(img) => {
+            let (w, h) = img.dimensions();
+            Prepared::Decoded {
+                record: record_of(&file, hash, w, h),
+                pixels: embedder.image_preprocessor().pixel_values(&img),
+            }
+        }
+        Err(error) => Prepared::Failed {
+            path: file.path.clone(),
+            error,
+            io: false,
+        },
+    }
+}
+
+/// Indexes `roots` into the collection. `stop` is polled between batches (Ctrl-C).
+pub fn index_folders(
+    collection: &Collection,
+    roots: &[PathBuf],
+    opts: &IndexOptions,
+    stop: &AtomicBool,
+) -> Result<IndexSummary> {
+    let start = Instant::now();
+    let (embedder, index) = (&collection.embedder, &collection.index);
+    let mut summary = IndexSummary::default();
+    let found = walk(roots, opts.walk);
+    summary.skipped = notes(found.skipped);
+    summary.failed = notes(found.errors);
+
+    let mut todo = Vec::new();
+    for file in found.images {
+        let key = file.path.to_string_lossy();
+        let same = index.image_by_path(&key).is_some_and(|info| {
+            info.paths
+                .iter()
+                .any(|p| p.path == key && p.size == file.size && p.mtime == file.mtime)
+        });
+        if same {
+            summary.unchanged += 1;
+        } else {
+            todo.push(file);
+        }
+    }
+
+    let mut writer = index.writer()?;
+    let bar = progress_bar(todo.len() as u64, opts.progress);
+    let mut last_commit = Instant::now();
+    let store_features = index.manifest().store_vision_features;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = sync_channel::<Vec<Prepared>>(2);
+        let todo = &todo;
+        scope.spawn(move || {
+            for chunk in todo.chunks(opts.batch.max(1)) {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let prepared: Vec<Prepared> = chunk
+                    .par_iter()
+                    .map(|f| prepare(f, embedder, index, &opts.load))
+                    .collect();
+                if tx.send(prepared).is_err() {
+                    break;
+                }
+            }
+        });
+        for batch in rx {
+            let n = batch.len() as u64;
+            apply_batch(
+                embedder,
+                &mut writer,
+                batch,
+                store_features,
+                &opts.load,
+                &mut summary,
+            )?;
+            bar.inc(n);
+            if stop.load(Ordering::Relaxed) {
+                summary.interrupted = true;
+                break;
+            }
+            if last_commit.elapsed() >= opts.commit_every {
+                writer.commit()?;
+                last_commit = Instant::now();
+            }
+        }
+        // Dropping `rx` here makes the producer's next send fail: it stops.
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+
+    if !summary.interrupted {
+        summary.removed = remove_gone(index, &mut writer, roots)?;
+    }
+    writer.commit()?;
+    summary.failed.sort_by(|a, b| a.path.cmp(&b.path));
+    summary.seconds = start.elapsed().as_secs_f64();
+    summary.images_in_index = index.stats().images;
+    Ok(summary)
+}
+
+fn notes(list: Vec<(PathBuf, String)>) -> Vec<FileNote> {
+    list.into_iter()
+        .map(|(p, reason)| FileNote {
+            path: p.to_string_lossy().into_owned(),
+            reason,
+        })
+        .collect()
+}
+
+fn progress_bar(len: u64, show: bool) -> ProgressBar {
+    if !show || len == 0 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Embeds the decoded images of one batch and hands everything to the writer.
+fn apply_batch(
+    embedder: &Embedder,
+    writer: &mut IndexWriter,
+    batch: Vec<Prepared>,
+    store_features: bool,
+    load: &LoadOptions,
+    summary: &mut IndexSummary,
+) -> Result<()> {
+    let mut new = Vec::new();
+    let mut known = Vec::new();
+    let mut seen = HashSet::new();
+    for item in batch {
+        match item {
+            Prepared::Decoded { record, pixels } => {
+                // Bytes added earlier in this run (or twice in this batch) need no model.
+                if writer.image_id_by_hash(&record.content_hash).is_some()
+                    || !seen.insert(record.content_hash.clone())
+                {
+                    known.push(record);
+                } else {
+                    new.push((record, pixels));
+                }
+            }
+            Prepared::Known { record } => known.push(record),
+            Prepared::Failed { path, error, io } => {
+                let key = path.to_string_lossy().into_owned();
+                // The bytes the index holds for this path are gone (it now fails to
+                // decode): drop the stale entry. A read error may be passing: keep it.
+                if !io {
+                    writer.remove_path(&key)?;
+                }
+                summary.failed.push(FileNote {
+                    path: key,
+                    reason: failure_reason(&path, &error),
+                });
+            }
+        }
+    }
+    if !new.is_empty() {
+        let pixels: Vec<Vec<f32>> = new.iter().map(|(_, p)| p.clone()).collect();
+        embed_and_add(
+            embedder,
+            writer,
+            new.into_iter().map(|(r, _)| r).collect(),
+            &pixels,
+            store_features,
+        )?;
+        summary.embedded += pixels.len();
+    }
+    for record in known {
+        match writer.add_path(record.clone()) {
+            Ok(_) => summary.reused += 1,
+            // The bytes left the index during this run (their last path changed
+            // content): embed them after all.
+            Err(qseek_index::Error::UnknownHash { .. }) => {
+                match embedder.pixel_values(Path::new(&record.path), load) {
+                    Ok(pixels) => {
+                        embed_and_add(embedder, writer, vec![record], &[pixels], store_features)?;
+                        summary.embedded += 1;
+                    }
+                    Err(e) => summary.failed.push(FileNote {
+                        reason: failure_reason(Path::new(&record.path), &e),
+                        path: record.path,
+                    }),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn embed_and_add(
+    embedder: &Embedder,
+    writer: &mut IndexWriter,
+    records: Vec<ImageRecord>,
+    pixels: &[Vec<f32>],
+    store_features: bool,
+) -> Result<()> {
+    let (vision, embeds) = embedder.embed_pixels(&embedder.pixel_batch(pixels)?)?;
+    let vectors = rows3(&embeds)?;
+    let features = if store_features {
+        let (_, tokens, hidden) = vision.dims3()?;
+        Some((rows3(&vision)?, [tokens, hidden]))
+    } else {
+        None
+    };
+    for (i, record) in records.into_iter().enumerate() {
+        let f = features
+            .as_ref()
+            .map(|(rows, shape)| (rows[i].as_slice(), &shape[..]));
+        writer.add_image(record, &vectors[i], f)?;
+    }
+    Ok(())
+}
+
+/// The error's message without the path (the summary names the file already).
+fn failure_reason(path: &Path, error: &Error) -> String {
+    let message = error.to_string();
+    let prefix = format!("{}: ", path.display());
+    message
+        .strip_prefix(&prefix)
+        .unwrap_or(&message)
+        .to_string()
+}
+
+/// Removes indexed paths under `roots` that no longer exist. A path that exists but
+/// was not walked (a hidden folder, say) stays.
+fn remove_gone(index: &Index, writer: &mut IndexWriter, roots: &[PathBuf]) -> Result<usize> {
+    let mut removed = 0;
+    let roots: Vec<String> = roots
+        .iter()
+        .filter_map(|r| super::walk::absolute(r).ok())
+        .map(|r| r.to_string_lossy().into_owned())
+        .collect();
+    for path in index.paths() {
+        let under = roots.iter().any(|r| {
+            path == *r
+                || path
+                    .strip_prefix(r.as_str())
+                    .is_some_and(|rest| rest.starts_with('/') || r.ends_with('/'))
+        });
+        if !under {
+            continue;
+        }
+        let gone =
+            matches!(std::fs::metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+        if gone && writer.remove_path(&path)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

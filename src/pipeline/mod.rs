@@ -1,0 +1,145 @@
+//! What the commands do with a model and an index: walk and index a photo
+//! collection ([`indexer`]), search it ([`search`]), load texts ([`texts`]),
+//! and open the pair consistently ([`Collection`]).
+
+pub mod indexer;
+pub mod search;
+pub mod texts;
+pub mod walk;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use qseek_index::{Index, Manifest, ModelId, VectorDtype};
+
+use crate::embedder::{Embedder, ModelOptions};
+use crate::model::{Checkpoint, ModelSource};
+use crate::{Error, Result};
+
+/// The default index directory: `$XDG_DATA_HOME/qseek/index` (`~/.local/share/...`
+/// on Linux, the platform's data directory elsewhere).
+pub fn default_index_dir() -> Result<PathBuf> {
+    dirs::data_dir()
+        .map(|d| d.join("qseek").join("index"))
+        .ok_or_else(|| {
+            Error::Usage(
+                "cannot find a data directory for the index (no $HOME?): pass --index PATH".into(),
+            )
+        })
+}
+
+/// The identity an index records for a checkpoint: its id (hub id, or canonical
+/// directory) and a hash of its `config.json`, so that an index is never searched
+/// with vectors from another model.
+pub fn model_identity(checkpoint: &Checkpoint) -> Result<ModelId> {
+    let bytes = std::fs::read(&checkpoint.config).map_err(|source| Error::Io {
+        path: checkpoint.config.clone(),
+        source,
+    })?;
+    Ok(ModelId {
+        model_id: checkpoint.id.clone(),
+        config_hash: blake3::hash(&bytes).to_hex()[..16].to_string(),
+    })
+}
+
+/// How to create an index that does not exist yet.
+#[derive(Debug, Clone, Copy)]
+pub struct CreateOptions {
+    /// Encoding of the stored vectors.
+    pub vector_dtype: VectorDtype,
+    /// Store each image's vision-encoder output, so reranking need not decode it again.
+    pub store_vision_features: bool,
+}
+
+/// A model and the index built with it.
+pub struct Collection {
+    /// The model.
+    pub embedder: Embedder,
+    /// The index.
+    pub index: Index,
+}
+
+/// Opens the index at `dir` without a model (for info, remove, compact, verify).
+pub fn open_index(dir: &Path) -> Result<Index> {
+    if !dir.join("manifest.json").exists() {
+        return Err(no_index(dir));
+    }
+    Ok(Index::open(dir, None)?)
+}
+
+fn no_index(dir: &Path) -> Error {
+    Error::Usage(format!(
+        "no index at {}: build one with `qseek index DIR` (or choose another with --index)",
+        dir.display()
+    ))
+}
+
+impl Collection {
+    /// Opens the index at `dir` with the model it was built with. `model`, when the
+    /// user named one, must be that model.
+    pub fn open(dir: &Path, model: Option<&str>, opts: &ModelOptions) -> Result<Self> {
+        let index = open_index(dir)?;
+        let recorded = index.manifest().model();
+        let source = match model {
+            Some(m) => ModelSource::parse(m),
+            None => ModelSource::parse(&recorded.model_id),
+        };
+        let embedder = Embedder::load(&ModelOptions {
+            source,
+            ..opts.clone()
+        })?;
+        let actual = model_identity(&embedder.checkpoint)?;
+        if actual != recorded {
+            return Err(Error::Index(qseek_index::Error::ModelMismatch {
+                path: dir.to_path_buf(),
+                expected: format!("{} (config {})", actual.model_id, actual.config_hash),
+                found: format!("{} (config {})", recorded.model_id, recorded.config_hash),
+            }));
+        }
+        Ok(Self { embedder, index })
+    }
+
+    /// Opens the index at `dir`, or creates it with `model` (default: the default
+    /// checkpoint) when there is none.
+    pub fn open_or_create(
+        dir: &Path,
+        model: Option<&str>,
+        opts: &ModelOptions,
+        create: CreateOptions,
+    ) -> Result<Self> {
+        if dir.join("manifest.json").exists() {
+            return Self::open(dir, model, opts);
+        }
+        let embedder = Embedder::load(&ModelOptions {
+            source: ModelSource::parse(model.unwrap_or(crate::model::checkpoint::DEFAULT_MODEL)),
+            ..opts.clone()
+        })?;
+        let id = model_identity(&embedder.checkpoint)?;
+        let mut manifest = Manifest::new(
+            &id,
+            embedder.config.num_query_tokens,
+            embedder.config.image_text_hidden_size,
+        );
+        manifest.vector_dtype = create.vector_dtype;
+        manifest.store_vision_features = create.store_vision_features;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let index = Index::create(dir, manifest)?;
+        Ok(Self { embedder, index })
+    }
+}
+
+/// Rows of a (n, a, b) tensor as n flat vectors.
+pub(crate) fn rows3(t: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(t.to_vec3::<f32>()?
+        .into_iter()
+        .map(|m| m.into_iter().flatten().collect())
+        .collect())
+}
+
+/// Softmax probability of "match" for ITM logits `[no, yes]`.
+pub fn match_probability(no: f32, yes: f32) -> f32 {
+    1.0 / (1.0 + (no - yes).exp())
+}

@@ -1,0 +1,202 @@
+//! Finding the photos of a collection: a recursive walk (walkdir) that sorts every
+//! file into "an image qseek reads" or "skipped, and why".
+
+use std::path::{Path, PathBuf};
+
+use walkdir::WalkDir;
+
+/// Extensions (lower case) of the formats the decoder reads.
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "jpe", "jfif", "png", "webp", "gif", "bmp", "tif", "tiff",
+];
+
+/// Why a file is not passed to the model, for the formats people keep next to photos.
+fn skip_reason(ext: &str) -> String {
+    let kind = match ext {
+        "heic" | "heif" | "avif" => "HEIC/HEIF/AVIF images are not supported (convert to JPEG)",
+        "cr2" | "cr3" | "nef" | "arw" | "dng" | "orf" | "rw2" | "raf" | "srw" | "pef" => {
+            "camera RAW files are not supported (export to JPEG)"
+        }
+        "mp4" | "mov" | "avi" | "mkv" | "webm" | "m4v" | "3gp" | "mts" | "wmv" => "video",
+        "" => "no file extension",
+        _ => "not an image format qseek reads",
+    };
+    if ext.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} (.{ext})")
+    }
+}
+
+/// How to walk.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WalkOptions {
+    /// Enter hidden folders and take hidden files (names starting with `.`).
+    pub hidden: bool,
+}
+
+/// An image file found by the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundFile {
+    /// Absolute path, through the root as given (symlinks inside are not resolved).
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+}
+
+/// What a walk found.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// Image files, sorted by path, each once.
+    pub images: Vec<FoundFile>,
+    /// Files that are not images qseek reads, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+    /// Entries that could not be read (permissions, symlink loops, vanished), with the reason.
+    pub errors: Vec<(PathBuf, String)>,
+}
+
+/// Modification time of `meta` in whole seconds since the Unix epoch (0 if unknown).
+pub fn mtime_secs(meta: &std::fs::Metadata) -> i64 {
+    match meta.modified() {
+        Ok(t) => match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as i64,
+            Err(e) => -(e.duration().as_secs() as i64),
+        },
+        Err(_) => 0,
+    }
+}
+
+/// The absolute form of `path` without resolving symlinks (`.` and `..` removed lexically
+/// after joining to the current directory), so a collection keeps the names the user sees.
+pub fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+    let joined = std::path::absolute(path)?;
+    let mut out = PathBuf::new();
+    for c in joined.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
+
+fn is_hidden(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .is_some_and(|n| n.starts_with('.') && n != "." && n != "..")
+}
+
+/// Walks each root (a folder, or a single file) recursively, following symlinks (loops are
+/// detected and reported, not followed).
+pub fn walk(roots: &[PathBuf], opts: WalkOptions) -> Walk {
+    let mut out = Walk::default();
+    for root in roots {
+        let root = match absolute(root) {
+            Ok(r) => r,
+            Err(e) => {
+                out.errors.push((root.clone(), e.to_string()));
+                continue;
+            }
+        };
+        let walker = WalkDir::new(&root)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry(|e| opts.hidden || e.depth() == 0 || !is_hidden(e.file_name()));
+        for entry in walker {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    let path = e.path().map_or_else(|| root.clone(), Path::to_path_buf);
+                    let reason = if e.loop_ancestor().is_some() {
+                        "symbolic link loop: not followed".to_string()
+                    } else {
+                        e.io_error()
+                            .map_or_else(|| e.to_string(), |io| io.to_string())
+                    };
+                    out.errors.push((path, reason));
+                    continue;
+                }
+            };
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let path = entry.into_path();
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(str::to_ascii_lowercase)
+                .unwrap_or_default();
+            if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+                out.skipped.push((path, skip_reason(&ext)));
+                continue;
+            }
+            match std::fs::metadata(&path) {
+                Ok(meta) => out.images.push(FoundFile {
+                    size: meta.len(),
+                    mtime: mtime_secs(&meta),
+                    path,
+                }),
+                Err(e) => out.errors.push((path, e.to_string())),
+            }
+        }
+    }
+    out.images.sort_by(|a, b| a.path.cmp(&b.path));
+    out.images.dedup_by(|a, b| a.path == b.path);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_sorted_into_images_and_skipped_with_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in ["a.JPG", "b.png", "c.heic", "d.mp4", "e", ".hidden.jpg"] {
+            std::fs::write(d.join(name), b"x").unwrap();
+        }
+        std::fs::create_dir(d.join(".cache")).unwrap();
+        std::fs::write(d.join(".cache/f.jpg"), b"x").unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/g.tiff"), b"x").unwrap();
+        std::os::unix::fs::symlink(d, d.join("sub/loop")).unwrap();
+
+        let w = walk(&[d.to_path_buf()], WalkOptions::default());
+        let names: Vec<_> = w
+            .images
+            .iter()
+            .map(|f| f.path.strip_prefix(d).unwrap().to_path_buf())
+            .collect();
+        assert_eq!(
+            names,
+            [PathBuf::from("a.JPG"), "b.png".into(), "sub/g.tiff".into()]
+        );
+        let skipped: Vec<_> = w
+            .skipped
+            .iter()
+            .map(|(p, r)| (p.file_name().unwrap().to_str().unwrap(), r.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                (
+                    "c.heic",
+                    "HEIC/HEIF/AVIF images are not supported (convert to JPEG) (.heic)"
+                ),
+                ("d.mp4", "video (.mp4)"),
+                ("e", "no file extension"),
+            ]
+        );
+        assert_eq!(w.errors.len(), 1, "{:?}", w.errors);
+        assert!(w.errors[0].1.contains("loop"));
+
+        let all = walk(&[d.to_path_buf()], WalkOptions { hidden: true });
+        assert_eq!(all.images.len(), 5);
+    }
+}

@@ -1,0 +1,676 @@
+//! `qseek index` / `search` / `texts` / `info` / `remove` / `compact` / `verify`,
+//! driven as a user would, with the tiny fixture model on real photos.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{fixtures, model_dir};
+use serde_json::Value;
+
+fn qseek(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_qseek"))
+        .args(args)
+        .env_remove("QSEEK_MODEL")
+        .env_remove("QSEEK_INDEX")
+        .output()
+        .expect("run qseek")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}):\n{text}\nstderr: {}",
+            stderr(out)
+        )
+    })
+}
+
+fn tiny() -> String {
+    model_dir("tiny").display().to_string()
+}
+
+fn photos() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures().join("photos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A temporary collection: a folder of photos and an index beside it.
+struct Collection {
+    _tmp: tempfile::TempDir,
+    photos: PathBuf,
+    index: PathBuf,
+}
+
+impl Collection {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let photos = tmp.path().join("photos");
+        std::fs::create_dir(&photos).unwrap();
+        for p in self::photos() {
+            std::fs::copy(&p, photos.join(p.file_name().unwrap())).unwrap();
+        }
+        let index = tmp.path().join("index");
+        Collection {
+            _tmp: tmp,
+            photos,
+            index,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.photos.join(name).display().to_string()
+    }
+
+    /// Runs `qseek <args> --index <index>`.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        let index = self.index.display().to_string();
+        all.extend(["--index", &index]);
+        qseek(&all)
+    }
+
+    /// `qseek index <photos> --json` → the summary.
+    fn index(&self, extra: &[&str]) -> Value {
+        let photos = self.photos.display().to_string();
+        let tiny = tiny();
+        let mut args = vec!["index", &photos, "-m", &tiny, "--json", "-q"];
+        args.extend(extra);
+        let out = self.run(&args);
+        assert!(
+            out.status.code() == Some(0) || out.status.code() == Some(1),
+            "{}",
+            stderr(&out)
+        );
+        json(&out)
+    }
+}
+
+/// (embedded, reused, unchanged, removed) of an index summary.
+fn work(s: &Value) -> (u64, u64, u64, u64) {
+    let n = |k: &str| s[k].as_u64().unwrap();
+    (n("embedded"), n("reused"), n("unchanged"), n("removed"))
+}
+
+#[test]
+fn bad_files_are_reported_with_their_reason_and_the_good_ones_indexed() {
+    let c = Collection::new();
+    let images = fixtures().join("images");
+    let copy = |from: &str, to: &str| {
+        std::fs::copy(images.join(from), c.photos.join(to)).unwrap();
+    };
+    // (file, expected reason fragment), None for files that must be indexed.
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("empty.jpg", "zero.jpg", Some("empty (0 bytes)")),
+        ("truncated.jpg", "cut.jpg", Some("truncated")),
+        ("text.jpg", "notes.jpg", Some("text file")),
+        ("bomb.png", "bomb.png", Some("megapixels")),
+        ("coffee_cmyk.jpg", "cmyk.jpg", None),
+        ("rgb16.png", "deep.png", None),
+        ("palette.png", "palette.png", None),
+        ("rgba.png", "alpha.png", None),
+        ("animated.gif", "anim.gif", None),
+    ];
+    for (from, to, _) in cases {
+        copy(from, to);
+    }
+    std::fs::write(c.photos.join("clip.mp4"), b"not a video").unwrap();
+    std::fs::write(c.photos.join("raw.NEF"), b"not raw").unwrap();
+    std::fs::write(c.photos.join("phone.heic"), b"not heic").unwrap();
+    // Unreadable (where permissions apply: not for root).
+    let locked = c.photos.join("locked.jpg");
+    std::fs::copy(images.join("rocket.jpg"), &locked).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let permissions_apply = std::fs::File::open(&locked).is_err();
+    if !permissions_apply {
+        std::fs::remove_file(&locked).unwrap();
+    }
+
+    let s = c.index(&[]);
+    let failed: BTreeMap<String, String> = s["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for (_, to, reason) in cases {
+        match reason {
+            Some(r) => {
+                let got = failed
+                    .get(&c.path(to))
+                    .unwrap_or_else(|| panic!("{to} not reported: {s}"));
+                assert!(got.contains(r), "{to}: reason {got:?} lacks {r:?}");
+            }
+            None => assert!(!failed.contains_key(&c.path(to)), "{to} failed: {s}"),
+        }
+    }
+    if permissions_apply {
+        assert!(failed[&c.path("locked.jpg")].contains("ermission"), "{s}");
+    }
+    let expected_failures =
+        cases.iter().filter(|c| c.2.is_some()).count() + usize::from(permissions_apply);
+    assert_eq!(failed.len(), expected_failures, "{s}");
+    let skipped: Vec<&str> = s["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped.len(), 3, "{s}");
+    assert!(skipped.iter().any(|r| r.contains("video")), "{s}");
+    assert!(skipped.iter().any(|r| r.contains("RAW")), "{s}");
+    assert!(skipped.iter().any(|r| r.contains("HEIC")), "{s}");
+    // 7 photos + 5 odd but valid images.
+    assert_eq!(s["embedded"], 12, "{s}");
+    assert_eq!(s["images_in_index"], 12, "{s}");
+    let verify = c.run(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn incremental_runs_do_exactly_the_minimum_work() {
+    let c = Collection::new();
+    assert_eq!(work(&c.index(&[])), (7, 0, 0, 0));
+    let touch = |name: &str| {
+        let f = std::fs::File::options()
+            .append(true)
+            .open(c.photos.join(name))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() + Duration::from_secs(100))
+            .unwrap();
+    };
+    // (what the user did, (embedded, reused, unchanged, removed) of the next run)
+    type Step<'a> = (&'a str, &'a dyn Fn(), (u64, u64, u64, u64));
+    let steps: &[Step] = &[
+        ("nothing", &|| {}, (0, 0, 7, 0)),
+        ("touch", &|| touch("coins.png"), (0, 1, 6, 0)),
+        (
+            "edit",
+            &|| {
+                std::fs::copy(
+                    fixtures().join("images/rgb.png"),
+                    c.photos.join("coins.png"),
+                )
+                .map(drop)
+                .unwrap()
+            },
+            (1, 0, 6, 0),
+        ),
+        (
+            "delete",
+            &|| std::fs::remove_file(c.photos.join("retina.jpg")).unwrap(),
+            (0, 0, 6, 1),
+        ),
+        (
+            "move",
+            &|| {
+                std::fs::create_dir(c.photos.join("moved")).unwrap();
+                std::fs::rename(
+                    c.photos.join("rocket.jpg"),
+                    c.photos.join("moved/rocket.jpg"),
+                )
+                .unwrap();
+            },
+            (0, 1, 5, 1),
+        ),
+        (
+            "copy",
+            &|| {
+                std::fs::copy(c.photos.join("chelsea.png"), c.photos.join("cat.png"))
+                    .map(drop)
+                    .unwrap()
+            },
+            (0, 1, 6, 0),
+        ),
+    ];
+    for (what, action, expected) in steps {
+        action();
+        let s = c.index(&[]);
+        assert_eq!(work(&s), *expected, "after {what}: {s}");
+    }
+    let info = json(&c.run(&["info", "--json"]));
+    assert_eq!(
+        (info["images"].as_u64(), info["paths"].as_u64()),
+        (Some(6), Some(7)),
+        "{info}"
+    );
+    assert!(c.run(&["verify"]).status.success());
+}
+
+/// Photos whose bytes differ (a trailing byte pattern, ignored by the decoders) so
+/// that each is a distinct image for the index.
+fn many_photos(dir: &Path, variants: usize) -> usize {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut n = 0;
+    for p in photos() {
+        let bytes = std::fs::read(&p).unwrap();
+        for v in 0..variants {
+            let mut b = bytes.clone();
+            b.extend(format!("variant {v}").as_bytes());
+            let name = format!("{v}-{}", p.file_name().unwrap().to_str().unwrap());
+            std::fs::write(dir.join(name), b).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn sigkill_during_indexing_leaves_a_valid_index_and_the_next_run_completes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    let total = many_photos(&dir, 6);
+    let index = tmp.path().join("index");
+    let (dir_s, index_s, tiny) = (
+        dir.display().to_string(),
+        index.display().to_string(),
+        tiny(),
+    );
+    let args = [
+        "index",
+        &dir_s,
+        "--index",
+        &index_s,
+        "-m",
+        &tiny,
+        "-q",
+        "--batch",
+        "2",
+        "--commit-every",
+        "0.001",
+        "--json",
+    ];
+    // Each round waits for the run's first commit with images (the vector file
+    // grows), then kills it a little later: mid-batch, mid-commit, or between.
+    let vectors_written = || {
+        std::fs::read_dir(&index)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                let name = e.file_name();
+                name.to_string_lossy().starts_with("image_vectors")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            })
+    };
+    let mut last = 0;
+    let mut partial = 0;
+    for extra_ms in [0u64, 30, 90, 170] {
+        let before = vectors_len(&index);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qseek"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while vectors_len(&index) <= before && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(extra_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(vectors_written());
+        let verify = qseek(&["verify", "--index", &index_s]);
+        assert!(
+            verify.status.success(),
+            "after a kill {extra_ms} ms past a commit: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            stderr(&verify)
+        );
+        let images = json(&qseek(&["info", "--json", "--index", &index_s]))["images"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            images >= last,
+            "committed images went from {last} to {images}"
+        );
+        if images < total as u64 {
+            partial += 1;
+        }
+        last = images;
+    }
+    assert!(
+        partial > 0,
+        "every run finished before it was killed: the test proved nothing"
+    );
+    let out = qseek(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = json(&out);
+    assert_eq!(s["images_in_index"].as_u64(), Some(total as u64), "{s}");
+    assert_eq!(
+        s["embedded"].as_u64().unwrap() + last,
+        total as u64,
+        "only what was missing is embedded: {s}"
+    );
+    assert!(qseek(&["verify", "--index", &index_s]).status.success());
+}
+
+/// Bytes in the index's image vector files (grows with each commit that adds images).
+fn vectors_len(index: &Path) -> u64 {
+    std::fs::read_dir(index)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("image_vectors"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// `qseek embed image` for every photo: path → its Q vectors.
+fn embed_images(paths: &[String]) -> BTreeMap<String, Vec<Vec<f32>>> {
+    let tiny = tiny();
+    let mut args = vec!["embed", "image", "-m", &tiny];
+    args.extend(paths.iter().map(String::as_str));
+    let out = qseek(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let embeds = v["embeds"].as_array().unwrap().iter().map(floats).collect();
+            (v["path"].as_str().unwrap().to_string(), embeds)
+        })
+        .collect()
+}
+
+fn embed_text(text: &str) -> Vec<f32> {
+    let tiny = tiny();
+    let out = qseek(&["embed", "text", "-m", &tiny, text]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    floats(&json(&out)["embed"])
+}
+
+/// `qseek score`: ITM match logit of each (image, text) pair.
+fn itm_match(image: &str, text: &str) -> f32 {
+    let tiny = tiny();
+    let out = qseek(&["score", "-m", &tiny, "--image", image, "--text", text]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    json(&out)["itm_logits"][1].as_f64().unwrap() as f32
+}
+
+/// LAVIS's ranking for one query: the top `rerank` by ITC rescored as ITM match + ITC
+/// and ranked first, the rest by ITC (LAVIS gives them -100).
+fn lavis_ranking(
+    itc: &[(String, f32)],
+    rerank: usize,
+    itm: impl Fn(&str) -> f32,
+) -> Vec<(String, f32)> {
+    let mut by_itc = itc.to_vec();
+    by_itc.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let mut top: Vec<(String, f32)> = by_itc[..rerank]
+        .iter()
+        .map(|(k, s)| (k.clone(), itm(k) + s))
+        .collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    top.extend(by_itc[rerank..].iter().cloned());
+    top
+}
+
+fn ranked(doc: &Value, key: &str) -> Vec<(String, f32)> {
+    doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r[key].as_str().unwrap().to_string(),
+                r["score"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect()
+}
+
+fn assert_same_ranking(got: &[(String, f32)], expected: &[(String, f32)]) {
+    let names = |v: &[(String, f32)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(got), names(expected));
+    for ((name, a), (_, b)) in got.iter().zip(expected) {
+        assert!((a - b).abs() < 1e-4, "{name}: score {a} vs {b}");
+    }
+}
+
+#[test]
+fn search_ranks_match_the_lavis_formula_on_embed_and_score_outputs() {
+    let c = Collection::new();
+    c.index(&[]);
+    let paths: Vec<String> = photos()
+        .iter()
+        .map(|p| c.path(p.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    let embeds = embed_images(&paths);
+    let query = "a cat lying on a bed";
+    let text = embed_text(query);
+    let itc: Vec<(String, f32)> = embeds
+        .iter()
+        .map(|(p, qs)| {
+            (
+                p.clone(),
+                qs.iter().map(|q| dot(q, &text)).fold(f32::MIN, f32::max),
+            )
+        })
+        .collect();
+    // (--rerank, --exact?)
+    for (rerank, exact) in [(0usize, false), (3, false), (3, true), (7, false)] {
+        let r = rerank.to_string();
+        let mut args = vec!["search", query, "--rerank", &r, "-k", "7", "--json"];
+        if exact {
+            args.push("--exact");
+        }
+        let out = c.run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let expected = lavis_ranking(&itc, rerank, |p| itm_match(p, query));
+        assert_same_ranking(&ranked(&json(&out), "path"), &expected);
+    }
+
+    // Texts for a photo: the same protocol with the roles swapped.
+    let texts = [
+        "a cat lying on a bed",
+        "a cup of coffee",
+        "a rocket on the launch pad",
+        "coins on a table",
+    ];
+    let file = c.photos.parent().unwrap().join("texts.txt");
+    std::fs::write(&file, texts.join("\n")).unwrap();
+    let out = c.run(&["texts", "add", file.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["added"], 4);
+    let image = c.path("chelsea.png");
+    let vectors = &embeds[&image];
+    let itc: Vec<(String, f32)> = texts
+        .iter()
+        .map(|t| {
+            let e = embed_text(t);
+            (
+                t.to_string(),
+                vectors.iter().map(|q| dot(q, &e)).fold(f32::MIN, f32::max),
+            )
+        })
+        .collect();
+    let out = c.run(&[
+        "search", "--image", &image, "--texts", "--rerank", "2", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected = lavis_ranking(&itc, 2, |t| itm_match(&image, t));
+    assert_same_ranking(&ranked(&json(&out), "text"), &expected);
+}
+
+#[test]
+fn search_output_formats_filters_and_probability_threshold() {
+    let c = Collection::new();
+    std::fs::create_dir(c.photos.join("sub")).unwrap();
+    std::fs::rename(c.photos.join("rocket.jpg"), c.photos.join("sub/rocket.jpg")).unwrap();
+    c.index(&["--store-vision-features"]);
+    let sub = c.photos.join("sub").display().to_string();
+    let out = c.run(&["search", "a rocket", "--under", &sub, "--paths"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        c.path("sub/rocket.jpg")
+    );
+
+    // Stored features: reranking is on by default and needs no photo files.
+    let doc = json(&c.run(&["search", "a rocket", "--json", "-k", "3"]));
+    assert_eq!(doc["query"]["rerank"], 16);
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for r in results {
+        for key in ["rank", "path", "score", "itc", "itm_logit", "itm_prob"] {
+            assert!(!r[key].is_null(), "{key} missing in {r}");
+        }
+        let (itc, logit, score) = (
+            r["itc"].as_f64().unwrap(),
+            r["itm_logit"].as_f64().unwrap(),
+            r["score"].as_f64().unwrap(),
+        );
+        assert!((itc + logit - score).abs() < 1e-5, "{r}");
+    }
+    let probs: Vec<f64> = results
+        .iter()
+        .map(|r| r["itm_prob"].as_f64().unwrap())
+        .collect();
+    let threshold = probs.iter().cloned().fold(f64::MIN, f64::max);
+    let t = format!("{threshold}");
+    let doc = json(&c.run(&["search", "a rocket", "--json", "--min-prob", &t]));
+    let kept = doc["results"].as_array().unwrap();
+    assert!(
+        !kept.is_empty()
+            && kept
+                .iter()
+                .all(|r| r["itm_prob"].as_f64().unwrap() >= threshold - 1e-6),
+        "{doc}"
+    );
+
+    // The human table has a header and one row per result.
+    let out = c.run(&["search", "a rocket", "-k", "2"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.lines().next().unwrap().contains("rank"), "{table}");
+
+    // Photos like a photo: the photo itself is not its own result.
+    let me = c.path("coffee.png");
+    let doc = json(&c.run(&["search", "--image", &me, "--json", "-k", "6"]));
+    let found: Vec<&str> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(found.len(), 6);
+    assert!(!found.contains(&me.as_str()), "{doc}");
+}
+
+#[test]
+fn errors_are_one_clear_sentence_and_a_nonzero_exit() {
+    let c = Collection::new();
+    let tiny = tiny();
+    let odd = model_dir("odd").display().to_string();
+    // (what, command line, fragments the one-line message must contain)
+    let cases: Vec<(&str, Vec<&str>, &[&str])> = vec![
+        (
+            "missing index",
+            vec!["search", "a cat"],
+            &["no index at", "qseek index"],
+        ),
+        (
+            "missing index (info)",
+            vec!["info"],
+            &["no index at", "qseek index"],
+        ),
+        (
+            "empty query",
+            vec!["search", "  ...  "],
+            &["query is empty"],
+        ),
+        ("no query", vec!["search"], &["query is empty"]),
+        (
+            "another model",
+            vec!["search", "a cat", "-m", &odd],
+            &["was built with model"],
+        ),
+        (
+            "unreadable query image",
+            vec!["search", "--image", "/nonexistent/x.jpg"],
+            &["/nonexistent/x.jpg"],
+        ),
+        (
+            "no texts yet",
+            vec!["search", "--image", "PHOTO", "--texts"],
+            &["qseek texts add"],
+        ),
+        (
+            "missing folder",
+            vec!["index", "/nonexistent/photos", "-m", &tiny],
+            &["no such file or folder"],
+        ),
+        (
+            "min-prob without rerank",
+            vec!["search", "a cat", "--rerank", "0", "--min-prob", "0.5"],
+            &["--rerank"],
+        ),
+    ];
+    let photo = c.path("coffee.png");
+    let mut built = false;
+    for (what, args, fragments) in cases {
+        if !built && !what.starts_with("missing index") {
+            c.index(&[]);
+            built = true;
+        }
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if *a == "PHOTO" { photo.as_str() } else { a })
+            .collect();
+        let out = c.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr(&out));
+        for f in fragments {
+            assert!(
+                stderr(&out).contains(f),
+                "{what}: {:?} lacks {f:?}",
+                stderr(&out)
+            );
+        }
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            stderr(&out).trim().lines().count(),
+            1,
+            "{what}: {}",
+            stderr(&out)
+        );
+    }
+}
