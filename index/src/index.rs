@@ -273,6 +273,13 @@ impl Index {
         })
     }
 
+    /// The stored vector of a text (`D` values, decoded to f32).
+    pub fn text_vector(&self, text_id: TextId) -> Option<Vec<f32>> {
+        let state = self.state();
+        let row = state.texts.get(&text_id)?.row as usize;
+        Some(state.text_vectors.row_f32(row))
+    }
+
     /// Every text, by id.
     pub fn texts(&self) -> Vec<TextInfo> {
         let state = self.state();

@@ -4,6 +4,7 @@
 //! but the others were processed; 2 when the command could not run at all.
 
 mod embed;
+mod eval;
 mod index;
 mod manage;
 mod score;
@@ -48,6 +49,8 @@ enum Command {
     Compact(manage::PlainArgs),
     /// Check every invariant of the index files.
     Verify(manage::PlainArgs),
+    /// Image-text retrieval R@1/5/10 on Flickr30K/COCO-style annotations (BLIP-2 protocol).
+    Eval(eval::EvalArgs),
 }
 
 /// What happened, for the exit status.
@@ -73,6 +76,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Remove(args) => manage::remove(args),
         Command::Compact(args) => manage::compact(args),
         Command::Verify(args) => manage::verify(args),
+        Command::Eval(args) => eval::run(args),
     }
 }
 

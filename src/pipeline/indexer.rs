@@ -22,7 +22,7 @@ use qseek_index::{ImageRecord, Index, IndexWriter};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::walk::{walk, FoundFile, WalkOptions};
+use super::walk::{walk, FoundFile, Walk, WalkOptions};
 use super::{rows3, Collection};
 use crate::embedder::Embedder;
 use crate::preprocess::image::{decode_rgb, LoadOptions};
@@ -157,12 +157,48 @@ pub fn index_folders(
     opts: &IndexOptions,
     stop: &AtomicBool,
 ) -> Result<IndexSummary> {
+    index_found(collection, walk(roots, opts.walk), Some(roots), opts, stop)
+}
+
+/// Indexes the given files (absolute paths); nothing is removed.
+pub fn index_files(
+    collection: &Collection,
+    files: &[PathBuf],
+    opts: &IndexOptions,
+    stop: &AtomicBool,
+) -> Result<IndexSummary> {
+    let mut found = Walk::default();
+    for path in files {
+        match std::fs::metadata(path) {
+            Ok(meta) => found.images.push(FoundFile {
+                path: path.clone(),
+                size: meta.len(),
+                mtime: super::walk::mtime_secs(&meta),
+            }),
+            Err(e) => found.errors.push((path.clone(), e.to_string())),
+        }
+    }
+    found.images.sort_by(|a, b| a.path.cmp(&b.path));
+    found.images.dedup_by(|a, b| a.path == b.path);
+    index_found(collection, found, None, opts, stop)
+}
+
+/// Indexes what a walk found; with `roots`, also removes indexed paths under them that
+/// no longer exist.
+fn index_found(
+    collection: &Collection,
+    found: Walk,
+    roots: Option<&[PathBuf]>,
+    opts: &IndexOptions,
+    stop: &AtomicBool,
+) -> Result<IndexSummary> {
     let start = Instant::now();
     let (embedder, index) = (&collection.embedder, &collection.index);
-    let mut summary = IndexSummary::default();
-    let found = walk(roots, opts.walk);
-    summary.skipped = notes(found.skipped);
-    summary.failed = notes(found.errors);
+    let mut summary = IndexSummary {
+        skipped: notes(found.skipped),
+        failed: notes(found.errors),
+        ..IndexSummary::default()
+    };
 
     let mut todo = Vec::new();
     for file in found.images {
@@ -225,7 +261,7 @@ pub fn index_folders(
     })?;
     bar.finish_and_clear();
 
-    if !summary.interrupted {
+    if let (false, Some(roots)) = (summary.interrupted, roots) {
         summary.removed = remove_gone(index, &mut writer, roots)?;
     }
     writer.commit()?;

@@ -2,6 +2,7 @@
 //! collection ([`indexer`]), search it ([`search`]), load texts ([`texts`]),
 //! and open the pair consistently ([`Collection`]).
 
+pub mod eval;
 pub mod indexer;
 pub mod search;
 pub mod texts;

@@ -1,0 +1,180 @@
+//! Search latency benchmark (not a test): a text query against an index of `--items`
+//! images (default 10 000), ITC only and with ITM reranking, printed as one JSON line.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo run --release --example search_latency -- \
+//!     --model /work/models/full --items 10000 --queries 20
+//! ```
+//!
+//! Embedding 10 000 photos with ViT-g takes a day on a 2-core CPU, so the index holds
+//! synthetic vectors (clustered unit vectors, seeded; Q and D from the checkpoint's
+//! config) under the checkpoint's identity. Everything after that is what `qseek search`
+//! runs:
+//!
+//! * `itc_ms`: [`text_to_images`] with `--rerank 0` — tokenise, Q-Former text pass,
+//!   HNSW search over the Q vectors of every image, exact max-over-slots rescoring.
+//! * `itm16_ms`: the ITM pass for 16 (vision features, text) pairs, the extra work of
+//!   `--rerank 16` when the index stores vision features (their read, 16 × 257×1408
+//!   f16 values, is not included). Random features of the model's shape: the cost does
+//!   not depend on their values.
+//! * `rerank16_ms` = `itc_ms` + `itm16_ms`.
+//!
+//! Medians over `--queries` different captions, after one warm-up query (which also
+//! builds the HNSW graph: `graph_build_s`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use qseek::model::ModelSource;
+use qseek::pipeline::search::{text_to_images, SearchOptions};
+use qseek::pipeline::{model_identity, Collection};
+use qseek::preprocess::image::LoadOptions;
+use qseek::{Embedder, ModelOptions};
+use qseek_index::{ImageRecord, Index, Manifest};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Images in the synthetic index.
+    #[arg(long, default_value_t = 10_000)]
+    items: usize,
+    /// Timed queries.
+    #[arg(long, default_value_t = 20)]
+    queries: usize,
+    /// Where to build the index (default: a temporary directory).
+    #[arg(long)]
+    index: Option<PathBuf>,
+}
+
+const CAPTIONS: [&str; 8] = [
+    "a cat lying on a bed next to a pillow",
+    "a cup of coffee on a saucer with a spoon",
+    "a rocket standing on the launch pad at night",
+    "a man holding a camera on a tripod in a field",
+    "stars and galaxies in the deep dark space",
+    "two dogs playing with a red ball in the park",
+    "a woman riding a bicycle down a busy city street",
+    "a small boat floating on a calm blue lake",
+];
+
+/// xorshift64*: seeded, dependency-free.
+struct Rng(u64);
+impl Rng {
+    fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (v >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn unit(&mut self, centre: Option<&[f32]>, dim: usize, spread: f32) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim)
+            .map(|i| centre.map_or(0.0, |c| c[i]) + spread * self.next_f32())
+            .collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() -> qseek::Result<()> {
+    let args = Args::parse();
+    let tmp = tempfile::tempdir().map_err(|source| qseek::Error::Io {
+        path: "tmp".into(),
+        source,
+    })?;
+    let dir = args
+        .index
+        .clone()
+        .unwrap_or_else(|| tmp.path().join("index"));
+    let embedder = Embedder::load(&ModelOptions::new(ModelSource::Local(args.model.clone())))?;
+    let (q, d) = (
+        embedder.config.num_query_tokens,
+        embedder.config.image_text_hidden_size,
+    );
+    let start = Instant::now();
+    {
+        let index = Index::create(
+            &dir,
+            Manifest::new(&model_identity(&embedder.checkpoint)?, q, d),
+        )?;
+        let mut writer = index.writer()?;
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let centres: Vec<Vec<f32>> = (0..64).map(|_| rng.unit(None, d, 1.0)).collect();
+        for i in 0..args.items {
+            let centre = rng.unit(Some(&centres[i % centres.len()]), d, 0.6);
+            let vectors: Vec<f32> = (0..q)
+                .flat_map(|_| rng.unit(Some(&centre), d, 0.4))
+                .collect();
+            let record = ImageRecord {
+                path: format!("/photos/{}/{i}.jpg", i % 100),
+                size: 1,
+                mtime: 0,
+                content_hash: format!("{i:016x}"),
+                width: 1,
+                height: 1,
+            };
+            writer.add_image(record, &vectors, None)?;
+        }
+        writer.commit()?;
+    }
+    let build_s = start.elapsed().as_secs_f64();
+    let collection = Collection {
+        index: Index::open(&dir, None)?,
+        embedder,
+    };
+    let opts = SearchOptions {
+        k: 10,
+        rerank: 0,
+        min_prob: None,
+        under: None,
+        exact: false,
+        load: LoadOptions::default(),
+        batch: 16,
+    };
+    let t = Instant::now();
+    text_to_images(&collection, "warm up", &opts)?;
+    let graph_build_s = t.elapsed().as_secs_f64();
+    let mut itc = Vec::new();
+    for i in 0..args.queries {
+        let t = Instant::now();
+        let r = text_to_images(&collection, CAPTIONS[i % CAPTIONS.len()], &opts)?;
+        itc.push(t.elapsed().as_secs_f64() * 1e3);
+        assert_eq!(r.hits.len(), 10);
+    }
+    let v = &collection.embedder.config.vision_config;
+    let tokens = (v.image_size / v.patch_size).pow(2) + 1;
+    let vision = Tensor::randn(0f32, 1.0, (16, tokens, v.hidden_size), &Device::Cpu)?;
+    let mut itm = Vec::new();
+    for i in 0..args.queries.clamp(1, 5) {
+        let ids = collection
+            .embedder
+            .tokenize(&vec![CAPTIONS[i % CAPTIONS.len()].to_string(); 16])?;
+        let t = Instant::now();
+        collection.embedder.itm_logits(&vision, &ids)?;
+        itm.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (itc_ms, itm16_ms) = (median(itc), median(itm));
+    println!(
+        "{}",
+        serde_json::json!({
+            "items": args.items,
+            "queries": args.queries,
+            "build_s": (build_s * 100.0).round() / 100.0,
+            "graph_build_s": (graph_build_s * 100.0).round() / 100.0,
+            "itc_ms": (itc_ms * 10.0).round() / 10.0,
+            "itm16_ms": (itm16_ms * 10.0).round() / 10.0,
+            "rerank16_ms": ((itc_ms + itm16_ms) * 10.0).round() / 10.0,
+        })
+    );
+    Ok(())
+}
