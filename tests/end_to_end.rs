@@ -674,3 +674,72 @@ fn errors_are_one_clear_sentence_and_a_nonzero_exit() {
         );
     }
 }
+
+#[test]
+fn ctrl_c_stops_after_a_commit_and_the_next_run_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("photos");
+    let total = many_photos(&dir, 10) as u64;
+    let index = tmp.path().join("index");
+    let (dir_s, index_s, tiny) = (
+        dir.display().to_string(),
+        index.display().to_string(),
+        tiny(),
+    );
+    let args = [
+        "index", &dir_s, "--index", &index_s, "-m", &tiny, "-q", "--batch", "2", "--json",
+    ];
+    let child = Command::new(env!("CARGO_BIN_EXE_qseek"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the index exists (the handler is installed before indexing starts).
+    while !index.join("manifest.json").exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let s = json(&out);
+    assert_eq!(s["interrupted"], true, "{s}");
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(s["images_in_index"].as_u64().unwrap() < total, "{s}");
+    assert!(qseek(&["verify", "--index", &index_s]).status.success());
+    let s2 = json(&qseek(&args));
+    assert_eq!(s2["images_in_index"].as_u64(), Some(total), "{s2}");
+    assert_eq!(
+        s2["embedded"].as_u64().unwrap() + s["images_in_index"].as_u64().unwrap(),
+        total,
+        "the second run embeds only what the first did not commit: {s2}"
+    );
+}
+
+#[test]
+fn rerank_recomputes_vision_features_from_the_files_and_says_when_one_is_gone() {
+    let c = Collection::new();
+    c.index(&[]);
+    std::fs::remove_file(c.photos.join("coins.png")).unwrap();
+    let out = c.run(&["search", "coins on a table", "--rerank", "7", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc = json(&out);
+    let coins = c.path("coins.png");
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 7);
+    for r in results {
+        let reranked = !r["itm_logit"].is_null();
+        assert_eq!(reranked, r["path"] != coins.as_str(), "{r}");
+    }
+    // The gone file is ranked after the reranked ones, and the user is told why.
+    assert_eq!(results[6]["path"], coins.as_str());
+    assert!(
+        stderr(&out).contains(&coins) && stderr(&out).contains("not reranked"),
+        "{}",
+        stderr(&out)
+    );
+}
