@@ -11,16 +11,18 @@
 //! config) under the checkpoint's identity. Everything after that is what `qseek search`
 //! runs:
 //!
-//! * `itc_ms`: [`text_to_images`] with `--rerank 0` — tokenise, Q-Former text pass,
-//!   HNSW search over the Q vectors of every image, exact max-over-slots rescoring.
+//! * `itc_ms`: [`text_to_images`] with `--rerank 0` as `qseek search` runs it — tokenise,
+//!   Q-Former text pass, max-over-slots score of every image (exact scan).
+//! * `itc_ann_ms`: the same with `--ann` — HNSW candidates, then exact rescoring.
+//! * `text_ms`: the text embedding alone (the part of both that is not the index).
 //! * `itm16_ms`: the ITM pass for 16 (vision features, text) pairs, the extra work of
 //!   `--rerank 16` when the index stores vision features (their read, 16 × 257×1408
 //!   f16 values, is not included). Random features of the model's shape: the cost does
 //!   not depend on their values.
 //! * `rerank16_ms` = `itc_ms` + `itm16_ms`.
 //!
-//! Medians over `--queries` different captions, after one warm-up query (which also
-//! builds the HNSW graph: `graph_build_s`).
+//! Medians over `--queries` queries (cycling through 8 captions), each mode after one
+//! warm-up query; the `--ann` warm-up builds the HNSW graph (`graph_build_s`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -32,7 +34,7 @@ use qseek::pipeline::search::{text_to_images, SearchOptions};
 use qseek::pipeline::{model_identity, Collection};
 use qseek::preprocess::image::LoadOptions;
 use qseek::{Embedder, ModelOptions};
-use qseek_index::{ImageRecord, Index, Manifest};
+use qseek_index::{ImageRecord, Index, Manifest, VectorDtype};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -48,6 +50,9 @@ struct Args {
     /// Where to build the index (default: a temporary directory).
     #[arg(long)]
     index: Option<PathBuf>,
+    /// Stored vector encoding: f32, f16 or int8.
+    #[arg(long, default_value = "f32")]
+    vectors: String,
 }
 
 const CAPTIONS: [&str; 8] = [
@@ -103,10 +108,13 @@ fn main() -> qseek::Result<()> {
     );
     let start = Instant::now();
     {
-        let index = Index::create(
-            &dir,
-            Manifest::new(&model_identity(&embedder.checkpoint)?, q, d),
-        )?;
+        let mut manifest = Manifest::new(&model_identity(&embedder.checkpoint)?, q, d);
+        manifest.vector_dtype = match args.vectors.as_str() {
+            "f16" => VectorDtype::F16,
+            "int8" => VectorDtype::Int8,
+            _ => VectorDtype::F32,
+        };
+        let index = Index::create(&dir, manifest)?;
         let mut writer = index.writer()?;
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let centres: Vec<Vec<f32>> = (0..64).map(|_| rng.unit(None, d, 1.0)).collect();
@@ -137,19 +145,38 @@ fn main() -> qseek::Result<()> {
         rerank: 0,
         min_prob: None,
         under: None,
-        exact: false,
+        ann: true,
         load: LoadOptions::default(),
         batch: 16,
     };
+    let time_queries = |opts: &SearchOptions| -> qseek::Result<f64> {
+        let mut ms = Vec::new();
+        for i in 0..args.queries {
+            let t = Instant::now();
+            let r = text_to_images(&collection, CAPTIONS[i % CAPTIONS.len()], opts)?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            assert_eq!(r.hits.len(), 10);
+        }
+        Ok(median(ms))
+    };
+    let exact_opts = SearchOptions {
+        ann: false,
+        ..opts.clone()
+    };
+    text_to_images(&collection, "warm up", &exact_opts)?;
+    let itc_exact_ms = time_queries(&exact_opts)?;
     let t = Instant::now();
     text_to_images(&collection, "warm up", &opts)?;
     let graph_build_s = t.elapsed().as_secs_f64();
-    let mut itc = Vec::new();
+    let itc_ann_ms = time_queries(&opts)?;
+    let mut text = Vec::new();
     for i in 0..args.queries {
         let t = Instant::now();
-        let r = text_to_images(&collection, CAPTIONS[i % CAPTIONS.len()], &opts)?;
-        itc.push(t.elapsed().as_secs_f64() * 1e3);
-        assert_eq!(r.hits.len(), 10);
+        let ids = collection
+            .embedder
+            .tokenize(&[CAPTIONS[i % CAPTIONS.len()].to_string()])?;
+        collection.embedder.embed_token_ids(&ids)?;
+        text.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let v = &collection.embedder.config.vision_config;
     let tokens = (v.image_size / v.patch_size).pow(2) + 1;
@@ -163,7 +190,7 @@ fn main() -> qseek::Result<()> {
         collection.embedder.itm_logits(&vision, &ids)?;
         itm.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let (itc_ms, itm16_ms) = (median(itc), median(itm));
+    let (text_ms, itm16_ms) = (median(text), median(itm));
     println!(
         "{}",
         serde_json::json!({
@@ -171,9 +198,12 @@ fn main() -> qseek::Result<()> {
             "queries": args.queries,
             "build_s": (build_s * 100.0).round() / 100.0,
             "graph_build_s": (graph_build_s * 100.0).round() / 100.0,
-            "itc_ms": (itc_ms * 10.0).round() / 10.0,
+            "vectors": args.vectors,
+            "text_ms": (text_ms * 10.0).round() / 10.0,
+            "itc_ms": (itc_exact_ms * 10.0).round() / 10.0,
+            "itc_ann_ms": (itc_ann_ms * 10.0).round() / 10.0,
             "itm16_ms": (itm16_ms * 10.0).round() / 10.0,
-            "rerank16_ms": ((itc_ms + itm16_ms) * 10.0).round() / 10.0,
+            "rerank16_ms": ((itc_exact_ms + itm16_ms) * 10.0).round() / 10.0,
         })
     );
     Ok(())

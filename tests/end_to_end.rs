@@ -482,12 +482,18 @@ fn search_ranks_match_the_lavis_formula_on_embed_and_score_outputs() {
             )
         })
         .collect();
-    // (--rerank, --exact?)
-    for (rerank, exact) in [(0usize, false), (3, false), (3, true), (7, false)] {
+    // (--rerank, --ann?)
+    for (rerank, ann) in [
+        (0usize, false),
+        (3, false),
+        (0, true),
+        (3, true),
+        (7, false),
+    ] {
         let r = rerank.to_string();
         let mut args = vec!["search", query, "--rerank", &r, "-k", "7", "--json"];
-        if exact {
-            args.push("--exact");
+        if ann {
+            args.push("--ann");
         }
         let out = c.run(&args);
         assert!(out.status.success(), "{}", stderr(&out));

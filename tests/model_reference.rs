@@ -1,25 +1,54 @@
 //! The model against transformers' `Blip2ForImageTextRetrieval` on the committed
 //! fixtures (`tests/fixtures/make_fixtures.py`): a default-structure model (`tiny`) and
 //! one with every size changed, hub-style `q_bias`/`v_bias` and sharded weights (`odd`).
+//!
+//! Every model test runs on the CPU and, in a build with `--features cuda` on a machine
+//! with a GPU, on GPU 0 too ([`devices`]).
 
 mod common;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use common::{max_abs_diff, min_row_cosine, model_dir, Reference, MODELS};
 use qseek::model::ModelSource;
 use qseek::preprocess::image::LoadOptions;
 use qseek::{Embedder, ModelOptions};
 
-fn load(model: &str, dtype: DType) -> Embedder {
+/// The CPU, and GPU 0 where the build and the machine have one.
+fn devices() -> Vec<Device> {
+    let mut devices = vec![Device::Cpu];
+    if candle_core::utils::cuda_is_available() {
+        devices.push(Device::new_cuda(0).expect("a CUDA build on a machine with a GPU"));
+    }
+    devices
+}
+
+/// Every (model, device) pair.
+fn cases() -> Vec<(&'static str, Device)> {
+    MODELS
+        .iter()
+        .flat_map(|m| devices().into_iter().map(move |d| (*m, d)))
+        .collect()
+}
+
+fn load(model: &str, dtype: DType, device: &Device) -> Embedder {
     let mut opts = ModelOptions::new(ModelSource::Local(model_dir(model)));
     opts.dtype = dtype;
-    Embedder::load(&opts).unwrap_or_else(|e| panic!("{model}: {e}"))
+    opts.device = device.clone();
+    Embedder::load(&opts).unwrap_or_else(|e| panic!("{model} on {device:?}: {e}"))
+}
+
+/// A reference tensor on `device`.
+fn on(t: &Tensor, device: &Device) -> Tensor {
+    t.to_device(device).unwrap()
 }
 
 #[test]
 fn input_ids_are_identical() {
     for model in MODELS {
-        let (embedder, reference) = (load(model, DType::F32), Reference::load(model));
+        let (embedder, reference) = (
+            load(model, DType::F32, &Device::Cpu),
+            Reference::load(model),
+        );
         assert_eq!(
             embedder.tokenize(&reference.captions).unwrap(),
             reference.input_ids,
@@ -42,10 +71,10 @@ fn vocab_txt_alone_tokenizes_the_same() {
 
 #[test]
 fn f32_embeddings_and_itm_match_with_identical_pixels() {
-    for model in MODELS {
-        let (embedder, reference) = (load(model, DType::F32), Reference::load(model));
+    for (model, device) in cases() {
+        let (embedder, reference) = (load(model, DType::F32, &device), Reference::load(model));
         let (vision, image_embeds) = embedder
-            .embed_pixels(reference.get("pixel_values"))
+            .embed_pixels(&on(reference.get("pixel_values"), &device))
             .unwrap();
         let vision_diff = max_abs_diff(&vision, reference.get("vision_last_hidden_state"));
         let image_diff = max_abs_diff(&image_embeds, reference.get("image_embeds"));
@@ -99,8 +128,8 @@ fn is_jpeg(path: &std::path::Path) -> bool {
 /// From the image files: pixel values within one 8-bit step of the reference, and every
 /// query vector at cosine ≥ 0.999 to the reference's.
 fn files_end_to_end(select: fn(&std::path::Path) -> bool) {
-    for model in MODELS {
-        let (embedder, reference) = (load(model, DType::F32), Reference::load(model));
+    for (model, device) in cases() {
+        let (embedder, reference) = (load(model, DType::F32, &device), Reference::load(model));
         let rows: Vec<usize> = (0..reference.photos.len())
             .filter(|&i| select(&reference.photos[i]))
             .collect();
@@ -147,10 +176,10 @@ fn files_end_to_end(select: fn(&std::path::Path) -> bool) {
 #[test]
 fn half_precision_stays_close() {
     for dtype in [DType::F16, DType::BF16] {
-        for model in MODELS {
-            let (embedder, reference) = (load(model, dtype), Reference::load(model));
+        for (model, device) in cases() {
+            let (embedder, reference) = (load(model, dtype, &device), Reference::load(model));
             let (_, embeds) = embedder
-                .embed_pixels(reference.get("pixel_values"))
+                .embed_pixels(&on(reference.get("pixel_values"), &device))
                 .unwrap();
             let cosine = min_row_cosine(&embeds, reference.get("image_embeds"));
             assert!(
@@ -166,17 +195,17 @@ fn half_precision_stays_close() {
 
 #[test]
 fn batching_does_not_change_results() {
-    let (embedder, reference) = (load("tiny", DType::F32), Reference::load("tiny"));
-    let all = embedder
-        .model()
-        .vision_features(reference.get("pixel_values"))
-        .unwrap();
-    let one = embedder
-        .model()
-        .vision_features(&reference.get("pixel_values").narrow(0, 2, 1).unwrap())
-        .unwrap();
-    assert!(max_abs_diff(&all.narrow(0, 2, 1).unwrap(), &one) < 1e-5);
-    let texts = embedder.embed_token_ids(&reference.input_ids).unwrap();
-    let single = embedder.embed_token_ids(&reference.input_ids[..1]).unwrap();
-    assert!(max_abs_diff(&texts.narrow(0, 0, 1).unwrap(), &single) < 1e-5);
+    for device in devices() {
+        let (embedder, reference) = (load("tiny", DType::F32, &device), Reference::load("tiny"));
+        let pixels = on(reference.get("pixel_values"), &device);
+        let all = embedder.model().vision_features(&pixels).unwrap();
+        let one = embedder
+            .model()
+            .vision_features(&pixels.narrow(0, 2, 1).unwrap())
+            .unwrap();
+        assert!(max_abs_diff(&all.narrow(0, 2, 1).unwrap(), &one) < 1e-5);
+        let texts = embedder.embed_token_ids(&reference.input_ids).unwrap();
+        let single = embedder.embed_token_ids(&reference.input_ids[..1]).unwrap();
+        assert!(max_abs_diff(&texts.narrow(0, 0, 1).unwrap(), &single) < 1e-5);
+    }
 }

@@ -39,9 +39,11 @@ pub(super) struct SearchArgs {
     /// Only photos under this folder (or whose path starts with this prefix).
     #[arg(long, value_name = "PATH")]
     under: Option<PathBuf>,
-    /// Score every photo exactly instead of walking the HNSW graph.
+    /// Find candidates with the HNSW graph instead of scoring every photo exactly. For a
+    /// single query exact is faster (about 0.1 s per 100 000 photos), since the graph must
+    /// first be built (about 0.3 ms per photo); the graph pays off over many queries.
     #[arg(long)]
-    exact: bool,
+    ann: bool,
     /// Print one JSON document.
     #[arg(long, conflicts_with = "paths")]
     json: bool,
@@ -104,7 +106,7 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         rerank,
         min_prob: args.min_prob,
         under,
-        exact: args.exact,
+        ann: args.ann,
         load: args.model.load_options()?,
         batch: args.model.batch as usize,
     };
