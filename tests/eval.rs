@@ -181,3 +181,52 @@ fn bad_annotations_are_refused_before_any_model_work() {
         assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
     }
 }
+
+#[test]
+fn limits_select_a_subset_and_images_without_captions_have_no_text_rank() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ann, photos, tiny) = (
+        fixtures().join("eval/annotations.json"),
+        fixtures().join("photos"),
+        model_dir("tiny"),
+    );
+    // (flag, value, images, texts, images with a text rank)
+    let cases = [
+        ("--limit-images", "3", 3, 9, 3),
+        ("--limit-texts", "5", 7, 5, 2),
+    ];
+    for (flag, value, images, texts, ranked) in cases {
+        let cache = tmp.path().join(flag);
+        let out = qseek(&[
+            "eval",
+            "--annotations",
+            ann.to_str().unwrap(),
+            "--images",
+            photos.to_str().unwrap(),
+            "-m",
+            tiny.to_str().unwrap(),
+            flag,
+            value,
+            "--k-test",
+            "4",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--json",
+            "-q",
+        ]);
+        assert!(out.status.success(), "{flag}: {}", stderr(&out));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            (report["images"].as_u64(), report["texts"].as_u64()),
+            (Some(images), Some(texts)),
+            "{flag}"
+        );
+        let i2t = report["ranks"]["itm_rerank"]["i2t"].as_array().unwrap();
+        assert_eq!(i2t.len() as u64, images, "{flag}");
+        assert_eq!(
+            i2t.iter().filter(|r| !r.is_null()).count() as u64,
+            ranked,
+            "{flag}"
+        );
+    }
+}

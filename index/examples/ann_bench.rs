@@ -187,6 +187,7 @@ fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]
     let rss_before = rss_bytes();
     let open_start = Instant::now();
     let index = Index::open(dir, Some(&model())).expect("open index");
+    let rss_opened = rss_bytes();
     index.build_graphs();
     let open_s = open_start.elapsed().as_secs_f64();
     let rss_after = rss_bytes();
@@ -274,6 +275,7 @@ fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]
             "p99_ms": (pct(0.99) * 1000.0).round() / 1000.0,
             "recall_at_10": recall,
             "bytes_per_item": (rss_after.saturating_sub(rss_before)) / args.items as u64,
+            "graph_bytes_per_item": (rss_after.saturating_sub(rss_opened)) / args.items as u64,
             "open_s": (open_s * 100.0).round() / 100.0,
             "dtype": format!("{:?}", args.dtype).to_lowercase(),
             "graph_points_per_image": stats.graph_points_per_image,

@@ -40,8 +40,8 @@ pub(super) struct SearchArgs {
     #[arg(long, value_name = "PATH")]
     under: Option<PathBuf>,
     /// Find candidates with the HNSW graph instead of scoring every photo exactly. For a
-    /// single query exact is faster (about 0.1 s per 100 000 photos), since the graph must
-    /// first be built (about 0.3 ms per photo); the graph pays off over many queries.
+    /// single query exact is faster (about 0.2 s per 100 000 photos on 2 cores), since the
+    /// graph must first be built (minutes for 100 000 photos); it pays off over many queries.
     #[arg(long)]
     ann: bool,
     /// Print one JSON document.
