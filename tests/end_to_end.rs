@@ -8,21 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{fixtures, model_dir};
+use common::{fixtures, model_dir, qseek, stderr};
 use serde_json::Value;
-
-fn qseek(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qseek"))
-        .args(args)
-        .env_remove("QSEEK_MODEL")
-        .env_remove("QSEEK_INDEX")
-        .output()
-        .expect("run qseek")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn json(out: &Output) -> Value {
     let text = String::from_utf8_lossy(&out.stdout);
@@ -276,31 +263,56 @@ fn many_photos(dir: &Path, variants: usize) -> usize {
     n
 }
 
+/// A folder of `7 × variants` distinct photos, an index path beside it, and the
+/// `qseek index` command line for them (batches of 2, JSON summary, plus `extra`).
+struct BigFolder {
+    _tmp: tempfile::TempDir,
+    index: PathBuf,
+    total: u64,
+    args: Vec<String>,
+}
+
+impl BigFolder {
+    fn new(variants: usize, extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("photos");
+        let total = many_photos(&dir, variants) as u64;
+        let index = tmp.path().join("index");
+        let mut args: Vec<String> = ["index", &dir.display().to_string(), "--index"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(index.display().to_string());
+        args.extend([
+            "-m".into(),
+            tiny(),
+            "-q".into(),
+            "--batch".into(),
+            "2".into(),
+            "--json".into(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        BigFolder {
+            _tmp: tmp,
+            index,
+            total,
+            args,
+        }
+    }
+
+    fn args(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+
+    fn index_s(&self) -> &str {
+        &self.args[3]
+    }
+}
+
 #[test]
 fn sigkill_during_indexing_leaves_a_valid_index_and_the_next_run_completes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("photos");
-    let total = many_photos(&dir, 6);
-    let index = tmp.path().join("index");
-    let (dir_s, index_s, tiny) = (
-        dir.display().to_string(),
-        index.display().to_string(),
-        tiny(),
-    );
-    let args = [
-        "index",
-        &dir_s,
-        "--index",
-        &index_s,
-        "-m",
-        &tiny,
-        "-q",
-        "--batch",
-        "2",
-        "--commit-every",
-        "0.001",
-        "--json",
-    ];
+    let big = BigFolder::new(6, &["--commit-every", "0.001"]);
+    let (index, index_s, total, args) = (big.index.clone(), big.index_s(), big.total, big.args());
     // Each round waits for the run's first commit with images (the vector file
     // grows), then kills it a little later: mid-batch, mid-commit, or between.
     let vectors_written = || {
@@ -319,7 +331,7 @@ fn sigkill_during_indexing_leaves_a_valid_index_and_the_next_run_completes() {
     for extra_ms in [0u64, 30, 90, 170] {
         let before = vectors_len(&index);
         let mut child = Command::new(env!("CARGO_BIN_EXE_qseek"))
-            .args(args)
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -331,21 +343,21 @@ fn sigkill_during_indexing_leaves_a_valid_index_and_the_next_run_completes() {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(vectors_written());
-        let verify = qseek(&["verify", "--index", &index_s]);
+        let verify = qseek(&["verify", "--index", index_s]);
         assert!(
             verify.status.success(),
             "after a kill {extra_ms} ms past a commit: {}{}",
             String::from_utf8_lossy(&verify.stdout),
             stderr(&verify)
         );
-        let images = json(&qseek(&["info", "--json", "--index", &index_s]))["images"]
+        let images = json(&qseek(&["info", "--json", "--index", index_s]))["images"]
             .as_u64()
             .unwrap();
         assert!(
             images >= last,
             "committed images went from {last} to {images}"
         );
-        if images < total as u64 {
+        if images < total {
             partial += 1;
         }
         last = images;
@@ -357,13 +369,13 @@ fn sigkill_during_indexing_leaves_a_valid_index_and_the_next_run_completes() {
     let out = qseek(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let s = json(&out);
-    assert_eq!(s["images_in_index"].as_u64(), Some(total as u64), "{s}");
+    assert_eq!(s["images_in_index"].as_u64(), Some(total), "{s}");
     assert_eq!(
         s["embedded"].as_u64().unwrap() + last,
-        total as u64,
+        total,
         "only what was missing is embedded: {s}"
     );
-    assert!(qseek(&["verify", "--index", &index_s]).status.success());
+    assert!(qseek(&["verify", "--index", index_s]).status.success());
 }
 
 /// Bytes in the index's image vector files (grows with each commit that adds images).
@@ -683,20 +695,10 @@ fn errors_are_one_clear_sentence_and_a_nonzero_exit() {
 
 #[test]
 fn ctrl_c_stops_after_a_commit_and_the_next_run_resumes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("photos");
-    let total = many_photos(&dir, 10) as u64;
-    let index = tmp.path().join("index");
-    let (dir_s, index_s, tiny) = (
-        dir.display().to_string(),
-        index.display().to_string(),
-        tiny(),
-    );
-    let args = [
-        "index", &dir_s, "--index", &index_s, "-m", &tiny, "-q", "--batch", "2", "--json",
-    ];
+    let big = BigFolder::new(10, &[]);
+    let (index, index_s, total, args) = (big.index.clone(), big.index_s(), big.total, big.args());
     let child = Command::new(env!("CARGO_BIN_EXE_qseek"))
-        .args(args)
+        .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -716,7 +718,7 @@ fn ctrl_c_stops_after_a_commit_and_the_next_run_resumes() {
     assert_eq!(s["interrupted"], true, "{s}");
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(s["images_in_index"].as_u64().unwrap() < total, "{s}");
-    assert!(qseek(&["verify", "--index", &index_s]).status.success());
+    assert!(qseek(&["verify", "--index", index_s]).status.success());
     let s2 = json(&qseek(&args));
     assert_eq!(s2["images_in_index"].as_u64(), Some(total), "{s2}");
     assert_eq!(

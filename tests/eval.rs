@@ -4,23 +4,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-use common::{fixtures, model_dir};
+use common::{fixtures, model_dir, qseek, stderr};
 use serde_json::Value;
-
-fn qseek(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_qseek"))
-        .args(args)
-        .env_remove("QSEEK_MODEL")
-        .env_remove("QSEEK_INDEX")
-        .output()
-        .expect("run qseek")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixtures().join("eval/reference.json")).unwrap();
@@ -28,13 +13,17 @@ fn reference() -> Value {
 }
 
 fn eval(cache: &std::path::Path, k_test: usize) -> Value {
+    eval_with(cache, k_test, &[])
+}
+
+fn eval_with(cache: &std::path::Path, k_test: usize, extra: &[&str]) -> Value {
     let (ann, photos, tiny) = (
         fixtures().join("eval/annotations.json"),
         fixtures().join("photos"),
         model_dir("tiny"),
     );
     let k = k_test.to_string();
-    let out = qseek(&[
+    let mut args = vec![
         "eval",
         "--annotations",
         ann.to_str().unwrap(),
@@ -48,7 +37,9 @@ fn eval(cache: &std::path::Path, k_test: usize) -> Value {
         cache.to_str().unwrap(),
         "--json",
         "-q",
-    ]);
+    ];
+    args.extend(extra);
+    let out = qseek(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -185,37 +176,13 @@ fn bad_annotations_are_refused_before_any_model_work() {
 #[test]
 fn limits_select_a_subset_and_images_without_captions_have_no_text_rank() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ann, photos, tiny) = (
-        fixtures().join("eval/annotations.json"),
-        fixtures().join("photos"),
-        model_dir("tiny"),
-    );
     // (flag, value, images, texts, images with a text rank)
     let cases = [
         ("--limit-images", "3", 3, 9, 3),
         ("--limit-texts", "5", 7, 5, 2),
     ];
     for (flag, value, images, texts, ranked) in cases {
-        let cache = tmp.path().join(flag);
-        let out = qseek(&[
-            "eval",
-            "--annotations",
-            ann.to_str().unwrap(),
-            "--images",
-            photos.to_str().unwrap(),
-            "-m",
-            tiny.to_str().unwrap(),
-            flag,
-            value,
-            "--k-test",
-            "4",
-            "--cache",
-            cache.to_str().unwrap(),
-            "--json",
-            "-q",
-        ]);
-        assert!(out.status.success(), "{flag}: {}", stderr(&out));
-        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report = eval_with(&tmp.path().join(flag), 4, &[flag, value]);
         assert_eq!(
             (report["images"].as_u64(), report["texts"].as_u64()),
             (Some(images), Some(texts)),

@@ -110,3 +110,18 @@ fn flat(t: &Tensor) -> Vec<f32> {
         .to_vec1::<f32>()
         .unwrap()
 }
+
+/// Runs the `qseek` binary with `args`, without the user's QSEEK_* settings.
+pub fn qseek(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qseek"))
+        .args(args)
+        .env_remove("QSEEK_MODEL")
+        .env_remove("QSEEK_INDEX")
+        .output()
+        .expect("run qseek")
+}
+
+/// A command's stderr, as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
