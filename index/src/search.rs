@@ -31,8 +31,10 @@ pub struct SearchParams {
 impl Default for SearchParams {
     fn default() -> Self {
         SearchParams {
-            ef: 128,
-            candidates: 100,
+            // Measured with `ann_bench` at 100 000 int8 images: recall@10 0.990 with
+            // (256, 200), 0.985 with (128, 100); p50 5.0 ms vs 2.4 ms.
+            ef: 256,
+            candidates: 200,
             filter: None,
             exact: false,
             exact_below: 2048,
