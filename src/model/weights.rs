@@ -66,7 +66,6 @@ impl SafetensorsFiles {
         if entry.dtype == DType::F32 && len % 4 == 0 {
             // Straight into the tensor's own buffer: one copy, not two.
             let mut values = vec![0f32; len / 4];
-            advise_huge_pages(&mut values);
             // SAFETY: the slice covers exactly the initialised f32 values, and every bit
             // pattern is a valid f32.
             let bytes =
@@ -83,28 +82,6 @@ impl SafetensorsFiles {
         file.read_exact_at(&mut bytes, entry.start)
             .map_err(read_error)?;
         Tensor::from_raw_buffer(&bytes, entry.dtype, &entry.shape, device)
-    }
-}
-
-/// Asks Linux for transparent huge pages on a large, still untouched buffer. `vec![0; n]`
-/// gets fresh zero pages from the kernel, which it then faults in one 4 KB page at a time
-/// as the read fills them; for gigabytes of weights, those faults were most of the load
-/// time. With 2 MB pages there are 512 times fewer. Only a hint: errors are ignored.
-fn advise_huge_pages(values: &mut [f32]) {
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let len = std::mem::size_of_val(values);
-        if len < 4 << 20 {
-            return;
-        }
-        let start = values.as_mut_ptr() as usize;
-        let aligned = start.next_multiple_of(PAGE);
-        let usable = (len - (aligned - start)) / PAGE * PAGE;
-        // SAFETY: the range lies inside `values`; MADV_HUGEPAGE changes no contents.
-        unsafe {
-            libc::madvise(aligned as *mut libc::c_void, usable, libc::MADV_HUGEPAGE);
-        }
     }
 }
 
