@@ -118,7 +118,13 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         (None, Some(img)) => ("image_to_images", image_to_images(&collection, img, &opts)?),
         (None, None) => unreachable!("checked above"),
     };
-    for note in &result.notes {
+    let mut notes = result.notes.clone();
+    if args.rerank.is_none() && !stored && mode != "image_to_images" {
+        notes.push(
+            "ranked by ITC only: this index stores no vision features, so ITM reranking (--rerank N) would run the image encoder on each of the N candidates' files; `qseek index --store-vision-features` into a new index makes it cheap".into(),
+        );
+    }
+    for note in &notes {
         eprintln!("qseek: note: {note}");
     }
     let mut out = std::io::stdout().lock();
@@ -132,7 +138,7 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
                 rerank,
             },
             results: &result.hits,
-            notes: &result.notes,
+            notes: &notes,
         };
         write_line(&mut out, &serde_json::to_string(&doc).expect("serialises"))?;
     } else if args.paths {
