@@ -20,14 +20,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, D};
-use indicatif::{ProgressBar, ProgressStyle};
 use qseek_index::{ImageId, SearchParams};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::indexer::{index_files, IndexOptions};
 use super::texts::{add_texts, TextEntry};
-use super::Collection;
+use super::{progress_bar, Collection};
 use crate::preprocess::text::pre_caption;
 use crate::{Error, Result};
 
@@ -299,21 +298,6 @@ fn exact_itc(
     Ok(out)
 }
 
-fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
-    if !show || len == 0 {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(len);
-    b.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {what}  {{per_sec}}  ETA {{eta}}"
-        ))
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    b
-}
-
 /// How to evaluate.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -485,7 +469,7 @@ pub fn evaluate(
     }
     let n_pairs: usize = pairs.values().map(Vec::len).sum();
     let ids = c.embedder.tokenize(&data.texts)?;
-    let progress = bar(n_pairs as u64, "ITM pairs", opts.progress);
+    let progress = progress_bar(n_pairs as u64, "ITM pairs", opts.progress);
     let mut itm: HashMap<(usize, usize), f32> = HashMap::with_capacity(n_pairs);
     let device = c.embedder.model().device().clone();
     for (&i, texts) in &pairs {

@@ -17,13 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use qseek_index::{ImageRecord, Index, IndexWriter};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::walk::{walk, FoundFile, Walk, WalkOptions};
-use super::{rows3, Collection};
+use super::{progress_bar, rows3, Collection};
 use crate::embedder::Embedder;
 use crate::preprocess::image::{decode_rgb, LoadOptions};
 use crate::{Error, Result};
@@ -216,7 +215,7 @@ fn index_found(
     }
 
     let mut writer = index.writer()?;
-    let bar = progress_bar(todo.len() as u64, opts.progress);
+    let bar = progress_bar(todo.len() as u64, "images", opts.progress);
     let mut last_commit = Instant::now();
     let store_features = index.manifest().store_vision_features;
     std::thread::scope(|scope| -> Result<()> {
@@ -278,21 +277,6 @@ fn notes(list: Vec<(PathBuf, String)>) -> Vec<FileNote> {
             reason,
         })
         .collect()
-}
-
-fn progress_bar(len: u64, show: bool) -> ProgressBar {
-    if !show || len == 0 {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} images  {per_sec}  ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar
 }
 
 /// Embeds the decoded images of one batch and hands everything to the writer.

@@ -11,6 +11,7 @@ pub mod walk;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
 use qseek_index::{Index, Manifest, ModelId, VectorDtype};
 
 use crate::embedder::{Embedder, ModelOptions};
@@ -130,6 +131,23 @@ impl Collection {
         let index = Index::create(dir, manifest)?;
         Ok(Self { embedder, index })
     }
+}
+
+/// A progress bar over `len` items called `unit` (images, texts, ITM pairs) with rate and
+/// ETA; hidden when `show` is false or there is nothing to do.
+pub(crate) fn progress_bar(len: u64, unit: &str, show: bool) -> ProgressBar {
+    if !show || len == 0 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{elapsed_precise}} [{{bar:30}}] {{pos}}/{{len}} {unit}  {{per_sec}}  ETA {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
 }
 
 /// Rows of a (n, a, b) tensor as n flat vectors.

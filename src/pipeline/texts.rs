@@ -6,10 +6,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::Collection;
+use super::{progress_bar, Collection};
 use crate::preprocess::text::pre_caption;
 use crate::{Error, Result};
 
@@ -133,19 +132,7 @@ pub fn add_texts(
             }
         }
     }
-    let bar = if progress && !todo.is_empty() {
-        let bar = ProgressBar::new(todo.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:30}] {pos}/{len} texts  {per_sec}  ETA {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    let bar = progress_bar(todo.len() as u64, "texts", progress);
     for chunk in todo.chunks(batch.max(1)) {
         let texts: Vec<String> = chunk.iter().map(|e| e.text.clone()).collect();
         let ids = c.embedder.tokenize(&texts)?;
