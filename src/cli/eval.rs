@@ -1,13 +1,12 @@
 //! `qseek eval`: Flickr30K / COCO retrieval R@K with the BLIP-2 protocol.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
 use qseek_index::VectorDtype;
 
-use super::{print_line, ModelArgs, Outcome};
+use super::{print_line, stop_on_ctrl_c, ModelArgs, Outcome};
 use crate::model::checkpoint::DEFAULT_MODEL;
 use crate::pipeline::eval::{evaluate, load_dataset, EvalOptions, EvalReport, Metrics};
 use crate::pipeline::indexer::IndexOptions;
@@ -43,8 +42,6 @@ pub(super) struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
 }
-
-static STOP: AtomicBool = AtomicBool::new(false);
 
 pub(super) fn run(args: EvalArgs) -> Result<Outcome> {
     // Everything about the inputs is checked before the model loads.
@@ -84,12 +81,7 @@ pub(super) fn run(args: EvalArgs) -> Result<Outcome> {
             cache.display()
         )));
     }
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nqseek: stopping (Ctrl-C again to quit now)");
-    });
+    let stop = stop_on_ctrl_c("stopping");
     let progress = !args.model.quiet;
     if collection.embedder.model().device().is_cpu() && progress {
         eprintln!(
@@ -111,7 +103,7 @@ pub(super) fn run(args: EvalArgs) -> Result<Outcome> {
         batch: args.model.batch as usize,
         progress,
     };
-    let report = evaluate(&collection, &data, &opts, &STOP)?;
+    let report = evaluate(&collection, &data, &opts, stop)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         print_line(

@@ -1,13 +1,12 @@
 //! `qseek index DIR...`: create or update the index of photo folders.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::Args;
 use qseek_index::VectorDtype;
 
-use super::{IndexDir, ModelArgs, Outcome};
+use super::{stop_on_ctrl_c, IndexDir, ModelArgs, Outcome};
 use crate::pipeline::indexer::{index_folders, IndexOptions, IndexSummary};
 use crate::pipeline::walk::WalkOptions;
 use crate::pipeline::{Collection, CreateOptions};
@@ -40,9 +39,6 @@ pub(super) struct IndexArgs {
     model: ModelArgs,
 }
 
-/// Set by Ctrl-C: the run stops after the current batch and commits.
-static STOP: AtomicBool = AtomicBool::new(false);
-
 pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
     let vector_dtype = match args.vectors.as_str() {
         "f16" => VectorDtype::F16,
@@ -72,13 +68,7 @@ pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
             store_vision_features: args.store_vision_features,
         },
     )?;
-    // A second Ctrl-C quits at once: the index is still consistent (crash-safe commits).
-    let _ = ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nqseek: stopping after the current batch (Ctrl-C again to quit now)");
-    });
+    let stop = stop_on_ctrl_c("stopping after the current batch");
     let opts = IndexOptions {
         walk: WalkOptions {
             hidden: args.hidden,
@@ -88,7 +78,7 @@ pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
         commit_every: Duration::from_secs_f64(args.commit_every),
         progress: !args.model.quiet,
     };
-    let summary = index_folders(&collection, &args.paths, &opts, &STOP)?;
+    let summary = index_folders(&collection, &args.paths, &opts, stop)?;
     if args.json {
         println!(
             "{}",

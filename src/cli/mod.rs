@@ -139,6 +139,23 @@ pub(crate) fn report_failure(what: &std::path::Path, error: &crate::Error) {
     }
 }
 
+/// Installs the Ctrl-C handler of a long command and returns the flag it sets: the
+/// command polls it, stops at the next safe point and keeps what it committed. A second
+/// Ctrl-C quits at once (the index's commits are crash-safe, so that loses nothing
+/// committed either).
+pub(crate) fn stop_on_ctrl_c(what: &'static str) -> &'static std::sync::atomic::AtomicBool {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    // Only fails if a handler is already installed, which leaves the flag unset: harmless.
+    let _ = ctrlc::set_handler(move || {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nqseek: {what} (Ctrl-C again to quit now)");
+    });
+    &STOP
+}
+
 /// Where the index is.
 #[derive(Debug, Clone, Args)]
 pub struct IndexDir {
