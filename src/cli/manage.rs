@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{IndexDir, Outcome};
 use crate::pipeline::open_index;
-use crate::pipeline::walk::absolute;
+use crate::pipeline::walk::{absolute, is_under};
 use crate::{Error, Result};
 
 #[derive(Debug, Args)]
@@ -150,11 +150,7 @@ pub(super) fn remove(args: RemoveArgs) -> Result<Outcome> {
             source,
         })?;
         let key = abs.to_string_lossy().into_owned();
-        let folder = format!("{}/", key.trim_end_matches('/'));
-        let matching: Vec<&String> = indexed
-            .iter()
-            .filter(|i| **i == key || i.starts_with(&folder))
-            .collect();
+        let matching: Vec<&String> = indexed.iter().filter(|i| is_under(i, &key)).collect();
         if matching.is_empty() {
             eprintln!("qseek: {}: not in the index", p.display());
             outcome = Outcome::SomeFailed;

@@ -21,7 +21,7 @@ use qseek_index::{ImageRecord, Index, IndexWriter};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::walk::{walk, FoundFile, Walk, WalkOptions};
+use super::walk::{is_under, walk, FoundFile, Walk, WalkOptions};
 use super::{progress_bar, rows3, Collection};
 use crate::embedder::Embedder;
 use crate::preprocess::image::{decode_rgb, LoadOptions};
@@ -396,13 +396,7 @@ fn remove_gone(index: &Index, writer: &mut IndexWriter, roots: &[PathBuf]) -> Re
         .map(|r| r.to_string_lossy().into_owned())
         .collect();
     for path in index.paths() {
-        let under = roots.iter().any(|r| {
-            path == *r
-                || path
-                    .strip_prefix(r.as_str())
-                    .is_some_and(|rest| rest.starts_with('/') || r.ends_with('/'))
-        });
-        if !under {
+        if !roots.iter().any(|r| is_under(&path, r)) {
             continue;
         }
         let gone =

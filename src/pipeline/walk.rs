@@ -85,6 +85,14 @@ pub fn absolute(path: &Path) -> std::io::Result<PathBuf> {
     Ok(out)
 }
 
+/// Whether `path` is `root` or lies inside it (whole components: `/a/bc` is not under `/a/b`).
+pub fn is_under(path: &str, root: &str) -> bool {
+    path == root
+        || path
+            .strip_prefix(root.trim_end_matches('/'))
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 fn is_hidden(name: &std::ffi::OsStr) -> bool {
     name.to_str()
         .is_some_and(|n| n.starts_with('.') && n != "." && n != "..")
@@ -198,5 +206,21 @@ mod tests {
 
         let all = walk(&[d.to_path_buf()], WalkOptions { hidden: true });
         assert_eq!(all.images.len(), 5);
+    }
+
+    #[test]
+    fn is_under_matches_whole_components() {
+        // (path, root, under?)
+        let cases = [
+            ("/a/b", "/a/b", true),
+            ("/a/b/c.jpg", "/a/b", true),
+            ("/a/b/c.jpg", "/a/b/", true),
+            ("/a/bc.jpg", "/a/b", false),
+            ("/a", "/a/b", false),
+            ("/x/y.jpg", "/", true),
+        ];
+        for (path, root, expected) in cases {
+            assert_eq!(is_under(path, root), expected, "{path} under {root}");
+        }
     }
 }
