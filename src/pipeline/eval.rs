@@ -387,6 +387,10 @@ pub fn evaluate(
     let t0 = Instant::now();
     let sim_i2t = exact_itc(&image_vectors, &text_vectors, q, d)?;
     let sim_t2i = transpose(&sim_i2t);
+    // The exact top k_test of each query: the candidates ITM reranks, and what the
+    // index's candidates are measured against.
+    let top_i2t: Vec<Vec<usize>> = sim_i2t.iter().map(|r| top_k(r, k)).collect();
+    let top_t2i: Vec<Vec<usize>> = sim_t2i.iter().map(|r| top_k(r, k)).collect();
     seconds.insert("itc_exact".to_string(), t0.elapsed().as_secs_f64());
 
     let t0 = Instant::now();
@@ -434,26 +438,24 @@ pub fn evaluate(
         })
         .collect::<Result<_>>()?;
     seconds.insert("itc_index".to_string(), t0.elapsed().as_secs_f64());
-    let overlap = |index_rows: &[Vec<f32>], exact_rows: &[Vec<f32>], k: usize| {
+    let overlap = |index_rows: &[Vec<f32>], exact_top: &[Vec<usize>], k: usize| {
         let total: usize = index_rows
             .iter()
-            .zip(exact_rows)
-            .map(|(ir, er)| {
+            .zip(exact_top)
+            .map(|(ir, top)| {
                 let mine = top_k(ir, k);
-                top_k(er, k).iter().filter(|x| mine.contains(x)).count()
+                top.iter().filter(|x| mine.contains(x)).count()
             })
             .sum();
         total as f64 / (index_rows.len() * k).max(1) as f64
     };
     let candidate_recall = CandidateRecall {
-        i2t: overlap(&index_i2t, &sim_i2t, k.min(n_txt)),
-        t2i: overlap(&index_t2i, &sim_t2i, k.min(n_img)),
+        i2t: overlap(&index_i2t, &top_i2t, k.min(n_txt)),
+        t2i: overlap(&index_t2i, &top_t2i, k.min(n_img)),
     };
 
     // 3. ITM on the top k_test candidates of each direction.
     let t0 = Instant::now();
-    let top_i2t: Vec<Vec<usize>> = sim_i2t.iter().map(|r| top_k(r, k)).collect();
-    let top_t2i: Vec<Vec<usize>> = sim_t2i.iter().map(|r| top_k(r, k)).collect();
     let mut pairs: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, texts) in top_i2t.iter().enumerate() {
         pairs.entry(i).or_default().extend(texts);
