@@ -319,14 +319,8 @@ fn apply_batch(
         }
     }
     if !new.is_empty() {
-        let pixels: Vec<Vec<f32>> = new.iter().map(|(_, p)| p.clone()).collect();
-        embed_and_add(
-            embedder,
-            writer,
-            new.into_iter().map(|(r, _)| r).collect(),
-            &pixels,
-            store_features,
-        )?;
+        let (records, pixels): (Vec<ImageRecord>, Vec<Vec<f32>>) = new.into_iter().unzip();
+        embed_and_add(embedder, writer, records, &pixels, store_features)?;
         summary.embedded += pixels.len();
     }
     for record in known {
