@@ -188,11 +188,12 @@ pub(super) fn verify(args: PlainArgs) -> Result<Outcome> {
     let index = open_index(&dir)?;
     let report = index.verify();
     if report.is_ok() {
+        let stats = index.stats();
         println!(
             "{}: ok ({} images, {} texts)",
             dir.display(),
-            index.stats().images,
-            index.stats().texts
+            stats.images,
+            stats.texts
         );
         Ok(Outcome::Success)
     } else {

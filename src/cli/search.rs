@@ -110,7 +110,7 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         load: args.model.load_options()?,
         batch: args.model.batch as usize,
     };
-    let (mode, result) = match (&args.query, &args.image) {
+    let (mode, mut result) = match (&args.query, &args.image) {
         (Some(q), _) => ("text_to_images", text_to_images(&collection, q, &opts)?),
         (None, Some(img)) if args.texts => {
             ("image_to_texts", image_to_texts(&collection, img, &opts)?)
@@ -118,13 +118,12 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         (None, Some(img)) => ("image_to_images", image_to_images(&collection, img, &opts)?),
         (None, None) => unreachable!("checked above"),
     };
-    let mut notes = result.notes.clone();
     if args.rerank.is_none() && !stored && mode != "image_to_images" {
-        notes.push(
+        result.notes.push(
             "ranked by ITC only: this index stores no vision features, so ITM reranking (--rerank N) would run the image encoder on each of the N candidates' files; `qseek index --store-vision-features` into a new index makes it cheap".into(),
         );
     }
-    for note in &notes {
+    for note in &result.notes {
         eprintln!("qseek: note: {note}");
     }
     let mut out = std::io::stdout().lock();
@@ -138,7 +137,7 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
                 rerank,
             },
             results: &result.hits,
-            notes: &notes,
+            notes: &result.notes,
         };
         write_line(&mut out, &serde_json::to_string(&doc).expect("serialises"))?;
     } else if args.paths {
