@@ -11,6 +11,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::ann_graph::{graph_vectors, AnnGraph};
+use crate::frozen_graph::{FrozenGraph, GraphKey};
 use crate::index_writer::IndexWriter;
 use crate::lexical_index::{DocKind, LexicalIndex};
 use crate::manifest::{sync_dir, Manifest, ModelId, VectorDtype, FORMAT_VERSION, MANIFEST_FILE};
@@ -25,6 +26,9 @@ use crate::{io_err, Error, Result};
 
 pub(crate) const METADATA_DIR: &str = "metadata.sled";
 pub(crate) const LEXICAL_DIR: &str = "lexical";
+/// The saved HNSW graphs (caches: rebuilt when missing, stale or damaged).
+pub(crate) const IMAGE_GRAPH_FILE: &str = "images.graph";
+pub(crate) const TEXT_GRAPH_FILE: &str = "texts.graph";
 
 /// A multi-vector index of images and texts in one directory.
 ///
@@ -73,6 +77,8 @@ pub(crate) struct State {
     pub graph_points_per_image: usize,
     /// Read side of the features file.
     pub features: File,
+    /// The index directory (where the graphs are saved).
+    pub dir: PathBuf,
 }
 
 /// What the index knows about one image.
@@ -118,7 +124,7 @@ pub struct IndexStats {
     pub dead_image_rows: usize,
     /// Vector rows of removed texts still in the file and graph.
     pub dead_text_rows: usize,
-    /// Points in the image graph.
+    /// Points in the image graph (once built: until then, the points it will have).
     pub image_graph_points: usize,
     /// `Q`.
     pub num_query_tokens: usize,
@@ -332,7 +338,13 @@ impl Index {
             texts: state.texts.len(),
             dead_image_rows: state.image_rows.iter().filter(|r| r.is_none()).count(),
             dead_text_rows: state.text_rows.iter().filter(|r| r.is_none()).count(),
-            image_graph_points: state.image_graph().points().len(),
+            // Without building the graph: `qseek info` must stay instant.
+            image_graph_points: state
+                .image_graph
+                .get()
+                .map_or(state.images.len() * m.graph_points_per_image, |g| {
+                    g.points().len()
+                }),
             num_query_tokens: m.num_query_tokens,
             dim: m.dim,
             vector_dtype: m.vector_dtype,
@@ -653,44 +665,79 @@ impl State {
 }
 
 impl State {
-    /// The HNSW graph over the live images' graph vectors, built on first use.
-    ///
-    /// Building costs ~0.3 ms per point (hnsw_rs), so an index is opened
-    /// without it: commands that only add, list or search exactly (small
-    /// collections) never pay for it. Commits extend a built graph.
+    /// The HNSW graph over the live images' graph vectors, loaded or built on
+    /// first use (see [`State::graph`]).
     pub(crate) fn image_graph(&self) -> &AnnGraph {
         self.image_graph.get_or_init(|| {
             let (dim, k) = (self.image_vectors.dim(), self.graph_points_per_image);
-            let points: Vec<(u64, Vec<f32>)> = self
-                .image_rows
-                .par_iter()
-                .enumerate()
-                .filter(|(_, id)| id.is_some())
-                .map(|(row, _)| {
-                    let vectors = self.image_vectors.row_f32(row);
-                    (row as u64, graph_vectors(&vectors, dim, k))
-                })
-                .collect();
-            let mut graph = AnnGraph::new(points.len() * k);
-            graph.insert(&points, dim);
-            graph
+            self.graph(
+                IMAGE_GRAPH_FILE,
+                &self.commit.image_vectors_file,
+                &self.image_rows,
+                k,
+                |row| graph_vectors(&self.image_vectors.row_f32(row), dim, k),
+                dim,
+            )
         })
     }
 
-    /// The HNSW graph over the live texts' vectors, built on first use.
+    /// The HNSW graph over the live texts' vectors, loaded or built on first use.
     pub(crate) fn text_graph(&self) -> &AnnGraph {
         self.text_graph.get_or_init(|| {
-            let points: Vec<(u64, Vec<f32>)> = self
-                .text_rows
-                .iter()
+            self.graph(
+                TEXT_GRAPH_FILE,
+                &self.commit.text_vectors_file,
+                &self.text_rows,
+                1,
+                |row| self.text_vectors.row_f32(row),
+                self.text_vectors.dim(),
+            )
+        })
+    }
+
+    /// A graph over the live `rows`: the saved graph `file` when it was built
+    /// over (a prefix of) the same vector file, extended with the rows added
+    /// since; otherwise — or when those added rows would be more than a
+    /// quarter of the graph — built afresh (hnsw_rs, ~0.3 ms per point on
+    /// 2 cores) and saved. Saving is best effort: a read-only index still
+    /// searches, it just rebuilds at the next open.
+    fn graph<I: Copy + Send + Sync>(
+        &self,
+        file: &str,
+        vectors_file: &str,
+        rows: &[Option<I>],
+        points_per_row: usize,
+        vectors_of: impl Fn(usize) -> Vec<f32> + Sync,
+        dim: usize,
+    ) -> AnnGraph {
+        let live_from = |start: usize| -> Vec<(u64, Vec<f32>)> {
+            rows[start.min(rows.len())..]
+                .par_iter()
                 .enumerate()
                 .filter(|(_, id)| id.is_some())
-                .map(|(row, _)| (row as u64, self.text_vectors.row_f32(row)))
-                .collect();
-            let mut graph = AnnGraph::new(points.len());
-            graph.insert(&points, self.text_vectors.dim());
-            graph
-        })
+                .map(|(i, _)| ((start + i) as u64, vectors_of(start + i)))
+                .collect()
+        };
+        let path = self.dir.join(file);
+        let key = |rows_covered: u64| GraphKey {
+            vectors_file: vectors_file.to_string(),
+            rows_covered,
+            dim,
+            points_per_row,
+        };
+        if let Some((saved, covered)) = FrozenGraph::load(&path, |k| {
+            k.rows_covered <= rows.len() as u64 && *k == key(k.rows_covered)
+        }) {
+            let added = live_from(covered as usize);
+            if added.len() * points_per_row <= (saved.len() / 4).max(1024) {
+                let mut graph = AnnGraph::from_frozen(saved);
+                graph.insert(&added, dim);
+                return graph;
+            }
+        }
+        let graph = AnnGraph::build(&live_from(0), dim);
+        let _ = graph.frozen().save(&path, &key(rows.len() as u64));
+        graph
     }
 }
 
@@ -801,6 +848,7 @@ pub(crate) fn load_state(
         text_graph: OnceLock::new(),
         graph_points_per_image: manifest.graph_points_per_image,
         features,
+        dir: dir.to_path_buf(),
     };
     let files = Files {
         images: images_file,
@@ -822,7 +870,9 @@ fn remove_stray_files(dir: &Path, commit: &CommitState) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".bin") && !keep.iter().any(|k| **k == name) {
+        // `*.graph.<pid>.tmp`: a graph save cut short.
+        let stray_graph = name.ends_with(".tmp") && name.contains(".graph.");
+        if stray_graph || (name.ends_with(".bin") && !keep.iter().any(|k| **k == name)) {
             std::fs::remove_file(entry.path()).map_err(io_err(entry.path()))?;
             removed = true;
         }

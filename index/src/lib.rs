@@ -4,10 +4,12 @@
 //! against it by the maximum over those vectors. This crate stores every one of
 //! those vectors (f32, f16 or int8), finds the best images for a query vector
 //! with an HNSW graph plus exact re-scoring, keeps the metadata in sled and the
-//! names and texts in tantivy, and commits atomically. See `ARCHITECTURE-index.md`.
+//! names and texts in tantivy, and commits atomically. See the workspace's
+//! `ARCHITECTURE.md`.
 #![warn(missing_docs)]
 
 mod ann_graph;
+mod frozen_graph;
 mod index;
 mod index_writer;
 mod lexical_index;

@@ -532,3 +532,120 @@ fn a_missing_lexical_index_is_rebuilt_from_metadata() {
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].paths, vec!["img/3.jpg"]);
 }
+
+/// The saved graph (`images.graph`) is a cache: reused when it still fits the
+/// vectors, extended with images added since, and rebuilt (and saved again)
+/// when it is damaged or the vector file was rewritten. Each row: what happens
+/// between saving and reopening, and whether the file must be rewritten.
+#[test]
+fn the_saved_graph_is_reused_extended_or_rebuilt() {
+    type Change = fn(&Index, &std::path::Path);
+    let cases: [(&str, Change, bool); 7] = [
+        ("nothing", |_, _| {}, false),
+        ("images added", |index, _| add_images(index, 60..70), false),
+        (
+            "images removed",
+            |index, _| remove_images(index, 0..10),
+            false,
+        ),
+        (
+            "many images added",
+            |index, _| add_images(index, 60..1200),
+            true,
+        ),
+        (
+            "compacted",
+            |index, _| {
+                remove_images(index, 0..10);
+                index.compact().unwrap();
+            },
+            true,
+        ),
+        (
+            "file truncated",
+            |_, file| {
+                let len = std::fs::metadata(file).unwrap().len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(file)
+                    .unwrap()
+                    .set_len(len / 2)
+                    .unwrap();
+            },
+            true,
+        ),
+        (
+            "one byte flipped",
+            |_, file| {
+                let mut bytes = std::fs::read(file).unwrap();
+                let at = bytes.len() / 2;
+                bytes[at] ^= 0x40;
+                std::fs::write(file, bytes).unwrap();
+            },
+            true,
+        ),
+    ];
+    for (what, change, rewritten) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("images.graph");
+        let index = create(dir.path());
+        add_images(&index, 0..60);
+        index.build_graphs();
+        let saved = std::fs::read(&file).unwrap();
+        change(&index, &file);
+        drop(index);
+
+        let index = Index::open(dir.path(), None).unwrap();
+        let live: Vec<u64> = (0..1200)
+            .filter(|i| index.image_by_path(&format!("img/{i}.jpg")).is_some())
+            .collect();
+        // Every live image is found by the graph from its vector;
+        // removed ones never come back.
+        for &i in live.iter().step_by(7) {
+            let hits = index.search_images(&unit_vectors(i, 1), 3, &ann()).unwrap();
+            assert_eq!(
+                hits[0].paths,
+                vec![format!("img/{i}.jpg")],
+                "{what}: image {i}"
+            );
+        }
+        let ann_hits = index
+            .search_images(&unit_vectors(4242, 1), 50, &ann())
+            .unwrap();
+        assert!(
+            ann_hits
+                .iter()
+                .all(|h| index.image_by_path(&h.paths[0]).is_some()),
+            "{what}"
+        );
+        assert_eq!(
+            std::fs::read(&file).unwrap() != saved,
+            rewritten,
+            "{what}: file rewritten"
+        );
+        assert!(index.verify().is_ok(), "{what}: {}", index.verify());
+    }
+}
+
+/// Adds images `img/{i}.jpg` whose Q slots all hold `unit_vectors(i, 1)`, so
+/// that their graph points are that vector and a search for it must find them.
+fn add_images(index: &Index, range: std::ops::Range<u64>) {
+    let mut w = index.writer().unwrap();
+    for i in range {
+        w.add_image(
+            record(&format!("img/{i}.jpg"), &format!("h{i}")),
+            &unit_vectors(i, 1).repeat(Q),
+            None,
+        )
+        .unwrap();
+    }
+    w.commit().unwrap();
+}
+
+fn remove_images(index: &Index, range: std::ops::Range<u64>) {
+    let mut w = index.writer().unwrap();
+    for i in range {
+        w.remove_path(&format!("img/{i}.jpg")).unwrap();
+    }
+    w.commit().unwrap();
+}

@@ -30,9 +30,9 @@ pub struct SearchOptions {
     pub min_prob: Option<f32>,
     /// Only images whose path starts with this (absolute) prefix.
     pub under: Option<String>,
-    /// Walk the HNSW graph (built on first use, ~0.3 ms per image) instead of scoring
-    /// every image exactly. A one-shot search is faster exact; the graph pays off in a
-    /// process that answers many queries.
+    /// Walk the HNSW graph instead of scoring every image exactly. The graph is saved
+    /// with the index and built (~0.3 ms per image) only when missing or stale; a
+    /// one-shot search is about as fast exact.
     pub ann: bool,
     /// Decoding limits (query images, and indexed images when reranking needs them).
     pub load: LoadOptions,
