@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Options: `--graph-points R` (graph points per image, default 1), `--ef`,
-//! `--candidates`, `--threads` (default 2), `--dir` (default: a temp dir).
+//! `--candidates`, `--threads` (default 2), `--dir` (default: a temp dir),
+//! `--exact` (score every image: the recall the stored dtype allows).
 //! The search half runs in a child process so that the memory it reports is
 //! the loaded index's alone, not what the build freed.
 
@@ -41,6 +42,7 @@ struct Args {
     threads: usize,
     dir: Option<String>,
     search_only: Option<f64>,
+    exact: bool,
 }
 
 fn parse_args() -> Args {
@@ -54,6 +56,7 @@ fn parse_args() -> Args {
         threads: 2,
         dir: None,
         search_only: None,
+        exact: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -68,6 +71,12 @@ fn parse_args() -> Args {
             "--candidates" => a.candidates = v.parse().expect("--candidates N"),
             "--threads" => a.threads = v.parse().expect("--threads N"),
             "--dir" => a.dir = Some(v),
+            "--exact" => {
+                // A flag: takes no value.
+                a.exact = true;
+                i += 1;
+                continue;
+            }
             "--search-only" => a.search_only = Some(v.parse().expect("--search-only BUILD_S")),
             other => panic!("unknown option {other}"),
         }
@@ -194,6 +203,7 @@ fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]
     let params = SearchParams {
         ef: args.ef,
         candidates: args.candidates,
+        exact: args.exact,
         ..SearchParams::default()
     };
     let mut latencies = Vec::with_capacity(qs.len());
@@ -281,6 +291,7 @@ fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]
             "graph_points_per_image": stats.graph_points_per_image,
             "ef": args.ef,
             "candidates": args.candidates,
+            "exact": args.exact,
             "threads": args.threads,
             "vector_bytes_per_item": stats.vector_bytes / args.items as u64,
         })

@@ -781,8 +781,9 @@ pub(crate) fn load_state(
     } = meta.load()?;
     remove_stray_files(dir, &commit)?;
     let (q, dim) = (manifest.num_query_tokens, manifest.dim);
-    let mut image_vectors = VectorStoreReader::new(manifest.vector_dtype, dim, q);
-    let mut text_vectors = VectorStoreReader::new(manifest.vector_dtype, dim, 1);
+    let residual = manifest.format_version >= 2;
+    let mut image_vectors = VectorStoreReader::new(manifest.vector_dtype, dim, q, residual);
+    let mut text_vectors = VectorStoreReader::new(manifest.vector_dtype, dim, 1, residual);
     let images_file = VectorFileWriter::open(
         &dir.join(&commit.image_vectors_file),
         commit.image_vectors_len,

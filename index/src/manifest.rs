@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::{io_err, Error, Result};
 
 /// The newest on-disk format this build reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// 1: first release. 2: int8 image rows store residuals around the row's f16
+/// mean (see `vector_store`); version-1 indexes are still read as they are.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// File name of the manifest inside the index directory.
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use qseek_index::{Error, Filter, Index, SearchParams, VectorDtype};
+use qseek_index::{Error, Filter, Index, SearchParams, VectorDtype, FORMAT_VERSION};
 
 fn exact() -> SearchParams {
     SearchParams {
@@ -455,9 +455,10 @@ fn opening_a_newer_format_fails() {
     let dir = tempfile::tempdir().unwrap();
     drop(create(dir.path()));
     let path = dir.path().join("manifest.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 99");
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &format!("\"format_version\": {FORMAT_VERSION}"),
+        "\"format_version\": 99",
+    );
     std::fs::write(&path, text).unwrap();
     let err = Index::open(dir.path(), None).err().unwrap();
     assert!(matches!(err, Error::NewerFormat { found: 99, .. }), "{err}");
@@ -648,4 +649,61 @@ fn remove_images(index: &Index, range: std::ops::Range<u64>) {
         w.remove_path(&format!("img/{i}.jpg")).unwrap();
     }
     w.commit().unwrap();
+}
+
+/// An int8 index written by format version 1 (plain int8 rows; made by the
+/// code of commit edc9fdf: 6 images `unit_vectors(i, Q)`, `img/5.jpg` then
+/// removed, one text) opens and reads as it was: newer builds lose no data.
+#[test]
+fn a_version_1_int8_index_still_reads() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1_int8");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture, dir.path());
+    let index = Index::open(dir.path(), Some(&model())).unwrap();
+    assert_eq!(index.manifest().format_version, 1);
+    assert!(index.verify().is_ok(), "{}", index.verify());
+    assert_eq!(index.stats().images, 5);
+    for i in 0..5u64 {
+        let info = index.image_by_path(&format!("img/{i}.jpg")).unwrap();
+        let stored = index.image_vectors(info.image_id).unwrap();
+        let err = stored
+            .iter()
+            .zip(unit_vectors(i, Q))
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err < 1e-2, "image {i}: max error {err}");
+        let hits = index
+            .search_images(&unit_vectors(i, Q)[..D], 1, &exact())
+            .unwrap();
+        assert_eq!(hits[0].paths, vec![format!("img/{i}.jpg")]);
+    }
+    let texts = index
+        .search_texts(&unit_vectors(100, 1), 1, &exact())
+        .unwrap();
+    assert_eq!(texts[0].external_id.as_deref(), Some("t1"));
+    // It takes new images, in its own layout.
+    let mut w = index.writer().unwrap();
+    w.add_image(record("img/new.jpg", "hnew"), &unit_vectors(50, Q), None)
+        .unwrap();
+    w.commit().unwrap();
+    drop(w);
+    drop(index);
+    let index = Index::open(dir.path(), None).unwrap();
+    assert!(index.verify().is_ok(), "{}", index.verify());
+    let hits = index
+        .search_images(&unit_vectors(50, Q)[D..2 * D], 1, &exact())
+        .unwrap();
+    assert_eq!(hits[0].paths, vec!["img/new.jpg"]);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
