@@ -14,7 +14,7 @@
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
-use crate::frozen_graph::FrozenGraph;
+use crate::frozen_graph::{FrozenGraph, GraphKey};
 use crate::max_sim::dot;
 use crate::point_map::{PointMap, PointTarget};
 
@@ -53,26 +53,19 @@ impl AnnGraph {
     /// Builds the graph of `items` (row, its graph vectors of `dim` values
     /// each) with hnsw_rs, in parallel over rayon, and freezes it.
     pub(crate) fn build(items: &[(u64, Vec<f32>)], dim: usize) -> Self {
-        let mut targets = Vec::new();
-        let mut batch: Vec<(&[f32], usize)> = Vec::new();
-        for (row, vectors) in items {
-            for (slot, v) in vectors.chunks_exact(dim).enumerate() {
-                batch.push((v, targets.len()));
-                targets.push((*row, slot as u16));
-            }
-        }
+        let mut points = PointMap::default();
+        let batch = assign_points(items, dim, &mut points);
         let hnsw = new_hnsw(batch.len());
-        insert_all(&hnsw, &batch);
-        Self::from_frozen(FrozenGraph::freeze(&hnsw, &targets, dim))
+        insert_all(&hnsw, batch);
+        AnnGraph {
+            frozen: FrozenGraph::freeze(&hnsw, points.len(), dim),
+            added: None,
+            points,
+        }
     }
 
-    /// A graph holding what `frozen` holds.
-    pub(crate) fn from_frozen(frozen: FrozenGraph) -> Self {
-        let mut points = PointMap::default();
-        for p in 0..frozen.len() {
-            let (row, slot) = frozen.target(p);
-            points.push(PointTarget { row, slot });
-        }
+    /// A graph loaded by [`FrozenGraph::load`].
+    pub(crate) fn from_saved(frozen: FrozenGraph, points: PointMap) -> Self {
         AnnGraph {
             frozen,
             added: None,
@@ -80,28 +73,19 @@ impl AnnGraph {
         }
     }
 
-    /// The frozen part, to save.
-    pub(crate) fn frozen(&self) -> &FrozenGraph {
-        &self.frozen
+    /// Saves the frozen part (see [`FrozenGraph::save`]).
+    pub(crate) fn save(&self, path: &std::path::Path, key: &GraphKey) -> std::io::Result<()> {
+        self.frozen.save(&self.points, path, key)
     }
 
     /// Adds the graph vectors (`dim` values each) of more items.
     pub(crate) fn insert(&mut self, items: &[(u64, Vec<f32>)], dim: usize) {
-        let mut batch: Vec<(&[f32], usize)> = Vec::new();
-        for (item, vectors) in items {
-            for (slot, v) in vectors.chunks_exact(dim).enumerate() {
-                let id = self.points.push(PointTarget {
-                    row: *item,
-                    slot: slot as u16,
-                });
-                batch.push((v, id));
-            }
-        }
+        let batch = assign_points(items, dim, &mut self.points);
         if batch.is_empty() {
             return;
         }
         let added = self.added.get_or_insert_with(|| new_hnsw(batch.len()));
-        insert_all(added, &batch);
+        insert_all(added, batch);
     }
 
     /// The `n` nearest points to `query` with their similarity, nearest first.
@@ -143,11 +127,31 @@ fn new_hnsw(expected_points: usize) -> Hnsw<'static, f32, UnitDot> {
     )
 }
 
-fn insert_all(hnsw: &Hnsw<'static, f32, UnitDot>, batch: &[(&[f32], usize)]) {
+/// Gives each graph vector of `items` the next point id of `points`; returns
+/// the vectors with their ids, ready to insert.
+fn assign_points<'a>(
+    items: &'a [(u64, Vec<f32>)],
+    dim: usize,
+    points: &mut PointMap,
+) -> Vec<(&'a [f32], usize)> {
+    let mut batch = Vec::new();
+    for (row, vectors) in items {
+        for (slot, v) in vectors.chunks_exact(dim).enumerate() {
+            let id = points.push(PointTarget {
+                row: *row,
+                slot: slot as u16,
+            });
+            batch.push((v, id));
+        }
+    }
+    batch
+}
+
+fn insert_all(hnsw: &Hnsw<'static, f32, UnitDot>, batch: Vec<(&[f32], usize)>) {
     if batch.len() < 64 {
-        batch.iter().for_each(|p| hnsw.insert_slice(*p));
+        batch.into_iter().for_each(|p| hnsw.insert_slice(p));
     } else {
-        hnsw.parallel_insert_slice(&batch.to_vec());
+        hnsw.parallel_insert_slice(&batch);
     }
 }
 

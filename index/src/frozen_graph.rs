@@ -25,6 +25,7 @@ use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
 
 use crate::max_sim::dot;
+use crate::point_map::{PointMap, PointTarget};
 
 const MAGIC: &[u8; 8] = b"QSKGRPH1";
 
@@ -52,14 +53,13 @@ struct Header {
 
 /// A frozen HNSW graph. Point `p` has `levels[p] + 1` neighbour lists, stored
 /// one after the other from `adjacency[offsets[p]]`, each as a count then ids.
+/// What each point stands for is the caller's [`PointMap`] (its first
+/// `len()` entries), saved and loaded with the graph.
 #[derive(Debug, Default)]
 pub(crate) struct FrozenGraph {
     dim: usize,
     entry: u32,
     max_level: u8,
-    /// Vector row and graph slot of each point (the point map's first entries).
-    rows: Vec<u64>,
-    slots: Vec<u16>,
     levels: Vec<u8>,
     offsets: Vec<u64>,
     adjacency: Vec<u32>,
@@ -82,18 +82,14 @@ impl Ord for Sim {
 }
 
 impl FrozenGraph {
-    /// Freezes an hnsw_rs graph whose data ids are `0..targets.len()`, point
-    /// `i` standing for `targets[i]` (vector row, slot).
+    /// Freezes an hnsw_rs graph whose data ids are `0..n`.
     pub(crate) fn freeze<D: Distance<f32> + Send + Sync>(
         hnsw: &Hnsw<'_, f32, D>,
-        targets: &[(u64, u16)],
+        n: usize,
         dim: usize,
     ) -> Self {
-        let n = targets.len();
         let mut g = FrozenGraph {
             dim,
-            rows: targets.iter().map(|t| t.0).collect(),
-            slots: targets.iter().map(|t| t.1).collect(),
             levels: vec![0; n],
             offsets: vec![0; n + 1],
             vectors: vec![f16::ZERO; n * dim],
@@ -136,12 +132,7 @@ impl FrozenGraph {
 
     /// Number of points.
     pub(crate) fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// Vector row and graph slot of point `p`.
-    pub(crate) fn target(&self, p: usize) -> (u64, u16) {
-        (self.rows[p], self.slots[p])
+        self.levels.len()
     }
 
     fn neighbours(&self, p: u32, level: u8) -> &[u32] {
@@ -168,7 +159,7 @@ impl FrozenGraph {
     /// similar first: greedy descent through the upper layers, then a beam of
     /// width `ef` on layer 0 (Malkov & Yashunin 2018, Algorithms 2 and 5).
     pub(crate) fn search(&self, query: &[f32], n: usize, ef: usize) -> Vec<(usize, f32)> {
-        if self.rows.is_empty() {
+        if self.levels.is_empty() {
             return Vec::new();
         }
         let ef = ef.max(n).max(1);
@@ -187,7 +178,7 @@ impl FrozenGraph {
                 }
             }
         }
-        let mut visited = vec![0u64; self.rows.len().div_ceil(64)];
+        let mut visited = vec![0u64; self.len().div_ceil(64)];
         let mut visit = |p: u32| {
             let (word, bit) = (p as usize / 64, 1u64 << (p % 64));
             let first = visited[word] & bit == 0;
@@ -227,33 +218,36 @@ impl FrozenGraph {
     }
 
     /// Bytes this graph holds in memory.
-    pub(crate) fn memory_bytes(&self) -> usize {
-        self.rows.len() * 8
-            + self.slots.len() * 2
-            + self.levels.len()
+    fn memory_bytes(&self) -> usize {
+        self.levels.len()
             + self.offsets.len() * 8
             + self.adjacency.len() * 4
             + self.vectors.len() * 2
     }
 
-    /// Writes the graph to `path` through a temporary file and a rename, so
+    /// Writes the graph, with what its points stand for (`points`' first
+    /// `len()` entries), to `path` through a temporary file and a rename, so
     /// that a reader sees the old file or the new one, never a mix.
-    pub(crate) fn save(&self, path: &Path, key: &GraphKey) -> std::io::Result<()> {
+    pub(crate) fn save(
+        &self,
+        points: &PointMap,
+        path: &Path,
+        key: &GraphKey,
+    ) -> std::io::Result<()> {
         let header = Header {
             key: key.clone(),
-            points: self.rows.len(),
+            points: self.len(),
             edges: self.adjacency.len(),
             entry: self.entry,
             max_level: self.max_level,
         };
-        let mut bytes = Vec::with_capacity(self.memory_bytes() + 1024);
+        let mut bytes = Vec::with_capacity(self.memory_bytes() + 10 * self.len() + 1024);
         bytes.extend_from_slice(MAGIC);
         serde_json::to_writer(&mut bytes, &header)?;
         bytes.push(b'\n');
-        self.rows.iter().for_each(|x| bytes.extend(x.to_le_bytes()));
-        self.slots
-            .iter()
-            .for_each(|x| bytes.extend(x.to_le_bytes()));
+        let targets = || points.iter().take(self.len()).map(|(_, t)| t);
+        targets().for_each(|t| bytes.extend(t.row.to_le_bytes()));
+        targets().for_each(|t| bytes.extend(t.slot.to_le_bytes()));
         bytes.extend_from_slice(&self.levels);
         self.offsets
             .iter()
@@ -276,10 +270,13 @@ impl FrozenGraph {
         written
     }
 
-    /// Reads a graph written by [`FrozenGraph::save`] whose key `accept`s, and
-    /// the rows it covers. `None` when the file is missing, was built for
-    /// something else, or is damaged.
-    pub(crate) fn load(path: &Path, accept: impl Fn(&GraphKey) -> bool) -> Option<(Self, u64)> {
+    /// Reads a graph written by [`FrozenGraph::save`] whose key `accept`s, with
+    /// the point map it was saved with and the rows it covers. `None` when the
+    /// file is missing, was built for something else, or is damaged.
+    pub(crate) fn load(
+        path: &Path,
+        accept: impl Fn(&GraphKey) -> bool,
+    ) -> Option<(Self, PointMap, u64)> {
         let mut bytes = Vec::new();
         std::fs::File::open(path)
             .ok()?
@@ -310,7 +307,7 @@ impl FrozenGraph {
                 .collect()
         };
         let rows = u64s(take(n.checked_mul(8)?)?);
-        let slots = take(n * 2)?
+        let slots: Vec<u16> = take(n * 2)?
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
@@ -331,20 +328,25 @@ impl FrozenGraph {
             dim: key.dim,
             entry: header.entry,
             max_level: header.max_level,
-            rows,
-            slots,
             levels,
             offsets,
             adjacency,
             vectors,
         };
-        g.is_well_formed().then_some((g, key.rows_covered))
+        if !g.is_well_formed() {
+            return None;
+        }
+        let mut points = PointMap::default();
+        for (row, slot) in rows.into_iter().zip(slots) {
+            points.push(PointTarget { row, slot });
+        }
+        Some((g, points, key.rows_covered))
     }
 
     /// Every offset, count and neighbour id in range, so that a search cannot
     /// index out of bounds even on a file that hashes right but is not ours.
     fn is_well_formed(&self) -> bool {
-        let n = self.rows.len();
+        let n = self.len();
         if n == 0 {
             return self.adjacency.is_empty();
         }
@@ -401,12 +403,14 @@ mod tests {
         let graph = AnnGraph::build(&items, 8);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("images.graph");
-        graph.frozen().save(&path, &key(300)).unwrap();
+        graph.save(&path, &key(300)).unwrap();
 
-        let (loaded, covered) = FrozenGraph::load(&path, |k| *k == key(300)).unwrap();
+        let (loaded, points, covered) = FrozenGraph::load(&path, |k| *k == key(300)).unwrap();
         assert_eq!(covered, 300);
+        assert!(points.iter().eq(graph.points().iter()));
+        let loaded = AnnGraph::from_saved(loaded, points);
         for (_, q) in items.iter().step_by(13) {
-            assert_eq!(loaded.search(q, 5, 32), graph.frozen().search(q, 5, 32));
+            assert_eq!(loaded.search(q, 5, 32), graph.search(q, 5, 32));
         }
         assert!(FrozenGraph::load(&path, |k| *k == key(299)).is_none());
         assert!(FrozenGraph::load(&dir.path().join("missing"), |_| true).is_none());

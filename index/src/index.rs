@@ -725,18 +725,18 @@ impl State {
             dim,
             points_per_row,
         };
-        if let Some((saved, covered)) = FrozenGraph::load(&path, |k| {
+        if let Some((saved, points, covered)) = FrozenGraph::load(&path, |k| {
             k.rows_covered <= rows.len() as u64 && *k == key(k.rows_covered)
         }) {
             let added = live_from(covered as usize);
             if added.len() * points_per_row <= (saved.len() / 4).max(1024) {
-                let mut graph = AnnGraph::from_frozen(saved);
+                let mut graph = AnnGraph::from_saved(saved, points);
                 graph.insert(&added, dim);
                 return graph;
             }
         }
         let graph = AnnGraph::build(&live_from(0), dim);
-        let _ = graph.frozen().save(&path, &key(rows.len() as u64));
+        let _ = graph.save(&path, &key(rows.len() as u64));
         graph
     }
 }
