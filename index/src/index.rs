@@ -711,7 +711,7 @@ impl State {
         dim: usize,
     ) -> AnnGraph {
         let live_from = |start: usize| -> Vec<(u64, Vec<f32>)> {
-            rows[start.min(rows.len())..]
+            rows[start..]
                 .par_iter()
                 .enumerate()
                 .filter(|(_, id)| id.is_some())
@@ -728,10 +728,10 @@ impl State {
         if let Some((saved, points, covered)) = FrozenGraph::load(&path, |k| {
             k.rows_covered <= rows.len() as u64 && *k == key(k.rows_covered)
         }) {
-            let added = live_from(covered as usize);
-            if added.len() * points_per_row <= (saved.len() / 4).max(1024) {
+            let added = rows[covered as usize..].iter().flatten().count();
+            if added * points_per_row <= (saved.len() / 4).max(1024) {
                 let mut graph = AnnGraph::from_saved(saved, points);
-                graph.insert(&added, dim);
+                graph.insert(&live_from(covered as usize), dim);
                 return graph;
             }
         }
