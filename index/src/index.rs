@@ -167,15 +167,13 @@ impl Index {
                 path: dir.to_path_buf(),
             });
         }
-        {
-            // The manifest goes last: a directory without one holds no index yet.
-            let meta = MetadataStore::open(&dir.join(METADATA_DIR))?;
-            if !meta.has_state()? {
-                meta.commit(&[], &CommitState::default().with_files_for(0))?;
-            }
+        let meta = MetadataStore::open(&dir.join(METADATA_DIR))?;
+        if !meta.has_state()? {
+            meta.commit(&[], &CommitState::default().with_files_for(0))?;
         }
+        // The manifest goes last: a directory without one holds no index yet.
         manifest.write(dir)?;
-        Index::open(dir, Some(&manifest.model()))
+        Index::open_with(dir.to_path_buf(), manifest, meta)
     }
 
     /// Opens the index in `path`. With `expected_model`, fails unless the index
@@ -197,6 +195,11 @@ impl Index {
             }
         }
         let meta = MetadataStore::open(&dir.join(METADATA_DIR))?;
+        Index::open_with(dir, manifest, meta)
+    }
+
+    /// Opens the index in `dir` whose manifest and metadata store are read.
+    fn open_with(dir: PathBuf, manifest: Manifest, meta: MetadataStore) -> Result<Index> {
         let (state, files) = load_state(&dir, &manifest, &meta)?;
         let (mut lexical, lexical_generation) = LexicalIndex::open(&dir.join(LEXICAL_DIR))?;
         if lexical_generation != Some(state.commit.generation) {

@@ -133,6 +133,17 @@ pub(crate) enum MetaOp {
 
 const STATE_KEY: &[u8] = b"m/state";
 
+/// How long [`MetadataStore::open`] waits for sled's lock to be released.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether sled failed to open because its lock file is held. sled 0.34
+/// reports that as an `Other` error whose message starts with "could not
+/// acquire lock" (the `WouldBlock` from the OS is only in the text).
+fn is_lock_held(io: &std::io::Error) -> bool {
+    io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().starts_with("could not acquire lock")
+}
+
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     [prefix, rest].concat()
 }
@@ -144,24 +155,35 @@ pub(crate) struct MetadataStore {
 }
 
 impl MetadataStore {
+    /// Opens (or creates) the database. sled holds an exclusive file lock for
+    /// as long as a process has the database open, and releases it from its
+    /// background threads shortly after the last handle is dropped; so a
+    /// lock held for more than [`LOCK_WAIT`] means another process has it.
     pub(crate) fn open(path: &Path) -> Result<MetadataStore> {
-        let db = sled::Config::new()
-            .path(path)
-            // Metadata is small; sled's 1 GB default cache would only hide leaks.
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(|source| match &source {
-                // sled holds an exclusive file lock for as long as a process has it open.
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
-                    Error::InUse {
-                        path: path.parent().unwrap_or(path).to_path_buf(),
+        let start = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .path(path)
+                // Metadata is small; sled's 1 GB default cache would only hide leaks.
+                .cache_capacity(64 << 20)
+                .open();
+            match opened {
+                Err(sled::Error::Io(io)) if is_lock_held(&io) => {
+                    if start.elapsed() >= LOCK_WAIT {
+                        return Err(Error::InUse {
+                            path: path.parent().unwrap_or(path).to_path_buf(),
+                        });
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
-                _ => Error::Metadata {
-                    path: path.to_path_buf(),
-                    source,
-                },
-            })?;
+                other => {
+                    break other.map_err(|source| Error::Metadata {
+                        path: path.to_path_buf(),
+                        source,
+                    })?
+                }
+            }
+        };
         Ok(MetadataStore {
             db,
             path: path.to_path_buf(),

@@ -435,6 +435,20 @@ fn only_one_writer_at_a_time() {
 }
 
 #[test]
+fn an_index_open_elsewhere_is_reported_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let err = Index::open(dir.path(), None).err().unwrap();
+    assert!(matches!(err, Error::InUse { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(index);
+    assert!(Index::open(dir.path(), None).is_ok());
+}
+
+#[test]
 fn opening_with_another_model_fails_and_names_both() {
     let dir = tempfile::tempdir().unwrap();
     drop(create(dir.path()));
