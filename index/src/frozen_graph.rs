@@ -24,7 +24,7 @@ use half::f16;
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
 
-use crate::max_sim::dot;
+use crate::max_sim::dot_f16;
 use crate::point_map::{PointMap, PointTarget};
 
 const MAGIC: &[u8; 8] = b"QSKGRPH1";
@@ -149,10 +149,12 @@ impl FrozenGraph {
     }
 
     fn sim(&self, query: &[f32], p: u32, scratch: &mut [f32]) -> f32 {
-        use half::slice::HalfFloatSliceExt;
         let p = p as usize;
-        self.vectors[p * self.dim..(p + 1) * self.dim].convert_to_f32_slice(scratch);
-        dot(query, scratch)
+        dot_f16(
+            query,
+            &self.vectors[p * self.dim..(p + 1) * self.dim],
+            scratch,
+        )
     }
 
     /// The `n` points most similar to `query` (point id, similarity), most
@@ -378,6 +380,7 @@ impl FrozenGraph {
 mod tests {
     use super::*;
     use crate::ann_graph::AnnGraph;
+    use crate::max_sim::dot;
 
     fn key(rows_covered: u64) -> GraphKey {
         GraphKey {

@@ -69,16 +69,23 @@ pub fn max_sim(query: &[f32], rows: &[f32]) -> (f32, usize) {
     best
 }
 
+/// Dot product of an f32 query with an f16 vector, converted into `scratch`
+/// (same length) first.
+#[inline]
+pub fn dot_f16(query: &[f32], row: &[f16], scratch: &mut [f32]) -> f32 {
+    use half::slice::HalfFloatSliceExt;
+    // convert_to_f32_slice uses F16C when the CPU has it (detected at run time).
+    row.convert_to_f32_slice(scratch);
+    dot(query, scratch)
+}
+
 /// [`max_sim`] over f16 rows; converts one row at a time into `scratch` (length D).
 #[inline]
 pub fn max_sim_f16(query: &[f32], rows: &[f16], scratch: &mut [f32]) -> (f32, usize) {
-    use half::slice::HalfFloatSliceExt;
     let dim = query.len();
     let mut best = (f32::NEG_INFINITY, 0);
     for (slot, row) in rows.chunks_exact(dim).enumerate() {
-        // convert_to_f32_slice uses F16C when the CPU has it (detected at run time).
-        row.convert_to_f32_slice(scratch);
-        let s = dot(query, scratch);
+        let s = dot_f16(query, row, scratch);
         if s > best.0 {
             best = (s, slot);
         }

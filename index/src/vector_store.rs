@@ -201,9 +201,7 @@ impl VectorStoreReader {
                 means,
             } => {
                 let base = if self.residual {
-                    use half::slice::HalfFloatSliceExt;
-                    means[row * self.dim..(row + 1) * self.dim].convert_to_f32_slice(scratch);
-                    max_sim::dot(query, scratch)
+                    max_sim::dot_f16(query, &means[row * self.dim..(row + 1) * self.dim], scratch)
                 } else {
                     0.0
                 };
