@@ -467,7 +467,7 @@ impl Index {
         let state = self.state();
         let is_allowed = |id: &TextId| allowed.as_ref().is_none_or(|a| a.contains(id));
         let n_allowed = allowed.as_ref().map_or(state.texts.len(), |a| a.len());
-        let want = params.candidates.max(k);
+        let want = params.candidates.max(k).min(n_allowed);
         let candidates: Vec<TextId> = if params.exact || n_allowed <= params.exact_below.max(want) {
             state
                 .texts
@@ -476,17 +476,15 @@ impl Index {
                 .filter(|id| is_allowed(id))
                 .collect()
         } else {
-            let mut found: HashSet<TextId> = HashSet::new();
-            for q in queries.chunks_exact(dim) {
-                for (target, _) in state.text_graph().search(q, want, params.ef) {
-                    if let Some(Some(id)) = state.text_rows.get(target.row as usize) {
-                        if is_allowed(id) {
-                            found.insert(*id);
-                        }
-                    }
-                }
-            }
-            found.into_iter().collect()
+            let probes: Vec<Vec<f32>> = queries.chunks_exact(dim).map(|q| q.to_vec()).collect();
+            graph_candidates(
+                state.text_graph(),
+                &state.text_rows,
+                &probes,
+                want,
+                params.ef,
+                allowed.as_ref(),
+            )
         };
         let mut scored: Vec<(f32, u64, usize)> = candidates
             .par_iter()
@@ -633,37 +631,59 @@ impl State {
                 None => self.images.keys().copied().collect(),
             };
         }
-        let graph = self.image_graph();
-        let per_image = graph.points().len() / self.image_rows.len().max(1);
-        let total_points = graph.points().len();
-        let mut depth = want * per_image.max(1);
-        loop {
-            let mut best: HashMap<ImageId, f32> = HashMap::new();
-            for probe in probes {
-                for (target, sim) in graph.search(probe, depth, params.ef.max(depth)) {
-                    let Some(Some(id)) = self.image_rows.get(target.row as usize) else {
-                        continue;
-                    };
-                    if allowed.is_some_and(|a| !a.contains(id)) {
-                        continue;
-                    }
-                    let e = best.entry(*id).or_insert(f32::NEG_INFINITY);
-                    *e = e.max(sim);
+        graph_candidates(
+            self.image_graph(),
+            &self.image_rows,
+            probes,
+            want,
+            params.ef,
+            allowed,
+        )
+    }
+}
+
+/// The items of `rows` whose graph points are nearest to `probes`, at least
+/// `want` of them when the graph holds that many allowed ones.
+///
+/// Each probe asks the graph for `want × points per row` points, grouped by
+/// item; dead and filtered-out items are dropped, and while fewer than `want`
+/// items remain the search goes four times deeper, up to the whole graph, so
+/// that a filter never costs recall. The best `2 × want × probes` items by
+/// graph similarity are kept.
+fn graph_candidates(
+    graph: &AnnGraph,
+    rows: &[Option<u64>],
+    probes: &[Vec<f32>],
+    want: usize,
+    ef: usize,
+    allowed: Option<&HashSet<u64>>,
+) -> Vec<u64> {
+    let per_row = graph.points().len() / rows.len().max(1);
+    let total_points = graph.points().len();
+    let mut depth = want * per_row.max(1);
+    loop {
+        let mut best: HashMap<u64, f32> = HashMap::new();
+        for probe in probes {
+            for (target, sim) in graph.search(probe, depth, ef.max(depth)) {
+                let Some(Some(id)) = rows.get(target.row as usize) else {
+                    continue;
+                };
+                if allowed.is_some_and(|a| !a.contains(id)) {
+                    continue;
                 }
+                let e = best.entry(*id).or_insert(f32::NEG_INFINITY);
+                *e = e.max(sim);
             }
-            if best.len() >= want || depth >= total_points {
-                let mut ranked: Vec<(ImageId, f32)> = best.into_iter().collect();
-                ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                // Keep a little more than asked: re-scoring is cheap next to the
-                // graph walk, and ANN similarity of a centroid is only a proxy.
-                return ranked
-                    .into_iter()
-                    .take(want * 2)
-                    .map(|(id, _)| id)
-                    .collect();
-            }
-            depth = (depth * 4).min(total_points);
         }
+        if best.len() >= want || depth >= total_points {
+            let mut ranked: Vec<(u64, f32)> = best.into_iter().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            // Keep a little more than asked: re-scoring is cheap next to the
+            // graph walk, and ANN similarity of a centroid is only a proxy.
+            ranked.truncate(want * 2 * probes.len().max(1));
+            return ranked.into_iter().map(|(id, _)| id).collect();
+        }
+        depth = (depth * 4).min(total_points);
     }
 }
 

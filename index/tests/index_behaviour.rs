@@ -259,6 +259,49 @@ fn text_filter_restricts_texts() {
     assert_eq!(hits[0].text, "a cat on a sofa");
 }
 
+/// Issue 14: the text search did not dig deeper when a filter left too few
+/// of the graph's hits, so a filtered ANN search missed what an exact one found.
+#[test]
+fn a_selective_text_filter_loses_no_recall_through_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    for i in 0..2000u64 {
+        let text = if i % 50 == 0 {
+            format!("a heron by the lake {i}")
+        } else {
+            format!("a street in the city {i}")
+        };
+        w.add_text(&text, None, &unit_vectors(i, 1)).unwrap();
+    }
+    w.commit().unwrap();
+    drop(w);
+    let filter = Some(Filter {
+        path_prefix: None,
+        query: Some("heron".into()),
+    });
+    for seed in [7, 4242, 90001] {
+        let queries = unit_vectors(seed, Q);
+        let expected = index
+            .search_texts(
+                &queries,
+                5,
+                &SearchParams {
+                    filter: filter.clone(),
+                    ..exact()
+                },
+            )
+            .unwrap();
+        assert_eq!(expected.len(), 5);
+        let through_graph = SearchParams {
+            filter: filter.clone(),
+            ..ann()
+        };
+        let got = index.search_texts(&queries, 5, &through_graph).unwrap();
+        assert_eq!(got, expected, "queries {seed}");
+    }
+}
+
 #[test]
 fn filters_by_path_prefix_and_by_tantivy_query_lose_no_recall() {
     let dir = tempfile::tempdir().unwrap();
