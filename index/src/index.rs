@@ -10,18 +10,20 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use half::f16;
 use rayon::prelude::*;
 
-use crate::ann_graph::{graph_vectors, AnnGraph};
-use crate::frozen_graph::{FrozenGraph, GraphKey};
-use crate::index_writer::IndexWriter;
-use crate::lexical_index::{DocKind, LexicalIndex};
-use crate::manifest::{sync_dir, Manifest, ModelId, VectorDtype, FORMAT_VERSION, MANIFEST_FILE};
-use crate::max_sim;
-use crate::metadata_store::{
+use crate::graph::ann_graph::{graph_vectors, AnnGraph};
+use crate::graph::frozen_graph::{FrozenGraph, GraphKey};
+use crate::search::max_sim;
+use crate::search::{sort_hits, Filter, ImageHit, SearchParams, TextHit};
+use crate::storage::lexical_index::{DocKind, LexicalIndex};
+use crate::storage::manifest::{
+    sync_dir, Manifest, ModelId, VectorDtype, FORMAT_VERSION, MANIFEST_FILE,
+};
+use crate::storage::metadata_store::{
     CommitState, ImageEntry, ImageId, Loaded, MetadataStore, PathEntry, TextEntry, TextId,
 };
-use crate::search::{sort_hits, Filter, ImageHit, SearchParams, TextHit};
-use crate::vector_store::{VectorFileWriter, VectorStoreReader};
-use crate::verify_report::VerifyReport;
+use crate::storage::vector_store::{VectorFileWriter, VectorStoreReader};
+use crate::verify::VerifyReport;
+use crate::writer::IndexWriter;
 use crate::{io_err, Error, Result};
 
 pub(crate) const METADATA_DIR: &str = "metadata.sled";
@@ -531,7 +533,7 @@ impl Index {
     /// Checks every invariant (manifest, counts, mappings, file lengths,
     /// vectors, graph, lexical index) against what is on disk.
     pub fn verify(&self) -> VerifyReport {
-        crate::verify_report::verify(self)
+        crate::verify::verify(self)
     }
 
     pub(crate) fn lexical(&self) -> std::sync::MutexGuard<'_, LexicalIndex> {

@@ -8,26 +8,21 @@
 //! `ARCHITECTURE.md`.
 #![warn(missing_docs)]
 
-mod ann_graph;
-mod frozen_graph;
+mod graph;
 mod index;
-mod index_writer;
-mod lexical_index;
-mod manifest;
-pub mod max_sim;
-mod metadata_store;
-mod point_map;
 mod search;
-mod vector_store;
-mod verify_report;
+mod storage;
+mod verify;
+mod writer;
 
+pub use graph::point_map::{PointMap, PointTarget};
 pub use index::{ImageInfo, Index, IndexStats, TextInfo};
-pub use index_writer::IndexWriter;
-pub use manifest::{Manifest, ModelId, VectorDtype, FORMAT_VERSION};
-pub use metadata_store::{ImageId, ImageRecord, PathEntry, TextId};
-pub use point_map::{PointMap, PointTarget};
+pub use search::max_sim;
 pub use search::{Filter, ImageHit, SearchParams, TextHit};
-pub use verify_report::VerifyReport;
+pub use storage::manifest::{Manifest, ModelId, VectorDtype, FORMAT_VERSION};
+pub use storage::metadata_store::{ImageId, ImageRecord, PathEntry, TextId};
+pub use verify::VerifyReport;
+pub use writer::IndexWriter;
 
 use std::path::PathBuf;
 

@@ -14,9 +14,9 @@
 
 use hnsw_rs::prelude::{Distance, Hnsw};
 
-use crate::frozen_graph::{FrozenGraph, GraphKey};
-use crate::max_sim::dot;
-use crate::point_map::{PointMap, PointTarget};
+use crate::graph::frozen_graph::{FrozenGraph, GraphKey};
+use crate::graph::point_map::{PointMap, PointTarget};
+use crate::search::max_sim::dot;
 
 /// Max neighbours per node and layer (layer 0 keeps twice as many). 12 rather
 /// than 16: same recall@10 on the benchmark, ~0.5 KB less per point, faster build.

@@ -7,7 +7,7 @@
 //! its f16 vector (2·D bytes), its edges (4 bytes each) and ~20 bytes of
 //! bookkeeping: ~0.6 KB at D = 256. hnsw_rs cannot reload a graph it did not
 //! build and cannot be extended from flat arrays, so points added after the
-//! freeze go to a small hnsw_rs graph beside it (see [`crate::ann_graph`]).
+//! freeze go to a small hnsw_rs graph beside it (see [`crate::graph::ann_graph`]).
 //!
 //! File layout (little-endian): `MAGIC`, then a JSON header line
 //! ([`GraphKey`] plus the array lengths), then the arrays in the order of the
@@ -24,8 +24,8 @@ use half::f16;
 use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
 
-use crate::max_sim::dot_f16;
-use crate::point_map::{PointMap, PointTarget};
+use crate::graph::point_map::{PointMap, PointTarget};
+use crate::search::max_sim::dot_f16;
 
 const MAGIC: &[u8; 8] = b"QSKGRPH1";
 
@@ -379,8 +379,8 @@ impl FrozenGraph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ann_graph::AnnGraph;
-    use crate::max_sim::dot;
+    use crate::graph::ann_graph::AnnGraph;
+    use crate::search::max_sim::dot;
 
     fn key(rows_covered: u64) -> GraphKey {
         GraphKey {

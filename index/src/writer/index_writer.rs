@@ -18,15 +18,15 @@ use std::sync::Arc;
 
 use half::f16;
 
-use crate::ann_graph::graph_vectors;
+use crate::graph::ann_graph::graph_vectors;
 use crate::index::{
     debug_assert_unit, load_state, Shared, State, COMPACT_DEAD_FRACTION, COMPACT_MIN_DEAD,
 };
-use crate::manifest::sync_dir;
-use crate::metadata_store::{
+use crate::storage::manifest::sync_dir;
+use crate::storage::metadata_store::{
     FeatureRef, ImageEntry, ImageId, ImageRecord, MetaOp, PathEntry, TextEntry, TextId,
 };
-use crate::vector_store::VectorFileWriter;
+use crate::storage::vector_store::VectorFileWriter;
 use crate::{Error, Result};
 
 /// Adds, replaces and removes items; nothing is visible or durable until
@@ -391,7 +391,7 @@ impl IndexWriter {
         Ok(self.state().commit.generation)
     }
 
-    fn publish(&self, pending: &Pending, commit: crate::metadata_store::CommitState) {
+    fn publish(&self, pending: &Pending, commit: crate::storage::metadata_store::CommitState) {
         let m = &self.shared.manifest;
         let mut state = self
             .shared

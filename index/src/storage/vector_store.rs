@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 
-use crate::manifest::VectorDtype;
-use crate::max_sim;
+use crate::search::max_sim;
+use crate::storage::manifest::VectorDtype;
 use crate::{io_err, Error, Result};
 
 /// Rows in memory, in the index's dtype.

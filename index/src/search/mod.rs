@@ -1,6 +1,8 @@
-//! Search parameters, filters and hits.
+//! Search parameters, filters and hits, and the max-sim kernels that score them.
 
-use crate::metadata_store::{ImageId, TextId};
+pub mod max_sim;
+
+use crate::storage::metadata_store::{ImageId, TextId};
 
 /// Restricts a search to some images (or texts).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use crate::index::Index;
-use crate::manifest::Manifest;
-use crate::max_sim::norm;
+use crate::search::max_sim::norm;
+use crate::storage::manifest::Manifest;
 
 /// What [`Index::verify`] found. Empty `problems` means the index is sound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
