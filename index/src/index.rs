@@ -1,36 +1,23 @@
-//! `Index`: opening, the in-memory state readers search, and the read API.
+//! `Index`: creating and opening an index, and its read API: lookups, the
+//! three searches, stats and verify. The state it reads is in `state.rs`, the
+//! search itself in `table.rs`, writing in `writer/`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLockReadGuard};
 
-use half::f16;
-use rayon::prelude::*;
-
-use crate::graph::ann_graph::{graph_vectors, AnnGraph};
-use crate::graph::frozen_graph::{FrozenGraph, GraphKey};
-use crate::search::max_sim;
-use crate::search::{sort_hits, Filter, ImageHit, SearchParams, TextHit};
-use crate::storage::lexical_index::{DocKind, LexicalIndex};
-use crate::storage::manifest::{
-    sync_dir, Manifest, ModelId, VectorDtype, FORMAT_VERSION, MANIFEST_FILE,
-};
-use crate::storage::metadata_store::{
-    CommitState, ImageEntry, ImageId, Loaded, MetadataStore, PathEntry, TextEntry, TextId,
-};
-use crate::storage::vector_store::{VectorFileWriter, VectorStoreReader};
+use crate::graph::ann_graph::graph_vectors;
+use crate::search::max_sim::{self, debug_assert_unit};
+use crate::search::{Filter, ImageHit, SearchParams, TextHit};
+use crate::state::{Shared, State, TableKind, METADATA_DIR};
+use crate::storage::lexical_index::DocKind;
+use crate::storage::manifest::{Manifest, ModelId, VectorDtype, FORMAT_VERSION, MANIFEST_FILE};
+use crate::storage::metadata_store::{CommitState, ImageId, MetadataStore, PathEntry, TextId};
+use crate::table::{wants_graph, Scored};
 use crate::verify::VerifyReport;
 use crate::writer::IndexWriter;
 use crate::{io_err, Error, Result};
-
-pub(crate) const METADATA_DIR: &str = "metadata.sled";
-pub(crate) const LEXICAL_DIR: &str = "lexical";
-/// The saved HNSW graphs (caches: rebuilt when missing, stale or damaged).
-pub(crate) const IMAGE_GRAPH_FILE: &str = "images.graph";
-pub(crate) const TEXT_GRAPH_FILE: &str = "texts.graph";
 
 /// A multi-vector index of images and texts in one directory.
 ///
@@ -40,47 +27,6 @@ pub(crate) const TEXT_GRAPH_FILE: &str = "texts.graph";
 #[derive(Clone)]
 pub struct Index {
     pub(crate) shared: Arc<Shared>,
-}
-
-pub(crate) struct Shared {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    pub meta: MetadataStore,
-    pub state: RwLock<State>,
-    pub files: Mutex<Files>,
-    pub lexical: Mutex<LexicalIndex>,
-    pub writer_taken: AtomicBool,
-}
-
-/// The append side of the three data files; only the writer touches it.
-pub(crate) struct Files {
-    pub images: VectorFileWriter,
-    pub texts: VectorFileWriter,
-    pub features: VectorFileWriter,
-}
-
-/// Everything a search reads, as of the last commit.
-pub(crate) struct State {
-    pub commit: CommitState,
-    pub images: HashMap<ImageId, ImageEntry>,
-    pub texts: HashMap<TextId, TextEntry>,
-    /// Sorted, so that a path prefix is a range.
-    pub paths: BTreeMap<String, ImageId>,
-    pub hashes: HashMap<String, ImageId>,
-    /// Vector row → its image; `None` is a tombstone (removed or replaced).
-    pub image_rows: Vec<Option<ImageId>>,
-    pub text_rows: Vec<Option<TextId>>,
-    pub image_vectors: VectorStoreReader,
-    pub text_vectors: VectorStoreReader,
-    /// Built on the first search that needs it (see [`State::image_graph`]).
-    pub image_graph: OnceLock<AnnGraph>,
-    pub text_graph: OnceLock<AnnGraph>,
-    /// Graph points per image (from the manifest).
-    pub graph_points_per_image: usize,
-    /// Read side of the features file.
-    pub features: File,
-    /// The index directory (where the graphs are saved).
-    pub dir: PathBuf,
 }
 
 /// What the index knows about one image.
@@ -148,11 +94,6 @@ pub struct IndexStats {
     pub metadata_bytes: u64,
 }
 
-/// Fraction of dead rows past which `commit` compacts.
-pub(crate) const COMPACT_DEAD_FRACTION: f64 = 0.3;
-/// Fewer dead rows than this never trigger a compaction.
-pub(crate) const COMPACT_MIN_DEAD: usize = 64;
-
 impl Index {
     /// Creates an empty index in `path` (created if missing) for `manifest`.
     pub fn create(path: impl AsRef<Path>, manifest: Manifest) -> Result<Index> {
@@ -202,21 +143,8 @@ impl Index {
 
     /// Opens the index in `dir` whose manifest and metadata store are read.
     fn open_with(dir: PathBuf, manifest: Manifest, meta: MetadataStore) -> Result<Index> {
-        let (state, files) = load_state(&dir, &manifest, &meta)?;
-        let (mut lexical, lexical_generation) = LexicalIndex::open(&dir.join(LEXICAL_DIR))?;
-        if lexical_generation != Some(state.commit.generation) {
-            rebuild_lexical(&mut lexical, &state)?;
-        }
         Ok(Index {
-            shared: Arc::new(Shared {
-                dir,
-                manifest,
-                meta,
-                state: RwLock::new(state),
-                files: Mutex::new(files),
-                lexical: Mutex::new(lexical),
-                writer_taken: AtomicBool::new(false),
-            }),
+            shared: Arc::new(Shared::open(dir, manifest, meta)?),
         })
     }
 
@@ -245,7 +173,7 @@ impl Index {
     }
 
     pub(crate) fn state(&self) -> RwLockReadGuard<'_, State> {
-        self.shared.state.read().expect("index state lock poisoned")
+        self.shared.state()
     }
 
     /// The image with this path.
@@ -269,15 +197,13 @@ impl Index {
 
     /// The image's `Q × D` vectors as stored (decoded to f32).
     pub fn image_vectors(&self, image_id: ImageId) -> Option<Vec<f32>> {
-        let state = self.state();
-        let entry = state.images.get(&image_id)?;
-        Some(state.image_vectors.row_f32(entry.row as usize))
+        self.state().images.vectors_of(image_id)
     }
 
     /// The text with this id.
     pub fn text(&self, text_id: TextId) -> Option<TextInfo> {
         let state = self.state();
-        state.texts.get(&text_id).map(|e| TextInfo {
+        state.texts.entries.get(&text_id).map(|e| TextInfo {
             text_id,
             text: e.text.clone(),
             external_id: e.external_id.clone(),
@@ -286,9 +212,7 @@ impl Index {
 
     /// The stored vector of a text (`D` values, decoded to f32).
     pub fn text_vector(&self, text_id: TextId) -> Option<Vec<f32>> {
-        let state = self.state();
-        let row = state.texts.get(&text_id)?.row as usize;
-        Some(state.text_vectors.row_f32(row))
+        self.state().texts.vectors_of(text_id)
     }
 
     /// Every text, by id.
@@ -296,6 +220,7 @@ impl Index {
         let state = self.state();
         let mut out: Vec<TextInfo> = state
             .texts
+            .entries
             .iter()
             .map(|(id, e)| TextInfo {
                 text_id: *id,
@@ -312,42 +237,38 @@ impl Index {
         self.state().paths.keys().cloned().collect()
     }
 
-    /// The image's stored vision features (f16 on disk) and their shape.
+    /// The image's stored vision features, decoded to f32, and their shape.
     pub fn vision_features(&self, image_id: ImageId) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
         let state = self.state();
-        let Some(fref) = state.images.get(&image_id).and_then(|e| e.features.clone()) else {
+        let Some(fref) = state
+            .images
+            .entries
+            .get(&image_id)
+            .and_then(|e| e.features.as_ref())
+        else {
             return Ok(None);
         };
-        let n: usize = fref.shape.iter().product();
-        let mut bytes = vec![0u8; n * 2];
-        let path = self.shared.dir.join(&state.commit.features_file);
-        state
-            .features
-            .read_exact_at(&mut bytes, fref.offset)
-            .map_err(io_err(path))?;
-        let values = bytes
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect();
-        Ok(Some((values, fref.shape)))
+        Ok(Some((state.features.read(fref)?, fref.shape.clone())))
     }
 
     /// Counts and sizes.
     pub fn stats(&self) -> IndexStats {
         let state = self.state();
         let m = &self.shared.manifest;
+        let (images, texts) = (&state.images, &state.texts);
         IndexStats {
             generation: state.commit.generation,
-            images: state.images.len(),
+            images: images.entries.len(),
             paths: state.paths.len(),
-            texts: state.texts.len(),
-            dead_image_rows: state.image_rows.iter().filter(|r| r.is_none()).count(),
-            dead_text_rows: state.text_rows.iter().filter(|r| r.is_none()).count(),
+            texts: texts.entries.len(),
+            dead_image_rows: images.dead_rows(),
+            dead_text_rows: texts.dead_rows(),
             // Without building the graph: `qseek info` must stay instant.
-            image_graph_points: state
-                .image_graph
-                .get()
-                .map_or(state.images.len() * m.graph_points_per_image, |g| {
+            image_graph_points: images
+                .rows
+                .graph
+                .as_ref()
+                .map_or(images.entries.len() * m.graph_points_per_image, |g| {
                     g.points().len()
                 }),
             num_query_tokens: m.num_query_tokens,
@@ -357,8 +278,8 @@ impl Index {
             store_vision_features: m.store_vision_features,
             vision_features_bytes: state.commit.features_len,
             vector_bytes: state.commit.image_vectors_len + state.commit.text_vectors_len,
-            vector_bytes_in_memory: (state.image_vectors.memory_bytes()
-                + state.text_vectors.memory_bytes()) as u64,
+            vector_bytes_in_memory: (images.rows.vectors.memory_bytes()
+                + texts.rows.vectors.memory_bytes()) as u64,
             metadata_bytes: self.shared.meta.size_on_disk(),
         }
     }
@@ -379,27 +300,15 @@ impl Index {
         let dim = self.shared.manifest.dim;
         check_len(query, dim)?;
         debug_assert_unit(query, dim);
-        let allowed = self.allowed_images(params.filter.as_ref())?;
-        let state = self.state();
-        let score_row =
-            |row: usize, scratch: &mut Vec<f32>| state.image_vectors.max_sim(row, query, scratch);
-        let candidates = state.image_candidates(
-            std::slice::from_ref(&query.to_vec()),
-            k,
-            params,
-            allowed.as_ref(),
-        );
-        let scored: Vec<(f32, ImageId, usize)> = candidates
-            .par_iter()
-            .map_init(
-                || vec![0f32; dim],
-                |scratch, &id| {
-                    let (score, slot) = score_row(state.images[&id].row as usize, scratch);
-                    (score, id, slot)
-                },
-            )
-            .collect();
-        Ok(state.top_image_hits(scored, k))
+        let allowed = self.allowed(TableKind::Images, params.filter.as_ref())?;
+        let state = self.searchable(TableKind::Images, k, params, allowed.as_ref());
+        let vectors = &state.images.rows.vectors;
+        let scored = state
+            .images
+            .search(&[query], k, params, allowed.as_ref(), |row, scratch| {
+                vectors.max_sim(row, query, scratch)
+            });
+        Ok(state.image_hits(scored))
     }
 
     /// Top-`k` images similar to an image given by its `Q × D` vectors, by
@@ -413,21 +322,18 @@ impl Index {
     ) -> Result<Vec<ImageHit>> {
         let m = &self.shared.manifest;
         check_len(image_vectors, m.num_query_tokens * m.dim)?;
-        let allowed = self.allowed_images(params.filter.as_ref())?;
-        let state = self.state();
-        let probes: Vec<Vec<f32>> = graph_vectors(image_vectors, m.dim, m.graph_points_per_image)
-            .chunks_exact(m.dim)
-            .map(|v| v.to_vec())
-            .collect();
-        let candidates = state.image_candidates(&probes, k, params, allowed.as_ref());
-        let scored: Vec<(f32, ImageId, usize)> = candidates
-            .par_iter()
-            .map(|&id| {
-                let other = state.image_vectors.row_f32(state.images[&id].row as usize);
-                (max_sim::chamfer(image_vectors, &other, m.dim), id, 0)
-            })
-            .collect();
-        Ok(state.top_image_hits(scored, k))
+        let allowed = self.allowed(TableKind::Images, params.filter.as_ref())?;
+        let probes = graph_vectors(image_vectors, m.dim, m.graph_points_per_image);
+        let probes: Vec<&[f32]> = probes.chunks_exact(m.dim).collect();
+        let state = self.searchable(TableKind::Images, k, params, allowed.as_ref());
+        let vectors = &state.images.rows.vectors;
+        let scored = state
+            .images
+            .search(&probes, k, params, allowed.as_ref(), |row, _| {
+                let other = vectors.row_f32(row);
+                (max_sim::chamfer(image_vectors, &other, m.dim), 0)
+            });
+        Ok(state.image_hits(scored))
     }
 
     /// Top-`k` images similar to `image_id`, without itself.
@@ -461,56 +367,26 @@ impl Index {
                 received: queries.len(),
             });
         }
-        let allowed: Option<HashSet<TextId>> =
-            match params.filter.as_ref().and_then(|f| f.query.as_deref()) {
-                Some(q) => Some(self.lexical().matching(q, DocKind::Text)?),
-                None => None,
-            };
-        let state = self.state();
-        let is_allowed = |id: &TextId| allowed.as_ref().is_none_or(|a| a.contains(id));
-        let n_allowed = allowed.as_ref().map_or(state.texts.len(), |a| a.len());
-        let want = params.candidates.max(k).min(n_allowed);
-        let candidates: Vec<TextId> = if params.exact || n_allowed <= params.exact_below.max(want) {
-            state
-                .texts
-                .keys()
-                .copied()
-                .filter(|id| is_allowed(id))
-                .collect()
-        } else {
-            let probes: Vec<Vec<f32>> = queries.chunks_exact(dim).map(|q| q.to_vec()).collect();
-            graph_candidates(
-                state.text_graph(),
-                &state.text_rows,
-                &probes,
-                want,
-                params.ef,
-                allowed.as_ref(),
-            )
-        };
-        let mut scored: Vec<(f32, u64, usize)> = candidates
-            .par_iter()
-            .map_init(
-                || vec![0f32; dim],
-                |scratch, &id| {
-                    let row = state.texts[&id].row as usize;
-                    let mut best = (f32::NEG_INFINITY, 0);
-                    for (slot, q) in queries.chunks_exact(dim).enumerate() {
-                        let s = state.text_vectors.max_sim(row, q, scratch).0;
-                        if s > best.0 {
-                            best = (s, slot);
-                        }
+        let allowed = self.allowed(TableKind::Texts, params.filter.as_ref())?;
+        let probes: Vec<&[f32]> = queries.chunks_exact(dim).collect();
+        let state = self.searchable(TableKind::Texts, k, params, allowed.as_ref());
+        let vectors = &state.texts.rows.vectors;
+        let scored = state
+            .texts
+            .search(&probes, k, params, allowed.as_ref(), |row, scratch| {
+                let mut best = (f32::NEG_INFINITY, 0);
+                for (slot, q) in probes.iter().enumerate() {
+                    let s = vectors.max_sim(row, q, scratch).0;
+                    if s > best.0 {
+                        best = (s, slot);
                     }
-                    (best.0, id, best.1)
-                },
-            )
-            .collect();
-        sort_hits(&mut scored);
+                }
+                best
+            });
         Ok(scored
             .into_iter()
-            .take(k)
             .map(|(score, id, slot)| {
-                let e = &state.texts[&id];
+                let e = &state.texts.entries[&id];
                 TextHit {
                     text_id: id,
                     text: e.text.clone(),
@@ -522,39 +398,71 @@ impl Index {
             .collect())
     }
 
-    /// Builds the HNSW graphs now rather than at the first search that needs
-    /// them (a server does this at start; a benchmark, before timing searches).
+    /// Loads or builds the HNSW graphs now rather than at the first search
+    /// that needs them, and returns once they are ready (a benchmark calls
+    /// this before timing searches). Commits and searches go on meanwhile.
     pub fn build_graphs(&self) {
-        let state = self.state();
-        state.image_graph();
-        state.text_graph();
+        self.shared.ensure_graph(TableKind::Images, true);
+        self.shared.ensure_graph(TableKind::Texts, true);
+    }
+
+    /// Starts loading or building the HNSW graphs on a background thread and
+    /// returns at once (a server calls this at start). Until a graph is
+    /// ready, searches score every allowed item exactly.
+    pub fn build_graphs_in_background(&self) -> std::thread::JoinHandle<()> {
+        let index = self.clone();
+        std::thread::spawn(move || index.build_graphs())
     }
 
     /// Checks every invariant (manifest, counts, mappings, file lengths,
     /// vectors, graph, lexical index) against what is on disk.
     pub fn verify(&self) -> VerifyReport {
-        crate::verify::verify(self)
+        crate::verify::verify(&self.shared)
     }
 
-    pub(crate) fn lexical(&self) -> std::sync::MutexGuard<'_, LexicalIndex> {
-        self.shared
-            .lexical
-            .lock()
-            .expect("lexical index lock poisoned")
+    /// The state to search `kind` in. When the search would walk the graph
+    /// and it is not ready, this thread loads or builds it first (holding no
+    /// lock meanwhile) — unless another thread already is: then the search
+    /// goes on exactly rather than wait.
+    fn searchable(
+        &self,
+        kind: TableKind,
+        k: usize,
+        params: &SearchParams,
+        allowed: Option<&HashSet<u64>>,
+    ) -> RwLockReadGuard<'_, State> {
+        let state = self.state();
+        let n_allowed = allowed.map_or(state.live(kind), |a| a.len());
+        if state.rows(kind).graph.is_some() || !wants_graph(k, params, n_allowed) {
+            return state;
+        }
+        drop(state);
+        self.shared.ensure_graph(kind, false);
+        self.state()
     }
 
-    /// The images a filter allows, `None` for all.
-    fn allowed_images(&self, filter: Option<&Filter>) -> Result<Option<HashSet<ImageId>>> {
+    /// The items of `kind` a filter allows, `None` for all. Texts have no
+    /// path, so a path prefix only restricts images.
+    fn allowed(&self, kind: TableKind, filter: Option<&Filter>) -> Result<Option<HashSet<u64>>> {
         let Some(filter) = filter else {
             return Ok(None);
         };
-        let mut allowed: Option<HashSet<ImageId>> = None;
+        let mut allowed: Option<HashSet<u64>> = None;
         if let Some(q) = filter.query.as_deref() {
-            allowed = Some(self.lexical().matching(q, DocKind::Image)?);
+            let doc_kind = match kind {
+                TableKind::Images => DocKind::Image,
+                TableKind::Texts => DocKind::Text,
+            };
+            let lexical = self
+                .shared
+                .lexical
+                .lock()
+                .expect("lexical index lock poisoned");
+            allowed = Some(lexical.matching(q, doc_kind)?);
         }
-        if let Some(prefix) = filter.path_prefix.as_deref() {
+        if let (TableKind::Images, Some(prefix)) = (kind, filter.path_prefix.as_deref()) {
             let state = self.state();
-            let by_prefix: HashSet<ImageId> = state
+            let by_prefix: HashSet<u64> = state
                 .paths
                 .range(prefix.to_string()..)
                 .take_while(|(p, _)| p.starts_with(prefix))
@@ -571,7 +479,7 @@ impl Index {
 
 impl State {
     fn image_info(&self, id: ImageId) -> Option<ImageInfo> {
-        let e = self.images.get(&id)?;
+        let e = self.images.entries.get(&id)?;
         Some(ImageInfo {
             image_id: id,
             content_hash: e.content_hash.clone(),
@@ -582,187 +490,25 @@ impl State {
         })
     }
 
-    /// The best `k` of exactly scored `(score, image, slot)` triples, as hits.
-    fn top_image_hits(&self, mut scored: Vec<(f32, ImageId, usize)>, k: usize) -> Vec<ImageHit> {
-        sort_hits(&mut scored);
+    /// Scored images (best first) as hits.
+    fn image_hits(&self, scored: Scored) -> Vec<ImageHit> {
         scored
             .into_iter()
-            .take(k)
-            .map(|(score, id, slot)| self.image_hit(id, score, slot))
-            .collect()
-    }
-
-    fn image_hit(&self, id: ImageId, score: f32, best_slot: usize) -> ImageHit {
-        let mut paths: Vec<String> = self.images[&id]
-            .paths
-            .iter()
-            .map(|p| p.path.clone())
-            .collect();
-        paths.sort();
-        ImageHit {
-            image_id: id,
-            paths,
-            score,
-            best_slot,
-        }
-    }
-
-    /// The images to score exactly for `probes` (graph-space query vectors).
-    ///
-    /// Exact (every allowed image) when asked, or when few images are allowed.
-    /// Otherwise the graph is asked for `candidates × graph_points_per_image`
-    /// points per probe, grouped by image; dead and filtered-out images are
-    /// dropped, and while fewer than `candidates` images remain the search
-    /// goes four times deeper, up to the whole graph, so a filter never costs recall.
-    fn image_candidates(
-        &self,
-        probes: &[Vec<f32>],
-        k: usize,
-        params: &SearchParams,
-        allowed: Option<&HashSet<ImageId>>,
-    ) -> Vec<ImageId> {
-        let n_allowed = allowed.map_or(self.images.len(), |a| a.len());
-        let want = params.candidates.max(k).min(n_allowed);
-        if params.exact || n_allowed <= params.exact_below.max(want) {
-            return match allowed {
-                Some(a) => a
+            .map(|(score, id, best_slot)| {
+                let mut paths: Vec<String> = self.images.entries[&id]
+                    .paths
                     .iter()
-                    .copied()
-                    .filter(|id| self.images.contains_key(id))
-                    .collect(),
-                None => self.images.keys().copied().collect(),
-            };
-        }
-        graph_candidates(
-            self.image_graph(),
-            &self.image_rows,
-            probes,
-            want,
-            params.ef,
-            allowed,
-        )
-    }
-}
-
-/// The items of `rows` whose graph points are nearest to `probes`, at least
-/// `want` of them when the graph holds that many allowed ones.
-///
-/// Each probe asks the graph for `want × points per row` points, grouped by
-/// item; dead and filtered-out items are dropped, and while fewer than `want`
-/// items remain the search goes four times deeper, up to the whole graph, so
-/// that a filter never costs recall. The best `2 × want × probes` items by
-/// graph similarity are kept.
-fn graph_candidates(
-    graph: &AnnGraph,
-    rows: &[Option<u64>],
-    probes: &[Vec<f32>],
-    want: usize,
-    ef: usize,
-    allowed: Option<&HashSet<u64>>,
-) -> Vec<u64> {
-    let per_row = graph.points().len() / rows.len().max(1);
-    let total_points = graph.points().len();
-    let mut depth = want * per_row.max(1);
-    loop {
-        let mut best: HashMap<u64, f32> = HashMap::new();
-        for probe in probes {
-            for (target, sim) in graph.search(probe, depth, ef.max(depth)) {
-                let Some(Some(id)) = rows.get(target.row as usize) else {
-                    continue;
-                };
-                if allowed.is_some_and(|a| !a.contains(id)) {
-                    continue;
+                    .map(|p| p.path.clone())
+                    .collect();
+                paths.sort();
+                ImageHit {
+                    image_id: id,
+                    paths,
+                    score,
+                    best_slot,
                 }
-                let e = best.entry(*id).or_insert(f32::NEG_INFINITY);
-                *e = e.max(sim);
-            }
-        }
-        if best.len() >= want || depth >= total_points {
-            let mut ranked: Vec<(u64, f32)> = best.into_iter().collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-            // Keep a little more than asked: re-scoring is cheap next to the
-            // graph walk, and ANN similarity of a centroid is only a proxy.
-            ranked.truncate(want * 2 * probes.len().max(1));
-            return ranked.into_iter().map(|(id, _)| id).collect();
-        }
-        depth = (depth * 4).min(total_points);
-    }
-}
-
-impl State {
-    /// The HNSW graph over the live images' graph vectors, loaded or built on
-    /// first use (see [`State::graph`]).
-    pub(crate) fn image_graph(&self) -> &AnnGraph {
-        self.image_graph.get_or_init(|| {
-            let (dim, k) = (self.image_vectors.dim(), self.graph_points_per_image);
-            self.graph(
-                IMAGE_GRAPH_FILE,
-                &self.commit.image_vectors_file,
-                &self.image_rows,
-                k,
-                |row| graph_vectors(&self.image_vectors.row_f32(row), dim, k),
-                dim,
-            )
-        })
-    }
-
-    /// The HNSW graph over the live texts' vectors, loaded or built on first use.
-    pub(crate) fn text_graph(&self) -> &AnnGraph {
-        self.text_graph.get_or_init(|| {
-            self.graph(
-                TEXT_GRAPH_FILE,
-                &self.commit.text_vectors_file,
-                &self.text_rows,
-                1,
-                |row| self.text_vectors.row_f32(row),
-                self.text_vectors.dim(),
-            )
-        })
-    }
-
-    /// A graph over the live `rows`: the saved graph `file` when it was built
-    /// over (a prefix of) the same vector file, extended with the rows added
-    /// since; otherwise — or when those added rows would be more than a
-    /// quarter of the graph — built afresh (hnsw_rs, ~0.3 ms per point on
-    /// 2 cores) and saved. Saving is best effort: a read-only index still
-    /// searches, it just rebuilds at the next open.
-    fn graph<I: Copy + Send + Sync>(
-        &self,
-        file: &str,
-        vectors_file: &str,
-        rows: &[Option<I>],
-        points_per_row: usize,
-        vectors_of: impl Fn(usize) -> Vec<f32> + Sync,
-        dim: usize,
-    ) -> AnnGraph {
-        let live_from = |start: usize| -> Vec<(u64, Vec<f32>)> {
-            rows[start..]
-                .par_iter()
-                .enumerate()
-                .filter(|(_, id)| id.is_some())
-                .map(|(i, _)| ((start + i) as u64, vectors_of(start + i)))
-                .collect()
-        };
-        let path = self.dir.join(file);
-        let key = |rows_covered: u64| GraphKey {
-            vectors_file: vectors_file.to_string(),
-            rows_covered,
-            dim,
-            points_per_row,
-        };
-        if let Some((saved, points, covered)) = FrozenGraph::load(&path, |k| {
-            k.rows_covered <= rows.len() as u64 && *k == key(k.rows_covered)
-        }) {
-            let added = rows[covered as usize..].iter().flatten().count();
-            if added * points_per_row <= (saved.len() / 4).max(1024) {
-                let mut graph = AnnGraph::from_saved(saved, points);
-                graph.insert(&live_from(covered as usize), dim);
-                return graph;
-            }
-        }
-        let graph = AnnGraph::build(&live_from(0), dim);
-        let _ = graph.save(&path, &key(rows.len() as u64));
-        graph
+            })
+            .collect()
     }
 }
 
@@ -774,149 +520,4 @@ fn check_len(v: &[f32], expected: usize) -> Result<()> {
         });
     }
     Ok(())
-}
-
-/// Vectors must be L2-normalised: dot products are cosine similarities only then.
-pub(crate) fn debug_assert_unit(vectors: &[f32], dim: usize) {
-    if cfg!(debug_assertions) {
-        for v in vectors.chunks_exact(dim) {
-            let n = max_sim::norm(v);
-            debug_assert!(
-                (n - 1.0).abs() < 1e-2,
-                "vector is not L2-normalised (norm {n})"
-            );
-        }
-    }
-}
-
-/// Loads the committed state: cuts data files to their committed length,
-/// deletes files no commit refers to and decodes the vectors. The graphs are
-/// built later, when a search first needs them.
-pub(crate) fn load_state(
-    dir: &Path,
-    manifest: &Manifest,
-    meta: &MetadataStore,
-) -> Result<(State, Files)> {
-    let Loaded {
-        state: commit,
-        images,
-        texts,
-        paths,
-        hashes,
-    } = meta.load()?;
-    remove_stray_files(dir, &commit)?;
-    let (q, dim) = (manifest.num_query_tokens, manifest.dim);
-    let residual = manifest.format_version >= 2;
-    let mut image_vectors = VectorStoreReader::new(manifest.vector_dtype, dim, q, residual);
-    let mut text_vectors = VectorStoreReader::new(manifest.vector_dtype, dim, 1, residual);
-    let images_file = VectorFileWriter::open(
-        &dir.join(&commit.image_vectors_file),
-        commit.image_vectors_len,
-        Some(&mut image_vectors),
-    )?;
-    let texts_file = VectorFileWriter::open(
-        &dir.join(&commit.text_vectors_file),
-        commit.text_vectors_len,
-        Some(&mut text_vectors),
-    )?;
-    let features_path = dir.join(&commit.features_file);
-    let features_file = VectorFileWriter::open(&features_path, commit.features_len, None)?;
-    let features = File::open(&features_path).map_err(io_err(&features_path))?;
-
-    let corrupt = |reason: String| Error::Corrupt {
-        path: dir.join(METADATA_DIR),
-        reason,
-    };
-    let mut image_rows = vec![None; image_vectors.rows()];
-    for (id, e) in &images {
-        match image_rows.get_mut(e.row as usize) {
-            Some(slot @ None) => *slot = Some(*id),
-            Some(Some(other)) => {
-                return Err(corrupt(format!(
-                    "images {other} and {id} share vector row {}",
-                    e.row
-                )))
-            }
-            None => {
-                return Err(corrupt(format!(
-                    "image {id} points at vector row {} but {} holds {} rows",
-                    e.row,
-                    commit.image_vectors_file,
-                    image_vectors.rows()
-                )))
-            }
-        }
-    }
-    let mut text_rows = vec![None; text_vectors.rows()];
-    for (id, e) in &texts {
-        match text_rows.get_mut(e.row as usize) {
-            Some(slot @ None) => *slot = Some(*id),
-            _ => {
-                return Err(corrupt(format!(
-                    "text {id} has a missing or shared vector row {}",
-                    e.row
-                )))
-            }
-        }
-    }
-
-    let state = State {
-        commit,
-        images,
-        texts,
-        paths: paths.into_iter().collect(),
-        hashes,
-        image_rows,
-        text_rows,
-        image_vectors,
-        text_vectors,
-        image_graph: OnceLock::new(),
-        text_graph: OnceLock::new(),
-        graph_points_per_image: manifest.graph_points_per_image,
-        features,
-        dir: dir.to_path_buf(),
-    };
-    let files = Files {
-        images: images_file,
-        texts: texts_file,
-        features: features_file,
-    };
-    Ok((state, files))
-}
-
-/// Deletes data files that the commit does not name: what an interrupted
-/// compaction wrote, or what a finished one left behind.
-fn remove_stray_files(dir: &Path, commit: &CommitState) -> Result<()> {
-    let keep = [
-        &commit.image_vectors_file,
-        &commit.text_vectors_file,
-        &commit.features_file,
-    ];
-    let mut removed = false;
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        // `*.graph.<pid>.tmp`: a graph save cut short.
-        let stray_graph = name.ends_with(".tmp") && name.contains(".graph.");
-        if stray_graph || (name.ends_with(".bin") && !keep.iter().any(|k| **k == name)) {
-            std::fs::remove_file(entry.path()).map_err(io_err(entry.path()))?;
-            removed = true;
-        }
-    }
-    if removed {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-/// Re-adds every path and text from the committed state.
-pub(crate) fn rebuild_lexical(lexical: &mut LexicalIndex, state: &State) -> Result<()> {
-    lexical.clear()?;
-    for (path, id) in &state.paths {
-        lexical.add_path(*id, path)?;
-    }
-    for (id, e) in &state.texts {
-        lexical.add_text(*id, &e.text)?;
-    }
-    lexical.commit(state.commit.generation)
 }

@@ -11,7 +11,9 @@
 mod graph;
 mod index;
 mod search;
+mod state;
 mod storage;
+mod table;
 mod verify;
 mod writer;
 

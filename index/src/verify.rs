@@ -4,11 +4,11 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use crate::index::Index;
 use crate::search::max_sim::norm;
+use crate::state::{Shared, TableKind};
 use crate::storage::manifest::Manifest;
 
-/// What [`Index::verify`] found. Empty `problems` means the index is sound.
+/// What [`Index::verify`](crate::Index::verify) found. Empty `problems` means the index is sound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Live images checked.
@@ -48,15 +48,17 @@ impl std::fmt::Display for VerifyReport {
 /// Tolerance on the norm of a stored vector: int8 quantisation moves it ~1%.
 const NORM_TOLERANCE: f32 = 0.05;
 
-pub(crate) fn verify(index: &Index) -> VerifyReport {
-    let shared = &index.shared;
+pub(crate) fn verify(shared: &Shared) -> VerifyReport {
+    // The graphs are checked too: load or build them first, without the lock.
+    shared.ensure_graph(TableKind::Images, true);
+    shared.ensure_graph(TableKind::Texts, true);
     let mut problems = Vec::new();
     match Manifest::read(&shared.dir) {
         Ok(m) if m == shared.manifest => {}
         Ok(_) => problems.push("manifest.json changed since the index was opened".to_string()),
         Err(e) => problems.push(format!("manifest: {e}")),
     }
-    let state = index.state();
+    let state = shared.state();
     match shared.meta.load() {
         Ok(disk) => {
             if disk.state != state.commit {
@@ -65,7 +67,7 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
                     disk.state.generation, state.commit.generation
                 ));
             }
-            if disk.images != state.images || disk.texts != state.texts {
+            if disk.images != state.images.entries || disk.texts != state.texts.entries {
                 problems.push("sled entries differ from the loaded ones".to_string());
             }
             if disk.paths.len() != state.paths.len() || disk.hashes != state.hashes {
@@ -78,14 +80,14 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
         (
             &state.commit.image_vectors_file,
             state.commit.image_vectors_len,
-            state.image_vectors.rows(),
-            state.image_vectors.row_bytes(),
+            state.images.rows.vectors.rows(),
+            state.images.rows.vectors.row_bytes(),
         ),
         (
             &state.commit.text_vectors_file,
             state.commit.text_vectors_len,
-            state.text_vectors.rows(),
-            state.text_vectors.row_bytes(),
+            state.texts.rows.vectors.rows(),
+            state.texts.rows.vectors.row_bytes(),
         ),
         (&state.commit.features_file, state.commit.features_len, 0, 0),
     ] {
@@ -109,7 +111,7 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
 
     // Image entries ↔ rows ↔ paths ↔ hashes.
     let mut rows_seen: HashMap<u64, u64> = HashMap::new();
-    for (id, e) in &state.images {
+    for (id, e) in &state.images.entries {
         if id >= &state.commit.next_image_id {
             problems.push(format!(
                 "image {id}: id not below next_image_id {}",
@@ -122,7 +124,15 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
                 e.row
             ));
         }
-        if state.image_rows.get(e.row as usize).copied().flatten() != Some(*id) {
+        if state
+            .images
+            .rows
+            .owners
+            .get(e.row as usize)
+            .copied()
+            .flatten()
+            != Some(*id)
+        {
             problems.push(format!(
                 "image {id}: row table does not map row {} to it",
                 e.row
@@ -143,7 +153,7 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
             ));
         }
         if let Some(f) = &e.features {
-            let end = f.offset + 2 * f.shape.iter().product::<usize>() as u64;
+            let end = state.features.end_of(f);
             if end > state.commit.features_len {
                 problems.push(format!(
                     "image {id}: vision features end at byte {end}, past the committed length"
@@ -154,6 +164,7 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
     for (path, id) in &state.paths {
         if !state
             .images
+            .entries
             .get(id)
             .is_some_and(|e| e.paths.iter().any(|p| &p.path == path))
         {
@@ -163,21 +174,29 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
         }
     }
     for (hash, id) in &state.hashes {
-        if state.images.get(id).map(|e| &e.content_hash) != Some(hash) {
+        if state.images.entries.get(id).map(|e| &e.content_hash) != Some(hash) {
             problems.push(format!(
                 "content hash {hash}: maps to image {id}, which has another hash"
             ));
         }
     }
-    let live_rows = state.image_rows.iter().filter(|r| r.is_some()).count();
-    if live_rows != state.images.len() {
+    let live_rows = state.images.rows.owners.iter().flatten().count();
+    if live_rows != state.images.entries.len() {
         problems.push(format!(
             "{live_rows} live image rows for {} images",
-            state.images.len()
+            state.images.entries.len()
         ));
     }
-    for (id, e) in &state.texts {
-        if state.text_rows.get(e.row as usize).copied().flatten() != Some(*id) {
+    for (id, e) in &state.texts.entries {
+        if state
+            .texts
+            .rows
+            .owners
+            .get(e.row as usize)
+            .copied()
+            .flatten()
+            != Some(*id)
+        {
             problems.push(format!(
                 "text {id}: row table does not map row {} to it",
                 e.row
@@ -191,13 +210,20 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
         }
     }
 
-    // Every live row has its graph points.
+    // Every live row has its graph points (unless a compaction since
+    // `ensure_graph` dropped the graph: it is rebuilt from the same rows).
     let mut points_per_row: HashMap<u64, usize> = HashMap::new();
-    for (_, target) in state.image_graph().points().iter() {
+    let image_graph = state.images.rows.graph.as_ref();
+    for (_, target) in image_graph.iter().flat_map(|g| g.points().iter()) {
         *points_per_row.entry(target.row).or_default() += 1;
     }
     let per_image = shared.manifest.graph_points_per_image;
-    for e in state.images.values() {
+    for e in state
+        .images
+        .entries
+        .values()
+        .filter(|_| image_graph.is_some())
+    {
         let n = points_per_row.get(&e.row).copied().unwrap_or(0);
         if n != per_image {
             problems.push(format!(
@@ -206,13 +232,13 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
             ));
         }
     }
-    let text_points: std::collections::HashSet<u64> = state
-        .text_graph()
-        .points()
+    let text_graph = state.texts.rows.graph.as_ref();
+    let text_points: std::collections::HashSet<u64> = text_graph
         .iter()
+        .flat_map(|g| g.points().iter())
         .map(|(_, t)| t.row)
         .collect();
-    for (id, e) in &state.texts {
+    for (id, e) in state.texts.entries.iter().filter(|_| text_graph.is_some()) {
         if !text_points.contains(&e.row) {
             problems.push(format!("text {id}: not in the text graph"));
         }
@@ -222,9 +248,10 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
     let dim = shared.manifest.dim;
     let bad_vectors: Vec<String> = state
         .images
+        .entries
         .par_iter()
         .filter_map(|(id, e)| {
-            let v = state.image_vectors.row_f32(e.row as usize);
+            let v = state.images.rows.vectors.row_f32(e.row as usize);
             let bad = v.chunks_exact(dim).any(|x| {
                 let n = norm(x);
                 !n.is_finite() || (n - 1.0).abs() > NORM_TOLERANCE
@@ -235,23 +262,28 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
     problems.extend(bad_vectors);
 
     drop(state);
-    let state = index.state();
-    match index.lexical().counts() {
+    let lexical_counts = shared
+        .lexical
+        .lock()
+        .expect("lexical index lock poisoned")
+        .counts();
+    let state = shared.state();
+    match lexical_counts {
         Ok((paths, texts)) => {
-            if paths != state.paths.len() as u64 || texts != state.texts.len() as u64 {
+            if paths != state.paths.len() as u64 || texts != state.texts.entries.len() as u64 {
                 problems.push(format!(
                     "lexical index has {paths} paths and {texts} texts, metadata {} and {}",
                     state.paths.len(),
-                    state.texts.len()
+                    state.texts.entries.len()
                 ));
             }
         }
         Err(e) => problems.push(format!("lexical index: {e}")),
     }
     VerifyReport {
-        images: state.images.len(),
+        images: state.images.entries.len(),
         paths: state.paths.len(),
-        texts: state.texts.len(),
+        texts: state.texts.entries.len(),
         problems,
     }
 }

@@ -9,7 +9,10 @@
 //! - `frozen_graph.rs` — `FrozenGraph`: hnsw_rs's graph in flat arrays, its
 //!   search and its file.
 //! - `point_map.rs` — `PointMap`: graph point → (vector row, slot).
+//! - `graph_cache.rs` — loading the saved graph or building a new one from a
+//!   snapshot of a table's rows, without any lock.
 
 pub(crate) mod ann_graph;
 pub(crate) mod frozen_graph;
+pub(crate) mod graph_cache;
 pub(crate) mod point_map;

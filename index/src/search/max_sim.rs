@@ -132,6 +132,19 @@ pub fn norm(v: &[f32]) -> f32 {
     dot(v, v).sqrt()
 }
 
+/// Vectors must be L2-normalised: dot products are cosine similarities only then.
+pub(crate) fn debug_assert_unit(vectors: &[f32], dim: usize) {
+    if cfg!(debug_assertions) {
+        for v in vectors.chunks_exact(dim) {
+            let n = norm(v);
+            debug_assert!(
+                (n - 1.0).abs() < 1e-2,
+                "vector is not L2-normalised (norm {n})"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

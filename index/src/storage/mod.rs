@@ -7,8 +7,11 @@
 //! - `metadata_store.rs` — sled, the truth and the commit point.
 //! - `vector_store.rs` — the vector files (`VectorFileWriter`) and their
 //!   decoded rows in memory (`VectorStoreReader`).
+//! - `feature_store.rs` — the vision-features file (`FeatureStoreWriter`,
+//!   `FeatureStoreReader`).
 //! - `lexical_index.rs` — tantivy over names, path components and texts.
 
+pub(crate) mod feature_store;
 pub(crate) mod lexical_index;
 pub(crate) mod manifest;
 pub(crate) mod metadata_store;

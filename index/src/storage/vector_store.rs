@@ -20,6 +20,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::f16;
 
@@ -27,7 +28,13 @@ use crate::search::max_sim;
 use crate::storage::manifest::VectorDtype;
 use crate::{io_err, Error, Result};
 
-/// Rows in memory, in the index's dtype.
+/// Rows per chunk of a [`VectorStoreReader`]: a snapshot shares every full
+/// chunk and copies at most this many rows when the next commit appends to
+/// the last one (~9 MB of residual-int8 rows at Q = 32, D = 256).
+const CHUNK_ROWS: usize = 1024;
+
+/// Up to [`CHUNK_ROWS`] rows in memory, in the index's dtype.
+#[derive(Clone)]
 enum RowData {
     F32(Vec<f32>),
     F16(Vec<f16>),
@@ -40,6 +47,11 @@ enum RowData {
 }
 
 /// The in-memory copy of a vector file: decoded rows, scored without touching disk.
+///
+/// Rows are held in shared chunks, so a clone is a cheap snapshot: a graph
+/// build reads one without holding the index's lock while commits go on
+/// appending to the original.
+#[derive(Clone)]
 pub(crate) struct VectorStoreReader {
     dtype: VectorDtype,
     dim: usize,
@@ -47,7 +59,7 @@ pub(crate) struct VectorStoreReader {
     /// Int8 rows store residuals around an f16 mean (see the module docs).
     residual: bool,
     rows: usize,
-    data: RowData,
+    chunks: Vec<Arc<RowData>>,
 }
 
 impl VectorStoreReader {
@@ -55,23 +67,37 @@ impl VectorStoreReader {
     /// whether int8 rows of several vectors use the residual layout (indexes of
     /// format version ≥ 2).
     pub(crate) fn new(dtype: VectorDtype, dim: usize, per_row: usize, residual_int8: bool) -> Self {
-        let data = match dtype {
-            VectorDtype::F32 => RowData::F32(Vec::new()),
-            VectorDtype::F16 => RowData::F16(Vec::new()),
-            VectorDtype::Int8 => RowData::Int8 {
-                codes: Vec::new(),
-                scales: Vec::new(),
-                means: Vec::new(),
-            },
-        };
         VectorStoreReader {
             dtype,
             dim,
             per_row,
             residual: dtype == VectorDtype::Int8 && per_row > 1 && residual_int8,
             rows: 0,
-            data,
+            chunks: Vec::new(),
         }
+    }
+
+    /// An empty chunk with room for [`CHUNK_ROWS`] rows.
+    fn new_chunk(&self) -> RowData {
+        let values = CHUNK_ROWS * self.per_row * self.dim;
+        match self.dtype {
+            VectorDtype::F32 => RowData::F32(Vec::with_capacity(values)),
+            VectorDtype::F16 => RowData::F16(Vec::with_capacity(values)),
+            VectorDtype::Int8 => RowData::Int8 {
+                codes: Vec::with_capacity(values),
+                scales: Vec::with_capacity(CHUNK_ROWS * self.per_row),
+                means: Vec::with_capacity(if self.residual {
+                    CHUNK_ROWS * self.dim
+                } else {
+                    0
+                }),
+            },
+        }
+    }
+
+    /// The chunk that holds `row`, and the row's index in it.
+    fn locate(&self, row: usize) -> (&RowData, usize) {
+        (&self.chunks[row / CHUNK_ROWS], row % CHUNK_ROWS)
     }
 
     /// Values per vector.
@@ -156,7 +182,14 @@ impl VectorStoreReader {
     pub(crate) fn push_encoded(&mut self, bytes: &[u8]) {
         debug_assert_eq!(bytes.len(), self.row_bytes());
         let mean_bytes = self.mean_bytes();
-        match &mut self.data {
+        if self.rows % CHUNK_ROWS == 0 {
+            let chunk = self.new_chunk();
+            self.chunks.push(Arc::new(chunk));
+        }
+        let per_row = self.per_row;
+        // Copies the last chunk only if a snapshot still shares it.
+        let chunk = Arc::make_mut(self.chunks.last_mut().expect("a chunk was pushed"));
+        match chunk {
             RowData::F32(v) => v.extend(
                 bytes
                     .chunks_exact(4)
@@ -177,7 +210,7 @@ impl VectorStoreReader {
                     m.chunks_exact(2)
                         .map(|b| f16::from_le_bytes(b.try_into().unwrap())),
                 );
-                let (s, c) = bytes.split_at(self.per_row * 4);
+                let (s, c) = bytes.split_at(per_row * 4);
                 scales.extend(
                     s.chunks_exact(4)
                         .map(|b| f32::from_le_bytes(b.try_into().unwrap())),
@@ -192,7 +225,8 @@ impl VectorStoreReader {
     /// `scratch` must hold `dim` values (used by f16 and residual int8).
     pub(crate) fn max_sim(&self, row: usize, query: &[f32], scratch: &mut [f32]) -> (f32, usize) {
         let n = self.per_row * self.dim;
-        match &self.data {
+        let (data, row) = self.locate(row);
+        match data {
             RowData::F32(v) => max_sim::max_sim(query, &v[row * n..(row + 1) * n]),
             RowData::F16(v) => max_sim::max_sim_f16(query, &v[row * n..(row + 1) * n], scratch),
             RowData::Int8 {
@@ -218,7 +252,8 @@ impl VectorStoreReader {
     /// The row decoded to f32 (`per_row * dim` values).
     pub(crate) fn row_f32(&self, row: usize) -> Vec<f32> {
         let n = self.per_row * self.dim;
-        match &self.data {
+        let (data, row) = self.locate(row);
+        match data {
             RowData::F32(v) => v[row * n..(row + 1) * n].to_vec(),
             RowData::F16(v) => v[row * n..(row + 1) * n]
                 .iter()
@@ -385,5 +420,27 @@ mod tests {
             assert_eq!(slot, 1, "{dtype:?}");
             assert!((score - 1.0).abs() < 10.0 * tolerance, "{dtype:?}: {score}");
         }
+    }
+
+    #[test]
+    fn a_clone_is_a_snapshot_across_chunks() {
+        let dim = 8;
+        let mut store = VectorStoreReader::new(VectorDtype::Int8, dim, 2, true);
+        let row = |i: usize| -> Vec<f32> { (0..2).flat_map(|s| unit(dim, 2 * i + s)).collect() };
+        for i in 0..CHUNK_ROWS + 3 {
+            store.push_encoded(&store.encode_row(&row(i)));
+        }
+        let snapshot = store.clone();
+        store.push_encoded(&store.encode_row(&row(9999)));
+        assert_eq!(snapshot.rows(), CHUNK_ROWS + 3);
+        assert_eq!(store.rows(), CHUNK_ROWS + 4);
+        for i in [0, CHUNK_ROWS - 1, CHUNK_ROWS, CHUNK_ROWS + 2] {
+            assert_eq!(snapshot.row_f32(i), store.row_f32(i), "row {i}");
+        }
+        let last = store.row_f32(CHUNK_ROWS + 3);
+        assert!(last
+            .iter()
+            .zip(row(9999))
+            .all(|(a, b)| (a - b).abs() < 1e-2));
     }
 }

@@ -1,4 +1,4 @@
-//! `IndexWriter`: the one writer, its pending changes, commit and compaction.
+//! `IndexWriter`: the one writer, its pending changes and commit.
 //!
 //! Commit protocol (what makes a crash at any point recover to the last
 //! completed commit):
@@ -8,32 +8,27 @@
 //! 3. publish to readers in memory, then update tantivy tagged with the generation.
 //!
 //! A crash before 2 leaves bytes past the committed lengths: `open` cuts them
-//! off. A crash after 2 leaves tantivy behind: `open` rebuilds it. Compaction
-//! writes new files under new names, switches to them in one sled batch, and
-//! only then deletes the old ones; `open` deletes files no commit names.
+//! off. A crash after 2 leaves tantivy behind: `open` rebuilds it. Compaction:
+//! see `compaction.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use half::f16;
-
-use crate::graph::ann_graph::graph_vectors;
-use crate::index::{
-    debug_assert_unit, load_state, Shared, State, COMPACT_DEAD_FRACTION, COMPACT_MIN_DEAD,
-};
-use crate::storage::manifest::sync_dir;
+use crate::search::max_sim::debug_assert_unit;
+use crate::state::{Files, Shared, State};
+use crate::storage::feature_store::FeatureEncoding;
 use crate::storage::metadata_store::{
-    FeatureRef, ImageEntry, ImageId, ImageRecord, MetaOp, PathEntry, TextEntry, TextId,
+    CommitState, FeatureRef, ImageEntry, ImageId, ImageRecord, MetaOp, PathEntry, TextEntry, TextId,
 };
-use crate::storage::vector_store::VectorFileWriter;
+use crate::writer::compaction::{COMPACT_DEAD_FRACTION, COMPACT_MIN_DEAD};
 use crate::{Error, Result};
 
 /// Adds, replaces and removes items; nothing is visible or durable until
 /// [`IndexWriter::commit`]. One per index at a time; dropping it without
 /// committing discards its changes.
 pub struct IndexWriter {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     pending: Pending,
 }
 
@@ -85,14 +80,14 @@ impl IndexWriter {
         }
     }
 
-    fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.shared.state.read().expect("index state lock poisoned")
+    pub(super) fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.shared.state()
     }
 
     fn image_entry(&self, id: ImageId) -> Option<ImageEntry> {
         match self.pending.images.get(&id) {
             Some(e) => e.clone(),
-            None => self.state().images.get(&id).cloned(),
+            None => self.state().images.entries.get(&id).cloned(),
         }
     }
 
@@ -162,18 +157,18 @@ impl IndexWriter {
             return self.add_path(record);
         }
         let id = self.allocate_image_id();
-        let row = {
-            let state = self.state();
-            state.image_vectors.rows() + self.pending.image_rows.len()
+        let (row, encoded) = {
+            let vectors_now = &self.state().images.rows.vectors;
+            (
+                vectors_now.rows() + self.pending.image_rows.len(),
+                vectors_now.encode_row(vectors),
+            )
         };
-        let encoded = self.state().image_vectors.encode_row(vectors);
         self.pending.image_rows.push((id, encoded));
         let features = vision_features.map(|(values, shape)| {
             let offset = self.shared.files.lock().expect("files lock").features.len()
                 + self.pending.features.len() as u64;
-            self.pending
-                .features
-                .extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()));
+            FeatureEncoding::of(&self.shared.manifest).encode(values, &mut self.pending.features);
             FeatureRef {
                 offset,
                 shape: shape.to_vec(),
@@ -266,10 +261,10 @@ impl IndexWriter {
         debug_assert_unit(vector, dim);
         let id = self.allocate_text_id();
         let (row, encoded) = {
-            let state = self.state();
+            let vectors_now = &self.state().texts.rows.vectors;
             (
-                state.text_vectors.rows() + self.pending.text_rows.len(),
-                state.text_vectors.encode_row(vector),
+                vectors_now.rows() + self.pending.text_rows.len(),
+                vectors_now.encode_row(vector),
             )
         };
         self.pending.text_rows.push((id, encoded));
@@ -291,7 +286,7 @@ impl IndexWriter {
     pub fn remove_text(&mut self, id: TextId) -> bool {
         let exists = match self.pending.texts.get(&id) {
             Some(e) => e.is_some(),
-            None => self.state().texts.contains_key(&id),
+            None => self.state().texts.entries.contains_key(&id),
         };
         if exists {
             self.pending.texts.insert(id, None);
@@ -335,7 +330,7 @@ impl IndexWriter {
         let before = (files.images.len(), files.texts.len(), files.features.len());
 
         // 1. Data files.
-        let append = |files: &mut crate::index::Files| -> Result<()> {
+        let append = |files: &mut Files| -> Result<()> {
             for (_, bytes) in &pending.image_rows {
                 files.images.append(bytes)?;
             }
@@ -391,68 +386,15 @@ impl IndexWriter {
         Ok(self.state().commit.generation)
     }
 
-    fn publish(&self, pending: &Pending, commit: crate::storage::metadata_store::CommitState) {
-        let m = &self.shared.manifest;
+    fn publish(&self, pending: &Pending, commit: CommitState) {
         let mut state = self
             .shared
             .state
             .write()
             .expect("index state lock poisoned");
         let state = &mut *state;
-        for (id, entry) in &pending.images {
-            match entry {
-                Some(e) => {
-                    state.images.insert(*id, e.clone());
-                }
-                None => {
-                    if let Some(old) = state.images.remove(id) {
-                        state.image_rows[old.row as usize] = None;
-                    }
-                }
-            }
-        }
-        let mut new_points = Vec::new();
-        for (id, bytes) in &pending.image_rows {
-            let row = state.image_vectors.rows();
-            state.image_vectors.push_encoded(bytes);
-            let live = state.images.get(id).is_some_and(|e| e.row as usize == row);
-            state.image_rows.push(live.then_some(*id));
-            if live && state.image_graph.get().is_some() {
-                let vectors = state.image_vectors.row_f32(row);
-                new_points.push((
-                    row as u64,
-                    graph_vectors(&vectors, m.dim, m.graph_points_per_image),
-                ));
-            }
-        }
-        if let Some(graph) = state.image_graph.get_mut() {
-            graph.insert(&new_points, m.dim);
-        }
-        for (id, entry) in &pending.texts {
-            match entry {
-                Some(e) => {
-                    state.texts.insert(*id, e.clone());
-                }
-                None => {
-                    if let Some(old) = state.texts.remove(id) {
-                        state.text_rows[old.row as usize] = None;
-                    }
-                }
-            }
-        }
-        let mut new_points = Vec::new();
-        for (id, bytes) in &pending.text_rows {
-            let row = state.text_vectors.rows();
-            state.text_vectors.push_encoded(bytes);
-            let live = state.texts.get(id).is_some_and(|e| e.row as usize == row);
-            state.text_rows.push(live.then_some(*id));
-            if live && state.text_graph.get().is_some() {
-                new_points.push((row as u64, state.text_vectors.row_f32(row)));
-            }
-        }
-        if let Some(graph) = state.text_graph.get_mut() {
-            graph.insert(&new_points, m.dim);
-        }
+        state.images.apply(&pending.images, &pending.image_rows);
+        state.texts.apply(&pending.texts, &pending.text_rows);
         for (path, id) in &pending.paths {
             match id {
                 Some(id) => state.paths.insert(path.clone(), *id),
@@ -470,93 +412,9 @@ impl IndexWriter {
 
     fn needs_compaction(&self) -> bool {
         let state = self.state();
-        let dead = state.image_rows.iter().filter(|r| r.is_none()).count()
-            + state.text_rows.iter().filter(|r| r.is_none()).count();
-        let total = state.image_rows.len() + state.text_rows.len();
+        let dead = state.images.dead_rows() + state.texts.dead_rows();
+        let total = state.images.rows.owners.len() + state.texts.rows.owners.len();
         dead >= COMPACT_MIN_DEAD && dead as f64 > COMPACT_DEAD_FRACTION * total as f64
-    }
-
-    /// Commits pending changes, then rewrites the data files with live rows
-    /// only and rebuilds the graphs, dropping every tombstone.
-    pub fn compact(&mut self) -> Result<()> {
-        self.commit()?;
-        let shared = self.shared.clone();
-        let dir = &shared.dir;
-        let mut files = shared.files.lock().expect("files lock poisoned");
-        let old = self.state().commit.clone();
-        let generation = old.generation + 1;
-        let mut new_commit = old.clone().with_files_for(generation);
-        new_commit.generation = generation;
-        let mut ops = Vec::new();
-        {
-            let state = self.state();
-            let open_new = |name: &str| {
-                let path = dir.join(name);
-                // A leftover of an earlier interrupted compaction to this generation.
-                let _ = std::fs::remove_file(&path);
-                VectorFileWriter::open(&path, 0, None)
-            };
-            let mut images_out = open_new(&new_commit.image_vectors_file)?;
-            let mut texts_out = open_new(&new_commit.text_vectors_file)?;
-            let mut features_out = open_new(&new_commit.features_file)?;
-
-            let row_bytes = state.image_vectors.row_bytes();
-            let mut buf = vec![0u8; row_bytes];
-            let mut ids: Vec<&ImageId> = state.images.keys().collect();
-            ids.sort();
-            for (new_row, id) in ids.into_iter().enumerate() {
-                let mut e = state.images[id].clone();
-                files.images.read_at(&mut buf, e.row * row_bytes as u64)?;
-                images_out.append(&buf)?;
-                e.row = new_row as u64;
-                if let Some(f) = e.features.as_mut() {
-                    let mut fbuf = vec![0u8; 2 * f.shape.iter().product::<usize>()];
-                    files.features.read_at(&mut fbuf, f.offset)?;
-                    f.offset = features_out.len();
-                    features_out.append(&fbuf)?;
-                }
-                ops.push(MetaOp::PutImage(*id, e));
-            }
-            let row_bytes = state.text_vectors.row_bytes();
-            let mut buf = vec![0u8; row_bytes];
-            let mut ids: Vec<&TextId> = state.texts.keys().collect();
-            ids.sort();
-            for (new_row, id) in ids.into_iter().enumerate() {
-                let mut e = state.texts[id].clone();
-                files.texts.read_at(&mut buf, e.row * row_bytes as u64)?;
-                texts_out.append(&buf)?;
-                e.row = new_row as u64;
-                ops.push(MetaOp::PutText(*id, e));
-            }
-            for f in [&mut images_out, &mut texts_out, &mut features_out] {
-                f.sync()?;
-            }
-            sync_dir(dir)?;
-            new_commit.image_vectors_len = images_out.len();
-            new_commit.text_vectors_len = texts_out.len();
-            new_commit.features_len = features_out.len();
-        }
-        // The commit point: from here on the new files are the index.
-        shared.meta.commit(&ops, &new_commit)?;
-        for old_file in [
-            &old.image_vectors_file,
-            &old.text_vectors_file,
-            &old.features_file,
-        ] {
-            let _ = std::fs::remove_file(dir.join(old_file));
-        }
-        sync_dir(dir)?;
-        let (state, new_files) = load_state(dir, &shared.manifest, &shared.meta)?;
-        *shared.state.write().expect("index state lock poisoned") = state;
-        *files = new_files;
-        drop(files);
-        // Ids did not change, only the generation the lexical index must carry.
-        shared
-            .lexical
-            .lock()
-            .expect("lexical lock poisoned")
-            .commit(generation)?;
-        Ok(())
     }
 }
 

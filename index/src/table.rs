@@ -1,0 +1,263 @@
+//! `Table`: one kind of item — images or texts — as searches see it: the
+//! metadata entries by id, the vector rows, which entry owns each row, and
+//! the ANN graph over those rows. Images and texts are two tables of the same
+//! type, so loading, publishing a commit, compacting and the filtered search
+//! are each written once.
+//!
+//! Not for: the files (see `storage/`), or building a graph (see
+//! `graph/graph_cache.rs`); a table only holds the graph once it is ready.
+
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
+
+use crate::graph::ann_graph::AnnGraph;
+use crate::graph::graph_cache::{graph_points, GraphSource};
+use crate::search::{sort_hits, SearchParams};
+use crate::storage::vector_store::VectorStoreReader;
+
+/// An entry of a table: it knows its vector row.
+pub(crate) trait TableEntry: Clone + Send + Sync {
+    /// Row of the item's vectors in the table's vector file.
+    fn row(&self) -> u64;
+    /// Points the item at another row (compaction moves rows).
+    fn set_row(&mut self, row: u64);
+}
+
+/// Items of one kind, their vector rows and their graph.
+pub(crate) struct Table<E> {
+    /// Live items by id.
+    pub entries: HashMap<u64, E>,
+    pub rows: Rows,
+}
+
+/// The vector rows of a table and its graph: what does not depend on the
+/// kind of item.
+pub(crate) struct Rows {
+    /// Vector row → its item; `None` is a tombstone (removed or replaced).
+    pub owners: Vec<Option<u64>>,
+    pub vectors: VectorStoreReader,
+    /// The vector file (as the commit names it) the rows are read from.
+    pub vectors_file: String,
+    /// The HNSW graph once loaded or built; searches are exact until then.
+    pub graph: Option<AnnGraph>,
+    /// Graph points per row: each row's vectors are clustered into this many.
+    pub points_per_row: usize,
+    /// File name of the saved graph in the index directory.
+    pub graph_file: &'static str,
+}
+
+/// Whether a search with these parameters walks the graph (rather than
+/// scoring every allowed item), when the graph is ready: not when asked to be
+/// exact, nor when so few items are allowed that scoring them all is cheaper.
+pub(crate) fn wants_graph(k: usize, params: &SearchParams, n_allowed: usize) -> bool {
+    let want = params.candidates.max(k).min(n_allowed);
+    !(params.exact || n_allowed <= params.exact_below.max(want))
+}
+
+/// `(score, id, slot)` triples, best first.
+pub(crate) type Scored = Vec<(f32, u64, usize)>;
+
+impl<E: TableEntry> Table<E> {
+    /// A table of `entries` over the loaded `vectors`. Fails (with the
+    /// reason) when two entries share a row or one points past the last row.
+    pub(crate) fn new(
+        entries: HashMap<u64, E>,
+        vectors: VectorStoreReader,
+        vectors_file: String,
+        points_per_row: usize,
+        graph_file: &'static str,
+    ) -> Result<Self, String> {
+        let mut owners = vec![None; vectors.rows()];
+        for (id, e) in &entries {
+            match owners.get_mut(e.row() as usize) {
+                Some(slot @ None) => *slot = Some(*id),
+                Some(Some(other)) => {
+                    return Err(format!(
+                        "items {other} and {id} of {vectors_file} share vector row {}",
+                        e.row()
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "item {id} points at vector row {} but {vectors_file} holds {} rows",
+                        e.row(),
+                        vectors.rows()
+                    ))
+                }
+            }
+        }
+        Ok(Table {
+            entries,
+            rows: Rows {
+                owners,
+                vectors,
+                vectors_file,
+                graph: None,
+                points_per_row,
+                graph_file,
+            },
+        })
+    }
+
+    /// Rows whose item was removed or replaced.
+    pub(crate) fn dead_rows(&self) -> usize {
+        self.rows.owners.len() - self.entries.len()
+    }
+
+    /// The item's vectors as stored, decoded to f32.
+    pub(crate) fn vectors_of(&self, id: u64) -> Option<Vec<f32>> {
+        let e = self.entries.get(&id)?;
+        Some(self.rows.vectors.row_f32(e.row() as usize))
+    }
+
+    /// Publishes a commit: entries set (`Some`) or removed (`None`), then the
+    /// new rows appended in order, each with the item that owned it when
+    /// added. A row is live when its item still points at it; live rows go
+    /// into the graph, if there is one yet.
+    pub(crate) fn apply(&mut self, entries: &HashMap<u64, Option<E>>, new_rows: &[(u64, Vec<u8>)]) {
+        let rows = &mut self.rows;
+        for (id, entry) in entries {
+            match entry {
+                Some(e) => {
+                    self.entries.insert(*id, e.clone());
+                }
+                None => {
+                    if let Some(old) = self.entries.remove(id) {
+                        rows.owners[old.row() as usize] = None;
+                    }
+                }
+            }
+        }
+        let first_new = rows.owners.len();
+        for (id, bytes) in new_rows {
+            let row = rows.vectors.rows();
+            rows.vectors.push_encoded(bytes);
+            let live = self
+                .entries
+                .get(id)
+                .is_some_and(|e| e.row() as usize == row);
+            rows.owners.push(live.then_some(*id));
+        }
+        if rows.graph.is_some() {
+            let points = rows.graph_points(first_new..rows.owners.len());
+            let dim = rows.vectors.dim();
+            if let Some(graph) = rows.graph.as_mut() {
+                graph.insert(&points, dim);
+            }
+        }
+    }
+
+    /// The filtered search, for images and texts alike: the candidates for
+    /// `probes` (graph-space query vectors), scored exactly by `score(row,
+    /// scratch)` → `(score, slot)`, best `k` first.
+    ///
+    /// Candidates are every allowed item when the search is exact (asked for,
+    /// few items allowed, or no graph yet); otherwise those the graph finds
+    /// (see [`Table::graph_candidates`]).
+    pub(crate) fn search(
+        &self,
+        probes: &[&[f32]],
+        k: usize,
+        params: &SearchParams,
+        allowed: Option<&HashSet<u64>>,
+        score: impl Fn(usize, &mut Vec<f32>) -> (f32, usize) + Sync,
+    ) -> Scored {
+        let n_allowed = allowed.map_or(self.entries.len(), |a| a.len());
+        let want = params.candidates.max(k).min(n_allowed);
+        let candidates: Vec<u64> = match &self.rows.graph {
+            Some(graph) if wants_graph(k, params, n_allowed) => {
+                self.graph_candidates(graph, probes, want, params.ef, allowed)
+            }
+            _ => match allowed {
+                Some(a) => a
+                    .iter()
+                    .copied()
+                    .filter(|id| self.entries.contains_key(id))
+                    .collect(),
+                None => self.entries.keys().copied().collect(),
+            },
+        };
+        let dim = self.rows.vectors.dim();
+        let mut scored: Scored = candidates
+            .par_iter()
+            .map_init(
+                || vec![0f32; dim],
+                |scratch, &id| {
+                    let (s, slot) = score(self.entries[&id].row() as usize, scratch);
+                    (s, id, slot)
+                },
+            )
+            .collect();
+        sort_hits(&mut scored);
+        scored.truncate(k);
+        scored
+    }
+
+    /// The items whose graph points are nearest to `probes`, at least `want`
+    /// of them when the graph holds that many allowed ones.
+    ///
+    /// Each probe asks the graph for `want × points per row` points, grouped
+    /// by item; dead and filtered-out items are dropped, and while fewer than
+    /// `want` items remain the search goes four times deeper, up to the whole
+    /// graph, so that a filter never costs recall. The best `2 × want ×
+    /// probes` items by graph similarity are kept: re-scoring is cheap next to
+    /// the graph walk, and the similarity of a centroid is only a proxy.
+    fn graph_candidates(
+        &self,
+        graph: &AnnGraph,
+        probes: &[&[f32]],
+        want: usize,
+        ef: usize,
+        allowed: Option<&HashSet<u64>>,
+    ) -> Vec<u64> {
+        let total_points = graph.points().len();
+        let per_row = total_points / self.rows.owners.len().max(1);
+        let mut depth = want * per_row.max(1);
+        loop {
+            let mut best: HashMap<u64, f32> = HashMap::new();
+            for probe in probes {
+                for (target, sim) in graph.search(probe, depth, ef.max(depth)) {
+                    let Some(Some(id)) = self.rows.owners.get(target.row as usize) else {
+                        continue;
+                    };
+                    if allowed.is_some_and(|a| !a.contains(id)) {
+                        continue;
+                    }
+                    let e = best.entry(*id).or_insert(f32::NEG_INFINITY);
+                    *e = e.max(sim);
+                }
+            }
+            if best.len() >= want || depth >= total_points {
+                let mut ranked: Vec<(u64, f32)> = best.into_iter().collect();
+                ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                ranked.truncate(want * 2 * probes.len().max(1));
+                return ranked.into_iter().map(|(id, _)| id).collect();
+            }
+            depth = (depth * 4).min(total_points);
+        }
+    }
+}
+
+impl Rows {
+    /// The graph vectors of the live rows in `range`.
+    pub(crate) fn graph_points(&self, range: std::ops::Range<usize>) -> Vec<(u64, Vec<f32>)> {
+        graph_points(
+            &self.vectors,
+            range,
+            |row| self.owners[row].is_some(),
+            self.points_per_row,
+        )
+    }
+
+    /// What a graph build needs, copied so that it runs without the index's lock.
+    pub(crate) fn graph_source(&self, dir: &std::path::Path) -> GraphSource {
+        GraphSource {
+            path: dir.join(self.graph_file),
+            vectors_file: self.vectors_file.clone(),
+            vectors: self.vectors.clone(),
+            live: self.owners.iter().map(Option::is_some).collect(),
+            points_per_row: self.points_per_row,
+        }
+    }
+}
