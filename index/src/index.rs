@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLockReadGuard};
 
+use crate::export::{ImageExport, TextExport};
 use crate::graph::ann_graph::graph_vectors;
 use crate::search::max_sim::{self, debug_assert_unit};
 use crate::search::{Filter, ImageHit, SearchParams, TextHit};
@@ -235,6 +236,18 @@ impl Index {
     /// Every live path, sorted.
     pub fn paths(&self) -> Vec<String> {
         self.state().paths.keys().cloned().collect()
+    }
+
+    /// Every committed image with its paths and vectors, in id order, as of
+    /// the last commit when called (see [`ImageExport`]).
+    pub fn export_images(&self) -> ImageExport {
+        ImageExport::new(&self.state())
+    }
+
+    /// Every committed text with its vector, in id order, as of the last
+    /// commit when called (see [`TextExport`]).
+    pub fn export_texts(&self) -> TextExport {
+        TextExport::new(&self.state())
     }
 
     /// The image's stored vision features, decoded to f32, and their shape.

@@ -8,6 +8,7 @@
 //! `ARCHITECTURE.md`.
 #![warn(missing_docs)]
 
+mod export;
 mod graph;
 mod index;
 mod search;
@@ -17,6 +18,7 @@ mod table;
 mod verify;
 mod writer;
 
+pub use export::{ExportedImage, ExportedText, ImageExport, TextExport};
 pub use graph::point_map::{PointMap, PointTarget};
 pub use index::{ImageInfo, Index, IndexStats, TextInfo};
 pub use search::max_sim;

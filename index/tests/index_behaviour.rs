@@ -303,6 +303,58 @@ fn a_selective_text_filter_loses_no_recall_through_the_graph() {
 }
 
 #[test]
+fn export_yields_every_committed_item_once_as_of_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = index_with_images(dir.path(), 30);
+    let mut w = index.writer().unwrap();
+    // A copy (second path, same bytes), a removed image, a text.
+    w.add_path(record("copies/3.jpg", "h3")).unwrap();
+    w.remove_path("img/7.jpg").unwrap();
+    let text = w
+        .add_text("a heron", Some("t1".into()), &unit_vectors(77, 1))
+        .unwrap();
+    w.commit().unwrap();
+
+    let images = index.export_images();
+    let texts = index.export_texts();
+    assert_eq!(images.len(), 29);
+    // Made after the export: not in it.
+    w.add_image(record("img/new.jpg", "hnew"), &unit_vectors(500, Q), None)
+        .unwrap();
+    w.remove_path("img/8.jpg").unwrap();
+    w.commit().unwrap();
+
+    let exported: Vec<_> = images.collect();
+    assert_eq!(exported.len(), 29);
+    assert!(exported.windows(2).all(|w| w[0].image_id < w[1].image_id));
+    for e in &exported {
+        let i: u64 = e.content_hash[1..].parse().unwrap();
+        assert_ne!(i, 7);
+        assert_eq!(e.vectors, unit_vectors(i, Q), "image {i}");
+        let mut paths: Vec<&str> = e.paths.iter().map(|p| p.path.as_str()).collect();
+        paths.sort();
+        let own = format!("img/{i}.jpg");
+        let expected: Vec<&str> = if i == 3 {
+            vec!["copies/3.jpg", &own]
+        } else {
+            vec![&own]
+        };
+        assert_eq!(paths, expected);
+    }
+    let texts: Vec<_> = texts.collect();
+    assert_eq!(texts.len(), 1);
+    assert_eq!(
+        (texts[0].text_id, texts[0].text.as_str()),
+        (text, "a heron")
+    );
+    assert_eq!(texts[0].external_id.as_deref(), Some("t1"));
+    assert_eq!(texts[0].vector, unit_vectors(77, 1));
+    // A new export sees the later commit.
+    assert_eq!(index.export_images().len(), 29);
+    assert!(index.export_images().any(|e| e.content_hash == "hnew"));
+}
+
+#[test]
 fn filters_by_path_prefix_and_by_tantivy_query_lose_no_recall() {
     let dir = tempfile::tempdir().unwrap();
     let index = create(dir.path());
