@@ -250,7 +250,8 @@ impl Index {
         TextExport::new(&self.state())
     }
 
-    /// The image's stored vision features, decoded to f32, and their shape.
+    /// The image's stored vision features (as f32, whatever
+    /// [`Manifest::vision_feature_dtype`] stores them in) and their shape.
     pub fn vision_features(&self, image_id: ImageId) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
         let state = self.state();
         let Some(fref) = state

@@ -23,7 +23,7 @@ pub use graph::point_map::{PointMap, PointTarget};
 pub use index::{ImageInfo, Index, IndexStats, TextInfo};
 pub use search::max_sim;
 pub use search::{Filter, ImageHit, SearchParams, TextHit};
-pub use storage::manifest::{Manifest, ModelId, VectorDtype, FORMAT_VERSION};
+pub use storage::manifest::{FeatureDtype, Manifest, ModelId, VectorDtype, FORMAT_VERSION};
 pub use storage::metadata_store::{ImageId, ImageRecord, PathEntry, TextId};
 pub use verify::VerifyReport;
 pub use writer::IndexWriter;

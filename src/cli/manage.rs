@@ -48,6 +48,8 @@ struct Info {
     texts: usize,
     dead_rows: usize,
     store_vision_features: bool,
+    /// f32 or f16: what ITM reranking reads back.
+    vision_feature_dtype: String,
     vision_features_bytes: u64,
     vector_bytes: u64,
     metadata_bytes: u64,
@@ -97,6 +99,7 @@ pub(super) fn info(args: InfoArgs) -> Result<Outcome> {
         texts: s.texts,
         dead_rows: s.dead_image_rows + s.dead_text_rows,
         store_vision_features: s.store_vision_features,
+        vision_feature_dtype: format!("{:?}", m.vision_feature_dtype).to_lowercase(),
         vision_features_bytes: s.vision_features_bytes,
         vector_bytes: s.vector_bytes,
         metadata_bytes: s.metadata_bytes,
@@ -120,7 +123,11 @@ pub(super) fn info(args: InfoArgs) -> Result<Outcome> {
     println!(
         "vision features:  {}",
         if info.store_vision_features {
-            format!("stored ({})", human_bytes(info.vision_features_bytes))
+            format!(
+                "stored, {} ({})",
+                info.vision_feature_dtype,
+                human_bytes(info.vision_features_bytes)
+            )
         } else {
             "not stored (reranking decodes the photos again)".into()
         }

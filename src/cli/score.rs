@@ -62,8 +62,7 @@ pub(super) fn run(args: ScoreArgs) -> Result<Outcome> {
         };
         let (vision, embeds) = embedder.embed_pixels(&embedder.pixel_batch(&[pixels])?)?;
         let itc: Vec<f32> = itc_scores(&embeds, &text_embeds)?.squeeze(0)?.to_vec1()?;
-        let pairs = vision.repeat((ids.len(), 1, 1))?;
-        let logits = embedder.itm_logits(&pairs, &ids)?;
+        let logits = embedder.itm_logits(&vision, &ids)?;
         let probs: Vec<f32> = candle_nn::ops::softmax(&logits, D::Minus1)?
             .narrow(1, 1, 1)?
             .flatten_all()?

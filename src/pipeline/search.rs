@@ -354,8 +354,11 @@ pub fn image_to_texts(c: &Collection, image: &Path, opts: &SearchOptions) -> Res
             .map(|c| c.text.clone().unwrap_or_default())
             .collect();
         let ids = c.embedder.tokenize(&texts)?;
-        let vision = query.vision.repeat((end - start, 1, 1))?;
-        let logits = c.embedder.itm_logits(&vision, &ids)?.to_vec2::<f32>()?;
+        // One image with every text: its cross-attention keys and values computed once.
+        let logits = c
+            .embedder
+            .itm_logits(&query.vision, &ids)?
+            .to_vec2::<f32>()?;
         for (cand, l) in candidates[start..end].iter_mut().zip(logits) {
             cand.itm = Some((l[0], l[1]));
         }

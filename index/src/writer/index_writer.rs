@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use crate::search::max_sim::debug_assert_unit;
 use crate::state::{Files, Shared, State};
-use crate::storage::feature_store::FeatureEncoding;
 use crate::storage::metadata_store::{
     CommitState, FeatureRef, ImageEntry, ImageId, ImageRecord, MetaOp, PathEntry, TextEntry, TextId,
 };
@@ -168,7 +167,8 @@ impl IndexWriter {
         let features = vision_features.map(|(values, shape)| {
             let offset = self.shared.files.lock().expect("files lock").features.len()
                 + self.pending.features.len() as u64;
-            FeatureEncoding::of(&self.shared.manifest).encode(values, &mut self.pending.features);
+            let dtype = self.shared.manifest.vision_feature_dtype;
+            dtype.encode(values, &mut self.pending.features);
             FeatureRef {
                 offset,
                 shape: shape.to_vec(),
