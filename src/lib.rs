@@ -8,6 +8,8 @@ pub mod error;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod rerank;
+pub mod service;
 
 pub use embedder::{Embedder, ModelOptions};
 pub use error::{Error, Result};

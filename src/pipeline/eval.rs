@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use qseek_index::{ImageId, SearchParams};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -28,6 +28,7 @@ use super::indexer::{index_files, IndexOptions};
 use super::texts::{add_texts, TextEntry};
 use super::{progress_bar, Collection};
 use crate::preprocess::text::pre_caption;
+use crate::rerank::{itm_scores, ItmPair, ItmScore};
 use crate::{Error, Result};
 
 /// A retrieval test set: images, their captions, and which caption belongs to which image.
@@ -472,24 +473,27 @@ pub fn evaluate(
     let n_pairs: usize = pairs.values().map(Vec::len).sum();
     let ids = c.embedder.tokenize(&data.texts)?;
     let progress = progress_bar(n_pairs as u64, "ITM pairs", opts.progress);
-    let mut itm: HashMap<(usize, usize), f32> = HashMap::with_capacity(n_pairs);
+    let mut itm: HashMap<(usize, usize), ItmScore> = HashMap::with_capacity(n_pairs);
     let device = c.embedder.model().device().clone();
     for (&i, texts) in &pairs {
         let (values, shape) = c
             .index
             .vision_features(image_ids[i])?
             .ok_or_else(|| Error::Usage("the cache index holds no vision features".into()))?;
-        let vision = Tensor::from_vec(values, shape, &device)?.unsqueeze(0)?;
+        let vision = Tensor::from_vec(values, shape, &device)?;
         for chunk in texts.chunks(opts.batch.max(1)) {
-            let batch_ids: Vec<Vec<u32>> = chunk.iter().map(|&t| ids[t].clone()).collect();
-            let v = vision.repeat((chunk.len(), 1, 1))?;
-            let logits = c
-                .embedder
-                .itm_logits(&v, &batch_ids)?
-                .narrow(D::Minus1, 1, 1)?
-                .flatten_all()?;
-            for (&t, l) in chunk.iter().zip(logits.to_vec1::<f32>()?) {
-                itm.insert((i, t), l);
+            let pairs: Vec<ItmPair> = chunk
+                .iter()
+                .map(|&t| ItmPair {
+                    vision: vision.clone(),
+                    ids: ids[t].clone(),
+                })
+                .collect();
+            for (&t, score) in chunk
+                .iter()
+                .zip(itm_scores(&c.embedder, &pairs, pairs.len())?)
+            {
+                itm.insert((i, t), score);
             }
             progress.inc(chunk.len() as u64);
         }
@@ -503,13 +507,13 @@ pub fn evaluate(
     let mut score_i2t = vec![vec![-100f32; n_txt]; n_img];
     for (i, texts) in top_i2t.iter().enumerate() {
         for &t in texts {
-            score_i2t[i][t] = itm[&(i, t)] + sim_i2t[i][t];
+            score_i2t[i][t] = itm[&(i, t)].rerank_score(sim_i2t[i][t]);
         }
     }
     let mut score_t2i = vec![vec![-100f32; n_img]; n_txt];
     for (t, images) in top_t2i.iter().enumerate() {
         for &i in images {
-            score_t2i[t][i] = itm[&(i, t)] + sim_t2i[t][i];
+            score_t2i[t][i] = itm[&(i, t)].rerank_score(sim_t2i[t][i]);
         }
     }
     seconds.insert("itm_rerank".to_string(), t0.elapsed().as_secs_f64());
