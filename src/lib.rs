@@ -9,6 +9,7 @@ pub mod model;
 pub mod pipeline;
 pub mod preprocess;
 pub mod rerank;
+pub mod server;
 pub mod service;
 
 pub use embedder::{Embedder, ModelOptions};

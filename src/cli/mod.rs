@@ -9,6 +9,7 @@ mod index;
 mod manage;
 mod score;
 mod search;
+mod serve;
 mod texts;
 
 use clap::{Args, Parser, Subcommand};
@@ -52,6 +53,8 @@ enum Command {
     Verify(manage::PlainArgs),
     /// Image-text retrieval R@1/5/10 on Flickr30K/COCO-style annotations (BLIP-2 protocol).
     Eval(eval::EvalArgs),
+    /// Serve the collection: a JSON API and a web page (loads the model once).
+    Serve(serve::ServeArgs),
 }
 
 /// What happened, for the exit status.
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Compact(args) => manage::compact(args),
         Command::Verify(args) => manage::verify(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
