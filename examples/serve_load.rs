@@ -28,7 +28,7 @@ use qseek::pipeline::{model_identity, Collection};
 use qseek::preprocess::image::LoadOptions;
 use qseek::server::{serve, ServeOptions};
 use qseek::{Embedder, ModelOptions};
-use qseek_index::{ImageRecord, Index, Manifest};
+use qseek_index::{FeatureDtype, ImageRecord, Index, Manifest};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -135,6 +135,7 @@ fn main() -> qseek::Result<()> {
     {
         let mut manifest = Manifest::new(&model_identity(&embedder.checkpoint)?, q, d);
         manifest.store_vision_features = true;
+        manifest.vision_feature_dtype = FeatureDtype::F16;
         let index = Index::create(&dir, manifest)?;
         let mut writer = index.writer()?;
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);

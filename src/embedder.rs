@@ -198,7 +198,9 @@ impl Embedder {
     }
 
     /// ITM logits (pairs, 2) for vision features (pairs, tokens, hidden) and one id
-    /// list per pair.
+    /// list per pair; or for one image's features (1, tokens, hidden) with every id list
+    /// (its cross-attention keys and values computed once: give one image many texts
+    /// this way, not repeated).
     pub fn itm_logits(&self, vision: &Tensor, ids: &[Vec<u32>]) -> Result<Tensor> {
         let (input_ids, mask) = self.tokenizer.batch(ids, self.model.device())?;
         Ok(self.model.itm_logits(vision, &input_ids, &mask)?)

@@ -42,11 +42,18 @@ pub struct ItmPair {
     pub ids: Vec<u32>,
 }
 
-/// ITM logits of every pair, `batch` pairs per model call, in order.
+/// ITM logits of every pair, `batch` pairs per model call, in order. A chunk whose
+/// pairs all hold the same vision tensor (one image with many texts) passes it once, so
+/// the model computes its cross-attention keys and values once.
 pub fn itm_scores(embedder: &Embedder, pairs: &[ItmPair], batch: usize) -> Result<Vec<ItmScore>> {
     let mut out = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch.max(1)) {
-        let vision = Tensor::stack(&chunk.iter().map(|p| &p.vision).collect::<Vec<_>>(), 0)?;
+        let first = chunk[0].vision.id();
+        let vision = if chunk.iter().all(|p| p.vision.id() == first) {
+            chunk[0].vision.unsqueeze(0)?
+        } else {
+            Tensor::stack(&chunk.iter().map(|p| &p.vision).collect::<Vec<_>>(), 0)?
+        };
         let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
         let logits = embedder.itm_logits(&vision, &ids)?.to_vec2::<f32>()?;
         out.extend(logits.into_iter().map(|l| ItmScore {

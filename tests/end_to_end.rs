@@ -751,3 +751,55 @@ fn rerank_recomputes_vision_features_from_the_files_and_says_when_one_is_gone() 
         stderr(&out)
     );
 }
+
+#[test]
+fn reranking_over_stored_features_matches_the_reference_itm() {
+    // (model, --feature-dtype given, largest |ITM logit - reference| allowed, smallest
+    // required): f32 is the default with --dtype f32 and feeds the ITM head exactly what
+    // the model computed; f16 storage is a choice that costs a measurable gap.
+    let cases = [
+        ("tiny", None, 1e-6, 0.0),
+        ("tiny", Some("f16"), 1e-3, 1e-6),
+        ("odd", None, 1e-6, 0.0),
+        ("odd", Some("f16"), 1e-3, 1e-6),
+    ];
+    for (model, dtype, max_gap, min_gap) in cases {
+        // The ITM logits transformers computed (in f32) for every photo x caption.
+        let reference = common::Reference::load(model);
+        let itm = reference.get("itm_logits").to_vec3::<f32>().unwrap();
+        let n = reference.photos.len().to_string();
+        let c = Collection::new();
+        let (photos, model_dir) = (
+            c.photos.display().to_string(),
+            model_dir(model).display().to_string(),
+        );
+        let mut args = vec!["index", &photos, "-m", &model_dir, "-q"];
+        args.push("--store-vision-features");
+        if let Some(d) = dtype {
+            args.extend(["--feature-dtype", d]);
+        }
+        let out = c.run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mut worst = 0f32;
+        for (t, caption) in reference.captions.iter().enumerate() {
+            let doc = json(&c.run(&["search", caption, "--rerank", &n, "-k", &n, "--json"]));
+            for r in doc["results"].as_array().unwrap() {
+                let path = PathBuf::from(r["path"].as_str().unwrap());
+                let i = reference
+                    .photos
+                    .iter()
+                    .position(|p| p.file_name() == path.file_name())
+                    .unwrap();
+                let got = r["itm_logit"].as_f64().unwrap() as f32;
+                worst = worst.max((got - itm[i][t][1]).abs());
+            }
+        }
+        eprintln!("{model}, features {dtype:?}: max |ITM logit - reference| = {worst:.3e}");
+        assert!(
+            worst <= max_gap && worst >= min_gap,
+            "{model} {dtype:?}: {worst:e} not in [{min_gap:e}, {max_gap:e}]"
+        );
+        let info = json(&c.run(&["info", "--json"]));
+        assert_eq!(info["vision_feature_dtype"], dtype.unwrap_or("f32"));
+    }
+}

@@ -1,47 +1,63 @@
 //! `qseek eval` against an independent reference: `tests/fixtures/make_eval_fixtures.py`
 //! ran the transformers model and LAVIS's `compute_sim_matrix` / `_report_metrics`
-//! formulas (numpy) on 7 photos × 3 captions; its ranks and R@K are committed.
+//! formulas (numpy) on 8 photos × 3 captions (one photo stored sideways with an EXIF
+//! orientation, one caption a duplicate of another photo's); its ranks and R@K are
+//! committed.
 
 mod common;
 
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
 use common::{fixtures, model_dir, qseek, stderr};
+use qseek::embedder::ModelOptions;
+use qseek::model::ModelSource;
+use qseek::pipeline::eval::cache_index_dir;
 use serde_json::Value;
+
+/// Images and captions of the eval set.
+const IMAGES: u64 = 8;
+const TEXTS: u64 = 24;
 
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixtures().join("eval/reference.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
-fn eval(cache: &std::path::Path, k_test: usize) -> Value {
+fn eval(cache: &Path, k_test: usize) -> Value {
     eval_with(cache, k_test, &[])
 }
 
-fn eval_with(cache: &std::path::Path, k_test: usize, extra: &[&str]) -> Value {
-    let (ann, photos, tiny) = (
+fn eval_with(cache: &Path, k_test: usize, extra: &[&str]) -> Value {
+    let k = k_test.to_string();
+    let mut args = vec!["--k-test", &k, "--json"];
+    args.extend(extra);
+    let out = eval_args(cache, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `qseek eval` on the fixture set with the tiny model, the cache folder and `extra`.
+fn eval_args(cache: &Path, extra: &[&str]) -> std::process::Output {
+    let (ann, images, tiny) = (
         fixtures().join("eval/annotations.json"),
-        fixtures().join("photos"),
+        fixtures(),
         model_dir("tiny"),
     );
-    let k = k_test.to_string();
     let mut args = vec![
         "eval",
         "--annotations",
         ann.to_str().unwrap(),
         "--images",
-        photos.to_str().unwrap(),
+        images.to_str().unwrap(),
         "-m",
         tiny.to_str().unwrap(),
-        "--k-test",
-        &k,
         "--cache",
         cache.to_str().unwrap(),
-        "--json",
         "-q",
     ];
     args.extend(extra);
-    let out = qseek(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    qseek(&args)
 }
 
 fn assert_metrics_equal(got: &Value, expected: &Value, what: &str) {
@@ -61,23 +77,44 @@ fn assert_metrics_equal(got: &Value, expected: &Value, what: &str) {
     }
 }
 
+fn matrix(v: &Value) -> Vec<Vec<f32>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+fn max_sim(vectors: &[f32], text: &[f32]) -> f32 {
+    vectors
+        .chunks(text.len())
+        .map(|q| q.iter().zip(text).map(|(a, b)| a * b).sum::<f32>())
+        .fold(f32::MIN, f32::max)
+}
+
 #[test]
 fn recall_at_k_equals_the_reference_for_k_test_below_and_covering_the_dataset() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let r = reference();
     // (k_test, images embedded by this run: the cache makes the second run model-free)
-    for (i, (k_test, embedded)) in [(3, 7), (25, 0)].into_iter().enumerate() {
+    for (i, (k_test, embedded)) in [(3, IMAGES), (25, 0)].into_iter().enumerate() {
         let report = eval(&cache, k_test);
         assert_eq!(report["images_embedded"], embedded, "run {i}");
         assert_eq!(
             report["texts_embedded"],
-            if i == 0 { 21 } else { 0 },
+            if i == 0 { TEXTS } else { 0 },
             "run {i}"
         );
         assert_eq!(
             (report["images"].as_u64(), report["texts"].as_u64()),
-            (Some(7), Some(21))
+            (Some(IMAGES), Some(TEXTS))
         );
         let expected = r["rerank"]
             .as_array()
@@ -102,7 +139,7 @@ fn recall_at_k_equals_the_reference_for_k_test_below_and_covering_the_dataset() 
         assert_eq!(ranks["itc_exact"]["i2t"], r["itc"]["i2t_ranks"]);
         assert_eq!(ranks["itc_exact"]["t2i"], r["itc"]["t2i_ranks"]);
         assert_metrics_equal(&report["itc_exact"], &r["itc"]["metrics"], "ITC exact");
-        // The index scores its top k_test exactly (on 7 images it finds the true top):
+        // The index scores its top k_test exactly (on 8 images it finds the true top):
         // the same ranks up to k_test, and everything else below them.
         let clip = |v: &Value| -> Vec<u64> {
             v.as_array()
@@ -123,6 +160,118 @@ fn recall_at_k_equals_the_reference_for_k_test_below_and_covering_the_dataset() 
             (recall["i2t"].as_f64(), recall["t2i"].as_f64()),
             (Some(1.0), Some(1.0))
         );
+    }
+
+    // What the cache feeds the protocol is what the reference computed: every ITC
+    // score (the EXIF-rotated photo included: eval does not rotate it) and every ITM
+    // logit over the stored f32 vision features.
+    let dir = cache_index_dir(&cache, DType::F32).unwrap();
+    let tiny = model_dir("tiny").display().to_string();
+    let c = qseek::pipeline::Collection::open(
+        &dir,
+        None,
+        &ModelOptions::new(ModelSource::parse(&tiny)),
+    )
+    .unwrap();
+    let (sim, itm) = (matrix(&r["sim_i2t"]), matrix(&r["itm_match"]));
+    let ann: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("eval/annotations.json")).unwrap())
+            .unwrap();
+    let captions: Vec<String> = ann
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a["caption"].as_array().unwrap().clone())
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let texts = c.index.texts();
+    let text_vector = |t: usize| {
+        let id = texts
+            .iter()
+            .find(|x| x.external_id.as_deref() == Some(&t.to_string()))
+            .unwrap()
+            .text_id;
+        c.index.text_vector(id).unwrap()
+    };
+    let ids = c.embedder.tokenize(&captions).unwrap();
+    let (mut worst_itc, mut worst_itm) = (0f32, 0f32);
+    for (i, a) in ann.as_array().unwrap().iter().enumerate() {
+        let path = fixtures().join(a["image"].as_str().unwrap());
+        let image = c.index.image_by_path(&path.to_string_lossy()).unwrap();
+        let vectors = c.index.image_vectors(image.image_id).unwrap();
+        for (t, expected) in sim[i].iter().enumerate() {
+            worst_itc = worst_itc.max((max_sim(&vectors, &text_vector(t)) - expected).abs());
+        }
+        let (values, shape) = c.index.vision_features(image.image_id).unwrap().unwrap();
+        let vision = Tensor::from_vec(values, shape, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()
+            .repeat((ids.len(), 1, 1))
+            .unwrap();
+        let logits = c.embedder.itm_logits(&vision, &ids).unwrap();
+        for (t, l) in logits.to_vec2::<f32>().unwrap().iter().enumerate() {
+            worst_itm = worst_itm.max((l[1] - itm[i][t]).abs());
+        }
+    }
+    assert!(worst_itc < 1e-5, "ITC off the reference by {worst_itc:e}");
+    assert!(worst_itm < 1e-6, "ITM off the reference by {worst_itm:e}");
+
+    // The same photo upright (as `qseek embed` shows it) scores differently: the check
+    // above would catch a rotation.
+    let exif = fixtures().join("images/exif6.jpg");
+    let out = qseek(&["embed", "image", exif.to_str().unwrap(), "-m", &tiny, "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let upright: Vec<f32> = matrix(&line["embeds"]).concat();
+    let moved = (0..captions.len())
+        .map(|t| (max_sim(&upright, &text_vector(t)) - sim[IMAGES as usize - 1][t]).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-3, "rotating moves ITC by only {moved:e}");
+}
+
+#[test]
+fn a_cache_keeps_one_index_per_precision_and_refuses_other_indexes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let expected = &reference()["rerank"][0];
+    assert_eq!(expected["k_test"], 3);
+    // (dtype, images embedded by this run)
+    for (dtype, embedded) in [("bf16", IMAGES), ("f32", IMAGES), ("bf16", 0), ("f32", 0)] {
+        let report = eval_with(&cache, 3, &["--dtype", dtype]);
+        assert_eq!(report["images_embedded"], embedded, "{dtype}");
+        if dtype == "f32" {
+            // As a fresh f32 run: nothing computed in bf16 leaks in.
+            assert_eq!(report["ranks"]["itm_rerank"]["i2t"], expected["i2t_ranks"]);
+            assert_eq!(report["ranks"]["itm_rerank"]["t2i"], expected["t2i_ranks"]);
+            assert_metrics_equal(&report["itm_rerank"], &expected["metrics"], "f32");
+        }
+    }
+    // An index that `qseek index --vectors int8` made is no eval cache, given as the
+    // cache folder or where the f32 cache index would be: its "ITC exact" would be
+    // quantised.
+    let root = tmp.path().join("other");
+    let index = cache_index_dir(&root, DType::F32).unwrap();
+    let (photos, tiny) = (fixtures().join("photos"), model_dir("tiny"));
+    let out = qseek(&[
+        "index",
+        photos.to_str().unwrap(),
+        "--vectors",
+        "int8",
+        "--index",
+        index.to_str().unwrap(),
+        "-m",
+        tiny.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // (cache folder given, what the one-line refusal says)
+    for (cache, says) in [(&index, "not an eval cache"), (&root, "Int8 vectors")] {
+        let out = eval_args(cache, &["--k-test", "3"]);
+        let message = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{message}");
+        assert_eq!(message.trim().lines().count(), 1, "{message}");
+        assert!(message.contains(says), "{message}");
     }
 }
 
@@ -174,12 +323,12 @@ fn bad_annotations_are_refused_before_any_model_work() {
 }
 
 #[test]
-fn limits_select_a_subset_and_images_without_captions_have_no_text_rank() {
+fn limits_select_a_subset_and_images_without_captions_count_as_misses() {
     let tmp = tempfile::tempdir().unwrap();
     // (flag, value, images, texts, images with a text rank)
     let cases = [
         ("--limit-images", "3", 3, 9, 3),
-        ("--limit-texts", "5", 7, 5, 2),
+        ("--limit-texts", "5", IMAGES, 5, 2),
     ];
     for (flag, value, images, texts, ranked) in cases {
         let report = eval_with(&tmp.path().join(flag), 4, &[flag, value]);
@@ -195,5 +344,20 @@ fn limits_select_a_subset_and_images_without_captions_have_no_text_rank() {
             ranked,
             "{flag}"
         );
+        if flag == "--limit-texts" {
+            // LAVIS counts an image left without captions as a miss (rank 1e20): the
+            // recall denominators are all 8 images.
+            let expected = &reference()["limit_texts"];
+            assert_eq!(expected["limit_texts"], 5);
+            assert_eq!(expected["k_test"], 4);
+            assert_eq!(report["ranks"]["itm_rerank"]["i2t"], expected["i2t_ranks"]);
+            assert_eq!(report["ranks"]["itm_rerank"]["t2i"], expected["t2i_ranks"]);
+            assert_metrics_equal(&report["itm_rerank"], &expected["metrics"], flag);
+            assert_eq!(
+                report["ranks"]["itc_exact"]["i2t"],
+                expected["itc"]["i2t_ranks"]
+            );
+            assert_metrics_equal(&report["itc_exact"], &expected["itc"]["metrics"], flag);
+        }
     }
 }

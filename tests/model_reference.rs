@@ -98,15 +98,31 @@ fn f32_embeddings_and_itm_match_with_identical_pixels() {
         let itc_diff = max_abs_diff(&itc, reference.get("itc"));
         assert!(itc_diff < 1e-4, "{model}: ITC differs by {itc_diff}");
 
+        // Each image with every text: as pairs (the image repeated), and as one image
+        // whose cross-attention keys and values serve all texts.
         let (n, t) = (reference.photos.len(), reference.input_ids.len());
-        let mut rows = Vec::new();
+        let (mut pairs, mut shared) = (Vec::new(), Vec::new());
         for i in 0..n {
-            let pairs = vision.narrow(0, i, 1).unwrap().repeat((t, 1, 1)).unwrap();
-            rows.push(embedder.itm_logits(&pairs, &reference.input_ids).unwrap());
+            let image = vision.narrow(0, i, 1).unwrap();
+            let repeated = image.repeat((t, 1, 1)).unwrap();
+            pairs.push(
+                embedder
+                    .itm_logits(&repeated, &reference.input_ids)
+                    .unwrap(),
+            );
+            shared.push(embedder.itm_logits(&image, &reference.input_ids).unwrap());
         }
-        let itm = Tensor::stack(&rows, 0).unwrap();
-        let itm_diff = max_abs_diff(&itm, reference.get("itm_logits"));
+        let (pairs, shared) = (
+            Tensor::stack(&pairs, 0).unwrap(),
+            Tensor::stack(&shared, 0).unwrap(),
+        );
+        let itm_diff = max_abs_diff(&pairs, reference.get("itm_logits"));
         assert!(itm_diff < 1e-3, "{model}: ITM logits differ by {itm_diff}");
+        let shared_diff = max_abs_diff(&shared, &pairs);
+        assert!(
+            shared_diff < 1e-6,
+            "{model}: ITM with shared image keys/values differs by {shared_diff}"
+        );
     }
 }
 

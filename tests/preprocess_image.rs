@@ -316,6 +316,7 @@ fn megapixel_limit_applies_to_normal_images_too() {
     let path = fixture("chelsea_420.jpg");
     let tight = LoadOptions {
         max_megapixels: 0.006,
+        ..LoadOptions::default()
     };
     let err = load_rgb(&path, &tight).unwrap_err();
     let Error::ImageTooLarge {
@@ -331,7 +332,8 @@ fn megapixel_limit_applies_to_normal_images_too() {
     assert!(load_rgb(
         &path,
         &LoadOptions {
-            max_megapixels: 0.0064
+            max_megapixels: 0.0064,
+            ..LoadOptions::default()
         }
     )
     .is_ok());
@@ -460,4 +462,32 @@ fn peak_allocation_during(f: impl FnOnce()) -> usize {
     PEAK.with(|peak| peak.set(before));
     f();
     PEAK.with(Cell::get) - before
+}
+
+#[test]
+fn exif_orientation_can_be_left_unapplied_as_the_reference_does() {
+    // (file, what its EXIF orientation asks for, applied to the stored pixels)
+    type Turn = fn(&image::RgbImage) -> image::RgbImage;
+    let cases: [(&str, Turn); 4] = [
+        ("exif6.jpg", |i| image::imageops::rotate90(i)),
+        ("exif3.jpg", |i| image::imageops::rotate180(i)),
+        ("exif8.jpg", |i| image::imageops::rotate270(i)),
+        ("exif6.png", |i| image::imageops::rotate90(i)),
+    ];
+    let stored = LoadOptions {
+        exif_orientation: false,
+        ..LoadOptions::default()
+    };
+    for (name, turn) in cases {
+        let upright = load_rgb(&fixture(name), &LoadOptions::default()).unwrap();
+        let as_stored = load_rgb(&fixture(name), &stored).unwrap();
+        assert_eq!(upright, turn(&as_stored), "{name}");
+        if name.starts_with("exif6") || name.starts_with("exif8") {
+            assert_eq!(
+                as_stored.dimensions(),
+                (upright.height(), upright.width()),
+                "{name}"
+            );
+        }
+    }
 }

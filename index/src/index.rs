@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 
-use half::f16;
 use rayon::prelude::*;
 
 use crate::ann_graph::{graph_vectors, AnnGraph};
@@ -310,24 +309,22 @@ impl Index {
         self.state().paths.keys().cloned().collect()
     }
 
-    /// The image's stored vision features (f16 on disk) and their shape.
+    /// The image's stored vision features (as f32, whatever
+    /// [`Manifest::vision_feature_dtype`] stores them in) and their shape.
     pub fn vision_features(&self, image_id: ImageId) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
         let state = self.state();
         let Some(fref) = state.images.get(&image_id).and_then(|e| e.features.clone()) else {
             return Ok(None);
         };
         let n: usize = fref.shape.iter().product();
-        let mut bytes = vec![0u8; n * 2];
+        let dtype = self.shared.manifest.vision_feature_dtype;
+        let mut bytes = vec![0u8; dtype.bytes(n)];
         let path = self.shared.dir.join(&state.commit.features_file);
         state
             .features
             .read_exact_at(&mut bytes, fref.offset)
             .map_err(io_err(path))?;
-        let values = bytes
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect();
-        Ok(Some((values, fref.shape)))
+        Ok(Some((dtype.decode(&bytes), fref.shape)))
     }
 
     /// Counts and sizes.

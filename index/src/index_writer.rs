@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use half::f16;
-
 use crate::ann_graph::graph_vectors;
 use crate::index::{
     debug_assert_unit, load_state, Shared, State, COMPACT_DEAD_FRACTION, COMPACT_MIN_DEAD,
@@ -171,9 +169,8 @@ impl IndexWriter {
         let features = vision_features.map(|(values, shape)| {
             let offset = self.shared.files.lock().expect("files lock").features.len()
                 + self.pending.features.len() as u64;
-            self.pending
-                .features
-                .extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()));
+            let dtype = self.shared.manifest.vision_feature_dtype;
+            dtype.encode(values, &mut self.pending.features);
             FeatureRef {
                 offset,
                 shape: shape.to_vec(),
@@ -510,7 +507,13 @@ impl IndexWriter {
                 images_out.append(&buf)?;
                 e.row = new_row as u64;
                 if let Some(f) = e.features.as_mut() {
-                    let mut fbuf = vec![0u8; 2 * f.shape.iter().product::<usize>()];
+                    let mut fbuf = vec![
+                        0u8;
+                        shared
+                            .manifest
+                            .vision_feature_dtype
+                            .bytes(f.shape.iter().product::<usize>())
+                    ];
                     files.features.read_at(&mut fbuf, f.offset)?;
                     f.offset = features_out.len();
                     features_out.append(&fbuf)?;

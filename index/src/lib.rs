@@ -23,7 +23,7 @@ mod verify_report;
 
 pub use index::{ImageInfo, Index, IndexStats, TextInfo};
 pub use index_writer::IndexWriter;
-pub use manifest::{Manifest, ModelId, VectorDtype, FORMAT_VERSION};
+pub use manifest::{FeatureDtype, Manifest, ModelId, VectorDtype, FORMAT_VERSION};
 pub use metadata_store::{ImageId, ImageRecord, PathEntry, TextId};
 pub use point_map::{PointMap, PointTarget};
 pub use search::{Filter, ImageHit, SearchParams, TextHit};

@@ -7,6 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
+use half::f16;
 use serde::{Deserialize, Serialize};
 
 use crate::{io_err, Error, Result};
@@ -15,7 +16,9 @@ use crate::{io_err, Error, Result};
 ///
 /// 1: first release. 2: int8 image rows store residuals around the row's f16
 /// mean (see `vector_store`); version-1 indexes are still read as they are.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: vision features may be stored in f32 ([`Manifest::vision_feature_dtype`]); a
+/// manifest without that field (versions 1 and 2) stored them in f16.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// File name of the manifest inside the index directory.
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";
@@ -58,6 +61,70 @@ impl std::str::FromStr for VectorDtype {
     }
 }
 
+/// How the stored vision features (each image's ViT output, read back for ITM
+/// reranking) are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureDtype {
+    /// 4 bytes per value: the reranker sees exactly what the vision model computed.
+    F32,
+    /// 2 bytes per value, half the disk; the ITM logits move by ~5e-5 on the fixture
+    /// models (see the README).
+    F16,
+}
+
+impl FeatureDtype {
+    /// Bytes `values` values take.
+    pub fn bytes(self, values: usize) -> usize {
+        match self {
+            FeatureDtype::F32 => values * 4,
+            FeatureDtype::F16 => values * 2,
+        }
+    }
+
+    /// Appends `values`, encoded, to `out` (little-endian).
+    pub(crate) fn encode(self, values: &[f32], out: &mut Vec<u8>) {
+        match self {
+            FeatureDtype::F32 => out.extend(values.iter().flat_map(|v| v.to_le_bytes())),
+            FeatureDtype::F16 => {
+                out.extend(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()))
+            }
+        }
+    }
+
+    /// The values `bytes` encode.
+    pub(crate) fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        match self {
+            FeatureDtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            FeatureDtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        }
+    }
+}
+
+impl std::str::FromStr for FeatureDtype {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(FeatureDtype::F32),
+            "f16" => Ok(FeatureDtype::F16),
+            other => Err(format!(
+                "unknown vision feature dtype {other:?}; use f32 or f16"
+            )),
+        }
+    }
+}
+
+/// Indexes before format version 3 stored their vision features in f16.
+fn legacy_feature_dtype() -> FeatureDtype {
+    FeatureDtype::F16
+}
+
 /// Identifies the model whose vectors an index holds: its id and a hash of its config.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelId {
@@ -97,6 +164,9 @@ pub struct Manifest {
     pub vector_dtype: VectorDtype,
     /// Whether the vision encoder's output is kept per image for ITM reranking.
     pub store_vision_features: bool,
+    /// How the vision features are stored (f16 in indexes older than format 3).
+    #[serde(default = "legacy_feature_dtype")]
+    pub vision_feature_dtype: FeatureDtype,
     /// Graph points per image (1..=Q): the image's Q vectors are clustered into
     /// this many unit centroids and only those go into the HNSW graph; exact
     /// scores always use all Q stored vectors. `Q` puts every vector in the graph.
@@ -105,7 +175,8 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// A manifest with the defaults: f32 vectors, no vision features, 1 graph point per image.
+    /// A manifest with the defaults: f32 vectors, no vision features (f32 when
+    /// stored), 1 graph point per image.
     pub fn new(model: &ModelId, num_query_tokens: usize, dim: usize) -> Manifest {
         Manifest {
             format_version: FORMAT_VERSION,
@@ -115,6 +186,7 @@ impl Manifest {
             dim,
             vector_dtype: VectorDtype::F32,
             store_vision_features: false,
+            vision_feature_dtype: FeatureDtype::F32,
             graph_points_per_image: default_graph_points().min(num_query_tokens),
         }
     }
@@ -201,4 +273,41 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_before_format_3_stored_its_vision_features_in_f16() {
+        let json = r#"{"format_version": 2, "model_id": "m", "config_hash": "c",
+            "num_query_tokens": 4, "dim": 8, "vector_dtype": "f32",
+            "store_vision_features": true}"#;
+        let m: Manifest = serde_json::from_str(json).unwrap();
+        assert_eq!(m.vision_feature_dtype, FeatureDtype::F16);
+        let model = ModelId {
+            model_id: "m".into(),
+            config_hash: "c".into(),
+        };
+        assert_eq!(
+            Manifest::new(&model, 4, 8).vision_feature_dtype,
+            FeatureDtype::F32
+        );
+    }
+
+    #[test]
+    fn feature_values_encode_and_decode_in_their_dtype() {
+        let values = [0.5f32, -2.0, 1.0e-3, 300.25];
+        for (dtype, bytes) in [(FeatureDtype::F32, 16), (FeatureDtype::F16, 8)] {
+            let mut out = Vec::new();
+            dtype.encode(&values, &mut out);
+            assert_eq!(out.len(), bytes);
+            assert_eq!(dtype.bytes(values.len()), bytes);
+            let back = dtype.decode(&out);
+            for (a, b) in back.iter().zip(&values) {
+                assert!((a - b).abs() <= b.abs() * 1e-3, "{dtype:?}: {a} vs {b}");
+            }
+        }
+    }
 }

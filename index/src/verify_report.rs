@@ -143,7 +143,9 @@ pub(crate) fn verify(index: &Index) -> VerifyReport {
             ));
         }
         if let Some(f) = &e.features {
-            let end = f.offset + 2 * f.shape.iter().product::<usize>() as u64;
+            let bytes =
+                (shared.manifest.vision_feature_dtype).bytes(f.shape.iter().product::<usize>());
+            let end = f.offset + bytes as u64;
             if end > state.commit.features_len {
                 problems.push(format!(
                     "image {id}: vision features end at byte {end}, past the committed length"

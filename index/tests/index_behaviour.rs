@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use qseek_index::{Error, Filter, Index, SearchParams, VectorDtype, FORMAT_VERSION};
+use qseek_index::{Error, FeatureDtype, Filter, Index, SearchParams, VectorDtype, FORMAT_VERSION};
 
 fn exact() -> SearchParams {
     SearchParams {
@@ -367,29 +367,50 @@ fn every_dtype_returns_the_same_top_image_with_close_scores() {
 }
 
 #[test]
-fn vision_features_round_trip_as_f16() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut m = manifest(VectorDtype::F32);
-    m.store_vision_features = true;
-    let index = Index::create(dir.path(), m).unwrap();
-    let features: Vec<f32> = (0..3 * 5).map(|i| i as f32 * 0.25).collect();
-    let mut w = index.writer().unwrap();
-    let id = w
-        .add_image(
-            record("a.jpg", "ha"),
-            &unit_vectors(1, Q),
-            Some((&features, &[3, 5])),
-        )
-        .unwrap();
-    w.commit().unwrap();
-    drop(w);
-    drop(index);
-    let index = Index::open(dir.path(), None).unwrap();
-    assert_eq!(
-        index.vision_features(id).unwrap(),
-        Some((features, vec![3, 5]))
-    );
-    assert_eq!(index.stats().vision_features_bytes, 30);
+fn vision_features_round_trip_in_the_manifests_dtype() {
+    // 0.1 is not an f16 value: f32 keeps it, f16 rounds it to the nearest (2^-14 steps
+    // near 0.1, so within 5e-5).
+    let features: Vec<f32> = (0..3 * 5).map(|i| i as f32 * 0.1).collect();
+    // (stored as, bytes per value, largest error)
+    let cases = [(FeatureDtype::F32, 4, 0.0), (FeatureDtype::F16, 2, 5e-4)];
+    for (dtype, bytes, tolerance) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = manifest(VectorDtype::F32);
+        m.store_vision_features = true;
+        m.vision_feature_dtype = dtype;
+        let index = Index::create(dir.path(), m).unwrap();
+        let mut w = index.writer().unwrap();
+        let id = w
+            .add_image(
+                record("a.jpg", "ha"),
+                &unit_vectors(1, Q),
+                Some((&features, &[3, 5])),
+            )
+            .unwrap();
+        w.commit().unwrap();
+        drop(w);
+        drop(index);
+        let index = Index::open(dir.path(), None).unwrap();
+        assert_eq!(index.manifest().vision_feature_dtype, dtype);
+        let (got, shape) = index.vision_features(id).unwrap().unwrap();
+        assert_eq!(shape, vec![3, 5]);
+        let worst = got
+            .iter()
+            .zip(&features)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= tolerance, "{dtype:?}: off by {worst}");
+        if dtype == FeatureDtype::F16 {
+            assert!(worst > 0.0, "f16 must round 0.1");
+        }
+        assert_eq!(index.stats().vision_features_bytes, 15 * bytes, "{dtype:?}");
+        // Compaction copies them whole.
+        let mut w = index.writer().unwrap();
+        w.compact().unwrap();
+        drop(w);
+        assert_eq!(index.vision_features(id).unwrap().unwrap().0, got);
+        assert!(index.verify().is_ok(), "{dtype:?}: {}", index.verify());
+    }
 }
 
 #[test]

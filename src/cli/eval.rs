@@ -8,11 +8,13 @@ use qseek_index::VectorDtype;
 
 use super::{print_line, stop_on_ctrl_c, ModelArgs, Outcome};
 use crate::model::checkpoint::DEFAULT_MODEL;
-use crate::pipeline::eval::{evaluate, load_dataset, EvalOptions, EvalReport, Metrics};
+use crate::pipeline::eval::{
+    cache_index_dir, evaluate, load_dataset, EvalOptions, EvalReport, Metrics,
+};
 use crate::pipeline::indexer::IndexOptions;
 use crate::pipeline::walk::{absolute, WalkOptions};
 use crate::pipeline::{Collection, CreateOptions};
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Debug, Args)]
 pub(super) struct EvalArgs {
@@ -32,8 +34,9 @@ pub(super) struct EvalArgs {
     /// Only the first N captions.
     #[arg(long, value_name = "N")]
     limit_texts: Option<usize>,
-    /// Cache index of the dataset's embeddings and vision features [default: under the
-    /// user's data directory, one per (annotations, images, model)].
+    /// Cache folder of the dataset's embeddings and vision features: it holds one index
+    /// per precision (--dtype), each reused by the next run with that precision
+    /// [default: under the user's data directory, one per (annotations, images, model)].
     #[arg(long, value_name = "PATH")]
     cache: Option<PathBuf>,
     /// Print one JSON document (with every ground-truth rank).
@@ -51,11 +54,13 @@ pub(super) fn run(args: EvalArgs) -> Result<Outcome> {
         args.limit_images,
         args.limit_texts,
     )?;
-    let cache = match &args.cache {
+    let root = match &args.cache {
         Some(c) => c.clone(),
         None => {
+            // "cache 2": the folder holds one index per precision (earlier builds kept
+            // one index in the folder itself).
             let key = format!(
-                "{}\0{}\0{}",
+                "{}\0{}\0{}\0cache 2",
                 absolute(&args.annotations).unwrap_or_default().display(),
                 absolute(&args.images).unwrap_or_default().display(),
                 args.model.model.as_deref().unwrap_or(DEFAULT_MODEL)
@@ -66,21 +71,18 @@ pub(super) fn run(args: EvalArgs) -> Result<Outcome> {
                 .join(hash)
         }
     };
+    let model_options = args.model.options()?;
+    let cache = cache_index_dir(&root, model_options.dtype)?;
     let collection = Collection::open_or_create(
         &cache,
         args.model.model.as_deref(),
-        &args.model.options()?,
+        &model_options,
         CreateOptions {
             vector_dtype: VectorDtype::F32,
             store_vision_features: true,
+            feature_dtype: None,
         },
     )?;
-    if !collection.index.manifest().store_vision_features {
-        return Err(Error::Usage(format!(
-            "{}: this index does not store vision features; give --cache a new directory",
-            cache.display()
-        )));
-    }
     let stop = stop_on_ctrl_c("stopping");
     let progress = !args.model.quiet;
     if collection.embedder.model().device().is_cpu() && progress {

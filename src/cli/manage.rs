@@ -70,7 +70,11 @@ pub(super) fn info(args: InfoArgs) -> Result<Outcome> {
     println!(
         "vision features:  {}",
         if info.store_vision_features {
-            format!("stored ({})", human_bytes(info.vision_features_bytes))
+            format!(
+                "stored, {} ({})",
+                info.vision_feature_dtype,
+                human_bytes(info.vision_features_bytes)
+            )
         } else {
             "not stored (reranking decodes the photos again)".into()
         }

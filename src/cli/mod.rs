@@ -131,6 +131,7 @@ impl ModelArgs {
         }
         Ok(LoadOptions {
             max_megapixels: self.max_megapixels,
+            ..LoadOptions::default()
         })
     }
 }

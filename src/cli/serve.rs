@@ -73,6 +73,7 @@ pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
         CreateOptions {
             vector_dtype: VectorDtype::F32,
             store_vision_features: false,
+            feature_dtype: None,
         },
     )?;
     serve(collection, opts)?;

@@ -65,9 +65,22 @@ impl MultiHeadAttention {
         })
     }
 
-    /// xs (batch, q_len, hidden) attends to kv (batch, kv_len, kv_dim).
+    /// xs (batch, q_len, hidden) attends to kv (batch, kv_len, kv_dim), or to kv
+    /// (1, kv_len, kv_dim) shared by every row of the batch.
+    ///
+    /// A shared kv (ITM of one image with many texts) has its keys and values computed
+    /// once: the batch's rows attend to them as one longer query. The softmax is per
+    /// query row, so this is the same computation as repeating kv `batch` times, without
+    /// the repeated key/value projections (for ViT-g, ~1.1 GFLOP per text and layer).
     fn forward(&self, xs: &Tensor, kv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, q_len, h) = xs.dims3()?;
+        if kv.dim(0)? == 1 && b > 1 {
+            if mask.is_some() {
+                candle_core::bail!("a shared key/value input takes no attention mask");
+            }
+            let rows = xs.reshape((1, b * q_len, h))?;
+            return self.forward(&rows, kv, None)?.reshape((b, q_len, h));
+        }
         let kv_len = kv.dim(1)?;
         let head_dim = h / self.num_heads;
         let split = |t: Tensor, len: usize| {
@@ -248,7 +261,9 @@ impl QFormerModel {
     /// embeds (batch, query_len + text_len, hidden) → last hidden state, same shape.
     ///
     /// `mask`: additive self-attention mask (batch, 1, 1, len) or none;
-    /// `image`: the ViT output the queries cross-attend to (needed when `query_len > 0`).
+    /// `image`: the ViT output the queries cross-attend to (needed when `query_len > 0`),
+    /// (batch, tokens, vision hidden), or (1, tokens, vision hidden) for one image that
+    /// every row of the batch attends to (its keys and values are computed once).
     pub fn forward(
         &self,
         embeds: &Tensor,

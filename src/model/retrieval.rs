@@ -10,9 +10,17 @@ use super::vision::VisionModel;
 
 /// The whole retrieval model, its fields named as the checkpoint's top-level keys.
 ///
-/// The vision model runs in the chosen dtype; like transformers
-/// (`_keep_in_fp32_modules = ["query_tokens", "qformer"]`), everything after it runs in
-/// f32, so that f16/bf16 only approximate the expensive part.
+/// The vision model runs in the chosen dtype; everything after it (query tokens, text
+/// `embeddings`, `qformer`, the two projections and `itm_head`) runs in f32, so that
+/// f16/bf16 only approximate the expensive part.
+///
+/// This is not what transformers' half mode computes. Loaded with `dtype=float16` (or
+/// bf16), transformers keeps only `query_tokens` and `qformer` in f32
+/// (`_keep_in_fp32_modules`) and rounds the rest to half precision: the text
+/// `embeddings` (word/position embeddings and their layer norm), `vision_projection`,
+/// `text_projection` and `itm_head`. qseek keeps those in f32 as well: they cost nothing
+/// next to the ViT, and in f32 the only difference from the f32 reference is the ViT's.
+/// qseek's half modes are therefore closer to f32 than transformers' half mode is.
 #[derive(Debug, Clone)]
 pub struct Blip2ForImageTextRetrieval {
     vision_model: VisionModel,
@@ -95,7 +103,9 @@ impl Blip2ForImageTextRetrieval {
     }
 
     /// ITM logits `[no match, match]` (batch, 2) for pairs: vision features
-    /// (batch, tokens, vision hidden) with input_ids/attention_mask (batch, len).
+    /// (batch, tokens, vision hidden) with input_ids/attention_mask (batch, len). Vision
+    /// features (1, tokens, vision hidden) pair one image with every text: its
+    /// cross-attention keys and values are then computed once, not once per text.
     pub fn itm_logits(
         &self,
         vision: &Tensor,
@@ -103,7 +113,13 @@ impl Blip2ForImageTextRetrieval {
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
         let vision = vision.to_dtype(DType::F32)?;
-        let batch = vision.dim(0)?;
+        let batch = input_ids.dim(0)?;
+        if vision.dim(0)? != batch && vision.dim(0)? != 1 {
+            candle_core::bail!(
+                "ITM of {} images with {batch} texts: give one image, or one per text",
+                vision.dim(0)?
+            );
+        }
         let queries = self.queries(batch)?;
         let text = self.embeddings.forward(input_ids)?;
         let embeds = Tensor::cat(&[&queries, &text], 1)?;

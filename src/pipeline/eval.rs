@@ -10,23 +10,33 @@
 //! 4. Text retrieval (i2t: the rank of an image's best-ranked caption) and image
 //!    retrieval (t2i) R@1/5/10 and their means.
 //!
-//! Ties (the −100 entries, mostly) are ordered by the lower index first: a stable sort
-//! on the descending score. (LAVIS's `np.argsort(s)[::-1]` leaves this to numpy's sort;
-//! it only matters when k_test < 10.)
+//! What it feeds the model is what the reference feeds it: images decoded as
+//! `Image.open(p).convert("RGB")` (the EXIF orientation is *not* applied, unlike
+//! `qseek index`), vision features in f32 when the vision model computes in f32 (the
+//! cache stores them in f32), and captions that are equal once tokenised are embedded
+//! and scored once, so that they tie exactly, as they do in one reference batch.
+//!
+//! Ties (the −100 entries when k_test < 10, and duplicate captions) are ordered as
+//! LAVIS's `np.argsort(score)[::-1]` orders them: the *higher* index first (the reverse
+//! of an ascending stable sort, which is what numpy's sort does on the short rows where
+//! ties arise; on long rows numpy leaves the order of ties unspecified). Images left
+//! without a caption by `limit_texts` count as text-retrieval misses, as LAVIS's rank
+//! of 1e20 does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
-use qseek_index::{ImageId, SearchParams};
+use candle_core::{DType, Device, Tensor};
+use qseek_index::{ImageId, SearchParams, VectorDtype};
 use rayon::prelude::*;
 use serde::Serialize;
 
 use super::indexer::{index_files, IndexOptions};
 use super::texts::{add_texts, TextEntry};
-use super::{progress_bar, Collection};
+use super::{default_feature_dtype, progress_bar, Collection};
+use crate::preprocess::image::LoadOptions;
 use crate::preprocess::text::pre_caption;
 use crate::rerank::{itm_scores, ItmPair, ItmScore};
 use crate::{Error, Result};
@@ -162,7 +172,7 @@ pub struct Metrics {
 }
 
 /// The rank of each query's ground truth: per image (its best caption; `None` when
-/// `limit_texts` left it none) and per text.
+/// `limit_texts` left it none, a miss) and per text.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Ranks {
     /// Image → text ranks.
@@ -209,20 +219,21 @@ pub struct EvalReport {
     pub seconds: BTreeMap<String, f64>,
 }
 
-/// Position of `item` in `scores` sorted descending, ties by the lower index first.
+/// Position of `item` in `scores` sorted descending, ties by the higher index first
+/// (LAVIS's `np.argsort(score)[::-1]`).
 fn position(scores: &[f32], item: usize) -> usize {
     let s = scores[item];
     scores
         .iter()
         .enumerate()
-        .filter(|&(j, &x)| x > s || (x == s && j < item))
+        .filter(|&(j, &x)| x > s || (x == s && j > item))
         .count()
 }
 
-/// The `k` best indices of `scores`, descending, ties by the lower index first.
+/// The `k` best indices of `scores`, in the order of [`position`].
 fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(b.cmp(&a)));
     idx.truncate(k);
     idx
 }
@@ -239,20 +250,20 @@ pub fn report_metrics(data: &Dataset, i2t: &[Vec<f32>], t2i: &[Vec<f32>]) -> (Me
         .zip(&data.txt2img)
         .map(|(row, &img)| position(row, img))
         .collect();
-    let with_gt: Vec<usize> = ranks_i2t.iter().flatten().copied().collect();
-    let recall = |ranks: &[usize], k: usize| {
-        100.0 * ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len().max(1) as f64
+    // An image without a caption (`None`) is a miss at every K, and counts.
+    let percent = |hits: usize, n: usize| 100.0 * hits as f64 / n.max(1) as f64;
+    let i2t_recall = |k: usize| {
+        let hits = ranks_i2t.iter().filter(|r| r.is_some_and(|r| r < k));
+        percent(hits.count(), ranks_i2t.len())
     };
-    let (tr1, tr5, tr10) = (
-        recall(&with_gt, 1),
-        recall(&with_gt, 5),
-        recall(&with_gt, 10),
-    );
-    let (ir1, ir5, ir10) = (
-        recall(&ranks_t2i, 1),
-        recall(&ranks_t2i, 5),
-        recall(&ranks_t2i, 10),
-    );
+    let t2i_recall = |k: usize| {
+        percent(
+            ranks_t2i.iter().filter(|&&r| r < k).count(),
+            ranks_t2i.len(),
+        )
+    };
+    let (tr1, tr5, tr10) = (i2t_recall(1), i2t_recall(5), i2t_recall(10));
+    let (ir1, ir5, ir10) = (t2i_recall(1), t2i_recall(5), t2i_recall(10));
     let (tr_mean, ir_mean) = ((tr1 + tr5 + tr10) / 3.0, (ir1 + ir5 + ir10) / 3.0);
     (
         Metrics {
@@ -299,6 +310,52 @@ fn exact_itc(
     Ok(out)
 }
 
+/// The cache index inside the cache folder `root` for a vision model computing in
+/// `compute`: one index per (vision dtype, vector dtype, feature dtype), so that a run
+/// never reads embeddings that another precision made (a bf16 run and an f32 run on
+/// one folder each keep their own, and each reuses its own). Vectors are always f32 (ITC
+/// exact is exact); features follow [`default_feature_dtype`].
+pub fn cache_index_dir(root: &Path, compute: DType) -> Result<PathBuf> {
+    if root.join("manifest.json").exists() {
+        return Err(Error::Usage(format!(
+            "{}: this is an index, not an eval cache folder (earlier qseek builds kept their \
+             eval cache index there); give the cache a new folder, or delete this one",
+            root.display()
+        )));
+    }
+    let name = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
+    Ok(root.join(format!(
+        "vision-{}.vectors-{}.features-{}",
+        name(&compute),
+        name(&VectorDtype::F32),
+        name(&default_feature_dtype(compute))
+    )))
+}
+
+/// Refuses a cache index whose vectors or features are not what evaluation with this
+/// collection's model needs (e.g. an index made by `qseek index --vectors int8`).
+fn check_cache(c: &Collection) -> Result<()> {
+    let m = c.index.manifest();
+    let features = default_feature_dtype(c.embedder.model().dtype());
+    if m.vector_dtype != VectorDtype::F32
+        || !m.store_vision_features
+        || m.vision_feature_dtype != features
+    {
+        return Err(Error::Usage(format!(
+            "{}: this index stores {:?} vectors and {} vision features; evaluation needs \
+             F32 vectors and {features:?} features: give the cache a new folder",
+            c.index.path().display(),
+            m.vector_dtype,
+            if m.store_vision_features {
+                format!("{:?}", m.vision_feature_dtype)
+            } else {
+                "no".into()
+            },
+        )));
+    }
+    Ok(())
+}
+
 /// How to evaluate.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
@@ -319,13 +376,22 @@ pub fn evaluate(
     opts: &EvalOptions,
     stop: &AtomicBool,
 ) -> Result<EvalReport> {
+    check_cache(c)?;
     let mut seconds = BTreeMap::new();
     let (q, d) = (c.index.manifest().num_query_tokens, c.index.manifest().dim);
     let k = opts.k_test.max(1);
 
-    // 1. Cache: image vectors and vision features, text vectors.
+    // 1. Cache: image vectors and vision features, text vectors. Decoded as the
+    // reference decodes: no EXIF rotation.
     let t0 = Instant::now();
-    let summary = index_files(c, &data.images, &opts.index, stop)?;
+    let index_opts = IndexOptions {
+        load: LoadOptions {
+            exif_orientation: false,
+            ..opts.index.load
+        },
+        ..opts.index.clone()
+    };
+    let summary = index_files(c, &data.images, &index_opts, stop)?;
     if let Some(f) = summary.failed.first() {
         return Err(Error::Usage(format!(
             "{}: {} ({} of the dataset's images failed)",
@@ -375,14 +441,27 @@ pub fn evaluate(
         .into_iter()
         .filter_map(|t| Some((t.external_id?, t.text_id)))
         .collect();
-    let text_vectors: Vec<Vec<f32>> = (0..data.texts.len())
-        .map(|i| {
+    // Captions with the same tokens are one text to the model: each is scored through
+    // its first occurrence, so that duplicates tie exactly.
+    let ids = c.embedder.tokenize(&data.texts)?;
+    let mut first_with: HashMap<&[u32], usize> = HashMap::new();
+    let canonical: Vec<usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(t, tokens)| *first_with.entry(tokens.as_slice()).or_insert(t))
+        .collect();
+    let mut text_vectors: Vec<Vec<f32>> = Vec::with_capacity(data.texts.len());
+    for (i, &first) in canonical.iter().enumerate() {
+        let vector = if first < i {
+            text_vectors[first].clone()
+        } else {
             text_ids
                 .get(&i.to_string())
                 .and_then(|&id| c.index.text_vector(id))
-                .ok_or_else(|| Error::Usage(format!("text {i} is not in the cache index")))
-        })
-        .collect::<Result<_>>()?;
+                .ok_or_else(|| Error::Usage(format!("text {i} is not in the cache index")))?
+        };
+        text_vectors.push(vector);
+    }
 
     // 2. ITC, exact and through the index.
     let t0 = Instant::now();
@@ -455,15 +534,19 @@ pub fn evaluate(
         t2i: overlap(&index_t2i, &top_t2i, k.min(n_img)),
     };
 
-    // 3. ITM on the top k_test candidates of each direction.
+    // 3. ITM on the top k_test candidates of each direction (a duplicate caption
+    // through its first occurrence).
     let t0 = Instant::now();
     let mut pairs: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, texts) in top_i2t.iter().enumerate() {
-        pairs.entry(i).or_default().extend(texts);
+        pairs
+            .entry(i)
+            .or_default()
+            .extend(texts.iter().map(|&t| canonical[t]));
     }
     for (t, images) in top_t2i.iter().enumerate() {
         for &i in images {
-            pairs.entry(i).or_default().push(t);
+            pairs.entry(i).or_default().push(canonical[t]);
         }
     }
     for texts in pairs.values_mut() {
@@ -471,7 +554,6 @@ pub fn evaluate(
         texts.dedup();
     }
     let n_pairs: usize = pairs.values().map(Vec::len).sum();
-    let ids = c.embedder.tokenize(&data.texts)?;
     let progress = progress_bar(n_pairs as u64, "ITM pairs", opts.progress);
     let mut itm: HashMap<(usize, usize), ItmScore> = HashMap::with_capacity(n_pairs);
     let device = c.embedder.model().device().clone();
@@ -482,6 +564,8 @@ pub fn evaluate(
             .ok_or_else(|| Error::Usage("the cache index holds no vision features".into()))?;
         let vision = Tensor::from_vec(values, shape, &device)?;
         for chunk in texts.chunks(opts.batch.max(1)) {
+            // One image with every text of the chunk: `itm_scores` computes its
+            // cross-attention keys and values once.
             let pairs: Vec<ItmPair> = chunk
                 .iter()
                 .map(|&t| ItmPair {
@@ -507,13 +591,13 @@ pub fn evaluate(
     let mut score_i2t = vec![vec![-100f32; n_txt]; n_img];
     for (i, texts) in top_i2t.iter().enumerate() {
         for &t in texts {
-            score_i2t[i][t] = itm[&(i, t)].rerank_score(sim_i2t[i][t]);
+            score_i2t[i][t] = itm[&(i, canonical[t])].rerank_score(sim_i2t[i][t]);
         }
     }
     let mut score_t2i = vec![vec![-100f32; n_img]; n_txt];
     for (t, images) in top_t2i.iter().enumerate() {
         for &i in images {
-            score_t2i[t][i] = itm[&(i, t)].rerank_score(sim_t2i[t][i]);
+            score_t2i[t][i] = itm[&(i, canonical[t])].rerank_score(sim_t2i[t][i]);
         }
     }
     seconds.insert("itm_rerank".to_string(), t0.elapsed().as_secs_f64());

@@ -9,9 +9,9 @@ pub mod walk;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use qseek_index::{Index, Manifest, ModelId, VectorDtype};
+use qseek_index::{FeatureDtype, Index, Manifest, ModelId, VectorDtype};
 
 use crate::embedder::{Embedder, ModelOptions};
 use crate::model::{Checkpoint, ModelSource};
@@ -50,6 +50,19 @@ pub struct CreateOptions {
     pub vector_dtype: VectorDtype,
     /// Store each image's vision-encoder output, so reranking need not decode it again.
     pub store_vision_features: bool,
+    /// How to store them; `None`: [`default_feature_dtype`] of the compute dtype.
+    pub feature_dtype: Option<FeatureDtype>,
+}
+
+/// How vision features are stored unless the user chooses: f32 when the vision model
+/// computes in f32, so that reranking reads exactly what transformers would feed the
+/// ITM head; f16 after a half-precision vision model, whose outputs f16 holds (bf16's
+/// 8-bit mantissa fits in f16's 11) at half the disk.
+pub fn default_feature_dtype(compute: DType) -> FeatureDtype {
+    match compute {
+        DType::F32 | DType::F64 => FeatureDtype::F32,
+        _ => FeatureDtype::F16,
+    }
 }
 
 /// A model and the index built with it.
@@ -123,6 +136,9 @@ impl Collection {
         );
         manifest.vector_dtype = create.vector_dtype;
         manifest.store_vision_features = create.store_vision_features;
+        manifest.vision_feature_dtype = create
+            .feature_dtype
+            .unwrap_or_else(|| default_feature_dtype(opts.dtype));
         std::fs::create_dir_all(dir).map_err(|source| Error::Io {
             path: dir.to_path_buf(),
             source,

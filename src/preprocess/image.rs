@@ -10,7 +10,9 @@
 //!   upsampling). [`load_rgb`] / [`decode_rgb`] convert every pixel format the way
 //!   `convert("RGB")` does (alpha dropped, not composited; 16-bit grey clipped to 255,
 //!   16-bit colour reduced to its high byte; CMYK inverted Adobe-style). One deliberate
-//!   difference: the EXIF orientation is applied, so that phone photos stand upright.
+//!   difference: the EXIF orientation is applied, so that phone photos stand upright,
+//!   unless [`LoadOptions::exif_orientation`] is off (`qseek eval`, which follows the
+//!   reference: LAVIS and transformers never rotate).
 //! - resizing: [`ImagePreprocessor::resize`] is Pillow's 8-bit convolution resampling
 //!   (antialiased when shrinking), ported bit for bit in [`super::pil_resize`].
 //! - [`ImagePreprocessor::pixel_values`] rescales and normalises in the same floating-point
@@ -34,12 +36,16 @@ pub struct LoadOptions {
     /// Images with more pixels than this (in millions) are refused before decoding: a
     /// small file can declare a huge image (a "decompression bomb") and exhaust memory.
     pub max_megapixels: f64,
+    /// Rotate/flip as the EXIF orientation tag says (what a photo viewer shows). The
+    /// reference (`Image.open(p).convert("RGB")`) does not: evaluation turns it off.
+    pub exif_orientation: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_megapixels: 100.0,
+            exif_orientation: true,
         }
     }
 }
@@ -53,7 +59,8 @@ impl LoadOptions {
 }
 
 /// Reads and decodes the image file at `path` into 8-bit RGB, as PIL's
-/// `Image.open(path).convert("RGB")` does, with the EXIF orientation applied.
+/// `Image.open(path).convert("RGB")` does, with the EXIF orientation applied unless
+/// `opts.exif_orientation` is off.
 ///
 /// Errors: [`Error::Io`] if the file cannot be read, [`Error::ImageTooLarge`] if its header
 /// declares more than `opts.max_megapixels`, [`Error::ImageDecode`] for anything that is
@@ -92,7 +99,7 @@ pub fn decode_rgb(bytes: &[u8], path_for_errors: &Path, opts: &LoadOptions) -> R
     }
     if format == ImageFormat::Jpeg {
         let rgb = decode_jpeg(bytes, path_for_errors, opts)?;
-        return Ok(apply_exif_orientation(rgb, bytes));
+        return Ok(apply_exif_orientation(rgb, bytes, opts));
     }
 
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -118,7 +125,7 @@ pub fn decode_rgb(bytes: &[u8], path_for_errors: &Path, opts: &LoadOptions) -> R
     })?
     .map_err(|e| decode_error(e, format, path_for_errors, opts))?;
     let rgb = to_rgb_like_pil(decoded);
-    Ok(apply_exif_orientation(rgb, bytes))
+    Ok(apply_exif_orientation(rgb, bytes, opts))
 }
 
 const SUPPORTED_FORMATS: [ImageFormat; 6] = [
@@ -365,9 +372,12 @@ fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
 
 /// Rotates/flips as the EXIF orientation tag asks (what `ImageOps.exif_transpose` does).
 ///
-/// The reference does not do this; we do, so that phone photos are seen upright. Missing
-/// or unreadable EXIF data means "as stored".
-fn apply_exif_orientation(rgb: RgbImage, bytes: &[u8]) -> RgbImage {
+/// The reference does not do this; we do, so that phone photos are seen upright, unless
+/// `opts.exif_orientation` is off. Missing or unreadable EXIF data means "as stored".
+fn apply_exif_orientation(rgb: RgbImage, bytes: &[u8], opts: &LoadOptions) -> RgbImage {
+    if !opts.exif_orientation {
+        return rgb;
+    }
     let orientation = exif::Reader::new()
         .read_from_container(&mut Cursor::new(bytes))
         .ok()

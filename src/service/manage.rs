@@ -35,6 +35,8 @@ pub struct Info {
     pub dead_rows: usize,
     /// Whether vision features are stored (cheap reranking).
     pub store_vision_features: bool,
+    /// f32 or f16: what ITM reranking reads back.
+    pub vision_feature_dtype: String,
     /// Their size.
     pub vision_features_bytes: u64,
     /// Size of the vector files.
@@ -72,6 +74,7 @@ pub fn info(index: &Index, dir: &Path) -> Info {
         texts: s.texts,
         dead_rows: s.dead_image_rows + s.dead_text_rows,
         store_vision_features: s.store_vision_features,
+        vision_feature_dtype: format!("{:?}", m.vision_feature_dtype).to_lowercase(),
         vision_features_bytes: s.vision_features_bytes,
         vector_bytes: s.vector_bytes,
         metadata_bytes: s.metadata_bytes,
