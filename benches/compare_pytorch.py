@@ -65,11 +65,13 @@ def chunks(total: int, batch: int) -> list[int]:
     return [batch] * (total // batch) + ([total % batch] if total % batch else [])
 
 
-def time_median(reps: int, f) -> float:
+def time_median(reps: int, f, sync=lambda: None) -> float:
+    """Median seconds of `reps` runs of `f`, each followed by `sync()` (the GPU's)."""
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         f()
+        sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -85,8 +87,11 @@ def pytorch_worker(args) -> dict:
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     kw = {} if args.attn == "default" else {"attn_implementation": args.attn}
 
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     t = time.perf_counter()
-    model = Blip2ForImageTextRetrieval.from_pretrained(args.model, dtype=dtype, **kw).eval()
+    model = Blip2ForImageTextRetrieval.from_pretrained(args.model, dtype=dtype, **kw).eval().to(dev)
+    sync()
     load_s = time.perf_counter() - t
     rss_after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tok = AutoTokenizer.from_pretrained(args.model)
@@ -97,14 +102,14 @@ def pytorch_worker(args) -> dict:
     assert cfg.image_token_index is None, "benchmark assumes no image_token_index"
 
     g = torch.Generator().manual_seed(1)
-    image_batches = [torch.rand(n, 3, size, size, generator=g).mul(4).sub(2).to(vdtype)
+    image_batches = [torch.rand(n, 3, size, size, generator=g).mul(4).sub(2).to(vdtype).to(dev)
                      for n in chunks(args.images, args.batch)]
     texts = [CAPTIONS[i % len(CAPTIONS)] for i in range(max(args.texts, args.pairs))]
 
     def encode(batch):
         enc = tok(batch, padding="longest", truncation=True, max_length=MAX_TEXT_LEN,
                   return_tensors="pt")
-        return enc["input_ids"], enc["attention_mask"]
+        return enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
 
     text_batches = [encode(texts[i : i + args.batch]) for i in range(0, args.texts, args.batch)]
     mean_tokens = sum(len(tok(x)["input_ids"]) for x in texts) / len(texts)
@@ -114,7 +119,7 @@ def pytorch_worker(args) -> dict:
         return model.vision_model(pixel_values=pv).last_hidden_state
 
     def image_embeds(vision):
-        mask = torch.ones(vision.shape[:-1], dtype=torch.long)
+        mask = torch.ones(vision.shape[:-1], dtype=torch.long, device=dev)
         q = model.query_tokens.expand(vision.shape[0], -1, -1)
         out = model.qformer(query_embeds=q, encoder_hidden_states=vision,
                             encoder_attention_mask=mask).last_hidden_state
@@ -127,11 +132,12 @@ def pytorch_worker(args) -> dict:
 
     def itm_logits(vision, ids, mask):
         q = model.query_tokens.expand(vision.shape[0], -1, -1)
-        mask = torch.cat([torch.ones(q.shape[:-1], dtype=torch.long), mask], dim=1)
+        mask = torch.cat([torch.ones(q.shape[:-1], dtype=torch.long, device=dev), mask], dim=1)
         emb = model.embeddings(input_ids=ids, query_embeds=q)
         out = model.qformer(query_embeds=emb, query_length=nq, attention_mask=mask,
                             encoder_hidden_states=vision,
-                            encoder_attention_mask=torch.ones(vision.shape[:-1], dtype=torch.long),
+                            encoder_attention_mask=torch.ones(vision.shape[:-1], dtype=torch.long,
+                                                              device=dev),
                             ).last_hidden_state
         return model.itm_head(out[:, :nq, :].to(model.itm_head.weight.dtype)).mean(dim=1)
 
@@ -148,24 +154,26 @@ def pytorch_worker(args) -> dict:
             for pv in image_batches:
                 t0 = time.perf_counter()
                 vis = vision_features(pv)
+                sync()
                 t1 = time.perf_counter()
                 image_embeds(vis)
+                sync()
                 v += t1 - t0
                 q += time.perf_counter() - t1
             vision_s.append(v)
             qformer_s.append(q)
 
-        image_s = time_median(args.reps, run_images)
+        image_s = time_median(args.reps, run_images, sync)
 
         def run_texts():
             for ids, mask in text_batches:
                 text_embeds(ids, mask)
 
-        text_s = time_median(args.reps, run_texts)
+        text_s = time_median(args.reps, run_texts, sync)
 
         pair_batches = []
         for i, n in enumerate(chunks(args.pairs, args.batch)):
-            idx = torch.tensor([(i * args.batch + j) % n_warm for j in range(n)])
+            idx = torch.tensor([(i * args.batch + j) % n_warm for j in range(n)], device=dev)
             ids, mask = encode(texts[i * args.batch : i * args.batch + n])
             pair_batches.append((warm_vision.index_select(0, idx), ids, mask))
 
@@ -173,7 +181,20 @@ def pytorch_worker(args) -> dict:
             for vision, ids, mask in pair_batches:
                 itm_logits(vision, ids, mask)
 
-        itm_s = time_median(args.reps, run_itm) if args.pairs else float("nan")
+        itm_s = time_median(args.reps, run_itm, sync) if args.pairs else float("nan")
+
+        # One image with many texts (eval, image -> texts): transformers expands the
+        # image over the batch and projects its keys and values for every pair.
+        one = warm_vision[:1]
+        shared_batches = [(one.expand(ids.shape[0], -1, -1), ids, mask)
+                          for _, ids, mask in pair_batches]
+
+        def run_itm_shared():
+            for vision, ids, mask in shared_batches:
+                itm_logits(vision, ids, mask)
+
+        itm_shared_s = (time_median(args.reps, run_itm_shared, sync)
+                        if args.pairs else float("nan"))
 
     preprocess_ms = None
     if args.photos and Path(args.photos).is_dir():
@@ -197,6 +218,7 @@ def pytorch_worker(args) -> dict:
         "images_per_s": rate(args.images, image_s),
         "texts_per_s": rate(args.texts, text_s),
         "itm_pairs_per_s": rate(args.pairs, itm_s),
+        "itm_shared_pairs_per_s": rate(args.pairs, itm_shared_s),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "weights_bytes": sum(p.stat().st_size for p in Path(args.model).glob("*.safetensors")),
         "rss_after_load_bytes": rss_after_load,
@@ -206,6 +228,8 @@ def pytorch_worker(args) -> dict:
         "mean_text_tokens": mean_tokens,
         "threads": torch.get_num_threads(),
         "attn_implementation": model.config._attn_implementation,
+        "device": str(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "torch": torch.__version__,
     }
 
@@ -220,7 +244,8 @@ def thread_env(threads: int) -> dict:
 def common_args(args) -> list[str]:
     return ["--model", str(args.model), "--images", str(args.images), "--texts", str(args.texts),
             "--pairs", str(args.pairs), "--batch", str(args.batch), "--dtype", args.dtype,
-            "--reps", str(args.reps)] + (["--photos", str(args.photos)] if args.photos else [])
+            "--reps", str(args.reps), "--device", args.device] + (
+                ["--photos", str(args.photos)] if args.photos else [])
 
 
 def last_json(stdout: str) -> dict:
@@ -242,8 +267,8 @@ def run_qseek(args) -> dict:
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     if not target.is_absolute():
         target = ROOT / target
-    exe = target / "release" / "examples" / "throughput"
-    if not args.no_build or not exe.exists():
+    exe = args.exe or target / "release" / "examples" / "throughput"
+    if not args.exe and (not args.no_build or not exe.exists()):
         subprocess.run(["cargo", "build", "--release", "--example", "throughput"], cwd=ROOT, check=True)
     cmd = [str(exe)] + common_args(args)
     print("qseek:", " ".join(cmd), file=sys.stderr, flush=True)
@@ -274,6 +299,7 @@ def table(pt: dict, qs: dict) -> str:
         ("images/s", "images_per_s", 1),
         ("texts/s", "texts_per_s", 1),
         ("ITM pairs/s", "itm_pairs_per_s", 1),
+        ("ITM 1 image x texts/s", "itm_shared_pairs_per_s", 1),
         ("load s", "load_s", 1),
         ("vision s/image", "vision_s_per_image", 1),
         ("Q-Former s/image", "qformer_s_per_image", 1),
@@ -312,6 +338,10 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=PHOTOS if PHOTOS.is_dir() else None,
                     help="photos whose pre-processing is timed separately")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build if the example exists")
+    ap.add_argument("--exe", type=Path, help="a prebuilt throughput example (e.g. a cuda build carried "
+                    "to a machine without Rust); nothing is built")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (both sides; qseek needs a "
+                    "cuda build); every timed run ends with a GPU synchronisation")
     ap.add_argument("--only", choices=["pytorch", "qseek"], help="run one side only")
     ap.add_argument("--json", action="store_true", help="also print both sides' raw JSON")
     ap.add_argument("--pytorch-worker", action="store_true", help=argparse.SUPPRESS)
@@ -323,7 +353,7 @@ def main() -> None:
         return
 
     ensure_checkpoint(args.model)
-    print(f"model {args.model}, {args.threads} threads, batch {args.batch}, dtype {args.dtype}, "
+    print(f"model {args.model}, {args.device}, {args.threads} threads, batch {args.batch}, dtype {args.dtype}, "
           f"{args.images} images, {args.texts} texts, {args.pairs} pairs, median of {args.reps}",
           flush=True)
     pt = run_pytorch(args) if args.only != "qseek" else {}

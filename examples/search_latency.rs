@@ -30,9 +30,10 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use qseek::model::ModelSource;
-use qseek::pipeline::search::{text_to_images, SearchOptions};
 use qseek::pipeline::{model_identity, Collection};
 use qseek::preprocess::image::LoadOptions;
+use qseek::rerank::Direct;
+use qseek::service::search::{search, QueryInput, SearchRequest, SearchSettings};
 use qseek::{Embedder, ModelOptions};
 use qseek_index::{ImageRecord, Index, Manifest, VectorDtype};
 
@@ -140,35 +141,40 @@ fn main() -> qseek::Result<()> {
         index: Index::open(&dir, None)?,
         embedder,
     };
-    let opts = SearchOptions {
-        k: 10,
-        rerank: 0,
-        min_prob: None,
-        under: None,
-        ann: true,
-        load: LoadOptions::default(),
+    let model = Direct {
+        embedder: &collection.embedder,
         batch: 16,
     };
-    let time_queries = |opts: &SearchOptions| -> qseek::Result<f64> {
+    let settings = SearchSettings {
+        load: LoadOptions::default(),
+        max_query_chars: None,
+    };
+    let request = |text: &str, ann: bool| SearchRequest {
+        rerank: Some(0),
+        ann,
+        ..SearchRequest::new(QueryInput::Text(text.to_string()))
+    };
+    let time_queries = |ann: bool| -> qseek::Result<f64> {
         let mut ms = Vec::new();
         for i in 0..args.queries {
             let t = Instant::now();
-            let r = text_to_images(&collection, CAPTIONS[i % CAPTIONS.len()], opts)?;
+            let r = search(
+                &collection,
+                &model,
+                &settings,
+                &request(CAPTIONS[i % CAPTIONS.len()], ann),
+            )?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
-            assert_eq!(r.hits.len(), 10);
+            assert_eq!(r.results.len(), 10);
         }
         Ok(median(ms))
     };
-    let exact_opts = SearchOptions {
-        ann: false,
-        ..opts.clone()
-    };
-    text_to_images(&collection, "warm up", &exact_opts)?;
-    let itc_exact_ms = time_queries(&exact_opts)?;
+    search(&collection, &model, &settings, &request("warm up", false))?;
+    let itc_exact_ms = time_queries(false)?;
     let t = Instant::now();
-    text_to_images(&collection, "warm up", &opts)?;
+    search(&collection, &model, &settings, &request("warm up", true))?;
     let graph_build_s = t.elapsed().as_secs_f64();
-    let itc_ann_ms = time_queries(&opts)?;
+    let itc_ann_ms = time_queries(true)?;
     let mut text = Vec::new();
     for i in 0..args.queries {
         let t = Instant::now();

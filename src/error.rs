@@ -1,10 +1,186 @@
 //! The one error type of the `qseek` crate.
+//!
+//! [`Error::kind`] sorts every error by who is at fault: the user's mistakes (a bad
+//! request, something not found, an unsupported or oversized file, an index in use)
+//! and internal failures. The CLI maps the kind to an exit status, the server to an
+//! HTTP status. Messages name no command-line flag: the CLI says those itself.
 
 use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// Who is at fault, and so how a front end reports an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request is malformed or contradicts itself (HTTP 400).
+    BadRequest,
+    /// Something the request names does not exist (HTTP 404).
+    NotFound,
+    /// A file is not an image qseek reads (HTTP 415).
+    Unsupported,
+    /// A file or image is over a size limit (HTTP 413).
+    TooLarge,
+    /// The index is used by another process (HTTP 409).
+    InUse,
+    /// Not the user's fault: a bug, a broken checkpoint, a disk or network failure (HTTP 500).
+    Internal,
+}
+
+/// A request parameter, named as the library and the HTTP API name it (the CLI has its
+/// own spelling of each, see `cli`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Param {
+    /// The query sentence.
+    Query,
+    /// Results wanted.
+    K,
+    /// Candidates rescored with ITM.
+    Rerank,
+    /// Minimum ITM match probability.
+    MinProb,
+    /// Results skipped (paging).
+    Offset,
+    /// Decoding limit.
+    MaxMegapixels,
+    /// Seconds between commits.
+    CommitEvery,
+    /// A text.
+    Text,
+}
+
+impl std::fmt::Display for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            Param::Query => "q",
+            Param::K => "k",
+            Param::Rerank => "rerank",
+            Param::MinProb => "min_prob",
+            Param::Offset => "offset",
+            Param::MaxMegapixels => "max_megapixels",
+            Param::CommitEvery => "commit_every",
+            Param::Text => "text",
+        };
+        f.write_str(name)
+    }
+}
+
+/// A request its sender can fix, with what is wrong as data.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum BadRequest {
+    /// The query (sentence or text) is empty once normalised.
+    #[error("the query is empty: give a sentence or an image")]
+    EmptyQuery,
+    /// A text to score is empty once normalised.
+    #[error("text {text:?} is empty once normalised: give some words")]
+    EmptyText {
+        /// The text.
+        text: String,
+    },
+    /// The query is longer than the service takes.
+    #[error("the query has {chars} characters, more than the limit of {limit}")]
+    QueryTooLong {
+        /// Its length.
+        chars: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A parameter is outside its range.
+    #[error("{param} must be {expected}")]
+    OutOfRange {
+        /// Which.
+        param: Param,
+        /// What it must be.
+        expected: &'static str,
+    },
+    /// A minimum match probability needs ITM scores, so reranking.
+    #[error("a minimum match probability needs ITM reranking: set rerank to at least 1")]
+    MinProbNeedsRerank,
+    /// Image → texts on an index without texts.
+    #[error("the index holds no texts: add some first")]
+    NoTexts,
+    /// A folder to index is not one this service may index.
+    #[error("{path}: not a folder this service may index")]
+    FolderNotAllowed {
+        /// The folder as given.
+        path: String,
+    },
+    /// A server listening beyond this machine must require a token.
+    #[error("listening on {addr} (not only this machine) needs a token")]
+    TokenRequired {
+        /// The address.
+        addr: String,
+    },
+    /// Indexing was asked for while a run is going on.
+    #[error("an indexing run is already going on")]
+    AlreadyIndexing,
+    /// A texts file line (or request item) is malformed.
+    #[error("{source_name}:{line}: {reason}")]
+    BadTextsLine {
+        /// The file (or request) it came from.
+        source_name: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// There are no texts in what was given.
+    #[error("{source_name}: no texts in it")]
+    NoTextsGiven {
+        /// The file (or request) it came from.
+        source_name: String,
+    },
+    /// An upload is not a request body the service understands.
+    #[error("bad upload: {reason}")]
+    BadUpload {
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Something a request names that does not exist.
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[serde(tag = "missing", rename_all = "snake_case")]
+pub enum NotFound {
+    /// No index at this directory.
+    #[error("no index at {path}")]
+    Index {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// No indexed image with this id.
+    #[error("no image with id {id} in the index")]
+    Image {
+        /// The id.
+        id: u64,
+    },
+    /// No such file or folder (a folder to index, an image to search by).
+    #[error("{path}: no such file or folder")]
+    Path {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// No such route or resource.
+    #[error("{what}: not found")]
+    Resource {
+        /// What was asked for.
+        what: String,
+    },
+}
 
 /// Everything that can go wrong in qseek, sorted by what the user can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The user's request is wrong (see [`BadRequest`]).
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
+
+    /// What the request names does not exist (see [`NotFound`]).
+    #[error(transparent)]
+    NotFound(#[from] NotFound),
+
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -24,7 +200,7 @@ pub enum Error {
     },
 
     /// An image is larger than the configured decoding limit.
-    #[error("{path}: image is {width}x{height} = {megapixels:.1} megapixels, over the limit of {limit} megapixels (raise it with --max-megapixels)")]
+    #[error("{path}: image is {width}x{height} = {megapixels:.1} megapixels, over the limit of {limit} megapixels")]
     ImageTooLarge {
         /// The file.
         path: PathBuf,
@@ -36,6 +212,13 @@ pub enum Error {
         megapixels: f64,
         /// The limit, in megapixels.
         limit: f64,
+    },
+
+    /// An upload is larger than the service takes.
+    #[error("the upload is over the limit of {limit_bytes} bytes")]
+    UploadTooLarge {
+        /// The limit.
+        limit_bytes: usize,
     },
 
     /// The model checkpoint is incomplete or inconsistent.
@@ -73,9 +256,14 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    /// The user asked for something that cannot be done (bad flag value, empty query, ...).
+    /// A command line that cannot run (a bad flag value, an interruption): only the
+    /// command-line front ends raise it.
     #[error("{0}")]
     Usage(String),
+
+    /// An invariant the code relies on does not hold: a bug, never the user's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 
     /// The index layer failed.
     #[error(transparent)]
@@ -84,6 +272,27 @@ pub enum Error {
     /// A tensor operation failed (a bug or an out-of-memory, not bad input).
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// Who is at fault (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BadRequest(_) | Error::Usage(_) => ErrorKind::BadRequest,
+            Error::NotFound(_) => ErrorKind::NotFound,
+            Error::ImageDecode { .. } => ErrorKind::Unsupported,
+            Error::ImageTooLarge { .. } | Error::UploadTooLarge { .. } => ErrorKind::TooLarge,
+            Error::Index(qseek_index::Error::InUse { .. } | qseek_index::Error::WriterBusy) => {
+                ErrorKind::InUse
+            }
+            Error::Index(qseek_index::Error::NotFound { .. }) => ErrorKind::NotFound,
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NotFound
+            }
+            Error::Index(qseek_index::Error::ModelMismatch { .. }) => ErrorKind::BadRequest,
+            _ => ErrorKind::Internal,
+        }
+    }
 }
 
 /// `Result` with qseek's [`Error`].

@@ -8,6 +8,9 @@ pub mod error;
 pub mod model;
 pub mod pipeline;
 pub mod preprocess;
+pub mod rerank;
+pub mod server;
+pub mod service;
 
 pub use embedder::{Embedder, ModelOptions};
 pub use error::{Error, Result};

@@ -1,7 +1,7 @@
 //! The `qseek` binary: parse flags, run, map the outcome to an exit status.
 
 use clap::Parser;
-use qseek::cli::{run, Cli, Outcome};
+use qseek::cli::{describe, exit_status, run, Cli, Outcome};
 
 fn main() {
     let cli = Cli::parse();
@@ -10,8 +10,8 @@ fn main() {
         Ok(Outcome::SomeFailed) => 1,
         Ok(Outcome::Interrupted) => 130,
         Err(e) => {
-            eprintln!("qseek: {e}");
-            2
+            eprintln!("qseek: {}", describe(&e));
+            exit_status(&e)
         }
     };
     std::process::exit(code);

@@ -2,13 +2,13 @@
 
 use std::io::Write;
 
-use clap::{Args, Subcommand};
-use rayon::prelude::*;
-use serde::Serialize;
-
 use std::path::PathBuf;
 
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
 use super::{report_failure, ModelArgs, Outcome};
+use crate::service::model::{embed_images, embed_texts};
 use crate::{Embedder, Result};
 
 #[derive(Debug, Subcommand)]
@@ -37,19 +37,6 @@ pub(super) struct TextArgs {
     model: ModelArgs,
 }
 
-#[derive(Serialize)]
-struct ImageLine<'a> {
-    path: &'a str,
-    embeds: Vec<Vec<f32>>,
-}
-
-#[derive(Serialize)]
-struct TextLine<'a> {
-    text: &'a str,
-    input_ids: &'a [u32],
-    embed: Vec<f32>,
-}
-
 pub(super) fn run(cmd: EmbedCommand) -> Result<Outcome> {
     match cmd {
         EmbedCommand::Image(args) => images(args),
@@ -63,36 +50,14 @@ fn images(args: ImageArgs) -> Result<Outcome> {
     let mut out = std::io::stdout().lock();
     let mut outcome = Outcome::Success;
     for chunk in args.files.chunks(args.model.batch as usize) {
-        // Decoding is independent per file: spread it over the cores.
-        let decoded: Vec<_> = chunk
-            .par_iter()
-            .map(|p| embedder.pixel_values(p, &load))
-            .collect();
-        let mut good = Vec::new();
-        let mut pixels = Vec::new();
-        for (path, result) in chunk.iter().zip(decoded) {
+        for (path, result) in chunk.iter().zip(embed_images(&embedder, chunk, &load)?) {
             match result {
-                Ok(p) => {
-                    good.push(path);
-                    pixels.push(p);
-                }
+                Ok(line) => write_line(&mut out, &line)?,
                 Err(e) => {
                     report_failure(path, &e);
                     outcome = Outcome::SomeFailed;
                 }
             }
-        }
-        if good.is_empty() {
-            continue;
-        }
-        let (_, embeds) = embedder.embed_pixels(&embedder.pixel_batch(&pixels)?)?;
-        let embeds: Vec<Vec<Vec<f32>>> = embeds.to_vec3()?;
-        for (path, embeds) in good.into_iter().zip(embeds) {
-            let line = ImageLine {
-                path: &path.to_string_lossy(),
-                embeds,
-            };
-            write_line(&mut out, &line)?;
         }
     }
     Ok(outcome)
@@ -102,17 +67,8 @@ fn texts(args: TextArgs) -> Result<Outcome> {
     let embedder = Embedder::load(&args.model.options()?)?;
     let mut out = std::io::stdout().lock();
     for chunk in args.texts.chunks(args.model.batch as usize) {
-        let ids = embedder.tokenize(chunk)?;
-        let embeds: Vec<Vec<f32>> = embedder.embed_token_ids(&ids)?.to_vec2()?;
-        for ((text, ids), embed) in chunk.iter().zip(&ids).zip(embeds) {
-            write_line(
-                &mut out,
-                &TextLine {
-                    text,
-                    input_ids: ids,
-                    embed,
-                },
-            )?;
+        for line in embed_texts(&embedder, chunk)? {
+            write_line(&mut out, &line)?;
         }
     }
     Ok(Outcome::Success)

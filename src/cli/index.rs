@@ -7,10 +7,11 @@ use clap::Args;
 use qseek_index::VectorDtype;
 
 use super::{stop_on_ctrl_c, IndexDir, ModelArgs, Outcome};
+use crate::error::{BadRequest, NotFound, Param};
 use crate::pipeline::indexer::{index_folders, IndexOptions, IndexSummary};
 use crate::pipeline::walk::WalkOptions;
 use crate::pipeline::{Collection, CreateOptions};
-use crate::{Error, Result};
+use crate::Result;
 
 #[derive(Debug, Args)]
 pub(super) struct IndexArgs {
@@ -52,16 +53,15 @@ pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
         _ => VectorDtype::F32,
     };
     if !(args.commit_every.is_finite() && args.commit_every > 0.0) {
-        return Err(Error::Usage(
-            "--commit-every must be a positive number of seconds".into(),
-        ));
+        return Err(BadRequest::OutOfRange {
+            param: Param::CommitEvery,
+            expected: "a positive number of seconds",
+        }
+        .into());
     }
     for p in &args.paths {
         if !p.exists() {
-            return Err(Error::Usage(format!(
-                "{}: no such file or folder",
-                p.display()
-            )));
+            return Err(NotFound::Path { path: p.clone() }.into());
         }
     }
     let dir = args.index.dir()?;

@@ -9,15 +9,17 @@ mod index;
 mod manage;
 mod score;
 mod search;
+mod serve;
 mod texts;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::embedder::{parse_device, parse_dtype, ModelOptions};
+use crate::error::{BadRequest, ErrorKind, NotFound, Param};
 use crate::model::checkpoint::DEFAULT_MODEL;
 use crate::model::ModelSource;
 use crate::preprocess::image::LoadOptions;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Find photos from a sentence, sentences from a photo, and photos from a photo (BLIP-2).
 #[derive(Debug, Parser)]
@@ -51,6 +53,8 @@ enum Command {
     Verify(manage::PlainArgs),
     /// Image-text retrieval R@1/5/10 on Flickr30K/COCO-style annotations (BLIP-2 protocol).
     Eval(eval::EvalArgs),
+    /// Serve the collection: a JSON API and a web page (loads the model once).
+    Serve(serve::ServeArgs),
 }
 
 /// What happened, for the exit status.
@@ -77,6 +81,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Compact(args) => manage::compact(args),
         Command::Verify(args) => manage::verify(args),
         Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }
 
@@ -118,9 +123,11 @@ impl ModelArgs {
     fn load_options(&self) -> Result<LoadOptions> {
         // Written so that NaN is refused too.
         if self.max_megapixels.is_nan() || self.max_megapixels <= 0.0 {
-            return Err(crate::Error::Usage(
-                "--max-megapixels must be positive".into(),
-            ));
+            return Err(BadRequest::OutOfRange {
+                param: Param::MaxMegapixels,
+                expected: "positive",
+            }
+            .into());
         }
         Ok(LoadOptions {
             max_megapixels: self.max_megapixels,
@@ -129,10 +136,69 @@ impl ModelArgs {
     }
 }
 
+/// The command line's spelling of a request parameter.
+fn flag(param: Param) -> &'static str {
+    match param {
+        Param::Query => "the query",
+        Param::K => "-k",
+        Param::Rerank => "--rerank",
+        Param::MinProb => "--min-prob",
+        Param::Offset => "--offset",
+        Param::MaxMegapixels => "--max-megapixels",
+        Param::CommitEvery => "--commit-every",
+        Param::Text => "--text",
+    }
+}
+
+/// An error as one sentence for the terminal: the library's message, with the flag or
+/// command that fixes it where there is one.
+pub fn describe(error: &Error) -> String {
+    match error {
+        Error::BadRequest(BadRequest::EmptyQuery) => {
+            "the query is empty: give a sentence, or --image FILE".into()
+        }
+        Error::BadRequest(BadRequest::OutOfRange { param, expected }) => {
+            format!("{} must be {expected}", flag(*param))
+        }
+        Error::BadRequest(BadRequest::MinProbNeedsRerank) => {
+            "--min-prob needs ITM reranking: use it with --rerank N (N > 0)".into()
+        }
+        Error::BadRequest(BadRequest::NoTexts) => {
+            "the index holds no texts: add some with `qseek texts add FILE`".into()
+        }
+        Error::BadRequest(BadRequest::EmptyText { text }) => {
+            format!("--text {text:?} is empty once normalised: give some words")
+        }
+        Error::NotFound(NotFound::Index { path }) => format!(
+            "no index at {}: build one with `qseek index DIR` (or choose another with --index)",
+            path.display()
+        ),
+        Error::ImageTooLarge { .. } => format!("{error} (raise it with --max-megapixels)"),
+        Error::BadRequest(BadRequest::TokenRequired { addr }) => {
+            format!("listening on {addr} (not only this machine) needs --token TOKEN")
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// The exit status of a command that could not run. Every error, the user's or not,
+/// is 2 (documented in the README); `kind` decides nothing here yet but keeps the
+/// mapping in one place.
+pub fn exit_status(error: &Error) -> i32 {
+    match error.kind() {
+        ErrorKind::BadRequest
+        | ErrorKind::NotFound
+        | ErrorKind::Unsupported
+        | ErrorKind::TooLarge
+        | ErrorKind::InUse
+        | ErrorKind::Internal => 2,
+    }
+}
+
 /// Reports one failed input on stderr, the way every command does.
 pub(crate) fn report_failure(what: &std::path::Path, error: &crate::Error) {
     // The error's message already names the file for file errors.
-    let message = error.to_string();
+    let message = describe(error);
     if message.contains(&what.display().to_string()) {
         eprintln!("qseek: {message}");
     } else {

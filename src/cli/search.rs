@@ -4,15 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Args;
-use serde::Serialize;
 
 use super::{print_line as write_line, IndexDir, ModelArgs, Outcome};
-use crate::pipeline::search::{
-    image_to_images, image_to_texts, text_to_images, Hit, SearchOptions,
-};
-use crate::pipeline::walk::absolute;
+use crate::error::BadRequest;
 use crate::pipeline::Collection;
-use crate::{Error, Result};
+use crate::rerank::Direct;
+use crate::service::search::{search, Hit, QueryInput, SearchRequest, SearchSettings};
+use crate::Result;
 
 #[derive(Debug, Args)]
 pub(super) struct SearchArgs {
@@ -56,97 +54,49 @@ pub(super) struct SearchArgs {
     model: ModelArgs,
 }
 
-#[derive(Serialize)]
-struct Document<'a> {
-    query: Query<'a>,
-    results: &'a [Hit],
-    notes: &'a [String],
-}
-
-#[derive(Serialize)]
-struct Query<'a> {
-    text: Option<&'a str>,
-    image: Option<String>,
-    mode: &'a str,
-    k: usize,
-    rerank: usize,
-}
-
 pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
-    if args.query.is_none() && args.image.is_none() {
-        return Err(Error::Usage(
-            "the query is empty: give a sentence, or --image FILE".into(),
-        ));
-    }
-    if let Some(p) = args.min_prob {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(Error::Usage("--min-prob must be between 0 and 1".into()));
-        }
-    }
+    let query = match (args.query, args.image) {
+        (Some(q), _) => QueryInput::Text(q),
+        (None, Some(img)) => QueryInput::ImageFile(img),
+        (None, None) => return Err(BadRequest::EmptyQuery.into()),
+    };
+    let request = SearchRequest {
+        query,
+        texts: args.texts,
+        k: args.k,
+        offset: 0,
+        rerank: args.rerank,
+        min_prob: args.min_prob,
+        under: args.under,
+        ann: args.ann,
+    };
+    let settings = SearchSettings {
+        load: args.model.load_options()?,
+        max_query_chars: None,
+    };
     let dir = args.index.dir()?;
     let collection = Collection::open(&dir, args.model.model.as_deref(), &args.model.options()?)?;
-    let stored = collection.index.manifest().store_vision_features;
-    let rerank = args.rerank.unwrap_or(if stored { 16 } else { 0 });
-    let under = match &args.under {
-        Some(u) => {
-            let abs = absolute(u).map_err(|source| Error::Io {
-                path: u.clone(),
-                source,
-            })?;
-            let mut s = abs.to_string_lossy().into_owned();
-            if abs.is_dir() && !s.ends_with('/') {
-                s.push('/');
-            }
-            Some(s)
-        }
-        None => None,
-    };
-    let opts = SearchOptions {
-        k: args.k,
-        rerank,
-        min_prob: args.min_prob,
-        under,
-        ann: args.ann,
-        load: args.model.load_options()?,
+    let model = Direct {
+        embedder: &collection.embedder,
         batch: args.model.batch as usize,
     };
-    let (mode, mut result) = match (&args.query, &args.image) {
-        (Some(q), _) => ("text_to_images", text_to_images(&collection, q, &opts)?),
-        (None, Some(img)) if args.texts => {
-            ("image_to_texts", image_to_texts(&collection, img, &opts)?)
-        }
-        (None, Some(img)) => ("image_to_images", image_to_images(&collection, img, &opts)?),
-        (None, None) => unreachable!("checked above"),
-    };
-    if args.rerank.is_none() && !stored && mode != "image_to_images" {
-        result.notes.push(
-            "ranked by ITC only: this index stores no vision features, so ITM reranking (--rerank N) would run the image encoder on each of the N candidates' files; `qseek index --store-vision-features` into a new index makes it cheap".into(),
-        );
-    }
-    for note in &result.notes {
+    let response = search(&collection, &model, &settings, &request)?;
+    for note in &response.notes {
         eprintln!("qseek: note: {note}");
     }
     let mut out = std::io::stdout().lock();
     if args.json {
-        let doc = Document {
-            query: Query {
-                text: args.query.as_deref(),
-                image: args.image.as_ref().map(|p| p.display().to_string()),
-                mode,
-                k: args.k,
-                rerank,
-            },
-            results: &result.hits,
-            notes: &result.notes,
-        };
-        write_line(&mut out, &serde_json::to_string(&doc).expect("serialises"))?;
+        write_line(
+            &mut out,
+            &serde_json::to_string(&response).expect("serialises"),
+        )?;
     } else if args.paths {
-        for h in &result.hits {
+        for h in &response.results {
             let line = h.path.as_deref().or(h.text.as_deref()).unwrap_or_default();
             write_line(&mut out, line)?;
         }
     } else {
-        print_table(&mut out, &result.hits)?;
+        print_table(&mut out, &response.results)?;
     }
     Ok(Outcome::Success)
 }

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use super::{print_line, IndexDir, ModelArgs, Outcome};
-use crate::pipeline::texts::{add_texts, read_texts_file};
+use crate::pipeline::texts::read_texts_file;
 use crate::pipeline::{open_index, Collection};
+use crate::service::texts;
 use crate::Result;
 
 #[derive(Debug, Subcommand)]
@@ -37,12 +37,6 @@ pub(super) struct ListArgs {
     index: IndexDir,
 }
 
-#[derive(Serialize)]
-struct TextLine<'a> {
-    id: Option<&'a str>,
-    text: &'a str,
-}
-
 pub(super) fn run(cmd: TextsCommand) -> Result<Outcome> {
     match cmd {
         TextsCommand::Add(args) => {
@@ -53,7 +47,13 @@ pub(super) fn run(cmd: TextsCommand) -> Result<Outcome> {
                 args.model.model.as_deref(),
                 &args.model.options()?,
             )?;
-            let s = add_texts(&c, &entries, args.model.batch as usize, !args.model.quiet)?;
+            let s = texts::add(
+                &c,
+                &args.file.display().to_string(),
+                &entries,
+                args.model.batch as usize,
+                !args.model.quiet,
+            )?;
             if args.json {
                 print_line(
                     &mut std::io::stdout().lock(),
@@ -69,11 +69,7 @@ pub(super) fn run(cmd: TextsCommand) -> Result<Outcome> {
         TextsCommand::List(args) => {
             let index = open_index(&args.index.dir()?)?;
             let mut out = std::io::stdout().lock();
-            for t in index.texts() {
-                let line = TextLine {
-                    id: t.external_id.as_deref(),
-                    text: &t.text,
-                };
+            for line in texts::list(&index) {
                 print_line(&mut out, &serde_json::to_string(&line).expect("serialises"))?;
             }
         }

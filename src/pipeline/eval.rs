@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use qseek_index::{ImageId, SearchParams, VectorDtype};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -38,6 +38,7 @@ use super::texts::{add_texts, TextEntry};
 use super::{default_feature_dtype, progress_bar, Collection};
 use crate::preprocess::image::LoadOptions;
 use crate::preprocess::text::pre_caption;
+use crate::rerank::{itm_scores, ItmPair, ItmScore};
 use crate::{Error, Result};
 
 /// A retrieval test set: images, their captions, and which caption belongs to which image.
@@ -554,24 +555,29 @@ pub fn evaluate(
     }
     let n_pairs: usize = pairs.values().map(Vec::len).sum();
     let progress = progress_bar(n_pairs as u64, "ITM pairs", opts.progress);
-    let mut itm: HashMap<(usize, usize), f32> = HashMap::with_capacity(n_pairs);
+    let mut itm: HashMap<(usize, usize), ItmScore> = HashMap::with_capacity(n_pairs);
     let device = c.embedder.model().device().clone();
     for (&i, texts) in &pairs {
         let (values, shape) = c
             .index
             .vision_features(image_ids[i])?
             .ok_or_else(|| Error::Usage("the cache index holds no vision features".into()))?;
-        let vision = Tensor::from_vec(values, shape, &device)?.unsqueeze(0)?;
+        let vision = Tensor::from_vec(values, shape, &device)?;
         for chunk in texts.chunks(opts.batch.max(1)) {
-            let batch_ids: Vec<Vec<u32>> = chunk.iter().map(|&t| ids[t].clone()).collect();
-            // The image's cross-attention keys and values are computed once per chunk.
-            let logits = c
-                .embedder
-                .itm_logits(&vision, &batch_ids)?
-                .narrow(D::Minus1, 1, 1)?
-                .flatten_all()?;
-            for (&t, l) in chunk.iter().zip(logits.to_vec1::<f32>()?) {
-                itm.insert((i, t), l);
+            // One image with every text of the chunk: `itm_scores` computes its
+            // cross-attention keys and values once.
+            let pairs: Vec<ItmPair> = chunk
+                .iter()
+                .map(|&t| ItmPair {
+                    vision: vision.clone(),
+                    ids: ids[t].clone(),
+                })
+                .collect();
+            for (&t, score) in chunk
+                .iter()
+                .zip(itm_scores(&c.embedder, &pairs, pairs.len())?)
+            {
+                itm.insert((i, t), score);
             }
             progress.inc(chunk.len() as u64);
         }
@@ -585,13 +591,13 @@ pub fn evaluate(
     let mut score_i2t = vec![vec![-100f32; n_txt]; n_img];
     for (i, texts) in top_i2t.iter().enumerate() {
         for &t in texts {
-            score_i2t[i][t] = itm[&(i, canonical[t])] + sim_i2t[i][t];
+            score_i2t[i][t] = itm[&(i, canonical[t])].rerank_score(sim_i2t[i][t]);
         }
     }
     let mut score_t2i = vec![vec![-100f32; n_img]; n_txt];
     for (t, images) in top_t2i.iter().enumerate() {
         for &i in images {
-            score_t2i[t][i] = itm[&(i, canonical[t])] + sim_t2i[t][i];
+            score_t2i[t][i] = itm[&(i, canonical[t])].rerank_score(sim_t2i[t][i]);
         }
     }
     seconds.insert("itm_rerank".to_string(), t0.elapsed().as_secs_f64());

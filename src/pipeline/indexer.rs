@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
@@ -149,6 +149,17 @@ fn prepare(file: &FoundFile, embedder: &Embedder, index: &Index, load: &LoadOpti
     }
 }
 
+/// Live counts of a run, for whoever reports its progress (the server's indexing status).
+#[derive(Debug, Default)]
+pub struct IndexProgress {
+    /// Files to read (known once the walk is done).
+    pub total: AtomicUsize,
+    /// Files handled so far.
+    pub done: AtomicUsize,
+    /// Files that could not be read or decoded so far.
+    pub failed: AtomicUsize,
+}
+
 /// Indexes `roots` into the collection. `stop` is polled between batches (Ctrl-C).
 pub fn index_folders(
     collection: &Collection,
@@ -156,7 +167,19 @@ pub fn index_folders(
     opts: &IndexOptions,
     stop: &AtomicBool,
 ) -> Result<IndexSummary> {
-    index_found(collection, walk(roots, opts.walk), Some(roots), opts, stop)
+    index_folders_observed(collection, roots, opts, stop, &IndexProgress::default())
+}
+
+/// [`index_folders`], counting its progress in `progress` as it goes.
+pub fn index_folders_observed(
+    collection: &Collection,
+    roots: &[PathBuf],
+    opts: &IndexOptions,
+    stop: &AtomicBool,
+    progress: &IndexProgress,
+) -> Result<IndexSummary> {
+    let found = walk(roots, opts.walk);
+    index_found(collection, found, Some(roots), opts, stop, progress)
 }
 
 /// Indexes the given files (absolute paths); nothing is removed.
@@ -179,7 +202,14 @@ pub fn index_files(
     }
     found.images.sort_by(|a, b| a.path.cmp(&b.path));
     found.images.dedup_by(|a, b| a.path == b.path);
-    index_found(collection, found, None, opts, stop)
+    index_found(
+        collection,
+        found,
+        None,
+        opts,
+        stop,
+        &IndexProgress::default(),
+    )
 }
 
 /// Indexes what a walk found; with `roots`, also removes indexed paths under them that
@@ -190,6 +220,7 @@ fn index_found(
     roots: Option<&[PathBuf]>,
     opts: &IndexOptions,
     stop: &AtomicBool,
+    progress: &IndexProgress,
 ) -> Result<IndexSummary> {
     let start = Instant::now();
     let (embedder, index) = (&collection.embedder, &collection.index);
@@ -215,6 +246,10 @@ fn index_found(
     }
 
     let mut writer = index.writer()?;
+    progress.total.store(todo.len(), Ordering::Relaxed);
+    progress
+        .failed
+        .store(summary.failed.len(), Ordering::Relaxed);
     let bar = progress_bar(todo.len() as u64, "images", opts.progress);
     let mut last_commit = Instant::now();
     let store_features = index.manifest().store_vision_features;
@@ -246,6 +281,10 @@ fn index_found(
                 &mut summary,
             )?;
             bar.inc(n);
+            progress.done.fetch_add(n as usize, Ordering::Relaxed);
+            progress
+                .failed
+                .store(summary.failed.len(), Ordering::Relaxed);
             if stop.load(Ordering::Relaxed) {
                 summary.interrupted = true;
                 break;

@@ -1,10 +1,9 @@
 //! What the commands do with a model and an index: walk and index a photo
-//! collection ([`indexer`]), search it ([`search`]), load texts ([`texts`]),
-//! and open the pair consistently ([`Collection`]).
+//! collection ([`indexer`]), load texts ([`texts`]), evaluate ([`eval`]), and open the
+//! pair consistently ([`Collection`]). Searching is in [`crate::service::search`].
 
 pub mod eval;
 pub mod indexer;
-pub mod search;
 pub mod texts;
 pub mod walk;
 
@@ -83,10 +82,10 @@ pub fn open_index(dir: &Path) -> Result<Index> {
 }
 
 fn no_index(dir: &Path) -> Error {
-    Error::Usage(format!(
-        "no index at {}: build one with `qseek index DIR` (or choose another with --index)",
-        dir.display()
-    ))
+    crate::error::NotFound::Index {
+        path: dir.to_path_buf(),
+    }
+    .into()
 }
 
 impl Collection {
@@ -172,9 +171,4 @@ pub(crate) fn rows3(t: &Tensor) -> Result<Vec<Vec<f32>>> {
         .into_iter()
         .map(|m| m.into_iter().flatten().collect())
         .collect())
-}
-
-/// Softmax probability of "match" for ITM logits `[no, yes]`.
-pub fn match_probability(no: f32, yes: f32) -> f32 {
-    1.0 / (1.0 + (no - yes).exp())
 }

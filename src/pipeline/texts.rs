@@ -6,14 +6,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{progress_bar, Collection};
+use crate::error::BadRequest;
 use crate::preprocess::text::pre_caption;
 use crate::{Error, Result};
 
 /// One text to add.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TextEntry {
     /// The caller's id, if any.
     pub id: Option<String>,
@@ -22,7 +23,7 @@ pub struct TextEntry {
 }
 
 /// What `texts add` did.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TextsSummary {
     /// New texts.
     pub added: usize,
@@ -40,8 +41,19 @@ pub fn read_texts_file(path: &Path) -> Result<Vec<TextEntry>> {
         path: path.to_path_buf(),
         source,
     })?;
-    let bad =
-        |line: usize, reason: String| Error::Usage(format!("{}:{line}: {reason}", path.display()));
+    parse_texts(&path.display().to_string(), &content)
+}
+
+/// Parses the lines of a texts file (or of a request body named `source_name`); any
+/// malformed line is an error naming it, before anything is added.
+pub fn parse_texts(source_name: &str, content: &str) -> Result<Vec<TextEntry>> {
+    let bad = |line: usize, reason: String| {
+        Error::from(BadRequest::BadTextsLine {
+            source_name: source_name.to_string(),
+            line,
+            reason,
+        })
+    };
     let mut out = Vec::new();
     for (i, line) in content.lines().enumerate() {
         let trimmed = line.trim();
@@ -82,12 +94,31 @@ pub fn read_texts_file(path: &Path) -> Result<Vec<TextEntry>> {
         out.push(entry);
     }
     if out.is_empty() {
-        return Err(Error::Usage(format!(
-            "{}: no texts in the file",
-            path.display()
-        )));
+        return Err(BadRequest::NoTextsGiven {
+            source_name: source_name.to_string(),
+        }
+        .into());
     }
     Ok(out)
+}
+
+/// Checks texts given one by one (a request), as [`parse_texts`] checks a file's lines.
+pub fn check_texts(source_name: &str, entries: &[TextEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Err(BadRequest::NoTextsGiven {
+            source_name: source_name.to_string(),
+        }
+        .into());
+    }
+    match entries.iter().position(|e| pre_caption(&e.text).is_empty()) {
+        Some(i) => Err(BadRequest::BadTextsLine {
+            source_name: source_name.to_string(),
+            line: i + 1,
+            reason: "the text is empty once normalised".into(),
+        }
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Adds `entries` to the collection's texts, embedding `batch` at a time.

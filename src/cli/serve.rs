@@ -1,0 +1,81 @@
+//! `qseek serve`: the collection as a web service and a web page (see `crate::server`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use qseek_index::VectorDtype;
+
+use super::{IndexDir, ModelArgs, Outcome};
+use crate::error::{BadRequest, Param};
+use crate::pipeline::indexer::IndexOptions;
+use crate::pipeline::walk::WalkOptions;
+use crate::pipeline::{Collection, CreateOptions};
+use crate::server::{serve, ServeOptions};
+use crate::Result;
+
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Address to listen on. Anything but localhost needs --token.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    addr: SocketAddr,
+    /// Every request must carry this token (`Authorization: Bearer TOKEN` or `?token=`).
+    #[arg(long, env = "QSEEK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A folder the web page and the API may index (repeatable); folders already in the
+    /// index may always be indexed again.
+    #[arg(long = "allow", value_name = "DIR")]
+    allow: Vec<PathBuf>,
+    /// Largest image upload, in megabytes.
+    #[arg(long, default_value_t = 20)]
+    max_upload_mb: usize,
+    /// While indexing, commit at least every this many seconds (searches see new
+    /// photos after each commit).
+    #[arg(long, default_value_t = 10.0)]
+    commit_every: f64,
+    #[command(flatten)]
+    index: IndexDir,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
+    if !(args.commit_every.is_finite() && args.commit_every > 0.0) {
+        return Err(BadRequest::OutOfRange {
+            param: Param::CommitEvery,
+            expected: "a positive number of seconds",
+        }
+        .into());
+    }
+    let load = args.model.load_options()?;
+    let opts = ServeOptions {
+        addr: args.addr,
+        token: args.token,
+        allow: args.allow,
+        max_upload_bytes: args.max_upload_mb.saturating_mul(1 << 20),
+        index: IndexOptions {
+            walk: WalkOptions { hidden: false },
+            load,
+            batch: args.model.batch as usize,
+            commit_every: Duration::from_secs_f64(args.commit_every),
+            progress: false,
+        },
+        load,
+        batch: args.model.batch as usize,
+    };
+    // Before loading the model: a refused address fails at once.
+    opts.check()?;
+    let collection = Collection::open_or_create(
+        &args.index.dir()?,
+        args.model.model.as_deref(),
+        &args.model.options()?,
+        CreateOptions {
+            vector_dtype: VectorDtype::F32,
+            store_vision_features: false,
+            feature_dtype: None,
+        },
+    )?;
+    serve(collection, opts)?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,125 @@
+//! The model worker: one thread that owns the text encoder and the ITM head for the
+//! server, and merges what concurrent requests ask of them into one model call each.
+//!
+//! A request sends its work down a channel and waits for its answer. The worker takes
+//! the first job, then everything else already queued, and runs all the sentences as
+//! one text-encoder batch and all the ITM pairs as few batches, so 16 concurrent
+//! searches cost about one batched forward pass instead of 16 small ones. No request
+//! waits on a lock: a search that needs no model call (an image by id, paging) never
+//! touches the worker.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+
+use crate::pipeline::Collection;
+use crate::rerank::{itm_scores, ItmPair, ItmScore, ModelCalls};
+use crate::{Error, Result};
+
+/// Most jobs merged into one round.
+const MAX_JOBS_PER_ROUND: usize = 64;
+
+type Reply<T> = Sender<Result<T>>;
+
+enum Job {
+    Text(String, Reply<(Vec<f32>, Vec<u32>)>),
+    Itm(Vec<ItmPair>, Reply<Vec<ItmScore>>),
+}
+
+/// The handle requests use; cheap to share (`&Batcher` is [`ModelCalls`]).
+pub struct Batcher {
+    jobs: Sender<Job>,
+}
+
+impl Batcher {
+    /// Starts the worker thread over the collection's model; `itm_batch` pairs per ITM call.
+    pub fn start(collection: Arc<Collection>, itm_batch: usize) -> Self {
+        let (jobs, rx) = channel();
+        std::thread::Builder::new()
+            .name("qseek-model".into())
+            .spawn(move || work(&collection, &rx, itm_batch))
+            .expect("spawn the model worker");
+        Self { jobs }
+    }
+
+    fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T> {
+        let (tx, rx) = channel();
+        self.jobs
+            .send(job(tx))
+            .map_err(|_| Error::Internal("the model worker stopped".into()))?;
+        rx.recv()
+            .map_err(|_| Error::Internal("the model worker stopped".into()))?
+    }
+}
+
+impl ModelCalls for Batcher {
+    fn embed_text(&self, text: &str) -> Result<(Vec<f32>, Vec<u32>)> {
+        self.ask(|reply| Job::Text(text.to_string(), reply))
+    }
+
+    fn itm(&self, pairs: Vec<ItmPair>) -> Result<Vec<ItmScore>> {
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ask(|reply| Job::Itm(pairs, reply))
+    }
+}
+
+fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut texts = Vec::new();
+        let mut itm = Vec::new();
+        let mut sort = |job| match job {
+            Job::Text(t, reply) => texts.push((t, reply)),
+            Job::Itm(p, reply) => itm.push((p, reply)),
+        };
+        sort(first);
+        for _ in 1..MAX_JOBS_PER_ROUND {
+            match rx.try_recv() {
+                Ok(job) => sort(job),
+                Err(_) => break,
+            }
+        }
+        if !texts.is_empty() {
+            let strings: Vec<String> = texts.iter().map(|(t, _)| t.clone()).collect();
+            answer(texts, embed_texts(c, &strings));
+        }
+        if !itm.is_empty() {
+            let all: Vec<ItmPair> = itm.iter().flat_map(|(p, _)| p.iter().cloned()).collect();
+            let scores = itm_scores(&c.embedder, &all, itm_batch);
+            let sizes: Vec<usize> = itm.iter().map(|(p, _)| p.len()).collect();
+            let split = scores.map(|scores| {
+                let mut rest = scores.into_iter();
+                sizes
+                    .iter()
+                    .map(|&n| rest.by_ref().take(n).collect::<Vec<ItmScore>>())
+                    .collect::<Vec<_>>()
+            });
+            answer(itm, split);
+        }
+    }
+}
+
+fn embed_texts(c: &Collection, texts: &[String]) -> Result<Vec<(Vec<f32>, Vec<u32>)>> {
+    let ids = c.embedder.tokenize(texts)?;
+    let embeds = c.embedder.embed_token_ids(&ids)?.to_vec2::<f32>()?;
+    Ok(embeds.into_iter().zip(ids).collect())
+}
+
+/// Sends each job its part of a batch's result (or the batch's error, as text: every
+/// job of a failed batch fails the same way).
+fn answer<J, T>(jobs: Vec<(J, Reply<T>)>, result: Result<Vec<T>>) {
+    match result {
+        Ok(values) => {
+            for ((_, reply), value) in jobs.into_iter().zip(values) {
+                // The requester may have gone (a timeout): nothing to do.
+                let _ = reply.send(Ok(value));
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for (_, reply) in jobs {
+                let _ = reply.send(Err(Error::Internal(message.clone())));
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The application layer the command line and the server share: typed requests in,
+//! typed (serde) responses out. Every policy lives here (the rerank default, which
+//! search a query runs, the ITC-only note, remove-by-folder), so the CLI only parses
+//! flags and prints, and the server only maps routes.
+//!
+//! - [`search`]: photos for a sentence, photos like a photo, sentences for a photo.
+//! - [`texts`]: adding and listing the sentences image → texts finds.
+//! - [`manage`]: what an index holds, removing files and folders.
+//! - [`model`]: the model alone: embeddings (`embed`) and ITC/ITM scores (`score`).
+
+pub mod manage;
+pub mod model;
+pub mod search;
+pub mod texts;

@@ -1,0 +1,601 @@
+//! Searching a collection: photos for a sentence, photos like a photo, sentences for a
+//! photo. One typed request in, the document `qseek search --json` prints (and
+//! `GET /api/search` answers) out.
+//!
+//! Text → images follows the BLIP-2 retrieval protocol (LAVIS `compute_sim_matrix`):
+//! the ITC score (max over the image's query vectors of the cosine with the text)
+//! ranks the whole collection through the index, then the top `rerank` candidates are
+//! rescored as ITM match logit + ITC ([`crate::rerank`]) and ranked above everything
+//! else. Image → texts is the same with the roles swapped. Image → images uses the
+//! index's symmetric Chamfer similarity over query vectors (BLIP-2 defines no
+//! image–image score).
+//!
+//! Policies decided here and nowhere else: reranking defaults to 16 when the index
+//! stores vision features and to 0 otherwise (with a note saying why); a minimum match
+//! probability needs reranking; image → images has no ITM score.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use qseek_index::{Filter, ImageId, SearchParams};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BadRequest, NotFound, Param};
+use crate::pipeline::indexer::content_hash;
+use crate::pipeline::walk::absolute;
+use crate::pipeline::{rows3, Collection};
+use crate::preprocess::image::{decode_rgb, LoadOptions};
+use crate::preprocess::text::pre_caption;
+use crate::rerank::{ItmPair, ItmScore, ModelCalls};
+use crate::{Error, Result};
+
+/// Candidates reranked when the request does not say and the index stores vision features.
+pub const DEFAULT_RERANK: usize = 16;
+
+/// What to search by.
+#[derive(Debug, Clone)]
+pub enum QueryInput {
+    /// A sentence: photos for it.
+    Text(String),
+    /// An image file the user names (the command line).
+    ImageFile(PathBuf),
+    /// An image's bytes (an upload).
+    ImageBytes(Vec<u8>),
+    /// An image of the index, by id.
+    IndexedImage(ImageId),
+}
+
+/// Which search ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Photos for a sentence.
+    TextToImages,
+    /// Photos like a photo.
+    ImageToImages,
+    /// Sentences for a photo.
+    ImageToTexts,
+}
+
+/// A search.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    /// What to search by.
+    pub query: QueryInput,
+    /// With an image query: find texts instead of images.
+    pub texts: bool,
+    /// Results wanted.
+    pub k: usize,
+    /// Results skipped before those (paging); ranks count them.
+    pub offset: usize,
+    /// Candidates rescored with the ITM head; `None`: [`DEFAULT_RERANK`] when the index
+    /// stores vision features, else 0.
+    pub rerank: Option<usize>,
+    /// Drop results whose ITM match probability is below this (needs reranking).
+    pub min_prob: Option<f32>,
+    /// Only images under this folder (or whose path starts with this prefix).
+    pub under: Option<PathBuf>,
+    /// Walk the HNSW graph instead of scoring every image exactly.
+    pub ann: bool,
+}
+
+impl SearchRequest {
+    /// A request with the defaults: 10 results, default reranking, no filter.
+    pub fn new(query: QueryInput) -> Self {
+        Self {
+            query,
+            texts: false,
+            k: 10,
+            offset: 0,
+            rerank: None,
+            min_prob: None,
+            under: None,
+            ann: false,
+        }
+    }
+}
+
+/// How the service runs searches (not part of a request).
+#[derive(Debug, Clone)]
+pub struct SearchSettings {
+    /// Decoding limits (query images, and indexed images when reranking needs them).
+    pub load: LoadOptions,
+    /// Longest sentence taken, in characters (`None`: any; the model truncates to 35
+    /// tokens anyway).
+    pub max_query_chars: Option<usize>,
+}
+
+/// The query as the response echoes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct QueryEcho {
+    /// The sentence, for text → images.
+    pub text: Option<String>,
+    /// The query image (its path, or how it came), for image queries.
+    pub image: Option<String>,
+    /// Which search ran.
+    pub mode: Mode,
+    /// Results asked for.
+    pub k: usize,
+    /// Candidates reranked (after the default was applied).
+    pub rerank: usize,
+}
+
+/// One result. Every field is always present in JSON (null when it does not apply),
+/// so the document has one stable shape.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Hit {
+    /// 1-based, counting the skipped `offset`.
+    pub rank: usize,
+    /// The image's id in the index, for image results.
+    pub image_id: Option<ImageId>,
+    /// The image (first of its paths), for image results.
+    pub path: Option<String>,
+    /// Other paths with the same bytes.
+    pub copies: Vec<String>,
+    /// The text, for text results.
+    pub text: Option<String>,
+    /// The text's external id, if it has one.
+    pub id: Option<String>,
+    /// What the ranking used: ITM logit + ITC when reranked, ITC otherwise; the
+    /// similarity for image → image.
+    pub score: f32,
+    /// ITC score: max over query vectors of the cosine.
+    pub itc: Option<f32>,
+    /// ITM "match" logit, when reranked.
+    pub itm_logit: Option<f32>,
+    /// ITM match probability (softmax of the two logits), when reranked.
+    pub itm_prob: Option<f32>,
+}
+
+/// The answer: the document `qseek search --json` prints.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SearchResponse {
+    /// The query, with the defaults applied.
+    pub query: QueryEcho,
+    /// Best first.
+    pub results: Vec<Hit>,
+    /// What the user should know about the results (e.g. a candidate that could not be
+    /// reranked).
+    pub notes: Vec<String>,
+}
+
+/// Runs a search. `model` embeds the sentence and scores ITM pairs (straight, or
+/// batched with other requests).
+pub fn search(
+    c: &Collection,
+    model: &dyn ModelCalls,
+    settings: &SearchSettings,
+    req: &SearchRequest,
+) -> Result<SearchResponse> {
+    let mode = match (&req.query, req.texts) {
+        (QueryInput::Text(_), _) => Mode::TextToImages,
+        (_, true) => Mode::ImageToTexts,
+        (_, false) => Mode::ImageToImages,
+    };
+    let stored = c.index.manifest().store_vision_features;
+    let rerank = req
+        .rerank
+        .unwrap_or(if stored { DEFAULT_RERANK } else { 0 });
+    let opts = Options::check(req, rerank)?;
+    let mut notes = Vec::new();
+    let (text, image, hits) = match &req.query {
+        QueryInput::Text(q) => {
+            check_sentence(q, settings)?;
+            let hits = text_to_images(c, model, settings, q, &opts, &mut notes)?;
+            (Some(q.clone()), None, hits)
+        }
+        input => {
+            let (name, query) = query_image(c, input, &settings.load)?;
+            let hits = if req.texts {
+                image_to_texts(c, model, &query, &opts)?
+            } else {
+                if req.rerank.is_some_and(|n| n > 0) || req.min_prob.is_some() {
+                    notes.push(
+                        "image → image search has no ITM score: rerank and the minimum probability are ignored".into(),
+                    );
+                }
+                image_to_images(c, &query, &opts)?
+            };
+            (None, Some(name), hits)
+        }
+    };
+    if req.rerank.is_none() && !stored && mode != Mode::ImageToImages {
+        notes.push(
+            "ranked by ITC only: this index stores no vision features, so ITM reranking would run the image encoder on each candidate's file; an index built with stored vision features makes it cheap".into(),
+        );
+    }
+    Ok(SearchResponse {
+        query: QueryEcho {
+            text,
+            image,
+            mode,
+            k: req.k,
+            rerank,
+        },
+        results: hits,
+        notes,
+    })
+}
+
+/// A checked request, as the searches below use it.
+struct Options {
+    k: usize,
+    offset: usize,
+    rerank: usize,
+    min_prob: Option<f32>,
+    under: Option<String>,
+    ann: bool,
+}
+
+impl Options {
+    fn check(req: &SearchRequest, rerank: usize) -> Result<Self> {
+        if req.k == 0 {
+            return Err(BadRequest::OutOfRange {
+                param: Param::K,
+                expected: "at least 1",
+            }
+            .into());
+        }
+        if let Some(p) = req.min_prob {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(BadRequest::OutOfRange {
+                    param: Param::MinProb,
+                    expected: "between 0 and 1",
+                }
+                .into());
+            }
+            if rerank == 0 {
+                return Err(BadRequest::MinProbNeedsRerank.into());
+            }
+        }
+        let under = match &req.under {
+            Some(u) => {
+                let abs = absolute(u).map_err(|source| Error::Io {
+                    path: u.clone(),
+                    source,
+                })?;
+                let mut s = abs.to_string_lossy().into_owned();
+                if abs.is_dir() && !s.ends_with('/') {
+                    s.push('/');
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        Ok(Self {
+            k: req.k,
+            offset: req.offset,
+            rerank,
+            min_prob: req.min_prob,
+            under,
+            ann: req.ann,
+        })
+    }
+
+    /// Results to fetch from the index: everything up to the last one shown.
+    fn want(&self) -> usize {
+        self.offset.saturating_add(self.k)
+    }
+
+    fn params(&self, want: usize, with_path_filter: bool) -> SearchParams {
+        let defaults = SearchParams::default();
+        SearchParams {
+            candidates: defaults.candidates.max(want),
+            filter: self
+                .under
+                .clone()
+                .filter(|_| with_path_filter)
+                .map(|p| Filter {
+                    path_prefix: Some(p),
+                    query: None,
+                }),
+            exact: !self.ann,
+            // With `ann`, the graph even for small collections (tests exercise it).
+            exact_below: 0,
+            ..defaults
+        }
+    }
+}
+
+fn check_sentence(q: &str, settings: &SearchSettings) -> Result<()> {
+    if let Some(limit) = settings.max_query_chars {
+        let chars = q.chars().count();
+        if chars > limit {
+            return Err(BadRequest::QueryTooLong { chars, limit }.into());
+        }
+    }
+    if pre_caption(q).is_empty() {
+        return Err(BadRequest::EmptyQuery.into());
+    }
+    Ok(())
+}
+
+/// The path to show for an image (the first under the filter, if any) and its copies.
+fn split_paths(mut paths: Vec<String>, under: Option<&str>) -> (Option<String>, Vec<String>) {
+    if paths.is_empty() {
+        return (None, paths);
+    }
+    let first = under
+        .and_then(|u| paths.iter().position(|p| p.starts_with(u)))
+        .unwrap_or(0);
+    let path = paths.remove(first);
+    (Some(path), paths)
+}
+
+/// A candidate on its way to becoming a [`Hit`].
+struct Candidate {
+    image_id: Option<ImageId>,
+    path: Option<String>,
+    copies: Vec<String>,
+    text: Option<String>,
+    id: Option<String>,
+    itc: f32,
+    itm: Option<ItmScore>,
+}
+
+fn text_to_images(
+    c: &Collection,
+    model: &dyn ModelCalls,
+    settings: &SearchSettings,
+    query: &str,
+    opts: &Options,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Hit>> {
+    let (text, ids) = model.embed_text(query)?;
+    let want = opts.want().max(opts.rerank);
+    let found = c
+        .index
+        .search_images(&text, want, &opts.params(want, true))?;
+    let mut candidates: Vec<Candidate> = found
+        .into_iter()
+        .map(|h| {
+            let (path, copies) = split_paths(h.paths, opts.under.as_deref());
+            Candidate {
+                image_id: Some(h.image_id),
+                path,
+                copies,
+                text: None,
+                id: None,
+                itc: h.score,
+                itm: None,
+            }
+        })
+        .collect();
+    let n = opts.rerank.min(candidates.len());
+    // Vision features of the candidates to rerank: stored, or recomputed from a file.
+    let mut pairs = Vec::new();
+    let mut which = Vec::new();
+    for (i, cand) in candidates[..n].iter().enumerate() {
+        let image_id = cand.image_id.expect("image results have ids");
+        let vision = match c.index.vision_features(image_id)? {
+            Some((values, shape)) => Some(Tensor::from_vec(
+                values,
+                shape,
+                c.embedder.model().device(),
+            )?),
+            None => recompute_vision(c, cand, &settings.load, notes)?,
+        };
+        if let Some(vision) = vision {
+            pairs.push(ItmPair {
+                vision,
+                ids: ids.clone(),
+            });
+            which.push(i);
+        }
+    }
+    for (i, score) in which.into_iter().zip(model.itm(pairs)?) {
+        candidates[i].itm = Some(score);
+    }
+    Ok(rank(candidates, opts))
+}
+
+/// The vision-encoder output of a candidate, from the first of its files that still
+/// decodes; `None` (with a note) when none does.
+fn recompute_vision(
+    c: &Collection,
+    cand: &Candidate,
+    load: &LoadOptions,
+    notes: &mut Vec<String>,
+) -> Result<Option<Tensor>> {
+    let mut last_error = None;
+    for path in cand.path.iter().chain(&cand.copies) {
+        match c.embedder.pixel_values(Path::new(path), load) {
+            Ok(pixels) => {
+                let batch = c.embedder.pixel_batch(&[pixels])?;
+                let vision = c.embedder.model().vision_features(&batch)?;
+                return Ok(Some(vision.squeeze(0)?));
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let why = last_error.map_or_else(|| "no path".to_string(), |e| e.to_string());
+    notes.push(format!(
+        "{}: not reranked: the index holds no vision features for it and its file cannot be read ({why}); index its folder again to bring the index up to date",
+        cand.path.as_deref().unwrap_or("?")
+    ));
+    Ok(None)
+}
+
+/// Reranked candidates first (ITM logit + ITC), then the rest by ITC, as LAVIS's
+/// protocol ranks them; then the minimum probability, the offset and `k`.
+fn rank(candidates: Vec<Candidate>, opts: &Options) -> Vec<Hit> {
+    let score = |c: &Candidate| c.itm.map_or(c.itc, |itm| itm.rerank_score(c.itc));
+    let mut all: Vec<Candidate> = candidates;
+    // Stable: ties keep the index's order (ITC, then id).
+    all.sort_by(|a, b| {
+        b.itm
+            .is_some()
+            .cmp(&a.itm.is_some())
+            .then(score(b).total_cmp(&score(a)))
+    });
+    all.into_iter()
+        .filter(|c| match opts.min_prob {
+            Some(p) => c.itm.is_some_and(|itm| itm.probability() >= p),
+            None => true,
+        })
+        .enumerate()
+        .skip(opts.offset)
+        .take(opts.k)
+        .map(|(i, c)| Hit {
+            rank: i + 1,
+            score: score(&c),
+            itc: Some(c.itc),
+            itm_logit: c.itm.map(|itm| itm.yes),
+            itm_prob: c.itm.map(|itm| itm.probability()),
+            image_id: c.image_id,
+            path: c.path,
+            copies: c.copies,
+            text: c.text,
+            id: c.id,
+        })
+        .collect()
+}
+
+/// A query image: its id when the index holds it, its vision features (1, tokens,
+/// hidden) and query vectors (Q × D, flat).
+struct QueryImage {
+    image_id: Option<ImageId>,
+    vision: Tensor,
+    vectors: Vec<f32>,
+}
+
+/// Embeds the query image; returns how to name it in the response too. An indexed
+/// image is read from its own (indexed) file only.
+fn query_image(
+    c: &Collection,
+    input: &QueryInput,
+    load: &LoadOptions,
+) -> Result<(String, QueryImage)> {
+    let (name, bytes, path) = match input {
+        QueryInput::ImageFile(path) => {
+            let bytes = std::fs::read(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            (path.display().to_string(), bytes, path.clone())
+        }
+        QueryInput::ImageBytes(bytes) => (
+            "(uploaded)".to_string(),
+            bytes.clone(),
+            PathBuf::from("(uploaded)"),
+        ),
+        QueryInput::IndexedImage(id) => {
+            let info = c.index.image(*id).ok_or(NotFound::Image { id: *id })?;
+            let (path, bytes) = read_indexed(&info)?;
+            (format!("id:{id}"), bytes, path)
+        }
+        QueryInput::Text(_) => unreachable!("text queries take no image"),
+    };
+    let img = decode_rgb(&bytes, &path, load)?;
+    let pixels = c.embedder.image_preprocessor().pixel_values(&img);
+    let (vision, embeds) = c
+        .embedder
+        .embed_pixels(&c.embedder.pixel_batch(&[pixels])?)?;
+    let image_id = c
+        .index
+        .image_by_hash(&content_hash(&bytes))
+        .map(|i| i.image_id);
+    Ok((
+        name,
+        QueryImage {
+            image_id,
+            vision,
+            vectors: rows3(&embeds)?.remove(0),
+        },
+    ))
+}
+
+/// The bytes of an indexed image, from the first of its paths that still holds them.
+pub fn read_indexed(info: &qseek_index::ImageInfo) -> Result<(PathBuf, Vec<u8>)> {
+    let mut last = None;
+    for p in &info.paths {
+        match std::fs::read(&p.path) {
+            Ok(bytes) if content_hash(&bytes) == info.content_hash => {
+                return Ok((PathBuf::from(&p.path), bytes))
+            }
+            Ok(_) => {}
+            Err(source) => {
+                last = Some(Error::Io {
+                    path: PathBuf::from(&p.path),
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(Error::NotFound(NotFound::Image { id: info.image_id })))
+}
+
+fn image_to_images(c: &Collection, query: &QueryImage, opts: &Options) -> Result<Vec<Hit>> {
+    let want = opts.want();
+    let params = opts.params(want, true);
+    let hits = match query.image_id {
+        Some(id) => c.index.similar_to_image(id, want, &params)?,
+        None => c.index.similar_images(&query.vectors, want, &params)?,
+    };
+    Ok(hits
+        .into_iter()
+        .enumerate()
+        .skip(opts.offset)
+        .map(|(i, h)| {
+            let (path, copies) = split_paths(h.paths, opts.under.as_deref());
+            Hit {
+                rank: i + 1,
+                image_id: Some(h.image_id),
+                path,
+                copies,
+                text: None,
+                id: None,
+                score: h.score,
+                itc: None,
+                itm_logit: None,
+                itm_prob: None,
+            }
+        })
+        .collect())
+}
+
+fn image_to_texts(
+    c: &Collection,
+    model: &dyn ModelCalls,
+    query: &QueryImage,
+    opts: &Options,
+) -> Result<Vec<Hit>> {
+    if c.index.stats().texts == 0 {
+        return Err(BadRequest::NoTexts.into());
+    }
+    let want = opts.want().max(opts.rerank);
+    let found = c
+        .index
+        .search_texts(&query.vectors, want, &opts.params(want, false))?;
+    let mut candidates: Vec<Candidate> = found
+        .into_iter()
+        .map(|h| Candidate {
+            image_id: None,
+            path: None,
+            copies: Vec::new(),
+            text: Some(h.text),
+            id: h.external_id,
+            itc: h.score,
+            itm: None,
+        })
+        .collect();
+    let n = opts.rerank.min(candidates.len());
+    let texts: Vec<String> = candidates[..n]
+        .iter()
+        .map(|c| c.text.clone().unwrap_or_default())
+        .collect();
+    let vision = query.vision.squeeze(0)?;
+    let pairs = c
+        .embedder
+        .tokenize(&texts)?
+        .into_iter()
+        .map(|ids| ItmPair {
+            vision: vision.clone(),
+            ids,
+        })
+        .collect();
+    for (cand, score) in candidates.iter_mut().zip(model.itm(pairs)?) {
+        cand.itm = Some(score);
+    }
+    Ok(rank(candidates, opts))
+}

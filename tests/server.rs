@@ -1,0 +1,828 @@
+//! `qseek serve` over real HTTP: the binary on a free local port, the tiny fixture model,
+//! real photos. Every endpoint answers as the CLI does; bad input gets a 4xx JSON error;
+//! no request reads a byte outside the indexed files; searches go on while indexing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{fixtures, model_dir, qseek, stderr};
+use serde_json::Value;
+
+fn tiny() -> String {
+    model_dir("tiny").display().to_string()
+}
+
+/// Request headers of a table row.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+/// (what, method, path, headers, body, expected status).
+type Case<'a> = (&'a str, &'a str, String, Headers<'a>, Vec<u8>, u16);
+
+/// A marker no served byte may contain: it is in a file beside the photos, never indexed.
+const SECRET: &str = "qseek-test-secret-7f3a9c";
+
+/// Photos (copied), an index of them with vision features and texts, and a secret file.
+struct Collection {
+    tmp: tempfile::TempDir,
+    photos: PathBuf,
+    index: PathBuf,
+}
+
+impl Collection {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let photos = tmp.path().join("photos");
+        std::fs::create_dir(&photos).unwrap();
+        for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, photos.join(p.file_name().unwrap())).unwrap();
+        }
+        std::fs::write(tmp.path().join("secret.txt"), SECRET).unwrap();
+        let index = tmp.path().join("index");
+        let c = Collection { tmp, photos, index };
+        let photos = c.photos.display().to_string();
+        let tiny = tiny();
+        let out = c.cli(&[
+            "index",
+            &photos,
+            "-m",
+            &tiny,
+            "-q",
+            "--store-vision-features",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let texts = c.tmp.path().join("texts.txt");
+        std::fs::copy(fixtures().join("captions.txt"), &texts).unwrap();
+        let out = c.cli(&["texts", "add", &texts.display().to_string(), "-q"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        c
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut all = args.to_vec();
+        let index = self.index.display().to_string();
+        all.extend(["--index", &index]);
+        qseek(&all)
+    }
+
+    fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn photo(&self, name: &str) -> String {
+        self.photos.join(name).display().to_string()
+    }
+
+    fn serve(&self, extra: &[&str]) -> Server {
+        let index = self.index.display().to_string();
+        let mut args = vec!["serve", "--index", &index, "--addr", "127.0.0.1:0", "-q"];
+        args.extend(extra);
+        Server::start(&args)
+    }
+}
+
+/// A running `qseek serve`; killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qseek"))
+            .args(args)
+            .env_remove("QSEEK_MODEL")
+            .env_remove("QSEEK_INDEX")
+            .env_remove("QSEEK_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before listening")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("qseek: serving http://") {
+                break rest.trim_end_matches('/').to_string();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child, addr }
+    }
+
+    /// One HTTP/1.1 request over a fresh connection; the path is sent as given (no
+    /// normalisation), so traversal attempts reach the server as written.
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        let mut stream = TcpStream::connect(&self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        // The server may answer (413) before reading all of a large body.
+        let _ = stream.write_all(body);
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        Reply::parse(&raw)
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, &[], b"")
+    }
+
+    fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.json()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn parse(raw: &[u8]) -> Self {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("an HTTP response");
+        let head = String::from_utf8_lossy(&raw[..split]).to_string();
+        let mut body = raw[split + 4..].to_vec();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        };
+        if header("transfer-encoding").eq_ignore_ascii_case("chunked") {
+            body = dechunk(&body);
+        }
+        Reply {
+            status,
+            content_type: header("content-type"),
+            body,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..line_end]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.extend(&b[line_end + 2..line_end + 2 + size]);
+        b = &b[line_end + 2 + size + 2..];
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The (path or text, score) pairs of a search document, and checks every image result
+/// carries its id and URLs.
+fn ranked(doc: &Value) -> Vec<(String, f64)> {
+    doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let what = r["path"].as_str().or(r["text"].as_str()).unwrap();
+            (what.to_string(), r["score"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn assert_same(served: &Value, cli: &Value, what: &str) {
+    let (a, b) = (ranked(served), ranked(cli));
+    assert_eq!(a.len(), b.len(), "{what}: {served} vs {cli}");
+    for ((pa, sa), (pb, sb)) in a.iter().zip(&b) {
+        assert_eq!(pa, pb, "{what}: {served} vs {cli}");
+        assert!((sa - sb).abs() < 1e-4, "{what}: {sa} vs {sb}");
+    }
+    assert_eq!(served["query"]["mode"], cli["query"]["mode"], "{what}");
+    assert_eq!(served["query"]["rerank"], cli["query"]["rerank"], "{what}");
+}
+
+fn multipart(file: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "qseekboundary1234";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend(file);
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+#[test]
+fn every_endpoint_answers_as_the_cli_does() {
+    let c = Collection::new();
+    // The CLI's answers first: while the server runs, it owns the index.
+    let (q, qe) = ("a cup of coffee", encode("a cup of coffee"));
+    let under = c.photo("");
+    let text_cases = [
+        (
+            format!("/api/search?q={qe}&k=5"),
+            vec!["search", q, "-k", "5"],
+        ),
+        (
+            format!("/api/search?q={qe}&k=3&rerank=0"),
+            vec!["search", q, "-k", "3", "--rerank", "0"],
+        ),
+        (
+            format!(
+                "/api/search?q={qe}&min_prob=0.0001&under={}",
+                encode(&under)
+            ),
+            vec!["search", q, "--min-prob", "0.0001", "--under", &under],
+        ),
+    ]
+    .map(|(api, mut cli)| {
+        cli.push("--json");
+        (api, c.cli_json(&cli))
+    });
+    let photo = c.photo("coffee.png");
+    let image_cases = [false, true].map(|texts| {
+        let mut cli = vec!["search", "--image", &photo, "-k", "4", "--json"];
+        if texts {
+            cli.push("--texts");
+        }
+        (texts, c.cli_json(&cli))
+    });
+    let cli_info = c.cli_json(&["info", "--json"]);
+    let cli_texts: Vec<Value> = String::from_utf8_lossy(&c.cli(&["texts", "list"]).stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let server = c.serve(&[]);
+    assert_eq!(server.get_json("/api/health")["status"], "ok");
+    let info = server.get_json("/api/info");
+    assert_eq!(
+        (&info["images"], &info["texts"]),
+        (&cli_info["images"], &cli_info["texts"])
+    );
+
+    // text → images, with the default rerank (16: features are stored), without, and
+    // with a probability threshold and a folder filter.
+    for (api, expected) in &text_cases {
+        assert_same(&server.get_json(api), expected, api);
+    }
+    // Paging: offset 2, k 2 is results 3 and 4 of k 4, ranks included.
+    let all = server.get_json(&format!("/api/search?q={qe}&k=4"));
+    let page = server.get_json(&format!("/api/search?q={qe}&k=2&offset=2"));
+    assert_eq!(
+        page["results"].as_array().unwrap()[..],
+        all["results"].as_array().unwrap()[2..]
+    );
+
+    // Every image result carries its id and URLs; they serve the file and a JPEG thumbnail.
+    let first = &all["results"][0];
+    let id = first["image_id"].as_u64().unwrap();
+    assert_eq!(first["image_url"], format!("/api/images/{id}"));
+    let image = server.get(first["image_url"].as_str().unwrap());
+    assert_eq!(image.status, 200);
+    assert_eq!(
+        image.body,
+        std::fs::read(first["path"].as_str().unwrap()).unwrap()
+    );
+    for _ in 0..2 {
+        // Made, then from the cache.
+        let thumb = server.get(first["thumbnail_url"].as_str().unwrap());
+        assert_eq!(
+            (thumb.status, thumb.content_type.as_str()),
+            (200, "image/jpeg")
+        );
+        let img = image::load_from_memory(&thumb.body).unwrap();
+        assert!(
+            img.width().max(img.height()) <= 320,
+            "{}x{}",
+            img.width(),
+            img.height()
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(c.index.join("thumbnails"))
+            .unwrap()
+            .count(),
+        1
+    );
+
+    // image → images and image → texts: by id, raw body, multipart; same as the CLI's.
+    let bytes = std::fs::read(&photo).unwrap();
+    let coffee_id = server.get_json(&format!("/api/search?q={qe}&k=7"))["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"] == photo.as_str())
+        .unwrap()["image_id"]
+        .as_u64()
+        .unwrap();
+    let (form_type, form) = multipart(&bytes);
+    for (texts, expected) in &image_cases {
+        let t = if *texts { "&texts=true" } else { "" };
+        let by_id = server.get_json(&format!("/api/search/image?id={coffee_id}&k=4{t}"));
+        assert_same(&by_id, expected, "by id");
+        let path = format!("/api/search/image?k=4{t}");
+        let raw = server.request("POST", &path, &[("Content-Type", "image/png")], &bytes);
+        assert_eq!(raw.status, 200, "{}", raw.text());
+        assert_same(&raw.json(), expected, "raw upload");
+        let multi = server.request("POST", &path, &[("Content-Type", &form_type)], &form);
+        assert_eq!(multi.status, 200, "{}", multi.text());
+        assert_same(&multi.json(), expected, "multipart upload");
+    }
+
+    // Texts: listed as the CLI lists them; added.
+    assert_eq!(
+        server.get_json("/api/texts")["texts"].as_array().unwrap(),
+        &cli_texts
+    );
+    let added = server.request(
+        "POST",
+        "/api/texts",
+        &[("Content-Type", "application/json")],
+        br#"{"texts": [{"id": "new", "text": "a red rocket"}, {"text": "a grey coin"}]}"#,
+    );
+    assert_eq!(added.status, 200, "{}", added.text());
+    assert_eq!(added.json()["added"], 2);
+    assert_eq!(
+        server.get_json("/api/texts")["texts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        cli_texts.len() + 2
+    );
+
+    // The web page: one document, everything inline, nothing fetched from elsewhere.
+    let page = server.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.content_type.starts_with("text/html"));
+    assert!(!page.text().contains("http://") && !page.text().contains("https://"));
+}
+
+#[test]
+fn bad_input_gets_a_4xx_json_error_and_no_byte_outside_the_index() {
+    let c = Collection::new();
+    let server = c.serve(&["--max-upload-mb", "1", "--allow", &c.photo("")]);
+    let images = fixtures().join("images");
+    let read = |name: &str| std::fs::read(images.join(name)).unwrap();
+    let long = "a".repeat(1001);
+    let secret = c.tmp.path().join("secret.txt").display().to_string();
+    let json = [("Content-Type", "application/json")];
+    let index_body = |folder: &str| format!(r#"{{"folder": {folder:?}}}"#).into_bytes();
+    let cases: Vec<Case> = vec![
+        (
+            "empty query",
+            "GET",
+            "/api/search?q=".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "blank query",
+            "GET",
+            "/api/search?q=%20...%20".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "over-long query",
+            "GET",
+            format!("/api/search?q={long}"),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "k zero",
+            "GET",
+            "/api/search?q=cat&k=0".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "k not a number",
+            "GET",
+            "/api/search?q=cat&k=ten".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "min_prob over 1",
+            "GET",
+            "/api/search?q=cat&min_prob=2".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "min_prob without rerank",
+            "GET",
+            "/api/search?q=cat&rerank=0&min_prob=0.5".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "unknown image id",
+            "GET",
+            "/api/search/image?id=999999".into(),
+            &[],
+            vec![],
+            404,
+        ),
+        (
+            "image id not a number",
+            "GET",
+            "/api/search/image?id=..%2F..%2Fetc%2Fpasswd".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "no image id",
+            "GET",
+            "/api/search/image".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "empty upload",
+            "POST",
+            "/api/search/image".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "not an image",
+            "POST",
+            "/api/search/image".into(),
+            &[],
+            read("text.jpg"),
+            415,
+        ),
+        (
+            "truncated image",
+            "POST",
+            "/api/search/image".into(),
+            &[],
+            read("truncated.jpg"),
+            415,
+        ),
+        (
+            "decompression bomb",
+            "POST",
+            "/api/search/image".into(),
+            &[],
+            read("bomb.png"),
+            413,
+        ),
+        (
+            "upload over the limit",
+            "POST",
+            "/api/search/image".into(),
+            &[],
+            vec![0xFF; 1_200_000],
+            413,
+        ),
+        (
+            "multipart without a file",
+            "POST",
+            "/api/search/image".into(),
+            &[("Content-Type", "multipart/form-data; boundary=x")],
+            b"--x--\r\n".to_vec(),
+            400,
+        ),
+        (
+            "unknown image",
+            "GET",
+            "/api/images/999999".into(),
+            &[],
+            vec![],
+            404,
+        ),
+        (
+            "unknown thumbnail",
+            "GET",
+            "/api/images/999999/thumbnail".into(),
+            &[],
+            vec![],
+            404,
+        ),
+        (
+            "traversal in the id",
+            "GET",
+            "/api/images/..%2F..%2F..%2Fetc%2Fpasswd".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "double-encoded traversal",
+            "GET",
+            "/api/images/%252e%252e%252fsecret.txt".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "dot segments",
+            "GET",
+            "/api/images/../../../../etc/passwd".into(),
+            &[],
+            vec![],
+            404,
+        ),
+        (
+            "encoded dot segments",
+            "GET",
+            "/%2e%2e/%2e%2e/etc/passwd".into(),
+            &[],
+            vec![],
+            404,
+        ),
+        (
+            "absolute path as id",
+            "GET",
+            format!("/api/images/{}", encode(&secret)),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "path after a thumbnail",
+            "GET",
+            "/api/images/1/thumbnail/../../../secret.txt".into(),
+            &[],
+            vec![],
+            404,
+        ),
+        (
+            "a static-looking path",
+            "GET",
+            "/static/..%2f..%2fsecret.txt".into(),
+            &[],
+            vec![],
+            404,
+        ),
+        (
+            "unknown route",
+            "GET",
+            "/api/nothing".into(),
+            &[],
+            vec![],
+            404,
+        ),
+        (
+            "texts: bad JSON",
+            "POST",
+            "/api/texts".into(),
+            &json,
+            b"{".to_vec(),
+            400,
+        ),
+        (
+            "texts: empty text",
+            "POST",
+            "/api/texts".into(),
+            &json,
+            br#"{"texts": [{"text": " . "}]}"#.to_vec(),
+            400,
+        ),
+        (
+            "texts: none",
+            "POST",
+            "/api/texts".into(),
+            &json,
+            br#"{"texts": []}"#.to_vec(),
+            400,
+        ),
+        (
+            "index: outside --allow",
+            "POST",
+            "/api/index".into(),
+            &json,
+            index_body("/etc"),
+            400,
+        ),
+        (
+            "index: up from an allowed folder",
+            "POST",
+            "/api/index".into(),
+            &json,
+            index_body(&format!("{}/..", c.photo(""))),
+            400,
+        ),
+        (
+            "index: relative folder",
+            "POST",
+            "/api/index".into(),
+            &json,
+            index_body("photos"),
+            400,
+        ),
+        (
+            "index: no such folder",
+            "POST",
+            "/api/index".into(),
+            &json,
+            index_body("/nonexistent/photos"),
+            404,
+        ),
+        (
+            "index: no body",
+            "POST",
+            "/api/index".into(),
+            &[],
+            vec![],
+            400,
+        ),
+    ];
+    for (what, method, path, headers, body, status) in cases {
+        let r = server.request(method, &path, headers, &body);
+        assert_eq!(r.status, status, "{what}: {}", r.text());
+        assert!(
+            r.content_type.starts_with("application/json"),
+            "{what}: {}",
+            r.content_type
+        );
+        let doc = r.json();
+        assert!(
+            doc["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {doc}"
+        );
+        assert!(
+            !r.text().contains(SECRET) && !r.text().contains("root:"),
+            "{what}: {}",
+            r.text()
+        );
+    }
+    // The server is still up, and a filter outside the collection finds nothing.
+    let doc = server.get_json(&format!("/api/search?q=cat&under={}", encode(&secret)));
+    assert_eq!(doc["results"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_token_guards_every_route_and_is_required_beyond_localhost() {
+    let c = Collection::new();
+    let out = c.cli(&["serve", "--addr", "0.0.0.0:0", "-q"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--token"), "{}", stderr(&out));
+
+    let server = c.serve(&["--token", "s3cret"]);
+    // (what, path, headers, status)
+    let cases: &[(&str, &str, Headers, u16)] = &[
+        ("no token", "/api/health", &[], 401),
+        ("no token, page", "/", &[], 401),
+        ("no token, image", "/api/images/0", &[], 401),
+        (
+            "wrong token",
+            "/api/health",
+            &[("Authorization", "Bearer nope")],
+            401,
+        ),
+        ("wrong query token", "/api/health?token=s3cre", &[], 401),
+        (
+            "header token",
+            "/api/health",
+            &[("Authorization", "Bearer s3cret")],
+            200,
+        ),
+        ("query token", "/api/info?token=s3cret", &[], 200),
+        ("page with token", "/?token=s3cret", &[], 200),
+    ];
+    for (what, path, headers, status) in cases {
+        let r = server.request("GET", path, headers, b"");
+        assert_eq!(r.status, *status, "{what}: {}", r.text());
+    }
+}
+
+/// Photos whose bytes differ (a trailing byte pattern the decoders ignore).
+fn many_photos(dir: &Path, variants: usize) -> usize {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        for v in 0..variants {
+            let mut b = bytes.clone();
+            b.extend(format!("variant {v}").as_bytes());
+            std::fs::write(
+                dir.join(format!("{v}-{}", p.file_name().unwrap().to_str().unwrap())),
+                b,
+            )
+            .unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn searches_keep_answering_while_indexing_and_then_see_the_new_photos() {
+    let c = Collection::new();
+    let new = c.tmp.path().join("new");
+    let total = many_photos(&new, 6);
+    let new_s = new.display().to_string();
+    let server = c.serve(&["--allow", &new_s, "--commit-every", "0.2", "--batch", "2"]);
+    let started = server.request(
+        "POST",
+        "/api/index",
+        &[("Content-Type", "application/json")],
+        format!(r#"{{"folder": {new_s:?}}}"#).as_bytes(),
+    );
+    assert_eq!(started.status, 202, "{}", started.text());
+    let again = server.request(
+        "POST",
+        "/api/index",
+        &[("Content-Type", "application/json")],
+        format!(r#"{{"folder": {new_s:?}}}"#).as_bytes(),
+    );
+    assert_eq!(again.status, 400, "a second run at once: {}", again.text());
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut searches, mut seen_growing) = (0, Vec::new());
+    let status = loop {
+        let doc = server.get_json("/api/search?q=a%20rocket&k=100&rerank=0");
+        searches += 1;
+        seen_growing.push(doc["results"].as_array().unwrap().len());
+        let status = server.get_json("/api/index");
+        if status["state"] != "running" {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "indexing did not finish: {status}"
+        );
+    };
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["done"], total);
+    assert_eq!(status["failures"], 0);
+    assert!(searches >= 2, "only {searches} searches during indexing");
+    // Results only grow as commits land; at the end every photo is found.
+    assert!(
+        seen_growing.windows(2).all(|w| w[0] <= w[1]),
+        "{seen_growing:?}"
+    );
+    let doc = server.get_json("/api/search?q=a%20rocket&k=100&rerank=0");
+    assert_eq!(doc["results"].as_array().unwrap().len(), 7 + total);
+    let info = server.get_json("/api/info");
+    assert_eq!(info["images"], 7 + total);
+}
