@@ -9,6 +9,7 @@ pub mod config;
 pub mod ops;
 pub mod qformer;
 pub mod retrieval;
+pub mod skinny_gemm;
 pub mod vision;
 pub mod weights;
 

@@ -27,13 +27,49 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `x Wᵀ` for a few rows of f32 on the CPU (a text query), through
+    /// [`skinny_gemm`](super::skinny_gemm), which reads the weight once instead of
+    /// packing it; `None` where candle's GEMM is the better one.
+    fn skinny(&self, xs: &Tensor, rows: usize, in_dim: usize) -> Result<Option<Tensor>> {
+        use super::skinny_gemm::{matmul_wt, Kernel, MAX_ROWS};
+        let Some(kernel) = Kernel::chosen() else {
+            return Ok(None);
+        };
+        if rows > MAX_ROWS
+            || !xs.device().is_cpu()
+            || xs.dtype() != DType::F32
+            || self.weight.dtype() != DType::F32
+        {
+            return Ok(None);
+        }
+        let (storage, layout) = self.weight.storage_and_layout();
+        let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        else {
+            return Ok(None);
+        };
+        let weight = &cpu.as_slice::<f32>()?[start..end];
+        let x = xs.flatten_all()?.to_vec1::<f32>()?;
+        let ys = matmul_wt(kernel, &x, weight, rows, in_dim);
+        Ok(Some(Tensor::from_vec(
+            ys,
+            (rows, self.weight.dim(0)?),
+            xs.device(),
+        )?))
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let dims = xs.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim.max(1);
         let out_dim = self.weight.dim(0)?;
-        let ys = xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let ys = match self.skinny(xs, rows, in_dim)? {
+            Some(ys) => ys,
+            None => xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?,
+        };
         let ys = match &self.bias {
             Some(b) => ys.broadcast_add(b)?,
             None => ys,
