@@ -115,7 +115,7 @@ fn random_pixels(len: usize, seed: u64) -> Vec<f32> {
 /// Batch sizes that make `total` items in batches of at most `batch`.
 fn chunks(total: usize, batch: usize) -> Vec<usize> {
     let mut out = vec![batch; total / batch];
-    if total % batch > 0 {
+    if !total.is_multiple_of(batch) {
         out.push(total % batch);
     }
     out

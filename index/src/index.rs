@@ -375,7 +375,7 @@ impl Index {
         params: &SearchParams,
     ) -> Result<Vec<TextHit>> {
         let dim = self.shared.manifest.dim;
-        if queries.is_empty() || queries.len() % dim != 0 {
+        if queries.is_empty() || !queries.len().is_multiple_of(dim) {
             return Err(Error::WrongVectorDimension {
                 expected: self.shared.manifest.num_query_tokens * dim,
                 received: queries.len(),

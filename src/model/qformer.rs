@@ -178,7 +178,7 @@ pub struct QFormerLayer {
 
 impl QFormerLayer {
     fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder) -> Result<Self> {
-        let crossattention = if index % cfg.cross_attention_frequency == 0 {
+        let crossattention = if index.is_multiple_of(cfg.cross_attention_frequency) {
             Some(QFormerAttention::new(
                 cfg,
                 cfg.encoder_hidden_size,

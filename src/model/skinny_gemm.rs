@@ -78,7 +78,7 @@ impl Kernel {
 /// its weight): (rows × n), row-major, with `kernel` (one of [`Kernel::available`]).
 pub fn matmul_wt(kernel: Kernel, x: &[f32], w: &[f32], rows: usize, k: usize) -> Vec<f32> {
     assert_eq!(x.len(), rows * k, "x is not rows × k");
-    assert!(k > 0 && w.len() % k == 0, "w is not n × k");
+    assert!(k > 0 && w.len().is_multiple_of(k), "w is not n × k");
     let n = w.len() / k;
     // Computed column-major (each task writes whole columns), then transposed.
     let mut by_column = vec![0f32; n * rows];

@@ -63,7 +63,7 @@ impl SafetensorsFiles {
             candle_core::Error::Msg(format!("{}: reading `{name}`: {e}", path.display()))
         };
         let len = (entry.end - entry.start) as usize;
-        if entry.dtype == DType::F32 && len % 4 == 0 {
+        if entry.dtype == DType::F32 && len.is_multiple_of(4) {
             // Straight into the tensor's own buffer: one copy, not two.
             let mut values = vec![0f32; len / 4];
             // SAFETY: the slice covers exactly the initialised f32 values, and every bit

@@ -58,7 +58,7 @@ pub fn dot_i8(a: &[f32], codes: &[i8]) -> f32 {
 #[inline]
 pub fn max_sim(query: &[f32], rows: &[f32]) -> (f32, usize) {
     let dim = query.len();
-    debug_assert!(dim > 0 && rows.len() % dim == 0);
+    debug_assert!(dim > 0 && rows.len().is_multiple_of(dim));
     let mut best = (f32::NEG_INFINITY, 0);
     for (slot, row) in rows.chunks_exact(dim).enumerate() {
         let s = dot(query, row);

@@ -182,7 +182,7 @@ impl VectorStoreReader {
     pub(crate) fn push_encoded(&mut self, bytes: &[u8]) {
         debug_assert_eq!(bytes.len(), self.row_bytes());
         let mean_bytes = self.mean_bytes();
-        if self.rows % CHUNK_ROWS == 0 {
+        if self.rows.is_multiple_of(CHUNK_ROWS) {
             let chunk = self.new_chunk();
             self.chunks.push(Arc::new(chunk));
         }
@@ -326,7 +326,7 @@ impl VectorFileWriter {
             });
         };
         let row_bytes = reader.row_bytes() as u64;
-        if committed_len % row_bytes != 0 {
+        if !committed_len.is_multiple_of(row_bytes) {
             return Err(Error::Corrupt {
                 path: path.to_path_buf(),
                 reason: format!("committed length {committed_len} is not a multiple of the row size {row_bytes}"),
