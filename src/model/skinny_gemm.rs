@@ -111,6 +111,15 @@ fn dots(kernel: Kernel, x: &[f32], w_row: &[f32], out: &mut [f32]) {
     }
 }
 
+/// The dot product of the elements from `split` on, which the kernels' lanes leave out.
+fn tail_dot(x_row: &[f32], w_row: &[f32], split: usize) -> f32 {
+    x_row[split..]
+        .iter()
+        .zip(&w_row[split..])
+        .map(|(a, b)| a * b)
+        .sum()
+}
+
 /// The reference the SIMD kernels are tested against: 16 lanes, like the AVX-512 one.
 fn dots_portable(x: &[f32], w_row: &[f32], out: &mut [f32]) {
     let k = w_row.len();
@@ -125,12 +134,7 @@ fn dots_portable(x: &[f32], w_row: &[f32], out: &mut [f32]) {
                 lanes[t] += a[t] * b[t];
             }
         }
-        let tail: f32 = x_row[split..]
-            .iter()
-            .zip(&w_row[split..])
-            .map(|(a, b)| a * b)
-            .sum();
-        *o = lanes.iter().sum::<f32>() + tail;
+        *o = lanes.iter().sum::<f32>() + tail_dot(x_row, w_row, split);
     }
 }
 
@@ -160,12 +164,7 @@ mod x86 {
                 p += 16;
             }
             for (i, o) in outs.iter_mut().enumerate() {
-                let x_row = &x[(first + i) * k..(first + i + 1) * k];
-                let tail: f32 = x_row[split..]
-                    .iter()
-                    .zip(&w_row[split..])
-                    .map(|(a, b)| a * b)
-                    .sum();
+                let tail = super::tail_dot(&x[(first + i) * k..(first + i + 1) * k], w_row, split);
                 *o = _mm512_reduce_add_ps(acc[i]) + tail;
             }
         }
@@ -190,12 +189,7 @@ mod x86 {
                 p += 8;
             }
             for (i, o) in outs.iter_mut().enumerate() {
-                let x_row = &x[(first + i) * k..(first + i + 1) * k];
-                let tail: f32 = x_row[split..]
-                    .iter()
-                    .zip(&w_row[split..])
-                    .map(|(a, b)| a * b)
-                    .sum();
+                let tail = super::tail_dot(&x[(first + i) * k..(first + i + 1) * k], w_row, split);
                 let mut lanes = [0f32; 8];
                 _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i]);
                 *o = lanes.iter().sum::<f32>() + tail;
