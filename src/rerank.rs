@@ -3,6 +3,7 @@
 //! `compute_sim_matrix` ranks); the match probability. Search, score and eval all use it.
 
 use candle_core::Tensor;
+use qseek_index::{ImageHit, Index, SearchParams};
 use serde::Serialize;
 
 use crate::{Embedder, Result};
@@ -72,6 +73,19 @@ pub trait ModelCalls: Sync {
     fn embed_text(&self, text: &str) -> Result<(Vec<f32>, Vec<u32>)>;
     /// ITM logits of the pairs, in order.
     fn itm(&self, pairs: Vec<ItmPair>) -> Result<Vec<ItmScore>>;
+    /// The text's token ids and the top `k` images of `index` for its embedding, as
+    /// [`Index::search_images`] finds them. A batching implementation embeds
+    /// concurrent texts together and scans the index once for all of them.
+    fn search_text(
+        &self,
+        index: &Index,
+        text: &str,
+        k: usize,
+        params: &SearchParams,
+    ) -> Result<(Vec<u32>, Vec<ImageHit>)> {
+        let (embed, ids) = self.embed_text(text)?;
+        Ok((ids, index.search_images(&embed, k, params)?))
+    }
 }
 
 /// [`ModelCalls`] straight on a model, `batch` pairs per ITM call.

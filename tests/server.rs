@@ -826,3 +826,53 @@ fn searches_keep_answering_while_indexing_and_then_see_the_new_photos() {
     let info = server.get_json("/api/info");
     assert_eq!(info["images"], 7 + total);
 }
+
+#[test]
+fn a_cancelled_run_keeps_what_it_committed_and_a_new_run_finishes_it() {
+    let c = Collection::new();
+    let new = c.tmp.path().join("new");
+    let total = many_photos(&new, 8);
+    let new_s = new.display().to_string();
+    let server = c.serve(&["--allow", &new_s, "--batch", "2"]);
+    let start = || {
+        server.request(
+            "POST",
+            "/api/index",
+            &[("Content-Type", "application/json")],
+            format!(r#"{{"folder": {new_s:?}}}"#).as_bytes(),
+        )
+    };
+    let wait = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let status = server.get_json("/api/index");
+            if status["state"] != "running" {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{what}: still running: {status}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(start().status, 202);
+    // Cancel as soon as the run has made some progress.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while server.get_json("/api/index")["done"].as_u64().unwrap_or(0) < 2 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cancel = server.request("DELETE", "/api/index", &[], b"");
+    assert_eq!(cancel.status, 200, "{}", cancel.text());
+    let status = wait("cancelled run");
+    assert_eq!(status["state"], "cancelled", "{status}");
+    let done = status["done"].as_u64().unwrap() as usize;
+    assert!(done < total, "cancelled after the end: {status}");
+    // What the run handled before it stopped is committed and searchable.
+    assert_eq!(server.get_json("/api/info")["images"], 7 + done);
+    let doc = server.get_json("/api/search?q=a%20rocket&k=1000&rerank=0");
+    assert_eq!(doc["results"].as_array().unwrap().len(), 7 + done);
+    // A new run over the same folder indexes the rest.
+    assert_eq!(start().status, 202);
+    let status = wait("second run");
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(server.get_json("/api/info")["images"], 7 + total);
+}

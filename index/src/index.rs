@@ -325,6 +325,36 @@ impl Index {
         Ok(state.image_hits(scored))
     }
 
+    /// [`Index::search_images`] for several query vectors with the same `k` and
+    /// parameters: the same results, one list per query, in order. An exact search
+    /// reads each image's vectors once for all the queries, so a batch costs about
+    /// one pass over the collection (a server merges concurrent text searches so).
+    pub fn search_images_many(
+        &self,
+        queries: &[&[f32]],
+        k: usize,
+        params: &SearchParams,
+    ) -> Result<Vec<Vec<ImageHit>>> {
+        let dim = self.shared.manifest.dim;
+        for query in queries {
+            check_len(query, dim)?;
+            debug_assert_unit(query, dim);
+        }
+        let allowed = self.allowed(TableKind::Images, params.filter.as_ref())?;
+        let state = self.searchable(TableKind::Images, k, params, allowed.as_ref());
+        let vectors = &state.images.rows.vectors;
+        let scored =
+            state
+                .images
+                .search_many(queries, k, params, allowed.as_ref(), |q, row, scratch| {
+                    vectors.max_sim(row, queries[q], scratch)
+                });
+        Ok(scored
+            .into_iter()
+            .map(|scored| state.image_hits(scored))
+            .collect())
+    }
+
     /// Top-`k` images similar to an image given by its `Q × D` vectors, by
     /// symmetric Chamfer similarity ([`max_sim::chamfer`]). An image of the
     /// index finds itself first; use [`Index::similar_to_image`] to skip it.

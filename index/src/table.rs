@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::graph::ann_graph::AnnGraph;
 use crate::graph::graph_cache::{graph_points, GraphSource};
-use crate::search::{sort_hits, SearchParams};
+use crate::search::{hit_order, sort_hits, SearchParams};
 use crate::storage::vector_store::VectorStoreReader;
 
 /// An entry of a table: it knows its vector row.
@@ -57,6 +57,20 @@ pub(crate) fn wants_graph(k: usize, params: &SearchParams, n_allowed: usize) -> 
 
 /// `(score, id, slot)` triples, best first.
 pub(crate) type Scored = Vec<(f32, u64, usize)>;
+
+/// The best `k` of `scored` in [`sort_hits`] order (a partial selection first: the
+/// same result as sorting everything, without sorting everything).
+fn top_k(mut scored: Scored, k: usize) -> Scored {
+    if k == 0 {
+        return Vec::new();
+    }
+    if scored.len() > k {
+        scored.select_nth_unstable_by(k - 1, hit_order);
+        scored.truncate(k);
+    }
+    sort_hits(&mut scored);
+    scored
+}
 
 impl<E: TableEntry> Table<E> {
     /// A table of `entries` over the loaded `vectors`. Fails (with the
@@ -163,23 +177,16 @@ impl<E: TableEntry> Table<E> {
         allowed: Option<&HashSet<u64>>,
         score: impl Fn(usize, &mut Vec<f32>) -> (f32, usize) + Sync,
     ) -> Scored {
-        let n_allowed = allowed.map_or(self.entries.len(), |a| a.len());
-        let want = params.candidates.max(k).min(n_allowed);
-        let candidates: Vec<u64> = match &self.rows.graph {
-            Some(graph) if wants_graph(k, params, n_allowed) => {
+        let candidates = match self.graph_for(k, params, allowed) {
+            Some(graph) => {
+                let n_allowed = allowed.map_or(self.entries.len(), |a| a.len());
+                let want = params.candidates.max(k).min(n_allowed);
                 self.graph_candidates(graph, probes, want, params.ef, allowed)
             }
-            _ => match allowed {
-                Some(a) => a
-                    .iter()
-                    .copied()
-                    .filter(|id| self.entries.contains_key(id))
-                    .collect(),
-                None => self.entries.keys().copied().collect(),
-            },
+            None => self.all_allowed(allowed),
         };
         let dim = self.rows.vectors.dim();
-        let mut scored: Scored = candidates
+        let scored: Scored = candidates
             .par_iter()
             .map_init(
                 || vec![0f32; dim],
@@ -189,9 +196,90 @@ impl<E: TableEntry> Table<E> {
                 },
             )
             .collect();
-        sort_hits(&mut scored);
-        scored.truncate(k);
-        scored
+        top_k(scored, k)
+    }
+
+    /// [`Table::search`] for several queries of one probe each, with the same `k`,
+    /// parameters and filter: `score(query, row, scratch)`. The results equal one
+    /// `search` per query. When the search is exact, every allowed row is read once
+    /// and scored against all the queries while it is in cache, so a batch of
+    /// queries costs about one pass over the vectors instead of one pass each.
+    pub(crate) fn search_many(
+        &self,
+        probes: &[&[f32]],
+        k: usize,
+        params: &SearchParams,
+        allowed: Option<&HashSet<u64>>,
+        score: impl Fn(usize, usize, &mut Vec<f32>) -> (f32, usize) + Sync,
+    ) -> Vec<Scored> {
+        if self.graph_for(k, params, allowed).is_some() || probes.len() < 2 {
+            return probes
+                .iter()
+                .enumerate()
+                .map(|(q, probe)| {
+                    self.search(&[probe], k, params, allowed, |row, scratch| {
+                        score(q, row, scratch)
+                    })
+                })
+                .collect();
+        }
+        let candidates = self.all_allowed(allowed);
+        let dim = self.rows.vectors.dim();
+        let n = probes.len();
+        // Row-major (candidate, query) scores.
+        let per_row: Vec<(f32, usize)> = candidates
+            .par_chunks(64)
+            .map_init(
+                || vec![0f32; dim],
+                |scratch, ids| {
+                    let mut out = Vec::with_capacity(ids.len() * n);
+                    for id in ids {
+                        let row = self.entries[id].row() as usize;
+                        out.extend((0..n).map(|q| score(q, row, scratch)));
+                    }
+                    out
+                },
+            )
+            .flatten_iter()
+            .collect();
+        (0..n)
+            .into_par_iter()
+            .map(|q| {
+                let scored: Scored = candidates
+                    .iter()
+                    .zip(per_row.chunks_exact(n))
+                    .map(|(&id, scores)| (scores[q].0, id, scores[q].1))
+                    .collect();
+                top_k(scored, k)
+            })
+            .collect()
+    }
+
+    /// The graph, when it is ready and a search with these parameters walks it
+    /// (see [`wants_graph`]).
+    fn graph_for(
+        &self,
+        k: usize,
+        params: &SearchParams,
+        allowed: Option<&HashSet<u64>>,
+    ) -> Option<&AnnGraph> {
+        let n_allowed = allowed.map_or(self.entries.len(), |a| a.len());
+        self.rows
+            .graph
+            .as_ref()
+            .filter(|_| wants_graph(k, params, n_allowed))
+    }
+
+    /// Every live item the filter allows (all without one).
+    fn all_allowed(&self, allowed: Option<&HashSet<u64>>) -> Vec<u64> {
+        match allowed {
+            Some(a) => a
+                .iter()
+                .copied()
+                .filter(|id| self.entries.contains_key(id))
+                .collect(),
+            None => self.entries.keys().copied().collect(),
+        }
     }
 
     /// The items whose graph points are nearest to `probes`, at least `want`

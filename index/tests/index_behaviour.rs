@@ -421,6 +421,67 @@ fn filters_by_path_prefix_and_by_tantivy_query_lose_no_recall() {
 }
 
 #[test]
+fn a_batch_of_queries_finds_what_each_query_finds_alone() {
+    for dtype in [VectorDtype::F32, VectorDtype::F16, VectorDtype::Int8] {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::create(dir.path(), manifest(dtype)).unwrap();
+        let mut w = index.writer().unwrap();
+        for i in 0..120u64 {
+            let folder = if i % 4 == 0 { "beach" } else { "city" };
+            w.add_image(
+                record(&format!("{folder}/{i}.jpg"), &format!("h{i}")),
+                &unit_vectors(i, Q),
+                None,
+            )
+            .unwrap();
+        }
+        w.commit().unwrap();
+        // Two queries close to indexed slots, one far from all, and a duplicate.
+        let queries: Vec<Vec<f32>> = [5u64, 77, 5000, 5]
+            .iter()
+            .map(|&seed| unit_vectors(seed, 1))
+            .collect();
+        let queries: Vec<&[f32]> = queries.iter().map(Vec::as_slice).collect();
+        let beach = Some(Filter {
+            path_prefix: Some("beach/".into()),
+            query: None,
+        });
+        for (what, k, params) in [
+            ("exact", 7, exact()),
+            ("exact, k past the end", 500, exact()),
+            (
+                "exact, filtered",
+                7,
+                SearchParams {
+                    filter: beach.clone(),
+                    ..exact()
+                },
+            ),
+            ("graph", 7, ann()),
+            (
+                "graph, filtered",
+                7,
+                SearchParams {
+                    filter: beach.clone(),
+                    ..ann()
+                },
+            ),
+        ] {
+            let alone: Vec<_> = queries
+                .iter()
+                .map(|q| index.search_images(q, k, &params).unwrap())
+                .collect();
+            let batch = index.search_images_many(&queries, k, &params).unwrap();
+            assert_eq!(batch, alone, "{dtype:?}, {what}");
+        }
+        assert!(matches!(
+            index.search_images_many(&[&[0.5; 3]], 3, &exact()),
+            Err(Error::WrongVectorDimension { .. })
+        ));
+    }
+}
+
+#[test]
 fn similar_images_ranks_a_near_copy_first() {
     let dir = tempfile::tempdir().unwrap();
     let index = index_with_images(dir.path(), 100);

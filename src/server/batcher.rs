@@ -4,12 +4,16 @@
 //! A request sends its work down a channel and waits for its answer. The worker takes
 //! the first job, then everything else already queued, and runs all the sentences as
 //! one text-encoder batch and all the ITM pairs as few batches, so 16 concurrent
-//! searches cost about one batched forward pass instead of 16 small ones. No request
-//! waits on a lock: a search that needs no model call (an image by id, paging) never
-//! touches the worker.
+//! searches cost about one batched forward pass instead of 16 small ones. Text searches
+//! with the same parameters then scan the index together
+//! ([`qseek_index::Index::search_images_many`]): one pass over the vectors, not one
+//! each. No request waits on a lock: a search that needs no model call (an image by id,
+//! paging) never touches the worker.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+
+use qseek_index::{ImageHit, Index, SearchParams};
 
 use crate::pipeline::Collection;
 use crate::rerank::{itm_scores, ItmPair, ItmScore, ModelCalls};
@@ -20,25 +24,41 @@ const MAX_JOBS_PER_ROUND: usize = 64;
 
 type Reply<T> = Sender<Result<T>>;
 
+/// A text's embedding and token ids.
+type Embedded = (Vec<f32>, Vec<u32>);
+
+/// What a text search answers: the text's token ids and the images found.
+type Found = (Vec<u32>, Vec<ImageHit>);
+
 enum Job {
     Text(String, Reply<(Vec<f32>, Vec<u32>)>),
+    Search(Search, Reply<Found>),
     Itm(Vec<ItmPair>, Reply<Vec<ItmScore>>),
+}
+
+/// A text → images search of the collection's index.
+struct Search {
+    text: String,
+    k: usize,
+    params: SearchParams,
 }
 
 /// The handle requests use; cheap to share (`&Batcher` is [`ModelCalls`]).
 pub struct Batcher {
     jobs: Sender<Job>,
+    collection: Arc<Collection>,
 }
 
 impl Batcher {
     /// Starts the worker thread over the collection's model; `itm_batch` pairs per ITM call.
     pub fn start(collection: Arc<Collection>, itm_batch: usize) -> Self {
         let (jobs, rx) = channel();
+        let c = collection.clone();
         std::thread::Builder::new()
             .name("qseek-model".into())
-            .spawn(move || work(&collection, &rx, itm_batch))
+            .spawn(move || work(&c, &rx, itm_batch))
             .expect("spawn the model worker");
-        Self { jobs }
+        Self { jobs, collection }
     }
 
     fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T> {
@@ -62,14 +82,38 @@ impl ModelCalls for Batcher {
         }
         self.ask(|reply| Job::Itm(pairs, reply))
     }
+
+    fn search_text(
+        &self,
+        index: &Index,
+        text: &str,
+        k: usize,
+        params: &SearchParams,
+    ) -> Result<(Vec<u32>, Vec<ImageHit>)> {
+        if !std::ptr::eq(index, &self.collection.index) {
+            // Not the index the worker scans: embed through the worker, search here.
+            let (embed, ids) = self.embed_text(text)?;
+            return Ok((ids, index.search_images(&embed, k, params)?));
+        }
+        self.ask(|reply| {
+            let search = Search {
+                text: text.to_string(),
+                k,
+                params: params.clone(),
+            };
+            Job::Search(search, reply)
+        })
+    }
 }
 
 fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
     while let Ok(first) = rx.recv() {
         let mut texts = Vec::new();
+        let mut searches = Vec::new();
         let mut itm = Vec::new();
         let mut sort = |job| match job {
             Job::Text(t, reply) => texts.push((t, reply)),
+            Job::Search(s, reply) => searches.push((s, reply)),
             Job::Itm(p, reply) => itm.push((p, reply)),
         };
         sort(first);
@@ -79,9 +123,25 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
                 Err(_) => break,
             }
         }
-        if !texts.is_empty() {
-            let strings: Vec<String> = texts.iter().map(|(t, _)| t.clone()).collect();
-            answer(texts, embed_texts(c, &strings));
+        if !texts.is_empty() || !searches.is_empty() {
+            // One text-encoder batch for the plain texts and the searches' texts.
+            let strings: Vec<String> = texts
+                .iter()
+                .map(|(t, _)| t.clone())
+                .chain(searches.iter().map(|(s, _)| s.text.clone()))
+                .collect();
+            match embed_texts(c, &strings) {
+                Ok(mut embeds) => {
+                    let for_searches = embeds.split_off(texts.len());
+                    answer(texts, Ok(embeds));
+                    search_together(c, searches, for_searches);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    answer(texts, Err(Error::Internal(message.clone())));
+                    answer::<_, Found>(searches, Err(Error::Internal(message)));
+                }
+            }
         }
         if !itm.is_empty() {
             let all: Vec<ItmPair> = itm.iter().flat_map(|(p, _)| p.iter().cloned()).collect();
@@ -95,6 +155,39 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
                     .collect::<Vec<_>>()
             });
             answer(itm, split);
+        }
+    }
+}
+
+/// Answers the searches: those with the same `k` and parameters scan the index
+/// together. A group whose batch fails (e.g. a bad filter query) is run one search at a
+/// time, so that each request gets its own error, typed as the index gave it.
+fn search_together(c: &Collection, searches: Vec<(Search, Reply<Found>)>, embeds: Vec<Embedded>) {
+    let mut groups: Vec<Vec<(Search, Reply<Found>, Embedded)>> = Vec::new();
+    for ((search, reply), embed) in searches.into_iter().zip(embeds) {
+        match groups
+            .iter_mut()
+            .find(|g| g[0].0.k == search.k && g[0].0.params == search.params)
+        {
+            Some(group) => group.push((search, reply, embed)),
+            None => groups.push(vec![(search, reply, embed)]),
+        }
+    }
+    for group in groups {
+        let (k, params) = (group[0].0.k, group[0].0.params.clone());
+        let queries: Vec<&[f32]> = group.iter().map(|(_, _, (e, _))| e.as_slice()).collect();
+        match c.index.search_images_many(&queries, k, &params) {
+            Ok(hits) => {
+                for ((_, reply, (_, ids)), hits) in group.into_iter().zip(hits) {
+                    let _ = reply.send(Ok((ids, hits)));
+                }
+            }
+            Err(_) => {
+                for (_, reply, (embed, ids)) in group {
+                    let hits = c.index.search_images(&embed, k, &params);
+                    let _ = reply.send(hits.map(|h| (ids, h)).map_err(Error::from));
+                }
+            }
         }
     }
 }

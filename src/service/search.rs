@@ -341,11 +341,8 @@ fn text_to_images(
     opts: &Options,
     notes: &mut Vec<String>,
 ) -> Result<Vec<Hit>> {
-    let (text, ids) = model.embed_text(query)?;
     let want = opts.want().max(opts.rerank);
-    let found = c
-        .index
-        .search_images(&text, want, &opts.params(want, true))?;
+    let (ids, found) = model.search_text(&c.index, query, want, &opts.params(want, true))?;
     let mut candidates: Vec<Candidate> = found
         .into_iter()
         .map(|h| {

@@ -11,9 +11,69 @@ use half::f16;
 /// floats per register and does not serialise on one accumulator.
 const LANES: usize = 16;
 
-/// Dot product of two f32 vectors of the same length.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// The widest vector instructions the kernels are compiled for at run time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Avx512,
+    Avx2,
+    /// The build's baseline (SSE2 on x86-64).
+    Base,
+}
+
+/// Detected once. The kernels are the same Rust code compiled three ways: each lane
+/// sums in the same order and Rust never fuses a multiply and an add on its own, so
+/// every level gives bit-identical scores (a test checks it).
+fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Level::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Level::Avx2;
+            }
+        }
+        Level::Base
+    })
+}
+
+/// A public kernel `$name` that runs `$body` compiled for the CPU's widest vectors.
+macro_rules! kernel {
+    ($(#[$doc:meta])* pub fn $name:ident = $body:ident($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn wide($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                fn narrow($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                match level() {
+                    // SAFETY: `level` found the CPU features these were compiled for.
+                    Level::Avx512 => return unsafe { wide($($arg),*) },
+                    Level::Avx2 => return unsafe { narrow($($arg),*) },
+                    Level::Base => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+kernel! {
+    /// Dot product of two f32 vectors of the same length.
+    pub fn dot = dot_body(a: &[f32], b: &[f32]) -> f32
+}
+
+#[inline(always)]
+fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0f32; LANES];
     let chunks_a = a.chunks_exact(LANES);
@@ -33,7 +93,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Dot product of an f32 query with int8 codes; the caller multiplies by the scale.
-#[inline]
+#[inline(always)]
 pub fn dot_i8(a: &[f32], codes: &[i8]) -> f32 {
     debug_assert_eq!(a.len(), codes.len());
     let mut acc = [0f32; LANES];
@@ -53,15 +113,20 @@ pub fn dot_i8(a: &[f32], codes: &[i8]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Max over the rows of `rows` (`Q × D`, row-major) of `<query, row>`, with the
-/// row that reached it. This is BLIP-2's ITC score of a text (`query`) against an image.
-#[inline]
-pub fn max_sim(query: &[f32], rows: &[f32]) -> (f32, usize) {
+kernel! {
+    /// Max over the rows of `rows` (`Q × D`, row-major) of `<query, row>`, with the
+    /// row that reached it. This is BLIP-2's ITC score of a text (`query`) against an
+    /// image.
+    pub fn max_sim = max_sim_body(query: &[f32], rows: &[f32]) -> (f32, usize)
+}
+
+#[inline(always)]
+fn max_sim_body(query: &[f32], rows: &[f32]) -> (f32, usize) {
     let dim = query.len();
     debug_assert!(dim > 0 && rows.len().is_multiple_of(dim));
     let mut best = (f32::NEG_INFINITY, 0);
     for (slot, row) in rows.chunks_exact(dim).enumerate() {
-        let s = dot(query, row);
+        let s = dot_body(query, row);
         if s > best.0 {
             best = (s, slot);
         }
@@ -69,23 +134,31 @@ pub fn max_sim(query: &[f32], rows: &[f32]) -> (f32, usize) {
     best
 }
 
-/// Dot product of an f32 query with an f16 vector, converted into `scratch`
-/// (same length) first.
-#[inline]
-pub fn dot_f16(query: &[f32], row: &[f16], scratch: &mut [f32]) -> f32 {
+kernel! {
+    /// Dot product of an f32 query with an f16 vector, converted into `scratch`
+    /// (same length) first.
+    pub fn dot_f16 = dot_f16_body(query: &[f32], row: &[f16], scratch: &mut [f32]) -> f32
+}
+
+#[inline(always)]
+fn dot_f16_body(query: &[f32], row: &[f16], scratch: &mut [f32]) -> f32 {
     use half::slice::HalfFloatSliceExt;
     // convert_to_f32_slice uses F16C when the CPU has it (detected at run time).
     row.convert_to_f32_slice(scratch);
-    dot(query, scratch)
+    dot_body(query, scratch)
 }
 
-/// [`max_sim`] over f16 rows; converts one row at a time into `scratch` (length D).
-#[inline]
-pub fn max_sim_f16(query: &[f32], rows: &[f16], scratch: &mut [f32]) -> (f32, usize) {
+kernel! {
+    /// [`max_sim`] over f16 rows; converts one row at a time into `scratch` (length D).
+    pub fn max_sim_f16 = max_sim_f16_body(query: &[f32], rows: &[f16], scratch: &mut [f32]) -> (f32, usize)
+}
+
+#[inline(always)]
+fn max_sim_f16_body(query: &[f32], rows: &[f16], scratch: &mut [f32]) -> (f32, usize) {
     let dim = query.len();
     let mut best = (f32::NEG_INFINITY, 0);
     for (slot, row) in rows.chunks_exact(dim).enumerate() {
-        let s = dot_f16(query, row, scratch);
+        let s = dot_f16_body(query, row, scratch);
         if s > best.0 {
             best = (s, slot);
         }
@@ -93,9 +166,13 @@ pub fn max_sim_f16(query: &[f32], rows: &[f16], scratch: &mut [f32]) -> (f32, us
     best
 }
 
-/// [`max_sim`] over int8 rows with one scale per row.
-#[inline]
-pub fn max_sim_i8(query: &[f32], codes: &[i8], scales: &[f32]) -> (f32, usize) {
+kernel! {
+    /// [`max_sim`] over int8 rows with one scale per row.
+    pub fn max_sim_i8 = max_sim_i8_body(query: &[f32], codes: &[i8], scales: &[f32]) -> (f32, usize)
+}
+
+#[inline(always)]
+fn max_sim_i8_body(query: &[f32], codes: &[i8], scales: &[f32]) -> (f32, usize) {
     let dim = query.len();
     let mut best = (f32::NEG_INFINITY, 0);
     for (slot, (row, scale)) in codes.chunks_exact(dim).zip(scales).enumerate() {
@@ -156,6 +233,42 @@ mod tests {
             let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
             let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
             assert!((dot(&a, &b) - naive).abs() < 1e-4, "len {len}");
+        }
+    }
+
+    #[test]
+    fn every_level_gives_the_baselines_bits() {
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
+        };
+        for dim in [1, 15, 16, 17, 256, 259] {
+            let q = values(dim, 0.5);
+            let rows = values(dim * 5, 3.0);
+            let halves: Vec<f16> = rows.iter().map(|&x| f16::from_f32(x)).collect();
+            let codes: Vec<i8> = rows.iter().map(|&x| (x * 127.0) as i8).collect();
+            let scales = values(5, 9.0);
+            let mut scratch = vec![0f32; dim];
+            let mut scratch2 = vec![0f32; dim];
+            let cases = [
+                (dot(&q, &rows[..dim]), dot_body(&q, &rows[..dim])),
+                (max_sim(&q, &rows).0, max_sim_body(&q, &rows).0),
+                (
+                    max_sim_f16(&q, &halves, &mut scratch).0,
+                    max_sim_f16_body(&q, &halves, &mut scratch2).0,
+                ),
+                (
+                    max_sim_i8(&q, &codes, &scales).0,
+                    max_sim_i8_body(&q, &codes, &scales).0,
+                ),
+            ];
+            for (i, (fast, base)) in cases.into_iter().enumerate() {
+                assert_eq!(
+                    fast.to_bits(),
+                    base.to_bits(),
+                    "case {i}, dim {dim} ({:?})",
+                    level()
+                );
+            }
         }
     }
 

@@ -75,5 +75,10 @@ pub struct TextHit {
 
 /// Sorts by score, highest first, ties by id so that results are deterministic.
 pub(crate) fn sort_hits<T>(hits: &mut [(f32, u64, T)]) {
-    hits.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    hits.sort_by(hit_order);
+}
+
+/// The order of [`sort_hits`]: score, highest first, then id.
+pub(crate) fn hit_order<T>(a: &(f32, u64, T), b: &(f32, u64, T)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
