@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixtures, model_dir, qseek, stderr};
+use common::{fixtures, many_photos, model_dir, qseek, stderr};
 use serde_json::{json, Value};
 
 fn chromium() -> Option<PathBuf> {
@@ -138,6 +138,11 @@ fn base64_decode(s: &str) -> Vec<u8> {
 const GRID_LOADED: &str = "(() => { const imgs = [...document.querySelectorAll('#grid img')]; \
     return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); })()";
 
+/// The thumbnails on screen have loaded (those below load lazily, when scrolled to).
+const VISIBLE_LOADED: &str = "(() => { const imgs = [...document.querySelectorAll('#grid img')] \
+    .filter(i => i.getBoundingClientRect().top < innerHeight); \
+    return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); })()";
+
 #[test]
 fn the_page_searches_shows_photos_and_works_at_phone_width() {
     let Some(chromium) = chromium() else {
@@ -160,9 +165,14 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // A folder the page may index.
+    let more = tmp.path().join("more");
+    let more_total = many_photos(&more, 2);
+    let more_s = more.display().to_string();
     let mut server = Guard(
         Command::new(env!("CARGO_BIN_EXE_qseek"))
             .args(["serve", "--index", &index_s, "--addr", "127.0.0.1:0", "-q"])
+            .args(["--allow", &more_s, "--batch", "2"])
             .env_remove("QSEEK_TOKEN")
             .stderr(Stdio::piped())
             .spawn()
@@ -270,6 +280,46 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     );
     dt.wait_for("the dropped photo's results", GRID_LOADED);
 
+    // Index a folder from the page: the progress bar moves while it runs, then the new
+    // photos are found.
+    dt.eval(&format!(
+        "document.getElementById('folder').value = {more_s:?}; \
+         document.querySelector('#index-form button[type=submit]').click()"
+    ));
+    dt.wait_for(
+        "the running progress bar",
+        "!document.getElementById('progress').hidden && !document.getElementById('cancel').hidden \
+         && document.getElementById('progress-text').textContent.startsWith('running:')",
+    );
+    // Once a poll has seen progress (or the end, on a fast machine), for the screenshot.
+    dt.wait_for(
+        "progress",
+        "document.getElementById('progress-bar').value > 0 \
+         || document.getElementById('progress-text').textContent.startsWith('done:')",
+    );
+    dt.screenshot(&shots.join("desktop-indexing.png"));
+    dt.wait_for(
+        "the finished progress bar",
+        &format!(
+            "document.getElementById('progress-text').textContent.startsWith('done: {more_total}/{more_total}') \
+             && document.getElementById('progress-bar').value === {more_total} \
+             && document.getElementById('cancel').hidden"
+        ),
+    );
+    dt.eval(
+        "document.getElementById('grid').replaceChildren(); \
+         document.getElementById('q').value = 'a cup of coffee'; \
+         document.querySelector('#search-form button').click()",
+    );
+    dt.wait_for(
+        "the grid with the new photos",
+        &format!(
+            "document.querySelectorAll('#grid .card').length === {}",
+            7 + more_total
+        ),
+    );
+    dt.wait_for("their thumbnails", GRID_LOADED);
+
     // Phone width: the same search, nothing wider than the screen.
     dt.call(
         "Emulation.setDeviceMetricsOverride",
@@ -280,7 +330,7 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
          document.getElementById('q').value = 'a cup of coffee'; \
          document.querySelector('#search-form button').click()",
     );
-    dt.wait_for("the grid at phone width", GRID_LOADED);
+    dt.wait_for("the grid at phone width", VISIBLE_LOADED);
     assert_eq!(
         dt.eval("document.documentElement.scrollWidth <= 390"),
         json!(true)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixtures, model_dir, qseek, stderr};
+use common::{fixtures, many_photos, model_dir, qseek, stderr};
 use serde_json::Value;
 
 fn tiny() -> String {
@@ -752,27 +752,6 @@ fn a_token_guards_every_route_and_is_required_beyond_localhost() {
         let r = server.request("GET", path, headers, b"");
         assert_eq!(r.status, *status, "{what}: {}", r.text());
     }
-}
-
-/// Photos whose bytes differ (a trailing byte pattern the decoders ignore).
-fn many_photos(dir: &Path, variants: usize) -> usize {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut n = 0;
-    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
-        let p = e.unwrap().path();
-        let bytes = std::fs::read(&p).unwrap();
-        for v in 0..variants {
-            let mut b = bytes.clone();
-            b.extend(format!("variant {v}").as_bytes());
-            std::fs::write(
-                dir.join(format!("{v}-{}", p.file_name().unwrap().to_str().unwrap())),
-                b,
-            )
-            .unwrap();
-            n += 1;
-        }
-    }
-    n
 }
 
 #[test]

@@ -125,3 +125,24 @@ pub fn qseek(args: &[&str]) -> std::process::Output {
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Photos whose bytes differ (a trailing byte pattern the decoders ignore).
+pub fn many_photos(dir: &std::path::Path, variants: usize) -> usize {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
+        let p = e.unwrap().path();
+        let bytes = std::fs::read(&p).unwrap();
+        for v in 0..variants {
+            let mut b = bytes.clone();
+            b.extend(format!("variant {v}").as_bytes());
+            std::fs::write(
+                dir.join(format!("{v}-{}", p.file_name().unwrap().to_str().unwrap())),
+                b,
+            )
+            .unwrap();
+            n += 1;
+        }
+    }
+    n
+}
