@@ -132,10 +132,11 @@ impl Embedder {
             });
         }
         if opts.max_tokens > config.qformer_config.max_position_embeddings {
-            return Err(Error::Usage(format!(
-                "--max-tokens {} exceeds the model's {} positions",
-                opts.max_tokens, config.qformer_config.max_position_embeddings
-            )));
+            return Err(crate::error::BadRequest::TooManyTokens {
+                asked: opts.max_tokens,
+                positions: config.qformer_config.max_position_embeddings,
+            }
+            .into());
         }
         let model = checkpoint.load_model(&config, opts.dtype, &opts.device)?;
         Ok(Self {

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     TooLarge,
     /// The index is used by another process (HTTP 409).
     InUse,
+    /// The user stopped it (a terminal's Ctrl-C; exit status 130).
+    Interrupted,
     /// Not the user's fault: a bug, a broken checkpoint, a disk or network failure (HTTP 500).
     Internal,
 }
@@ -137,6 +139,75 @@ pub enum BadRequest {
     BadUpload {
         /// What is wrong.
         reason: String,
+    },
+    /// No folder for the default index on this system.
+    #[error("cannot find a data directory for the default index (no $HOME?): name an index")]
+    NoDataDirectory,
+    /// More text tokens asked for than the model has positions.
+    #[error("{asked} text tokens exceed the model's {positions} positions")]
+    TooManyTokens {
+        /// Tokens asked for.
+        asked: usize,
+        /// The Q-Former's position embeddings.
+        positions: usize,
+    },
+    /// An evaluation dataset's annotation file is malformed.
+    #[error("{path}: {reason}")]
+    BadDataset {
+        /// The annotation file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Images an evaluation dataset lists are not in its image folder.
+    #[error(
+        "{missing} of the images listed in {annotations} are not under {images_dir}: {}{}",
+        examples.join(", "),
+        if *missing > examples.len() { ", ..." } else { "" }
+    )]
+    DatasetImagesMissing {
+        /// The annotation file.
+        annotations: PathBuf,
+        /// The image folder.
+        images_dir: PathBuf,
+        /// How many are missing.
+        missing: usize,
+        /// The first few.
+        examples: Vec<String>,
+    },
+    /// An evaluation dataset's image could not be embedded (every image counts).
+    #[error("{path}: {reason} ({failed} of the dataset's images failed)")]
+    DatasetImageFailed {
+        /// The first image that failed.
+        path: String,
+        /// Why.
+        reason: String,
+        /// How many failed.
+        failed: usize,
+    },
+    /// The folder given as an evaluation cache is an index itself.
+    #[error(
+        "{path}: this is an index, not an eval cache folder (earlier qseek builds kept their \
+         eval cache index there); give the cache a new folder, or delete this one"
+    )]
+    NotAnEvalCache {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// An index in the evaluation cache stores vectors or features evaluation cannot use.
+    #[error(
+        "{path}: this index stores {vectors} vectors and {features} vision features; \
+         evaluation needs F32 vectors and {wanted_features} features: give the cache a new folder"
+    )]
+    WrongEvalCache {
+        /// The cache index.
+        path: PathBuf,
+        /// Its vector dtype.
+        vectors: String,
+        /// Its feature dtype, or "no".
+        features: String,
+        /// The feature dtype evaluation needs.
+        wanted_features: String,
     },
 }
 
@@ -256,10 +327,17 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    /// A command line that cannot run (a bad flag value, an interruption): only the
-    /// command-line front ends raise it.
+    /// A command line that cannot run (a bad flag value): only the command-line front
+    /// ends raise it.
     #[error("{0}")]
     Usage(String),
+
+    /// The user stopped a long run (Ctrl-C) before it could give its result.
+    #[error("interrupted while {during}; what was done is kept")]
+    Interrupted {
+        /// What was going on, e.g. "embedding images".
+        during: &'static str,
+    },
 
     /// An invariant the code relies on does not hold: a bug, never the user's fault.
     #[error("internal error: {0}")]
@@ -280,6 +358,7 @@ impl Error {
         match self {
             Error::BadRequest(_) | Error::Usage(_) => ErrorKind::BadRequest,
             Error::NotFound(_) => ErrorKind::NotFound,
+            Error::Interrupted { .. } => ErrorKind::Interrupted,
             Error::ImageDecode { .. } => ErrorKind::Unsupported,
             Error::ImageTooLarge { .. } | Error::UploadTooLarge { .. } => ErrorKind::TooLarge,
             Error::Index(qseek_index::Error::InUse { .. } | qseek_index::Error::WriterBusy) => {

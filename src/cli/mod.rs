@@ -177,15 +177,23 @@ pub fn describe(error: &Error) -> String {
         Error::BadRequest(BadRequest::TokenRequired { addr }) => {
             format!("listening on {addr} (not only this machine) needs --token TOKEN")
         }
+        Error::BadRequest(BadRequest::NoDataDirectory) => {
+            "cannot find a data directory for the default index (no $HOME?): pass --index PATH"
+                .into()
+        }
+        Error::BadRequest(BadRequest::TooManyTokens { asked, positions }) => {
+            format!("--max-tokens {asked} exceeds the model's {positions} positions")
+        }
         _ => error.to_string(),
     }
 }
 
-/// The exit status of a command that could not run. Every error, the user's or not,
-/// is 2 (documented in the README); `kind` decides nothing here yet but keeps the
-/// mapping in one place.
+/// The exit status of a command that could not run: 130 when the user interrupted it
+/// (as for a command that stops cleanly on Ctrl-C), else 2, the user's fault or not
+/// (documented in the README). The mapping lives here only.
 pub fn exit_status(error: &Error) -> i32 {
     match error.kind() {
+        ErrorKind::Interrupted => 130,
         ErrorKind::BadRequest
         | ErrorKind::NotFound
         | ErrorKind::Unsupported

@@ -36,6 +36,7 @@ use serde::Serialize;
 use super::indexer::{index_files, IndexOptions};
 use super::texts::{add_texts, TextEntry};
 use super::{default_feature_dtype, progress_bar, Collection};
+use crate::error::BadRequest;
 use crate::preprocess::image::LoadOptions;
 use crate::preprocess::text::pre_caption;
 use crate::rerank::{itm_scores, ItmPair, ItmScore};
@@ -68,7 +69,12 @@ pub fn load_dataset(
         path: annotations.to_path_buf(),
         source,
     })?;
-    let bad = |reason: String| Error::Usage(format!("{}: {reason}", annotations.display()));
+    let bad = |reason: String| {
+        Error::from(BadRequest::BadDataset {
+            path: annotations.to_path_buf(),
+            reason,
+        })
+    };
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
     let entries = value
@@ -132,15 +138,13 @@ pub fn load_dataset(
         data.img2txt.push(own);
     }
     if !missing.is_empty() {
-        let shown: Vec<&str> = missing.iter().take(5).map(String::as_str).collect();
-        return Err(Error::Usage(format!(
-            "{} of the images listed in {} are not under {}: {}{}",
-            missing.len(),
-            annotations.display(),
-            images_dir.display(),
-            shown.join(", "),
-            if missing.len() > 5 { ", ..." } else { "" }
-        )));
+        return Err(BadRequest::DatasetImagesMissing {
+            annotations: annotations.to_path_buf(),
+            images_dir: images_dir.to_path_buf(),
+            missing: missing.len(),
+            examples: missing.iter().take(5).cloned().collect(),
+        }
+        .into());
     }
     if data.texts.is_empty() {
         return Err(bad("no captions selected".into()));
@@ -317,11 +321,10 @@ fn exact_itc(
 /// exact is exact); features follow [`default_feature_dtype`].
 pub fn cache_index_dir(root: &Path, compute: DType) -> Result<PathBuf> {
     if root.join("manifest.json").exists() {
-        return Err(Error::Usage(format!(
-            "{}: this is an index, not an eval cache folder (earlier qseek builds kept their \
-             eval cache index there); give the cache a new folder, or delete this one",
-            root.display()
-        )));
+        return Err(BadRequest::NotAnEvalCache {
+            path: root.to_path_buf(),
+        }
+        .into());
     }
     let name = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
     Ok(root.join(format!(
@@ -341,17 +344,17 @@ fn check_cache(c: &Collection) -> Result<()> {
         || !m.store_vision_features
         || m.vision_feature_dtype != features
     {
-        return Err(Error::Usage(format!(
-            "{}: this index stores {:?} vectors and {} vision features; evaluation needs \
-             F32 vectors and {features:?} features: give the cache a new folder",
-            c.index.path().display(),
-            m.vector_dtype,
-            if m.store_vision_features {
+        return Err(BadRequest::WrongEvalCache {
+            path: c.index.path().to_path_buf(),
+            vectors: format!("{:?}", m.vector_dtype),
+            features: if m.store_vision_features {
                 format!("{:?}", m.vision_feature_dtype)
             } else {
                 "no".into()
             },
-        )));
+            wanted_features: format!("{features:?}"),
+        }
+        .into());
     }
     Ok(())
 }
@@ -393,17 +396,17 @@ pub fn evaluate(
     };
     let summary = index_files(c, &data.images, &index_opts, stop)?;
     if let Some(f) = summary.failed.first() {
-        return Err(Error::Usage(format!(
-            "{}: {} ({} of the dataset's images failed)",
-            f.path,
-            f.reason,
-            summary.failed.len()
-        )));
+        return Err(BadRequest::DatasetImageFailed {
+            path: f.path.clone(),
+            reason: f.reason.clone(),
+            failed: summary.failed.len(),
+        }
+        .into());
     }
     if summary.interrupted {
-        return Err(Error::Usage(
-            "interrupted while embedding images; what was done is cached".into(),
-        ));
+        return Err(Error::Interrupted {
+            during: "embedding images",
+        });
     }
     let entries: Vec<TextEntry> = data
         .texts
@@ -424,7 +427,7 @@ pub fn evaluate(
             c.index
                 .image_by_path(&p.to_string_lossy())
                 .map(|i| i.image_id)
-                .ok_or_else(|| Error::Usage(format!("{}: not in the cache index", p.display())))
+                .ok_or_else(|| Error::Internal(format!("{}: not in the cache index", p.display())))
         })
         .collect::<Result<_>>()?;
     let image_vectors: Vec<Vec<f32>> = image_ids
@@ -458,7 +461,7 @@ pub fn evaluate(
             text_ids
                 .get(&i.to_string())
                 .and_then(|&id| c.index.text_vector(id))
-                .ok_or_else(|| Error::Usage(format!("text {i} is not in the cache index")))?
+                .ok_or_else(|| Error::Internal(format!("text {i} is not in the cache index")))?
         };
         text_vectors.push(vector);
     }
@@ -561,7 +564,7 @@ pub fn evaluate(
         let (values, shape) = c
             .index
             .vision_features(image_ids[i])?
-            .ok_or_else(|| Error::Usage("the cache index holds no vision features".into()))?;
+            .ok_or_else(|| Error::Internal("the cache index holds no vision features".into()))?;
         let vision = Tensor::from_vec(values, shape, &device)?;
         for chunk in texts.chunks(opts.batch.max(1)) {
             // One image with every text of the chunk: `itm_scores` computes its
@@ -582,9 +585,9 @@ pub fn evaluate(
             progress.inc(chunk.len() as u64);
         }
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::Usage(
-                "interrupted while reranking (embeddings stay cached)".into(),
-            ));
+            return Err(Error::Interrupted {
+                during: "reranking",
+            });
         }
     }
     progress.finish_and_clear();

@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qseek_index::{FeatureDtype, Index, Manifest, ModelId, VectorDtype};
 
 use crate::embedder::{Embedder, ModelOptions};
+use crate::error::BadRequest;
 use crate::model::{Checkpoint, ModelSource};
 use crate::{Error, Result};
 
@@ -22,11 +23,7 @@ use crate::{Error, Result};
 pub fn default_index_dir() -> Result<PathBuf> {
     dirs::data_dir()
         .map(|d| d.join("qseek").join("index"))
-        .ok_or_else(|| {
-            Error::Usage(
-                "cannot find a data directory for the index (no $HOME?): pass --index PATH".into(),
-            )
-        })
+        .ok_or_else(|| BadRequest::NoDataDirectory.into())
 }
 
 /// The identity an index records for a checkpoint: its id (hub id, or canonical

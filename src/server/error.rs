@@ -28,6 +28,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::InUse => StatusCode::CONFLICT,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        // The server never stops a request midway; if it did, the client may retry.
+        ErrorKind::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
