@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 
 use crate::graph::graph_cache::GraphSource;
 use crate::storage::feature_store::{FeatureStoreReader, FeatureStoreWriter};
@@ -57,12 +57,18 @@ pub(crate) struct Shared {
     pub writer_taken: AtomicBool,
     /// One per [`TableKind`]: whether a graph build is running.
     graph_builds: [GraphBuild; 2],
+    /// One per [`TableKind`]: held while rows are added to the graph, one
+    /// extension at a time.
+    graph_extends: [Mutex<()>; 2],
     /// Called by a graph build once it has its snapshot and holds no lock.
     #[cfg(test)]
     pub graph_build_hook: Mutex<Option<GraphBuildHook>>,
+    /// Called by a graph extension once it has its snapshot and holds no lock.
+    #[cfg(test)]
+    pub graph_extend_hook: Mutex<Option<GraphBuildHook>>,
 }
 
-/// What a test runs in the middle of a graph build.
+/// What a test runs in the middle of a graph build or extension.
 #[cfg(test)]
 pub(crate) type GraphBuildHook = Box<dyn Fn(TableKind) + Send>;
 
@@ -122,10 +128,6 @@ impl State {
     }
 }
 
-/// Rows committed while a build ran that are still added to its graph
-/// without any lock; the rest (fewer) are added under the write lock.
-const CATCH_UP_UNDER_LOCK: usize = 256;
-
 impl Shared {
     /// Loads the committed state of the index in `dir` (whose manifest and
     /// metadata store are open) and rebuilds the lexical index if it lags.
@@ -144,8 +146,11 @@ impl Shared {
             lexical: Mutex::new(lexical),
             writer_taken: AtomicBool::new(false),
             graph_builds: Default::default(),
+            graph_extends: Default::default(),
             #[cfg(test)]
             graph_build_hook: Mutex::new(None),
+            #[cfg(test)]
+            graph_extend_hook: Mutex::new(None),
         })
     }
 
@@ -200,33 +205,56 @@ impl Shared {
         if let Some(hook) = self.graph_build_hook.lock().unwrap().as_ref() {
             hook(kind);
         }
-        let mut graph = source.load_or_build();
-        let dim = source.vectors.dim();
-        let mut covered = source.live.len();
-        let same_files = |rows: &Rows| rows.vectors_file == source.vectors_file;
-        // Rows committed during the build, added without the lock while many.
+        let graph = source.load_or_build();
+        {
+            let mut state = self.state.write().expect("index state lock poisoned");
+            let rows = state.rows_mut(kind);
+            // A compaction during the build: other rows, a useless graph.
+            if rows.vectors_file != source.vectors_file || rows.graph.is_some() {
+                return;
+            }
+            rows.graph = Some(Arc::new(graph));
+            rows.graph_rows = source.live.len();
+        }
+        // The rows committed during the build.
+        self.extend_graph(kind);
+    }
+
+    /// Adds the rows committed since the graph was built or last extended to
+    /// it, holding no state lock while they go in (searches score them exactly
+    /// meanwhile); then marks them as in the graph under a short write lock.
+    /// The writer calls it after each commit. Does nothing without a graph;
+    /// gives up when a compaction replaced the rows meanwhile.
+    pub(crate) fn extend_graph(&self, kind: TableKind) {
+        let _one_at_a_time = self.graph_extends[kind as usize]
+            .lock()
+            .expect("graph extension lock poisoned");
         loop {
-            let more = {
+            let (graph, source, from) = {
                 let state = self.state();
                 let rows = state.rows(kind);
-                if !same_files(rows) || rows.graph.is_some() {
+                let Some(graph) = rows.graph.clone() else {
+                    return;
+                };
+                if rows.graph_rows >= rows.owners.len() {
                     return;
                 }
-                if rows.owners.len() - covered <= CATCH_UP_UNDER_LOCK {
-                    break;
-                }
-                rows.graph_source(&self.dir)
+                (graph, rows.graph_source(&self.dir), rows.graph_rows)
             };
-            graph.insert(&more.live_from(covered), dim);
-            covered = more.live.len();
+            #[cfg(test)]
+            if let Some(hook) = self.graph_extend_hook.lock().unwrap().as_ref() {
+                hook(kind);
+            }
+            graph.insert(&source.live_from(from), source.vectors.dim());
+            let mut state = self.state.write().expect("index state lock poisoned");
+            let rows = state.rows_mut(kind);
+            match &rows.graph {
+                Some(g) if Arc::ptr_eq(g, &graph) && rows.graph_rows == from => {
+                    rows.graph_rows = source.live.len();
+                }
+                _ => return,
+            }
         }
-        let mut state = self.state.write().expect("index state lock poisoned");
-        let rows = state.rows_mut(kind);
-        if !same_files(rows) || rows.graph.is_some() {
-            return;
-        }
-        graph.insert(&rows.graph_points(covered..rows.owners.len()), dim);
-        rows.graph = Some(graph);
     }
 }
 
@@ -426,6 +454,66 @@ mod tests {
         let state = index.state();
         let graph = state.images.rows.graph.as_ref().expect("graph installed");
         let late_row = state.images.entries[&late].row;
+        assert!(graph.points().iter().any(|(_, t)| t.row == late_row));
+        drop(state);
+        let hits = index.search_images(query, 1, &ann).unwrap();
+        assert_eq!(hits[0].image_id, late, "found through the graph");
+        assert!(index.verify().is_ok(), "{}", index.verify());
+    }
+
+    /// A commit's rows go into an existing graph without the state lock: the
+    /// extension is stopped (by the test hook) after its snapshot; an ANN
+    /// search must then complete, and find the new image by scoring the rows
+    /// not yet in the graph exactly.
+    #[test]
+    fn a_search_does_not_wait_for_a_commits_rows_to_enter_the_graph() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = ModelId {
+            model_id: "test".into(),
+            config_hash: "cfg".into(),
+        };
+        let index = Index::create(dir.path(), Manifest::new(&model, Q, D)).unwrap();
+        add_images(&index, 0..300);
+        index.build_graphs();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        *index.shared.graph_extend_hook.lock().unwrap() = Some(Box::new(move |kind| {
+            if kind == TableKind::Images {
+                started_tx.send(()).unwrap();
+                let released = release_rx.recv_timeout(Duration::from_secs(60));
+                assert!(released.is_ok(), "the test never got past the extension");
+            }
+        }));
+        let committer = {
+            let index = index.clone();
+            std::thread::spawn(move || add_images(&index, 300..301))
+        };
+        started_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+
+        let ann = SearchParams {
+            exact_below: 0,
+            candidates: 10,
+            ..SearchParams::default()
+        };
+        let query = &unit_vectors(300, Q)[..D];
+        let hits = index.search_images(query, 1, &ann).unwrap();
+        let late = index.image_by_path("img/300.jpg").unwrap().image_id;
+        assert_eq!(hits[0].image_id, late, "scored exactly while it goes in");
+        {
+            let state = index.state();
+            let rows = &state.images.rows;
+            assert!(rows.graph.is_some());
+            assert!(rows.graph_rows < rows.owners.len(), "not in the graph yet");
+        }
+        assert!(index.verify().is_ok(), "{}", index.verify());
+
+        release_tx.send(()).unwrap();
+        assert_eq!(committer.join().expect("the commit failed"), late);
+        let state = index.state();
+        let rows = &state.images.rows;
+        assert_eq!(rows.graph_rows, rows.owners.len());
+        let late_row = state.images.entries[&late].row;
+        let graph = rows.graph.as_ref().unwrap();
         assert!(graph.points().iter().any(|(_, t)| t.row == late_row));
         drop(state);
         let hits = index.search_images(query, 1, &ann).unwrap();

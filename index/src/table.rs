@@ -8,11 +8,12 @@
 //! `graph/graph_cache.rs`); a table only holds the graph once it is ready.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::graph::ann_graph::AnnGraph;
-use crate::graph::graph_cache::{graph_points, GraphSource};
+use crate::graph::graph_cache::GraphSource;
 use crate::search::{hit_order, sort_hits, SearchParams};
 use crate::storage::vector_store::VectorStoreReader;
 
@@ -40,7 +41,10 @@ pub(crate) struct Rows {
     /// The vector file (as the commit names it) the rows are read from.
     pub vectors_file: String,
     /// The HNSW graph once loaded or built; searches are exact until then.
-    pub graph: Option<AnnGraph>,
+    pub graph: Option<Arc<AnnGraph>>,
+    /// Rows `0..graph_rows` are in the graph; searches score the rows past it (a
+    /// commit's, until `Shared::extend_graph` has added them) exactly.
+    pub graph_rows: usize,
     /// Graph points per row: each row's vectors are clustered into this many.
     pub points_per_row: usize,
     /// File name of the saved graph in the index directory.
@@ -108,6 +112,7 @@ impl<E: TableEntry> Table<E> {
                 vectors,
                 vectors_file,
                 graph: None,
+                graph_rows: 0,
                 points_per_row,
                 graph_file,
             },
@@ -127,8 +132,9 @@ impl<E: TableEntry> Table<E> {
 
     /// Publishes a commit: entries set (`Some`) or removed (`None`), then the
     /// new rows appended in order, each with the item that owned it when
-    /// added. A row is live when its item still points at it; live rows go
-    /// into the graph, if there is one yet.
+    /// added. A row is live when its item still points at it. The new rows are
+    /// not in the graph yet: searches score them exactly until
+    /// `Shared::extend_graph` has added them, without this lock.
     pub(crate) fn apply(&mut self, entries: &HashMap<u64, Option<E>>, new_rows: &[(u64, Vec<u8>)]) {
         let rows = &mut self.rows;
         for (id, entry) in entries {
@@ -143,7 +149,6 @@ impl<E: TableEntry> Table<E> {
                 }
             }
         }
-        let first_new = rows.owners.len();
         for (id, bytes) in new_rows {
             let row = rows.vectors.rows();
             rows.vectors.push_encoded(bytes);
@@ -152,13 +157,6 @@ impl<E: TableEntry> Table<E> {
                 .get(id)
                 .is_some_and(|e| e.row() as usize == row);
             rows.owners.push(live.then_some(*id));
-        }
-        if rows.graph.is_some() {
-            let points = rows.graph_points(first_new..rows.owners.len());
-            let dim = rows.vectors.dim();
-            if let Some(graph) = rows.graph.as_mut() {
-                graph.insert(&points, dim);
-            }
         }
     }
 
@@ -181,7 +179,16 @@ impl<E: TableEntry> Table<E> {
             Some(graph) => {
                 let n_allowed = allowed.map_or(self.entries.len(), |a| a.len());
                 let want = params.candidates.max(k).min(n_allowed);
-                self.graph_candidates(graph, probes, want, params.ef, allowed)
+                let mut found = self.graph_candidates(graph, probes, want, params.ef, allowed);
+                // The rows not in the graph yet (a commit's, while they go in).
+                let seen: HashSet<u64> = found.iter().copied().collect();
+                found.extend(
+                    self.rows.owners[self.rows.graph_rows.min(self.rows.owners.len())..]
+                        .iter()
+                        .flatten()
+                        .filter(|id| allowed.is_none_or(|a| a.contains(id)) && !seen.contains(id)),
+                );
+                found
             }
             None => self.all_allowed(allowed),
         };
@@ -266,7 +273,7 @@ impl<E: TableEntry> Table<E> {
         let n_allowed = allowed.map_or(self.entries.len(), |a| a.len());
         self.rows
             .graph
-            .as_ref()
+            .as_deref()
             .filter(|_| wants_graph(k, params, n_allowed))
     }
 
@@ -300,7 +307,7 @@ impl<E: TableEntry> Table<E> {
         allowed: Option<&HashSet<u64>>,
     ) -> Vec<u64> {
         let total_points = graph.points().len();
-        let per_row = total_points / self.rows.owners.len().max(1);
+        let per_row = total_points / self.rows.graph_rows.max(1);
         let mut depth = want * per_row.max(1);
         loop {
             let mut best: HashMap<u64, f32> = HashMap::new();
@@ -328,16 +335,6 @@ impl<E: TableEntry> Table<E> {
 }
 
 impl Rows {
-    /// The graph vectors of the live rows in `range`.
-    pub(crate) fn graph_points(&self, range: std::ops::Range<usize>) -> Vec<(u64, Vec<f32>)> {
-        graph_points(
-            &self.vectors,
-            range,
-            |row| self.owners[row].is_some(),
-            self.points_per_row,
-        )
-    }
-
     /// What a graph build needs, copied so that it runs without the index's lock.
     pub(crate) fn graph_source(&self, dir: &std::path::Path) -> GraphSource {
         GraphSource {

@@ -210,37 +210,34 @@ pub(crate) fn verify(shared: &Shared) -> VerifyReport {
         }
     }
 
-    // Every live row has its graph points (unless a compaction since
-    // `ensure_graph` dropped the graph: it is rebuilt from the same rows).
+    // Every live row the graph covers has its graph points (unless a
+    // compaction since `ensure_graph` dropped the graph: it is rebuilt from the
+    // same rows). Rows past `graph_rows` are a commit's, still going in.
     let mut points_per_row: HashMap<u64, usize> = HashMap::new();
-    let image_graph = state.images.rows.graph.as_ref();
-    for (_, target) in image_graph.iter().flat_map(|g| g.points().iter()) {
-        *points_per_row.entry(target.row).or_default() += 1;
-    }
-    let per_image = shared.manifest.graph_points_per_image;
-    for e in state
-        .images
-        .entries
-        .values()
-        .filter(|_| image_graph.is_some())
-    {
-        let n = points_per_row.get(&e.row).copied().unwrap_or(0);
-        if n != per_image {
-            problems.push(format!(
-                "vector row {}: {n} graph points, expected {per_image}",
-                e.row
-            ));
+    let image_rows = &state.images.rows;
+    if let Some(graph) = &image_rows.graph {
+        for (_, target) in graph.points().iter() {
+            *points_per_row.entry(target.row).or_default() += 1;
+        }
+        let per_image = shared.manifest.graph_points_per_image;
+        for e in state.images.entries.values() {
+            let n = points_per_row.get(&e.row).copied().unwrap_or(0);
+            if (e.row as usize) < image_rows.graph_rows && n != per_image {
+                problems.push(format!(
+                    "vector row {}: {n} graph points, expected {per_image}",
+                    e.row
+                ));
+            }
         }
     }
-    let text_graph = state.texts.rows.graph.as_ref();
-    let text_points: std::collections::HashSet<u64> = text_graph
-        .iter()
-        .flat_map(|g| g.points().iter())
-        .map(|(_, t)| t.row)
-        .collect();
-    for (id, e) in state.texts.entries.iter().filter(|_| text_graph.is_some()) {
-        if !text_points.contains(&e.row) {
-            problems.push(format!("text {id}: not in the text graph"));
+    let text_rows = &state.texts.rows;
+    if let Some(graph) = &text_rows.graph {
+        let text_points: std::collections::HashSet<u64> =
+            graph.points().iter().map(|(_, t)| t.row).collect();
+        for (id, e) in &state.texts.entries {
+            if (e.row as usize) < text_rows.graph_rows && !text_points.contains(&e.row) {
+                problems.push(format!("text {id}: not in the text graph"));
+            }
         }
     }
 

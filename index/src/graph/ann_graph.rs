@@ -12,6 +12,8 @@
 //! (~0.6 KB per point instead of ~4.5 KB) and is saved next to the vectors, so
 //! that reopening an index does not rebuild it.
 
+use std::sync::{OnceLock, RwLock, RwLockReadGuard};
+
 use hnsw_rs::prelude::{Distance, Hnsw};
 
 use crate::graph::frozen_graph::{FrozenGraph, GraphKey};
@@ -43,10 +45,14 @@ impl Distance<f32> for UnitDot {
 /// a [`FrozenGraph`] (built by hnsw_rs, compact, saved as a file) plus, for
 /// points added after it was built, a live hnsw_rs graph. Both are searched
 /// and their hits merged.
+///
+/// Points are added through `&self` while searches go on (hnsw_rs inserts
+/// concurrently; the point map has its own short lock), so that the index
+/// never holds its state lock while a commit's points go in.
 pub(crate) struct AnnGraph {
     frozen: FrozenGraph,
-    added: Option<Hnsw<'static, f32, UnitDot>>,
-    points: PointMap,
+    added: OnceLock<Hnsw<'static, f32, UnitDot>>,
+    points: RwLock<PointMap>,
 }
 
 impl AnnGraph {
@@ -59,8 +65,8 @@ impl AnnGraph {
         insert_all(&hnsw, batch);
         AnnGraph {
             frozen: FrozenGraph::freeze(&hnsw, points.len(), dim),
-            added: None,
-            points,
+            added: OnceLock::new(),
+            points: RwLock::new(points),
         }
     }
 
@@ -68,30 +74,31 @@ impl AnnGraph {
     pub(crate) fn from_saved(frozen: FrozenGraph, points: PointMap) -> Self {
         AnnGraph {
             frozen,
-            added: None,
-            points,
+            added: OnceLock::new(),
+            points: RwLock::new(points),
         }
     }
 
     /// Saves the frozen part (see [`FrozenGraph::save`]).
     pub(crate) fn save(&self, path: &std::path::Path, key: &GraphKey) -> std::io::Result<()> {
-        self.frozen.save(&self.points, path, key)
+        self.frozen.save(&self.points(), path, key)
     }
 
-    /// Adds the graph vectors (`dim` values each) of more items.
-    pub(crate) fn insert(&mut self, items: &[(u64, Vec<f32>)], dim: usize) {
-        let batch = assign_points(items, dim, &mut self.points);
+    /// Adds the graph vectors (`dim` values each) of more items. Searches may
+    /// run meanwhile; one caller inserts at a time (the index sees to it).
+    pub(crate) fn insert(&self, items: &[(u64, Vec<f32>)], dim: usize) {
+        let batch = assign_points(items, dim, &mut self.points.write().expect("points lock"));
         if batch.is_empty() {
             return;
         }
-        let added = self.added.get_or_insert_with(|| new_hnsw(batch.len()));
+        let added = self.added.get_or_init(|| new_hnsw(batch.len()));
         insert_all(added, batch);
     }
 
     /// The `n` nearest points to `query` with their similarity, nearest first.
     pub(crate) fn search(&self, query: &[f32], n: usize, ef: usize) -> Vec<(PointTarget, f32)> {
         let mut hits: Vec<(usize, f32)> = self.frozen.search(query, n, ef);
-        if let Some(added) = &self.added {
+        if let Some(added) = self.added.get() {
             hits.extend(
                 added
                     .search(query, n, ef.max(n))
@@ -101,19 +108,21 @@ impl AnnGraph {
             hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             hits.truncate(n);
         }
+        let points = self.points();
         hits.into_iter()
-            .filter_map(|(id, sim)| Some((self.points.get(id)?, sim)))
+            .filter_map(|(id, sim)| Some((points.get(id)?, sim)))
             .collect()
     }
 
-    pub(crate) fn points(&self) -> &PointMap {
-        &self.points
+    /// The map from point ids to items (read-locked while held).
+    pub(crate) fn points(&self) -> RwLockReadGuard<'_, PointMap> {
+        self.points.read().expect("points lock")
     }
 
     /// Points added since the graph was frozen.
     #[cfg(test)]
     pub(crate) fn added_points(&self) -> usize {
-        self.points.len() - self.frozen.len()
+        self.points().len() - self.frozen.len()
     }
 }
 
@@ -232,7 +241,7 @@ mod tests {
             (11, vec![0.0, 1.0, 0.0, 0.0]),
             (12, vec![0.0, 0.0, 1.0, 0.0]),
         ];
-        let mut graph = AnnGraph::build(&items, dim);
+        let graph = AnnGraph::build(&items, dim);
         let hits = graph.search(&[0.0, 0.9, 0.1, 0.0], 2, 10);
         assert_eq!(hits[0].0, PointTarget { row: 11, slot: 0 });
         // A point added after the freeze is found too, and ranks by similarity.

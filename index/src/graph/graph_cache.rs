@@ -62,7 +62,7 @@ impl GraphSource {
         }) {
             let added = self.live[covered as usize..].iter().filter(|l| **l).count();
             if added * self.points_per_row <= (saved.len() / 4).max(1024) {
-                let mut graph = AnnGraph::from_saved(saved, points);
+                let graph = AnnGraph::from_saved(saved, points);
                 graph.insert(&self.live_from(covered as usize), dim);
                 return graph;
             }

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::search::max_sim::debug_assert_unit;
-use crate::state::{Files, Shared, State};
+use crate::state::{Files, Shared, State, TableKind};
 use crate::storage::metadata_store::{
     CommitState, FeatureRef, ImageEntry, ImageId, ImageRecord, MetaOp, PathEntry, TextEntry, TextId,
 };
@@ -383,6 +383,10 @@ impl IndexWriter {
         if self.needs_compaction() {
             self.compact()?;
         }
+        // The new rows into the graphs, with searches going on (they score the
+        // rows exactly until then).
+        shared.extend_graph(TableKind::Images);
+        shared.extend_graph(TableKind::Texts);
         Ok(self.state().commit.generation)
     }
 
