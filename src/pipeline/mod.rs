@@ -2,6 +2,7 @@
 //! collection ([`indexer`]), load texts ([`texts`]), evaluate ([`eval`]), and open the
 //! pair consistently ([`Collection`]). Searching is in [`crate::service::search`].
 
+pub mod embedding;
 pub mod eval;
 pub mod indexer;
 pub mod texts;
