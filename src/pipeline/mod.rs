@@ -5,6 +5,7 @@
 pub mod embedding;
 pub mod eval;
 pub mod indexer;
+pub mod shard_file;
 pub mod texts;
 pub mod walk;
 
