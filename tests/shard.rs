@@ -346,6 +346,15 @@ fn shards_that_do_not_fit_are_refused_in_one_sentence() {
     let with_features = w.path("with-features");
     w.index(&with_features, &["--store-vision-features"]);
     refuse(&[&tiny], &with_features, "no vision features");
+    // Features coarser than the index's (f16 for an index of f32 features).
+    let half = w.path("half.parquet");
+    w.shard(
+        &w.photos,
+        "0/2",
+        &half,
+        &["--features", "--feature-dtype", "f16"],
+    );
+    refuse(&[&half], &with_features, "holds f16 vision features");
     // A shard file made with other settings is not overwritten.
     let (photos, tiny_s, tiny_model) = (s(&w.photos), s(&tiny), model("tiny"));
     let out = qseek(&[

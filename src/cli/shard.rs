@@ -27,7 +27,7 @@ pub(super) struct ShardEmbedArgs {
     /// the list writes it), so shards stay put when files come and go.
     #[arg(long, value_name = "I/N")]
     shard: ShardSpec,
-    /// The shard file to write (Parquet). Work in progress goes to FILE.partial/: a
+    /// The shard file to write (Parquet). Work in progress goes to FILE.parquet.partial/: a
     /// rerun after a crash goes on from there; a rerun of a finished shard does nothing.
     #[arg(long, value_name = "FILE.parquet")]
     out: PathBuf,

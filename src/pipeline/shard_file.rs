@@ -707,6 +707,61 @@ mod tests {
     }
 
     #[test]
+    fn shards_of_another_model_shape_or_compute_dtype_conflict() {
+        let base = meta(None);
+        let other_shard = ShardMeta {
+            shard: ShardSpec { index: 0, count: 5 },
+            features: Some(ShardFeatures {
+                dtype: FeatureDtype::F16,
+                tokens: 2,
+                hidden: 2,
+            }),
+            ..base.clone()
+        };
+        assert_eq!(base.conflict_with(&other_shard, "x"), None);
+        let cases: [(ShardMeta, &str); 4] = [
+            (
+                ShardMeta {
+                    model: ModelId {
+                        model_id: "m2".into(),
+                        config_hash: "c".into(),
+                    },
+                    ..base.clone()
+                },
+                "made with model m2 (config c), but x holds vectors of m (config c)",
+            ),
+            (
+                ShardMeta {
+                    model: ModelId {
+                        model_id: "m".into(),
+                        config_hash: "c2".into(),
+                    },
+                    ..base.clone()
+                },
+                "made with model m (config c2)",
+            ),
+            (
+                ShardMeta {
+                    dim: 4,
+                    ..base.clone()
+                },
+                "holds 2x4 vectors per image, but x 2x3",
+            ),
+            (
+                ShardMeta {
+                    compute_dtype: "bf16".into(),
+                    ..base.clone()
+                },
+                "was computed in bf16, but x in f32",
+            ),
+        ];
+        for (other, expected) in cases {
+            let reason = other.conflict_with(&base, "x").expect("a conflict");
+            assert!(reason.starts_with(expected), "{reason}");
+        }
+    }
+
+    #[test]
     fn a_parquet_file_without_the_metadata_is_not_a_shard() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.parquet");
