@@ -300,6 +300,85 @@ fn an_interrupted_shard_goes_on_from_its_parts() {
 }
 
 #[test]
+fn a_shard_killed_mid_run_completes_on_the_next_run_without_redoing_work() {
+    let w = Workspace::new();
+    // Twice the photos, each copy with other bytes (a trailing pattern the decoders
+    // ignore), so that the run lasts long enough to be killed.
+    let mut total = 0;
+    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
+        let p = e.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.extend(b"variant");
+        std::fs::write(
+            w.photos
+                .join(format!("v-{}", p.file_name().unwrap().to_str().unwrap())),
+            bytes,
+        )
+        .unwrap();
+        total += 2;
+    }
+    let (out, partial) = (w.path("s.parquet"), w.path("s.parquet.partial"));
+    let (photos, out_s, tiny) = (s(&w.photos), s(&out), model("tiny"));
+    let args = [
+        "shard-embed",
+        &photos,
+        "--shard",
+        "0/1",
+        "--out",
+        &out_s,
+        "-m",
+        &tiny,
+        "-q",
+        "--json",
+        "--batch",
+        BATCH,
+        "--commit-every",
+        "0.001",
+    ];
+    let parts = || {
+        std::fs::read_dir(&partial)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+            .count()
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qseek"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while parts() == 0 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let kept = parts();
+    assert!(
+        !out.exists() && kept > 0,
+        "the run finished before it was killed: nothing proved"
+    );
+
+    let s = w.run(&args, 0);
+    let n = |k: &str| s[k].as_u64().unwrap();
+    assert_eq!((n("files"), n("rows")), (total, total), "{s}");
+    assert!(n("resumed") >= kept as u64, "{s}");
+    assert_eq!(
+        n("resumed") + n("embedded"),
+        total,
+        "each file embedded once: {s}"
+    );
+    assert!(!partial.exists());
+
+    let (imported, reference) = (w.path("imported"), w.path("reference"));
+    w.import(&[out], &imported);
+    w.index(&reference, &[]);
+    assert_same(&content(&imported), &content(&reference));
+}
+
+#[test]
 fn shards_that_do_not_fit_are_refused_in_one_sentence() {
     let w = Workspace::new();
     let (tiny, odd) = (w.path("tiny.parquet"), w.path("odd.parquet"));
