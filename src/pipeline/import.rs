@@ -175,7 +175,7 @@ pub fn import_shards(
     let mut last_commit = Instant::now();
     'shards: for shard in &shards {
         let shape = shard.meta().features.map(|f| [f.tokens, f.hidden]);
-        for batch in shard.batches(256)? {
+        for batch in shard.batches()? {
             for row in batch? {
                 summary.rows += 1;
                 let record = row.record;

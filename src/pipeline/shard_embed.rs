@@ -10,7 +10,8 @@
 //! 2. The files are read, hashed, decoded and embedded as `qseek index` does
 //!    ([`super::embedding`]); unreadable and undecodable files are reported and skipped.
 //! 3. Rows go into part files in `<out>.partial/`, each complete (temporary file,
-//!    fsync, rename) and written every few seconds. A new run over the same shard
+//!    fsync, rename) and written every few seconds, or sooner when the rows held
+//!    reach [`super::shard_file::BATCH_BYTES`]. A new run over the same shard
 //!    skips the paths the parts hold: a crash loses at most the last few seconds.
 //! 4. When every file is done the parts are merged into `<out>` (temporary file,
 //!    fsync, rename) and removed. A run whose `<out>` exists, made with the same
@@ -226,7 +227,9 @@ pub fn shard_embed(
                 let n = batch.len() as u64;
                 embed_rows(&embedder, batch, &meta, &mut pending, &mut summary)?;
                 bar.inc(n);
-                if last_part.elapsed() >= opts.part_every && !pending.is_empty() {
+                let due =
+                    last_part.elapsed() >= opts.part_every || pending.len() >= meta.batch_rows();
+                if due && !pending.is_empty() {
                     parts.push(write_part(&partial, &mut next_part, &meta, &pending)?);
                     pending.clear();
                     last_part = Instant::now();

@@ -134,6 +134,17 @@ fn feature_dtype_name(d: FeatureDtype) -> &'static str {
 }
 
 impl ShardMeta {
+    /// Bytes one row's vectors and features take in memory (as f32).
+    pub fn row_bytes(&self) -> usize {
+        let features = self.features.map_or(0, |f| f.tokens * f.hidden);
+        (self.num_query_tokens * self.dim + features) * 4
+    }
+
+    /// Rows per batch that keep a batch within [`BATCH_BYTES`] (1 to 1 024).
+    pub fn batch_rows(&self) -> usize {
+        (BATCH_BYTES / self.row_bytes().max(1)).clamp(1, 1024)
+    }
+
     fn key_values(&self) -> Vec<KeyValue> {
         let mut kv = vec![
             ("qseek.format", SHARD_FORMAT.to_string()),
@@ -296,6 +307,11 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
+/// Bytes of rows a shard's writer or reader holds in memory at a time: a row group
+/// when writing, a batch when reading or merging (with ViT-g features one row is
+/// 1.4 MB, without them 32 KB).
+pub const BATCH_BYTES: usize = 64 << 20;
+
 /// Writes a shard file: rows go to `<path>.tmp`; [`finish`](Self::finish) closes it,
 /// fsyncs it and renames it to `path`, so `path` is complete or absent.
 pub struct ShardFileWriter {
@@ -316,9 +332,8 @@ impl ShardFileWriter {
         let props = WriterProperties::builder()
             .set_key_value_metadata(Some(meta.key_values()))
             .set_dictionary_enabled(false)
-            // A row group is buffered in memory until written: keep it to ~64 MB
-            // (with ViT-g features, one image is 1.4 MB).
-            .set_max_row_group_bytes(Some(64 << 20))
+            // A row group is buffered in memory until written.
+            .set_max_row_group_bytes(Some(BATCH_BYTES))
             .build();
         let writer =
             ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_error(&tmp))?;
@@ -569,8 +584,12 @@ impl ShardFileReader {
             .map_err(parquet_error(&self.path))
     }
 
-    /// The rows, in batches of at most `rows`.
-    pub fn batches(&self, rows: usize) -> Result<impl Iterator<Item = Result<Vec<ShardRow>>> + '_> {
+    /// The rows, in batches of [`ShardMeta::batch_rows`].
+    pub fn batches(&self) -> Result<impl Iterator<Item = Result<Vec<ShardRow>>> + '_> {
+        self.batches_of(self.meta.batch_rows())
+    }
+
+    fn batches_of(&self, rows: usize) -> Result<impl Iterator<Item = Result<Vec<ShardRow>>> + '_> {
         let reader = self.record_batches(rows)?;
         Ok(reader.map(move |batch| {
             let batch = batch.map_err(arrow_error(&self.path))?;
@@ -625,7 +644,7 @@ pub fn merge(parts: &[ShardFileReader], meta: &ShardMeta, path: &Path) -> Result
     let mut writer = ShardFileWriter::create(path, meta)?;
     for part in parts {
         debug_assert_eq!(part.meta(), meta);
-        for batch in part.record_batches(256)? {
+        for batch in part.record_batches(meta.batch_rows())? {
             let batch = batch.map_err(arrow_error(part.path()))?;
             writer.write_batch(&batch)?;
         }
@@ -688,7 +707,7 @@ mod tests {
             assert_eq!(r.meta(), &meta);
             assert_eq!(r.rows(), 5);
             assert_eq!(r.paths().unwrap().len(), 5);
-            let back: Vec<ShardRow> = r.batches(2).unwrap().flat_map(Result::unwrap).collect();
+            let back: Vec<ShardRow> = r.batches_of(2).unwrap().flat_map(Result::unwrap).collect();
             // The feature values above are exact in f16 too.
             assert_eq!(back, rows, "{features:?}");
         }
