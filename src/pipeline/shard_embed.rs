@@ -345,7 +345,12 @@ fn write_part(
     meta: &ShardMeta,
     rows: &[ShardRow],
 ) -> Result<ShardFileReader> {
-    let path = partial.join(format!("part-{:06}.parquet", *next));
+    // Numbered after the parts there (never over one: its rows count as done).
+    let mut path = partial.join(format!("part-{:06}.parquet", *next));
+    while path.exists() {
+        *next += 1;
+        path = partial.join(format!("part-{:06}.parquet", *next));
+    }
     *next += 1;
     let mut writer = ShardFileWriter::create(&path, meta)?;
     writer.write(rows)?;
