@@ -17,7 +17,7 @@ use qseek_index::{FeatureDtype, Index, Manifest};
 use serde::Serialize;
 
 use super::progress_bar;
-use super::shard_file::{ShardFileReader, ShardMeta};
+use super::shard_file::{ShardFeatures, ShardFileReader, ShardMeta};
 use crate::error::BadRequest;
 use crate::{Error, Result};
 
@@ -95,24 +95,24 @@ fn check_against_index(shard: &ShardFileReader, manifest: &Manifest, dir: &Path)
     if let Some(reason) = shard.meta().conflict_with(&index_meta, &name) {
         return Err(mismatch(shard.path(), reason));
     }
-    if manifest.store_vision_features {
-        match shard.meta().features {
-            None => {
-                return Err(mismatch(
-                    shard.path(),
-                    format!("has no vision features, but {name} stores them: embed the shards with vision features"),
-                ))
-            }
-            Some(f) if f.dtype == FeatureDtype::F16 && manifest.vision_feature_dtype == FeatureDtype::F32 => {
-                return Err(mismatch(
-                    shard.path(),
-                    format!("holds f16 vision features, but {name} stores f32: embed the shards with f32 vision features"),
-                ))
-            }
-            Some(_) => {}
-        }
+    if !manifest.store_vision_features {
+        return Ok(());
     }
-    Ok(())
+    let coarser = |f: ShardFeatures| {
+        f.dtype == FeatureDtype::F16 && manifest.vision_feature_dtype == FeatureDtype::F32
+    };
+    let reason = match shard.meta().features {
+        None => format!(
+            "has no vision features, but {name} stores them: \
+             embed the shards with vision features"
+        ),
+        Some(f) if coarser(f) => format!(
+            "holds f16 vision features, but {name} stores f32: \
+             embed the shards with f32 vision features"
+        ),
+        Some(_) => return Ok(()),
+    };
+    Err(mismatch(shard.path(), reason))
 }
 
 /// Opens the index at `dir`, or creates it for the shards' model: with vision features
