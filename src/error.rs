@@ -209,6 +209,24 @@ pub enum BadRequest {
         /// The feature dtype evaluation needs.
         wanted_features: String,
     },
+    /// A file given as a shard is not one `shard-embed` wrote (not Parquet, or without
+    /// its metadata or columns).
+    #[error("{path}: not a qseek shard file: {reason}")]
+    NotAShard {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A shard does not fit with the index, the other shards or the run that would
+    /// extend it: another model, other shapes or dtypes.
+    #[error("{path}: {reason}")]
+    ShardMismatch {
+        /// The shard file (or partial run).
+        path: PathBuf,
+        /// What differs, and what to do.
+        reason: String,
+    },
 }
 
 /// Something a request names that does not exist.
@@ -342,6 +360,16 @@ pub enum Error {
     /// An invariant the code relies on does not hold: a bug, never the user's fault.
     #[error("internal error: {0}")]
     Internal(String),
+
+    /// A shard file could not be written or read back (the disk, or a bug; a file
+    /// that is not a shard is [`BadRequest::NotAShard`]).
+    #[error("{path}: parquet: {reason}")]
+    Parquet {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
 
     /// The index layer failed.
     #[error(transparent)]

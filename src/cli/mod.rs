@@ -10,6 +10,7 @@ mod manage;
 mod score;
 mod search;
 mod serve;
+mod shard;
 mod texts;
 
 use clap::{Args, Parser, Subcommand};
@@ -38,6 +39,10 @@ enum Command {
     Score(score::ScoreArgs),
     /// Index folders of photos (incremental: only new or changed files run the model).
     Index(index::IndexArgs),
+    /// Embed one shard of a folder or file list into a Parquet file (for `import`).
+    ShardEmbed(shard::ShardEmbedArgs),
+    /// Build or extend an index from `shard-embed` files, without running the model.
+    Import(shard::ImportArgs),
     /// Find photos for a sentence, photos like a photo, or texts for a photo.
     Search(search::SearchArgs),
     /// Manage the texts that `search --image FILE --texts` finds.
@@ -74,6 +79,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Embed(cmd) => embed::run(cmd),
         Command::Score(args) => score::run(args),
         Command::Index(args) => index::run(args),
+        Command::ShardEmbed(args) => shard::shard_embed_run(args),
+        Command::Import(args) => shard::import_run(args),
         Command::Search(args) => search::run(args),
         Command::Texts(cmd) => texts::run(cmd),
         Command::Info(args) => manage::info(args),

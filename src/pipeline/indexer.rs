@@ -6,26 +6,26 @@
 //! 2. Every other file is read and hashed (blake3). Bytes the index already holds (a
 //!    moved, copied or touched file) get the new path without running the model.
 //! 3. The rest are decoded and pre-processed in parallel (rayon) on a producer thread,
-//!    a batch ahead of the model, which embeds them on this thread.
+//!    a batch ahead of the model, which embeds them on this thread ([`super::embedding`],
+//!    which `qseek shard-embed` shares).
 //! 4. The writer commits every few seconds and at the end, so an interruption (Ctrl-C,
 //!    SIGKILL, a crash) loses at most the last few seconds of work, never the index.
 //! 5. Indexed paths under the walked folders that no longer exist are removed.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use qseek_index::{ImageRecord, Index, IndexWriter};
-use rayon::prelude::*;
 use serde::Serialize;
 
+pub use super::embedding::{content_hash, FileNote};
+use super::embedding::{embed_batch, failure_note, for_each_batch, notes, Prepared, SortedBatch};
 use super::walk::{is_under, walk, FoundFile, Walk, WalkOptions};
-use super::{progress_bar, rows3, Collection};
+use super::{progress_bar, Collection};
 use crate::embedder::Embedder;
-use crate::preprocess::image::{decode_rgb, LoadOptions};
-use crate::{Error, Result};
+use crate::preprocess::image::LoadOptions;
+use crate::Result;
 
 /// How to index.
 #[derive(Debug, Clone)]
@@ -40,15 +40,6 @@ pub struct IndexOptions {
     pub commit_every: Duration,
     /// Show a progress bar.
     pub progress: bool,
-}
-
-/// A file and why it was not indexed.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FileNote {
-    /// The file.
-    pub path: String,
-    /// Why.
-    pub reason: String,
 }
 
 /// What a run did.
@@ -73,80 +64,6 @@ pub struct IndexSummary {
     pub seconds: f64,
     /// Images in the index after the run.
     pub images_in_index: usize,
-}
-
-/// A file read and hashed by the producer, ready for the writer.
-enum Prepared {
-    /// New bytes: pixel values for the model.
-    Decoded {
-        record: ImageRecord,
-        pixels: Vec<f32>,
-    },
-    /// Bytes the index already holds.
-    Known { record: ImageRecord },
-    /// Could not be read (`io`) or decoded.
-    Failed {
-        path: PathBuf,
-        error: Error,
-        io: bool,
-    },
-}
-
-fn record_of(file: &FoundFile, hash: String, width: u32, height: u32) -> ImageRecord {
-    ImageRecord {
-        path: file.path.to_string_lossy().into_owned(),
-        size: file.size,
-        mtime: file.mtime,
-        content_hash: hash,
-        width,
-        height,
-    }
-}
-
-/// Content hash of a file's bytes, as stored in the index.
-pub fn content_hash(bytes: &[u8]) -> String {
-    blake3::hash(bytes).to_hex().to_string()
-}
-
-fn prepare(file: &FoundFile, embedder: &Embedder, index: &Index, load: &LoadOptions) -> Prepared {
-    let bytes = match std::fs::read(&file.path) {
-        Ok(b) => b,
-        Err(source) => {
-            return Prepared::Failed {
-                path: file.path.clone(),
-                error: Error::Io {
-                    path: file.path.clone(),
-                    source,
-                },
-                io: true,
-            }
-        }
-    };
-    // The size may have changed since the walk; record what was hashed.
-    let file = FoundFile {
-        size: bytes.len() as u64,
-        ..file.clone()
-    };
-    let hash = content_hash(&bytes);
-    if let Some(info) = index.image_by_hash(&hash) {
-        return Prepared::Known {
-            record: record_of(&file, hash, info.width, info.height),
-        };
-    }
-    match decode_rgb(&bytes, &file.path, load) {
-        Ok(img) => {
-            let (w, h) = img.dimensions();
-            Prepared::Decoded {
-                record: record_of(&file, hash, w, h),
-                pixels: embedder.image_preprocessor().pixel_values(&img),
-            }
-        }
-        Err(error) => Prepared::Failed {
-            path: file.path.clone(),
-            error,
-            io: false,
-        },
-    }
 }
 
 /// Live counts of a run, for whoever reports its progress (the server's indexing status).
@@ -253,24 +170,15 @@ fn index_found(
     let bar = progress_bar(todo.len() as u64, "images", opts.progress);
     let mut last_commit = Instant::now();
     let store_features = index.manifest().store_vision_features;
-    std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = sync_channel::<Vec<Prepared>>(2);
-        let todo = &todo;
-        scope.spawn(move || {
-            for chunk in todo.chunks(opts.batch.max(1)) {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let prepared: Vec<Prepared> = chunk
-                    .par_iter()
-                    .map(|f| prepare(f, embedder, index, &opts.load))
-                    .collect();
-                if tx.send(prepared).is_err() {
-                    break;
-                }
-            }
-        });
-        for batch in rx {
+    let known = |hash: &str| index.image_by_hash(hash).map(|i| (i.width, i.height));
+    let interrupted = for_each_batch(
+        embedder,
+        &todo,
+        opts.batch,
+        &opts.load,
+        &known,
+        stop,
+        |batch| {
             let n = batch.len() as u64;
             apply_batch(
                 embedder,
@@ -285,18 +193,14 @@ fn index_found(
             progress
                 .failed
                 .store(summary.failed.len(), Ordering::Relaxed);
-            if stop.load(Ordering::Relaxed) {
-                summary.interrupted = true;
-                break;
-            }
             if last_commit.elapsed() >= opts.commit_every {
                 writer.commit()?;
                 last_commit = Instant::now();
             }
-        }
-        // Dropping `rx` here makes the producer's next send fail: it stops.
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
+    summary.interrupted = interrupted;
     bar.finish_and_clear();
 
     if let (false, Some(roots)) = (summary.interrupted, roots) {
@@ -309,15 +213,6 @@ fn index_found(
     Ok(summary)
 }
 
-fn notes(list: Vec<(PathBuf, String)>) -> Vec<FileNote> {
-    list.into_iter()
-        .map(|(p, reason)| FileNote {
-            path: p.to_string_lossy().into_owned(),
-            reason,
-        })
-        .collect()
-}
-
 /// Embeds the decoded images of one batch and hands everything to the writer.
 fn apply_batch(
     embedder: &Embedder,
@@ -327,42 +222,21 @@ fn apply_batch(
     load: &LoadOptions,
     summary: &mut IndexSummary,
 ) -> Result<()> {
-    let mut new = Vec::new();
-    let mut known = Vec::new();
-    let mut seen = HashSet::new();
-    for item in batch {
-        match item {
-            Prepared::Decoded { record, pixels } => {
-                // Bytes added earlier in this run (or twice in this batch) need no model.
-                if writer.image_id_by_hash(&record.content_hash).is_some()
-                    || !seen.insert(record.content_hash.clone())
-                {
-                    known.push(record);
-                } else {
-                    new.push((record, pixels));
-                }
-            }
-            Prepared::Known { record } => known.push(record),
-            Prepared::Failed { path, error, io } => {
-                let key = path.to_string_lossy().into_owned();
-                // The bytes the index holds for this path are gone (it now fails to
-                // decode): drop the stale entry. A read error may be passing: keep it.
-                if !io {
-                    writer.remove_path(&key)?;
-                }
-                summary.failed.push(FileNote {
-                    path: key,
-                    reason: failure_reason(&path, &error),
-                });
-            }
+    let sorted = SortedBatch::new(batch, |hash| writer.image_id_by_hash(hash).is_some());
+    for (path, error, io) in sorted.failed {
+        // The bytes the index holds for this path are gone (it now fails to decode):
+        // drop the stale entry. A read error may be passing: keep it.
+        if !io {
+            writer.remove_path(&path.to_string_lossy())?;
         }
+        summary.failed.push(failure_note(&path, &error));
     }
-    if !new.is_empty() {
-        let (records, pixels): (Vec<ImageRecord>, Vec<Vec<f32>>) = new.into_iter().unzip();
+    if !sorted.new.is_empty() {
+        let (records, pixels): (Vec<ImageRecord>, Vec<Vec<f32>>) = sorted.new.into_iter().unzip();
         embed_and_add(embedder, writer, records, &pixels, store_features)?;
         summary.embedded += pixels.len();
     }
-    for record in known {
+    for record in sorted.known {
         match writer.add_path(record.clone()) {
             Ok(_) => summary.reused += 1,
             // The bytes left the index during this run (their last path changed
@@ -373,10 +247,9 @@ fn apply_batch(
                         embed_and_add(embedder, writer, vec![record], &[pixels], store_features)?;
                         summary.embedded += 1;
                     }
-                    Err(e) => summary.failed.push(FileNote {
-                        reason: failure_reason(Path::new(&record.path), &e),
-                        path: record.path,
-                    }),
+                    Err(e) => summary
+                        .failed
+                        .push(failure_note(Path::new(&record.path), &e)),
                 }
             }
             Err(e) => return Err(e.into()),
@@ -392,31 +265,15 @@ fn embed_and_add(
     pixels: &[Vec<f32>],
     store_features: bool,
 ) -> Result<()> {
-    let (vision, embeds) = embedder.embed_pixels(&embedder.pixel_batch(pixels)?)?;
-    let vectors = rows3(&embeds)?;
-    let features = if store_features {
-        let (_, tokens, hidden) = vision.dims3()?;
-        Some((rows3(&vision)?, [tokens, hidden]))
-    } else {
-        None
-    };
+    let embedded = embed_batch(embedder, pixels, store_features)?;
     for (i, record) in records.into_iter().enumerate() {
-        let f = features
+        let f = embedded
+            .features
             .as_ref()
             .map(|(rows, shape)| (rows[i].as_slice(), &shape[..]));
-        writer.add_image(record, &vectors[i], f)?;
+        writer.add_image(record, &embedded.vectors[i], f)?;
     }
     Ok(())
-}
-
-/// The error's message without the path (the summary names the file already).
-fn failure_reason(path: &Path, error: &Error) -> String {
-    let message = error.to_string();
-    let prefix = format!("{}: ", path.display());
-    message
-        .strip_prefix(&prefix)
-        .unwrap_or(&message)
-        .to_string()
 }
 
 /// Removes indexed paths under `roots` that no longer exist. A path that exists but

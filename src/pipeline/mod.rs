@@ -1,9 +1,14 @@
 //! What the commands do with a model and an index: walk and index a photo
-//! collection ([`indexer`]), load texts ([`texts`]), evaluate ([`eval`]), and open the
-//! pair consistently ([`Collection`]). Searching is in [`crate::service::search`].
+//! collection ([`indexer`]), embed it in shards on many machines ([`shard_embed`],
+//! [`shard_file`]) and load those into an index ([`import`]), load texts ([`texts`]),
+//! evaluate ([`eval`]), and open the pair consistently ([`Collection`]). Searching is in [`crate::service::search`].
 
+pub mod embedding;
 pub mod eval;
+pub mod import;
 pub mod indexer;
+pub mod shard_embed;
+pub mod shard_file;
 pub mod texts;
 pub mod walk;
 

@@ -98,6 +98,43 @@ fn is_hidden(name: &std::ffi::OsStr) -> bool {
         .is_some_and(|n| n.starts_with('.') && n != "." && n != "..")
 }
 
+/// Puts the file at `path` into `out`'s images, skipped files or errors.
+fn sort_file(path: PathBuf, out: &mut Walk) {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        out.skipped.push((path, skip_reason(&ext)));
+        return;
+    }
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => out.images.push(FoundFile {
+            size: meta.len(),
+            mtime: mtime_secs(&meta),
+            path,
+        }),
+        Ok(_) => out.errors.push((path, "not a file".into())),
+        Err(e) => out.errors.push((path, e.to_string())),
+    }
+}
+
+/// Sorts the files of a list (made absolute, in order, each once) as [`walk`] sorts
+/// the files it finds; a path that is missing or not a file is an error.
+pub fn classify(paths: Vec<PathBuf>) -> Walk {
+    let mut out = Walk::default();
+    for path in paths {
+        match absolute(&path) {
+            Ok(p) => sort_file(p, &mut out),
+            Err(e) => out.errors.push((path, e.to_string())),
+        }
+    }
+    out.images.sort_by(|a, b| a.path.cmp(&b.path));
+    out.images.dedup_by(|a, b| a.path == b.path);
+    out
+}
+
 /// Walks each root (a folder, or a single file) recursively, following symlinks (loops are
 /// detected and reported, not followed).
 pub fn walk(roots: &[PathBuf], opts: WalkOptions) -> Walk {
@@ -133,24 +170,7 @@ pub fn walk(roots: &[PathBuf], opts: WalkOptions) -> Walk {
             if !entry.file_type().is_file() {
                 continue;
             }
-            let path = entry.into_path();
-            let ext = path
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_ascii_lowercase)
-                .unwrap_or_default();
-            if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-                out.skipped.push((path, skip_reason(&ext)));
-                continue;
-            }
-            match std::fs::metadata(&path) {
-                Ok(meta) => out.images.push(FoundFile {
-                    size: meta.len(),
-                    mtime: mtime_secs(&meta),
-                    path,
-                }),
-                Err(e) => out.errors.push((path, e.to_string())),
-            }
+            sort_file(entry.into_path(), &mut out);
         }
     }
     out.images.sort_by(|a, b| a.path.cmp(&b.path));
