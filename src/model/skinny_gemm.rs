@@ -145,28 +145,59 @@ mod x86 {
     /// Rows of `x` whose accumulators stay in registers while one weight chunk is loaded.
     const GROUP: usize = 8;
 
+    /// Calls `$group::<R>` for the `R` rows of each group of `x`, `R` a constant (so
+    /// that the accumulators live in registers, not in a stack array).
+    macro_rules! by_groups {
+        ($group:ident, $x:expr, $w_row:expr, $out:expr, $split:expr) => {{
+            let k = $w_row.len();
+            for (g, outs) in $out.chunks_mut(GROUP).enumerate() {
+                let x = &$x[g * GROUP * k..];
+                match outs.len() {
+                    8 => $group::<8>(x, $w_row, outs, $split),
+                    7 => $group::<7>(x, $w_row, outs, $split),
+                    6 => $group::<6>(x, $w_row, outs, $split),
+                    5 => $group::<5>(x, $w_row, outs, $split),
+                    4 => $group::<4>(x, $w_row, outs, $split),
+                    3 => $group::<3>(x, $w_row, outs, $split),
+                    2 => $group::<2>(x, $w_row, outs, $split),
+                    _ => $group::<1>(x, $w_row, outs, $split),
+                }
+            }
+        }};
+    }
+
     /// # Safety
     /// The CPU must have `avx512f`.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dots_avx512(x: &[f32], w_row: &[f32], out: &mut [f32]) {
+        let split = w_row.len() - w_row.len() % 16;
+        by_groups!(group_avx512, x, w_row, out, split);
+    }
+
+    /// `R` rows of `x` (from its start) against `w_row`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn group_avx512<const R: usize>(
+        x: &[f32],
+        w_row: &[f32],
+        out: &mut [f32],
+        split: usize,
+    ) {
         let k = w_row.len();
-        let split = k - k % 16;
-        for (g, outs) in out.chunks_mut(GROUP).enumerate() {
-            let first = g * GROUP;
-            let mut acc = [_mm512_setzero_ps(); GROUP];
-            let mut p = 0;
-            while p < split {
-                let wv = _mm512_loadu_ps(w_row.as_ptr().add(p));
-                for (i, a) in acc.iter_mut().enumerate().take(outs.len()) {
-                    let xv = _mm512_loadu_ps(x.as_ptr().add((first + i) * k + p));
-                    *a = _mm512_fmadd_ps(xv, wv, *a);
-                }
-                p += 16;
+        assert!(x.len() >= R * k && out.len() >= R);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut p = 0;
+        while p < split {
+            let wv = _mm512_loadu_ps(w_row.as_ptr().add(p));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_ps(x.as_ptr().add(i * k + p));
+                *a = _mm512_fmadd_ps(xv, wv, *a);
             }
-            for (i, o) in outs.iter_mut().enumerate() {
-                let tail = super::tail_dot(&x[(first + i) * k..(first + i + 1) * k], w_row, split);
-                *o = _mm512_reduce_add_ps(acc[i]) + tail;
-            }
+            p += 16;
+        }
+        for (i, o) in out.iter_mut().take(R).enumerate() {
+            let tail = super::tail_dot(&x[i * k..(i + 1) * k], w_row, split);
+            *o = _mm512_reduce_add_ps(acc[i]) + tail;
         }
     }
 
@@ -174,26 +205,31 @@ mod x86 {
     /// The CPU must have `avx2` and `fma`.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dots_avx2(x: &[f32], w_row: &[f32], out: &mut [f32]) {
+        let split = w_row.len() - w_row.len() % 8;
+        by_groups!(group_avx2, x, w_row, out, split);
+    }
+
+    /// `R` rows of `x` (from its start) against `w_row`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn group_avx2<const R: usize>(x: &[f32], w_row: &[f32], out: &mut [f32], split: usize) {
         let k = w_row.len();
-        let split = k - k % 8;
-        for (g, outs) in out.chunks_mut(GROUP).enumerate() {
-            let first = g * GROUP;
-            let mut acc = [_mm256_setzero_ps(); GROUP];
-            let mut p = 0;
-            while p < split {
-                let wv = _mm256_loadu_ps(w_row.as_ptr().add(p));
-                for (i, a) in acc.iter_mut().enumerate().take(outs.len()) {
-                    let xv = _mm256_loadu_ps(x.as_ptr().add((first + i) * k + p));
-                    *a = _mm256_fmadd_ps(xv, wv, *a);
-                }
-                p += 8;
+        assert!(x.len() >= R * k && out.len() >= R);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut p = 0;
+        while p < split {
+            let wv = _mm256_loadu_ps(w_row.as_ptr().add(p));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i * k + p));
+                *a = _mm256_fmadd_ps(xv, wv, *a);
             }
-            for (i, o) in outs.iter_mut().enumerate() {
-                let tail = super::tail_dot(&x[(first + i) * k..(first + i + 1) * k], w_row, split);
-                let mut lanes = [0f32; 8];
-                _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i]);
-                *o = lanes.iter().sum::<f32>() + tail;
-            }
+            p += 8;
+        }
+        for (i, o) in out.iter_mut().take(R).enumerate() {
+            let tail = super::tail_dot(&x[i * k..(i + 1) * k], w_row, split);
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc[i]);
+            *o = lanes.iter().sum::<f32>() + tail;
         }
     }
 }
