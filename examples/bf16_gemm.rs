@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use qseek::model::bf16_gemm::{matmul_wt, Kernel, PackedWeight};
+use qseek::model::bf16_gemm::{matmul_wt, Epilogue, Kernel, PackedWeight};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -65,7 +65,7 @@ fn main() -> candle_core::Result<()> {
                 continue;
             }
             let s = best_seconds(args.reps, || {
-                std::hint::black_box(matmul_wt(kernel, &x, m, &packed));
+                std::hint::black_box(matmul_wt(kernel, &x, m, &packed, Epilogue::None));
             });
             let path = format!("{kernel:?}");
             println!(

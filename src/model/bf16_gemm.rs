@@ -148,9 +148,25 @@ impl PackedWeight {
     }
 }
 
-/// `x` (rows × k, row-major, f32) times `w`ᵀ plus its bias: (rows × n), row-major, with
-/// `kernel` (one of [`Kernel::available`]; panics on another).
-pub fn matmul_wt(kernel: Kernel, x: &[f32], rows: usize, w: &PackedWeight) -> Vec<f32> {
+/// What [`matmul_wt`] applies to each output once its sum is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// Nothing: `x Wᵀ + b`.
+    None,
+    /// GELU, erf form (`nn.GELU()`, candle's `gelu_erf`), through [`gelu_in_place`],
+    /// on each tile while it is in L1: `fc1` needs no second pass over its output.
+    Gelu,
+}
+
+/// `x` (rows × k, row-major, f32) times `w`ᵀ plus its bias, then `epilogue`: (rows × n),
+/// row-major, with `kernel` (one of [`Kernel::available`]; panics on another).
+pub fn matmul_wt(
+    kernel: Kernel,
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    epilogue: Epilogue,
+) -> Vec<f32> {
     let (n, k) = (w.n, w.k);
     assert!(
         kernel.runs_here(),
@@ -182,6 +198,14 @@ pub fn matmul_wt(kernel: Kernel, x: &[f32], rows: usize, w: &PackedWeight) -> Ve
                 };
                 // SAFETY: the tile lies within `a`, `b` and `y` (see `Tile`).
                 unsafe { tile.run(kernel) };
+                if epilogue == Epilogue::Gelu && p0 + kc == pairs {
+                    for r in 0..tile.rows {
+                        // SAFETY: as for the tile: this task's columns of row i0 + r.
+                        let row =
+                            unsafe { std::slice::from_raw_parts_mut(tile.c.add(r * n), cols) };
+                        gelu_in_place(kernel, row);
+                    }
+                }
             }
         }
     });
@@ -251,6 +275,50 @@ impl Tile<'_> {
             }
         }
     }
+}
+
+/// GELU in place, erf form: `0.5 x (1 + erf(x / √2))`, with erf from Abramowitz & Stegun
+/// 7.1.26 (absolute error ≤ 1.5e-7, the formula of PyTorch's vectorised erf) and exp from
+/// a degree-7 polynomial: within ~2e-7 · max(1, |x|) of the exact GELU, far below the
+/// bf16 rounding of the products. Plain code, which the compiler vectorises under
+/// `avx512f`.
+pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `matmul_wt` (or the caller) checked that the CPU runs this kernel.
+        Kernel::Avx512Bf16 if kernel.runs_here() => unsafe { x86::gelu_in_place(xs) },
+        _ => xs.iter_mut().for_each(|x| *x = gelu(*x)),
+    }
+}
+
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    let erf = (1.0 - poly * exp_nonpositive(-z * z)).copysign(x);
+    0.5 * x * (1.0 + erf)
+}
+
+/// `e^x` for `x ≤ 0` (relative error ~1e-7; 0 below -87).
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Rounds to the nearest integer for |v| < 2^22 without a call to `round`.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// A row of `x` as bf16 pairs (⌈k/2⌉, an odd k padded with zero), rounded to nearest
@@ -360,6 +428,17 @@ mod x86 {
         }
     }
 
+    /// [`super::gelu_in_place`], compiled for AVX-512.
+    ///
+    /// # Safety
+    /// The CPU must have `avx512f`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gelu_in_place(xs: &mut [f32]) {
+        for x in xs {
+            *x = super::gelu(*x);
+        }
+    }
+
     /// `row` (k floats) as bf16 pairs into `out` (⌈k/2⌉), rounded to nearest even.
     ///
     /// # Safety
@@ -420,7 +499,7 @@ mod tests {
                     let (x, w, b) = (values(rows * k, 1), values(n * k, 2), values(n, 3));
                     let packed = PackedWeight::new(&w, with_bias.then_some(&b[..]), k);
                     assert_eq!((packed.n(), packed.k()), (n, k));
-                    let y = matmul_wt(kernel, &x, rows, &packed);
+                    let y = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
                     assert_eq!(y.len(), rows * n);
                     for i in 0..rows {
                         for j in 0..n {
@@ -439,6 +518,43 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn gelu_matches_candles_exact_gelu() {
+        use candle_core::{Device, Tensor};
+        // -10..10 in steps of 1/64, and values near 0.
+        let xs: Vec<f32> = (-640..=640)
+            .map(|i| i as f32 / 64.0)
+            .chain([1e-6, -1e-6, 1e-30, 0.0, -0.0, -30.0, -100.0, 100.0])
+            .collect();
+        let exact = Tensor::new(xs.as_slice(), &Device::Cpu)
+            .and_then(|t| t.gelu_erf())
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap();
+        for kernel in Kernel::available() {
+            let mut got = xs.clone();
+            gelu_in_place(kernel, &mut got);
+            for ((x, g), e) in xs.iter().zip(&got).zip(&exact) {
+                assert!(
+                    (g - e).abs() <= 3e-7 * x.abs().max(1.0),
+                    "{kernel:?} gelu({x}) = {g}, exact {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_gelu_epilogue_is_gelu_of_the_product() {
+        let (rows, k, n) = (13, 300, 130);
+        let (x, w, b) = (values(rows * k, 4), values(n * k, 5), values(n, 6));
+        let packed = PackedWeight::new(&w, Some(&b), k);
+        for kernel in Kernel::available() {
+            let mut expected = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
+            gelu_in_place(kernel, &mut expected);
+            let got = matmul_wt(kernel, &x, rows, &packed, Epilogue::Gelu);
+            assert_eq!(got, expected, "{kernel:?}");
         }
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::bf16_gemm::{self, Kernel, PackedWeight};
+use super::bf16_gemm::{self, Epilogue, Kernel, PackedWeight};
 
 /// `nn.Linear`: `y = x Wᵀ + b`, over any number of leading dimensions.
 ///
@@ -103,21 +103,30 @@ fn skinny(xs: &Tensor, weight: &Tensor, rows: usize, in_dim: usize) -> Result<Op
         .transpose()
 }
 
-impl Module for Linear {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// `gelu_erf(x Wᵀ + b)`: for a bf16-packed layer, GELU is applied inside the GEMM
+    /// (see [`Epilogue::Gelu`]); otherwise candle's `gelu_erf` on the output.
+    pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.weights {
+            Weights::Bf16Packed { .. } => self.forward_with(xs, Epilogue::Gelu),
+            Weights::Tensors { .. } => self.forward(xs)?.gelu_erf(),
+        }
+    }
+
+    fn forward_with(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let dims = xs.dims();
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim.max(1);
         let ys = match &self.weights {
             Weights::Bf16Packed { kernel, packed } => {
-                let ys = with_cpu_f32(xs, |x| bf16_gemm::matmul_wt(*kernel, x, rows, packed))?
-                    .ok_or_else(|| {
-                        candle_core::Error::Msg(format!(
-                            "a bf16-packed linear layer takes f32 on the CPU, not {:?} on {:?}",
-                            xs.dtype(),
-                            xs.device()
-                        ))
-                    })?;
+                let matmul = |x: &[f32]| bf16_gemm::matmul_wt(*kernel, x, rows, packed, epilogue);
+                let ys = with_cpu_f32(xs, matmul)?.ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "a bf16-packed linear layer takes f32 on the CPU, not {:?} on {:?}",
+                        xs.dtype(),
+                        xs.device()
+                    ))
+                })?;
                 Tensor::from_vec(ys, (rows, packed.n()), xs.device())?
             }
             Weights::Tensors { weight, bias } => {
@@ -134,6 +143,12 @@ impl Module for Linear {
         let mut out_dims = dims.to_vec();
         *out_dims.last_mut().expect("rank >= 1") = ys.dim(1)?;
         ys.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with(xs, Epilogue::None)
     }
 }
 

@@ -125,8 +125,12 @@ impl Mlp {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward(&self.fc1.forward(xs)?.apply(&self.activation)?)
+        let hidden = match self.activation {
+            // Fused into fc1's GEMM where it is bf16-packed.
+            Activation::Gelu => self.fc1.forward_gelu(xs)?,
+            _ => self.fc1.forward(xs)?.apply(&self.activation)?,
+        };
+        self.fc2.forward(&hidden)
     }
 }
 
