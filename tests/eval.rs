@@ -275,6 +275,21 @@ fn a_cache_keeps_one_index_per_precision_and_refuses_other_indexes() {
     }
 }
 
+/// bf16 (on a CPU with AVX512-BF16, `bf16_gemm`; `QSEEK_BF16_GEMM=off` tests candle's
+/// bf16) ranks every image and text as the f32 reference does.
+#[test]
+fn bf16_ranks_equal_the_f32_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r, expected) = (reference(), &reference()["rerank"][0]);
+    assert_eq!(expected["k_test"], 3);
+    let report = eval_with(&tmp.path().join("cache"), 3, &["--dtype", "bf16"]);
+    let ranks = &report["ranks"];
+    assert_eq!(ranks["itm_rerank"]["i2t"], expected["i2t_ranks"]);
+    assert_eq!(ranks["itm_rerank"]["t2i"], expected["t2i_ranks"]);
+    assert_eq!(ranks["itc_exact"]["i2t"], r["itc"]["i2t_ranks"]);
+    assert_eq!(ranks["itc_exact"]["t2i"], r["itc"]["t2i_ranks"]);
+}
+
 #[test]
 fn bad_annotations_are_refused_before_any_model_work() {
     let tmp = tempfile::tempdir().unwrap();

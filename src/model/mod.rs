@@ -4,6 +4,7 @@
 //! `embeddings.*` and `qformer.*`; `retrieval` ties them with `query_tokens`, the
 //! projections and `itm_head`; `checkpoint` finds and opens the files.
 
+pub mod bf16_gemm;
 pub mod checkpoint;
 pub mod config;
 pub mod ops;

@@ -1,7 +1,11 @@
 //! The few building blocks the BLIP-2 modules share.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
+
+use super::bf16_gemm::{self, Epilogue, Kernel, PackedWeight};
 
 /// `nn.Linear`: `y = x Wᵀ + b`, over any number of leading dimensions.
 ///
@@ -9,8 +13,24 @@ use candle_nn::VarBuilder;
 /// broadcast weight: one large GEMM is what the CPU kernels are fastest at.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
-    bias: Option<Tensor>,
+    weights: Weights,
+}
+
+/// What a [`Linear`] computes with.
+#[derive(Debug, Clone)]
+enum Weights {
+    /// candle tensors, any dtype and device: candle's GEMM, or
+    /// [`skinny_gemm`](super::skinny_gemm) for a few rows of f32 on the CPU.
+    Tensors {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
+    /// The weight in bf16 and the bias in f32, packed once for
+    /// [`bf16_gemm`](super::bf16_gemm): f32 in, f32 out, on the CPU.
+    Bf16Packed {
+        kernel: Kernel,
+        packed: Arc<PackedWeight>,
+    },
 }
 
 impl Linear {
@@ -18,65 +38,117 @@ impl Linear {
     pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = Some(vb.get(out_dim, "bias")?);
-        Ok(Self { weight, bias })
+        Ok(Self::from_parts(weight, bias))
     }
 
     /// A linear layer from tensors already loaded.
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weights: Weights::Tensors { weight, bias },
+        }
+    }
+
+    /// This layer computed by [`bf16_gemm`] with `kernel` (unchanged if `None`): the
+    /// weight rounded to bf16 and packed once (the tensors are dropped), the bias kept
+    /// in f32. The layer then takes and returns f32 on the CPU.
+    pub fn into_bf16_packed(self, kernel: Option<Kernel>) -> Result<Self> {
+        let (Some(kernel), Weights::Tensors { weight, bias }) = (kernel, &self.weights) else {
+            return Ok(self);
+        };
+        let k = weight.dim(1)?;
+        let w = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bias = match bias {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        let packed = Arc::new(PackedWeight::new(&w, bias.as_deref(), k));
+        Ok(Self {
+            weights: Weights::Bf16Packed { kernel, packed },
+        })
     }
 }
 
+/// `x` as an f32 slice of its CPU storage, or `None` (another dtype or device).
+fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<T>> {
+    if x.dtype() != DType::F32 || !x.device().is_cpu() {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
+}
+
+/// `x Wᵀ` for a few rows of f32 on the CPU (a text query), through
+/// [`skinny_gemm`](super::skinny_gemm), which reads the weight once instead of packing
+/// it; `None` where candle's GEMM is the better one.
+fn skinny(xs: &Tensor, weight: &Tensor, rows: usize, in_dim: usize) -> Result<Option<Tensor>> {
+    use super::skinny_gemm::{matmul_wt, Kernel, MAX_ROWS};
+    let Some(kernel) = Kernel::chosen() else {
+        return Ok(None);
+    };
+    if rows > MAX_ROWS || !xs.device().is_cpu() || xs.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let x = xs.flatten_all()?.to_vec1::<f32>()?;
+    let ys = with_cpu_f32(weight, |w| matmul_wt(kernel, &x, w, rows, in_dim))?;
+    ys.map(|ys| Tensor::from_vec(ys, (rows, weight.dim(0)?), xs.device()))
+        .transpose()
+}
+
 impl Linear {
-    /// `x Wᵀ` for a few rows of f32 on the CPU (a text query), through
-    /// [`skinny_gemm`](super::skinny_gemm), which reads the weight once instead of
-    /// packing it; `None` where candle's GEMM is the better one.
-    fn skinny(&self, xs: &Tensor, rows: usize, in_dim: usize) -> Result<Option<Tensor>> {
-        use super::skinny_gemm::{matmul_wt, Kernel, MAX_ROWS};
-        let Some(kernel) = Kernel::chosen() else {
-            return Ok(None);
-        };
-        if rows > MAX_ROWS
-            || !xs.device().is_cpu()
-            || xs.dtype() != DType::F32
-            || self.weight.dtype() != DType::F32
-        {
-            return Ok(None);
+    /// `gelu_erf(x Wᵀ + b)`: for a bf16-packed layer, GELU is applied inside the GEMM
+    /// (see [`Epilogue::Gelu`]); otherwise candle's `gelu_erf` on the output.
+    pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
+        match self.weights {
+            Weights::Bf16Packed { .. } => self.forward_with(xs, Epilogue::Gelu),
+            Weights::Tensors { .. } => self.forward(xs)?.gelu_erf(),
         }
-        let (storage, layout) = self.weight.storage_and_layout();
-        let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-            (&*storage, layout.contiguous_offsets())
-        else {
-            return Ok(None);
+    }
+
+    fn forward_with(&self, xs: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        let dims = xs.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = xs.elem_count() / in_dim.max(1);
+        let ys = match &self.weights {
+            Weights::Bf16Packed { kernel, packed } => {
+                let matmul = |x: &[f32]| bf16_gemm::matmul_wt(*kernel, x, rows, packed, epilogue);
+                let ys = with_cpu_f32(xs, matmul)?.ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "a bf16-packed linear layer takes f32 on the CPU, not {:?} on {:?}",
+                        xs.dtype(),
+                        xs.device()
+                    ))
+                })?;
+                Tensor::from_vec(ys, (rows, packed.n()), xs.device())?
+            }
+            Weights::Tensors { weight, bias } => {
+                let ys = match skinny(xs, weight, rows, in_dim)? {
+                    Some(ys) => ys,
+                    None => xs.reshape((rows, in_dim))?.matmul(&weight.t()?)?,
+                };
+                match bias {
+                    Some(b) => ys.broadcast_add(b)?,
+                    None => ys,
+                }
+            }
         };
-        let weight = &cpu.as_slice::<f32>()?[start..end];
-        let x = xs.flatten_all()?.to_vec1::<f32>()?;
-        let ys = matmul_wt(kernel, &x, weight, rows, in_dim);
-        Ok(Some(Tensor::from_vec(
-            ys,
-            (rows, self.weight.dim(0)?),
-            xs.device(),
-        )?))
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().expect("rank >= 1") = ys.dim(1)?;
+        ys.reshape(out_dims)
     }
 }
 
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let dims = xs.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = xs.elem_count() / in_dim.max(1);
-        let out_dim = self.weight.dim(0)?;
-        let ys = match self.skinny(xs, rows, in_dim)? {
-            Some(ys) => ys,
-            None => xs.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?,
-        };
-        let ys = match &self.bias {
-            Some(b) => ys.broadcast_add(b)?,
-            None => ys,
-        };
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().expect("rank >= 1") = out_dim;
-        ys.reshape(out_dims)
+        self.forward_with(xs, Epilogue::None)
     }
 }
 

@@ -3,6 +3,7 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
+use super::bf16_gemm;
 use super::config::Blip2Config;
 use super::ops::{additive_mask, l2_normalize, Linear};
 use super::qformer::{QFormerModel, TextEmbeddings};
@@ -21,6 +22,12 @@ use super::vision::VisionModel;
 /// `text_projection` and `itm_head`. qseek keeps those in f32 as well: they cost nothing
 /// next to the ViT, and in f32 the only difference from the f32 reference is the ViT's.
 /// qseek's half modes are therefore closer to f32 than transformers' half mode is.
+///
+/// bf16 on a CPU with AVX512-BF16 goes further ([`bf16_gemm`](super::bf16_gemm)): only
+/// the ViT's linear layers round their inputs (weights and activations) to bf16, with
+/// exact products summed in f32; the ViT's activations, layer norms, attention and
+/// GELU stay f32. `QSEEK_BF16_GEMM=off` (or a CPU without AVX512-BF16) gives candle's
+/// bf16, where the whole ViT computes in bf16.
 #[derive(Debug, Clone)]
 pub struct Blip2ForImageTextRetrieval {
     vision_model: VisionModel,
@@ -31,21 +38,34 @@ pub struct Blip2ForImageTextRetrieval {
     vision_projection: Linear,
     text_projection: Linear,
     itm_head: Linear,
+    /// The precision asked for.
     dtype: DType,
+    /// The dtype of the ViT's activations: `dtype`, or f32 where `bf16_gemm` computes
+    /// the linear layers.
+    vision_dtype: DType,
     num_query_tokens: usize,
 }
 
 impl Blip2ForImageTextRetrieval {
     /// Builds the model from `vb` (rooted at the checkpoint's top level); the vision
-    /// model's weights are converted to `dtype`, the rest to f32.
+    /// model's weights are converted to `dtype`, the rest to f32. bf16 on the CPU with a
+    /// [`bf16_gemm::Kernel`] packs the ViT's linear weights in bf16 and keeps the rest of
+    /// the ViT in f32.
     pub fn new(cfg: &Blip2Config, vb: VarBuilder, dtype: DType) -> Result<Self> {
         let q = &cfg.qformer_config;
         let f32_vb = vb.clone().set_dtype(DType::F32);
         let proj = |name: &str, out: usize| Linear::new(q.hidden_size, out, f32_vb.pp(name));
+        let bf16 = if dtype == DType::BF16 && vb.device().is_cpu() {
+            bf16_gemm::Kernel::chosen()
+        } else {
+            None
+        };
+        let vision_dtype = if bf16.is_some() { DType::F32 } else { dtype };
         Ok(Self {
             vision_model: VisionModel::new(
                 &cfg.vision_config,
-                vb.set_dtype(dtype).pp("vision_model"),
+                vb.set_dtype(vision_dtype).pp("vision_model"),
+                bf16,
             )?,
             query_tokens: f32_vb.get((1, cfg.num_query_tokens, q.hidden_size), "query_tokens")?,
             embeddings: TextEmbeddings::new(q, f32_vb.pp("embeddings"))?,
@@ -54,11 +74,12 @@ impl Blip2ForImageTextRetrieval {
             text_projection: proj("text_projection", cfg.image_text_hidden_size)?,
             itm_head: proj("itm_head", 2)?,
             dtype,
+            vision_dtype,
             num_query_tokens: cfg.num_query_tokens,
         })
     }
 
-    /// The dtype the vision model computes in.
+    /// The precision asked for the vision model (`--dtype`).
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -72,7 +93,7 @@ impl Blip2ForImageTextRetrieval {
     /// (batch, 1 + grid², vision hidden), post-layernorm, in f32. ITM needs it later.
     pub fn vision_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         self.vision_model
-            .forward(&pixel_values.to_dtype(self.dtype)?)?
+            .forward(&pixel_values.to_dtype(self.vision_dtype)?)?
             .to_dtype(DType::F32)
     }
 

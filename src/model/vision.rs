@@ -3,6 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, Activation, LayerNorm, VarBuilder};
 
+use super::bf16_gemm::Kernel;
 use super::config::VisionConfig;
 use super::ops::{attention, Linear};
 
@@ -18,7 +19,7 @@ pub struct VisionEmbeddings {
 }
 
 impl VisionEmbeddings {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
         let (h, p) = (cfg.hidden_size, cfg.patch_size);
         let class_embedding = vb.get((1, 1, h), "class_embedding")?;
         let conv = vb.pp("patch_embedding");
@@ -27,7 +28,7 @@ impl VisionEmbeddings {
         let position_embedding = vb.get((1, cfg.num_positions(), h), "position_embedding")?;
         Ok(Self {
             class_embedding,
-            patch_embedding: Linear::from_parts(weight, Some(bias)),
+            patch_embedding: Linear::from_parts(weight, Some(bias)).into_bf16_packed(bf16)?,
             position_embedding,
             patch_size: p,
             grid: cfg.grid(),
@@ -65,7 +66,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
         let h = cfg.hidden_size;
         let qkv_vb = vb.pp("qkv");
         let weight = qkv_vb.get((3 * h, h), "weight")?;
@@ -84,8 +85,8 @@ impl Attention {
             None
         };
         Ok(Self {
-            qkv: Linear::from_parts(weight, bias),
-            projection: Linear::new(h, h, vb.pp("projection"))?,
+            qkv: Linear::from_parts(weight, bias).into_bf16_packed(bf16)?,
+            projection: Linear::new(h, h, vb.pp("projection"))?.into_bf16_packed(bf16)?,
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -114,17 +115,22 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            fc1: Linear::new(cfg.hidden_size, cfg.intermediate_size, vb.pp("fc1"))?,
-            fc2: Linear::new(cfg.intermediate_size, cfg.hidden_size, vb.pp("fc2"))?,
+            fc1: Linear::new(h, i, vb.pp("fc1"))?.into_bf16_packed(bf16)?,
+            fc2: Linear::new(i, h, vb.pp("fc2"))?.into_bf16_packed(bf16)?,
             activation: cfg.hidden_act,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward(&self.fc1.forward(xs)?.apply(&self.activation)?)
+        let hidden = match self.activation {
+            // Fused into fc1's GEMM where it is bf16-packed.
+            Activation::Gelu => self.fc1.forward_gelu(xs)?,
+            _ => self.fc1.forward(xs)?.apply(&self.activation)?,
+        };
+        self.fc2.forward(&hidden)
     }
 }
 
@@ -138,12 +144,12 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
-            self_attn: Attention::new(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"), bf16)?,
             layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), bf16)?,
             layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
         })
     }
@@ -165,14 +171,17 @@ pub struct VisionModel {
 }
 
 impl VisionModel {
-    /// Loads the weights under `vision_model.`.
-    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+    /// Loads the weights under `vision_model.`, in `vb`'s dtype. With `bf16` (and an
+    /// f32 `vb`) every linear layer (the patch embedding, qkv, projection, fc1, fc2)
+    /// is computed by [`bf16_gemm`](super::bf16_gemm) with that kernel: bf16 weights and
+    /// products, f32 sums; all else stays f32.
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i)))
+            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), bf16))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"))?,
+            embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"), bf16)?,
             layers,
             post_layernorm: layer_norm(
                 cfg.hidden_size,

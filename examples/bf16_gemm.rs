@@ -1,0 +1,89 @@
+//! GEMM benchmark (not a test): GFLOP/s of the ViT-g linear layers' shapes through
+//! `bf16_gemm` (each kernel this CPU runs but the portable one) and through candle's f32
+//! GEMM, one JSON line per (shape, path).
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo run --release --example bf16_gemm -- --rows 1028
+//! ```
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use qseek::model::bf16_gemm::{matmul_wt, Epilogue, Kernel, PackedWeight};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Rows of x: 257 tokens per image (1028 is a batch of 4).
+    #[arg(long, default_value_t = 1028)]
+    rows: usize,
+    /// Timed repetitions per shape (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+/// Deterministic values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() -> candle_core::Result<()> {
+    let args = Args::parse();
+    // (name, k, n): ViT-g's qkv, projection, fc1, fc2.
+    let shapes = [
+        ("qkv", 1408, 4224),
+        ("proj", 1408, 1408),
+        ("fc1", 1408, 6144),
+        ("fc2", 6144, 1408),
+    ];
+    for (name, k, n) in shapes {
+        let m = args.rows;
+        let (x, w) = (values(m * k, 1), values(n * k, 2));
+        let flop = 2.0 * (m * k * n) as f64;
+        let packed = PackedWeight::new(&w, None, k);
+        for kernel in Kernel::available() {
+            if kernel == Kernel::Portable {
+                continue;
+            }
+            let s = best_seconds(args.reps, || {
+                std::hint::black_box(matmul_wt(kernel, &x, m, &packed, Epilogue::None));
+            });
+            let path = format!("{kernel:?}");
+            println!(
+                "{}",
+                serde_json::json!({"shape": name, "m": m, "k": k, "n": n, "path": path,
+                    "ms": s * 1e3, "gflops": flop / s / 1e9})
+            );
+        }
+        let xt = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
+        let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?;
+        let s = best_seconds(args.reps, || {
+            std::hint::black_box(xt.matmul(&wt.t().unwrap()).unwrap());
+        });
+        println!(
+            "{}",
+            serde_json::json!({"shape": name, "m": m, "k": k, "n": n, "path": "candle f32",
+                "ms": s * 1e3, "gflops": flop / s / 1e9})
+        );
+    }
+    Ok(())
+}
