@@ -148,6 +148,7 @@ fn main() -> qseek::Result<()> {
     let settings = SearchSettings {
         load: LoadOptions::default(),
         max_query_chars: None,
+        engine: None,
     };
     let request = |text: &str, ann: bool| SearchRequest {
         rerank: Some(0),

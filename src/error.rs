@@ -227,6 +227,26 @@ pub enum BadRequest {
         /// What differs, and what to do.
         reason: String,
     },
+    /// An engine URI that does not parse.
+    #[error("engine URI {uri:?}: {reason}")]
+    EngineUri {
+        /// As given.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An export into a collection that already exists, without replacing or adding to it.
+    #[error("the engine already holds a collection {collection:?}: replace it, add to it, or name another")]
+    EngineCollectionExists {
+        /// Its name.
+        collection: String,
+    },
+    /// A search the engine backend does not run.
+    #[error("{what} is not available through an engine: search the local index")]
+    EngineUnsupported {
+        /// The search or option.
+        what: &'static str,
+    },
 }
 
 /// Something a request names that does not exist.
@@ -368,6 +388,18 @@ pub enum Error {
         /// The file.
         path: PathBuf,
         /// What failed.
+        reason: String,
+    },
+
+    /// The vector engine failed or could not be reached: not the user's typo (a
+    /// malformed URI is [`BadRequest::EngineUri`]).
+    #[error("engine {uri}: {operation}: {reason}")]
+    Engine {
+        /// The engine and collection.
+        uri: String,
+        /// What qseek asked of it.
+        operation: String,
+        /// What went wrong.
         reason: String,
     },
 

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod embedder;
+pub mod engine;
 pub mod error;
 pub mod model;
 pub mod pipeline;

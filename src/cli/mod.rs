@@ -5,6 +5,7 @@
 
 mod embed;
 mod eval;
+mod export;
 mod index;
 mod manage;
 mod score;
@@ -45,6 +46,8 @@ enum Command {
     Import(shard::ImportArgs),
     /// Find photos for a sentence, photos like a photo, or texts for a photo.
     Search(search::SearchArgs),
+    /// Write the index's images and texts into a distributed vector engine (Milvus).
+    Export(export::ExportArgs),
     /// Manage the texts that `search --image FILE --texts` finds.
     #[command(subcommand)]
     Texts(texts::TextsCommand),
@@ -82,6 +85,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::ShardEmbed(args) => shard::shard_embed_run(args),
         Command::Import(args) => shard::import_run(args),
         Command::Search(args) => search::run(args),
+        Command::Export(args) => export::run(args),
         Command::Texts(cmd) => texts::run(cmd),
         Command::Info(args) => manage::info(args),
         Command::Remove(args) => manage::remove(args),
@@ -190,6 +194,12 @@ pub fn describe(error: &Error) -> String {
         }
         Error::BadRequest(BadRequest::TooManyTokens { asked, positions }) => {
             format!("--max-tokens {asked} exceeds the model's {positions} positions")
+        }
+        Error::BadRequest(BadRequest::EngineCollectionExists { collection }) => format!(
+            "the engine already holds a collection {collection:?}: pass --replace (or --append), or name another"
+        ),
+        Error::BadRequest(BadRequest::EngineUnsupported { what }) => {
+            format!("{what} is not available with --engine: search without it")
         }
         _ => error.to_string(),
     }

@@ -2,10 +2,12 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 
 use super::{print_line as write_line, IndexDir, ModelArgs, Outcome};
+use crate::engine::{self, EngineUri};
 use crate::error::BadRequest;
 use crate::pipeline::Collection;
 use crate::rerank::Direct;
@@ -42,6 +44,11 @@ pub(super) struct SearchArgs {
     /// search after much was added builds it again (minutes for 100 000 photos).
     #[arg(long)]
     ann: bool,
+    /// Take candidates and ITC scores from this engine (milvus://HOST[:PORT]/COLLECTION,
+    /// filled by `qseek export`) instead of the index; the index still gives the model
+    /// and stored vision features for the rerank. Text → photos and --texts only.
+    #[arg(long, value_name = "URI", conflicts_with = "ann")]
+    engine: Option<String>,
     /// Print one JSON document.
     #[arg(long, conflicts_with = "paths")]
     json: bool,
@@ -70,9 +77,14 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         under: args.under,
         ann: args.ann,
     };
+    let engine = match &args.engine {
+        Some(uri) => Some(Arc::from(engine::connect(&EngineUri::parse(uri)?)?)),
+        None => None,
+    };
     let settings = SearchSettings {
         load: args.model.load_options()?,
         max_query_chars: None,
+        engine,
     };
     let dir = args.index.dir()?;
     let collection = Collection::open(&dir, args.model.model.as_deref(), &args.model.options()?)?;

@@ -140,6 +140,7 @@ fn router(collection: Collection, opts: &ServeOptions) -> Router {
         settings: SearchSettings {
             load: opts.load,
             max_query_chars: Some(MAX_QUERY_CHARS),
+            engine: None,
         },
         thumbnails: files::thumbnail_dir(collection.index.path()),
         token: opts.token.clone().filter(|t| !t.is_empty()),

@@ -15,11 +15,13 @@
 //! probability needs reranking; image → images has no ITM score.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use qseek_index::{Filter, ImageId, SearchParams};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::VectorEngine;
 use crate::error::{BadRequest, NotFound, Param};
 use crate::pipeline::indexer::content_hash;
 use crate::pipeline::walk::absolute;
@@ -103,6 +105,10 @@ pub struct SearchSettings {
     /// Longest sentence taken, in characters (`None`: any; the model truncates to 35
     /// tokens anyway).
     pub max_query_chars: Option<usize>,
+    /// Take text → images and image → texts candidates and their ITC scores from this
+    /// engine instead of the local index (which still gives stored vision features for
+    /// the rerank, when it holds the image).
+    pub engine: Option<Arc<dyn VectorEngine>>,
 }
 
 /// The query as the response echoes it.
@@ -177,6 +183,20 @@ pub fn search(
         .rerank
         .unwrap_or(if stored { DEFAULT_RERANK } else { 0 });
     let opts = Options::check(req, rerank)?;
+    if settings.engine.is_some() {
+        if opts.under.is_some() {
+            return Err(BadRequest::EngineUnsupported {
+                what: "a folder filter",
+            }
+            .into());
+        }
+        if mode == Mode::ImageToImages {
+            return Err(BadRequest::EngineUnsupported {
+                what: "image → images search",
+            }
+            .into());
+        }
+    }
     let mut notes = Vec::new();
     let (text, image, hits) = match &req.query {
         QueryInput::Text(q) => {
@@ -187,7 +207,7 @@ pub fn search(
         input => {
             let (name, query) = query_image(c, input, &settings.load)?;
             let hits = if req.texts {
-                image_to_texts(c, model, &query, &opts)?
+                image_to_texts(c, model, settings, &query, &opts)?
             } else {
                 if req.rerank.is_some_and(|n| n > 0) || req.min_prob.is_some() {
                     notes.push(
@@ -342,18 +362,38 @@ fn text_to_images(
     notes: &mut Vec<String>,
 ) -> Result<Vec<Hit>> {
     let want = opts.want().max(opts.rerank);
-    let (ids, found) = model.search_text(&c.index, query, want, &opts.params(want, true))?;
+    let (ids, found) = match &settings.engine {
+        // The engine knows an image by its bytes' hash; the local index, when it holds
+        // the same bytes, gives its id (and so its stored vision features).
+        Some(engine) => {
+            let (embed, ids) = model.embed_text(query)?;
+            let found = engine.search_images(&embed, want)?;
+            let found = found.into_iter().map(|h| {
+                let image_id = c.index.image_by_hash(&h.content_hash).map(|i| i.image_id);
+                (image_id, h.paths, h.itc)
+            });
+            (ids, found.collect::<Vec<_>>())
+        }
+        None => {
+            let (ids, found) =
+                model.search_text(&c.index, query, want, &opts.params(want, true))?;
+            let found = found
+                .into_iter()
+                .map(|h| (Some(h.image_id), h.paths, h.score));
+            (ids, found.collect())
+        }
+    };
     let mut candidates: Vec<Candidate> = found
         .into_iter()
-        .map(|h| {
-            let (path, copies) = split_paths(h.paths, opts.under.as_deref());
+        .map(|(image_id, paths, itc)| {
+            let (path, copies) = split_paths(paths, opts.under.as_deref());
             Candidate {
-                image_id: Some(h.image_id),
+                image_id,
                 path,
                 copies,
                 text: None,
                 id: None,
-                itc: h.score,
+                itc,
                 itm: None,
             }
         })
@@ -363,8 +403,11 @@ fn text_to_images(
     let mut pairs = Vec::new();
     let mut which = Vec::new();
     for (i, cand) in candidates[..n].iter().enumerate() {
-        let image_id = cand.image_id.expect("image results have ids");
-        let vision = match c.index.vision_features(image_id)? {
+        let stored = match cand.image_id {
+            Some(image_id) => c.index.vision_features(image_id)?,
+            None => None,
+        };
+        let vision = match stored {
             Some((values, shape)) => Some(Tensor::from_vec(
                 values,
                 shape,
@@ -554,25 +597,37 @@ fn image_to_images(c: &Collection, query: &QueryImage, opts: &Options) -> Result
 fn image_to_texts(
     c: &Collection,
     model: &dyn ModelCalls,
+    settings: &SearchSettings,
     query: &QueryImage,
     opts: &Options,
 ) -> Result<Vec<Hit>> {
-    if c.index.stats().texts == 0 {
-        return Err(BadRequest::NoTexts.into());
-    }
     let want = opts.want().max(opts.rerank);
-    let found = c
-        .index
-        .search_texts(&query.vectors, want, &opts.params(want, false))?;
+    let found: Vec<(String, Option<String>, f32)> = match &settings.engine {
+        Some(engine) => engine
+            .search_texts(&query.vectors, c.index.manifest().dim, want)?
+            .into_iter()
+            .map(|h| (h.text, h.external_id, h.itc))
+            .collect(),
+        None => {
+            if c.index.stats().texts == 0 {
+                return Err(BadRequest::NoTexts.into());
+            }
+            c.index
+                .search_texts(&query.vectors, want, &opts.params(want, false))?
+                .into_iter()
+                .map(|h| (h.text, h.external_id, h.score))
+                .collect()
+        }
+    };
     let mut candidates: Vec<Candidate> = found
         .into_iter()
-        .map(|h| Candidate {
+        .map(|(text, id, itc)| Candidate {
             image_id: None,
             path: None,
             copies: Vec::new(),
-            text: Some(h.text),
-            id: h.external_id,
-            itc: h.score,
+            text: Some(text),
+            id,
+            itc,
             itm: None,
         })
         .collect();

@@ -1,0 +1,171 @@
+//! Export and query throughput of the Milvus engine backend against qseek's own index on
+//! the same data (not a test), printed as one JSON line.
+//!
+//! ```text
+//! LD_LIBRARY_PATH=$QSEEK_MILVUS_LITE $QSEEK_MILVUS_LITE/milvus /tmp/m/bench.db 127.0.0.1:19530 ERROR &
+//! cargo run --release --example engine_bench -- milvus://127.0.0.1:19530/bench --items 20000
+//! ```
+//!
+//! The index (in a temporary folder) holds `--items` synthetic images: Q 32 × D 256 f32
+//! unit vectors, seeded, each image's vectors near one random direction.
+//!
+//! * `build_s`: writing that index (qseek's own ingestion, for scale).
+//! * `export_s`, `export_images_per_s`, `export_mb_per_s`: `qseek export` (`--replace`) of
+//!   every image (Q rows each) into a new FLAT collection, flush included.
+//! * `engine_ms` / `local_ms`: median time of one text → images top-`k` query (the query
+//!   vector is an indexed image's slot vector), through the engine (group-by over the
+//!   image rows, FLAT: exact) and through the index's exact scan.
+//! * `same_top_k`: queries whose top-k images are the same set; `max_score_diff`: the
+//!   largest difference between the two ITC scores of one image.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use qseek::engine::{self, EngineUri, ExportMode};
+use qseek_index::{ImageRecord, Index, Manifest, ModelId, SearchParams, VectorDtype};
+
+const Q: usize = 32;
+const D: usize = 256;
+
+/// xorshift64*: seeded, dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+
+    fn unit(&mut self, around: Option<&[f32]>, spread: f32) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..D)
+            .map(|i| around.map_or(0.0, |a| a[i]) + spread * self.next())
+            .collect();
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= n);
+        v
+    }
+}
+
+fn synthetic_index(dir: &std::path::Path, items: usize) -> Index {
+    let model = ModelId {
+        model_id: "bench/synthetic".into(),
+        config_hash: "q32-d256".into(),
+    };
+    let mut manifest = Manifest::new(&model, Q, D);
+    manifest.vector_dtype = VectorDtype::F32;
+    let index = Index::create(dir, manifest).expect("create index");
+    let mut writer = index.writer().expect("writer");
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for i in 0..items {
+        let base = rng.unit(None, 1.0);
+        let vectors: Vec<f32> = (0..Q).flat_map(|_| rng.unit(Some(&base), 0.05)).collect();
+        let record = ImageRecord {
+            path: format!("photos/{}/{i}.jpg", i % 100),
+            size: 1,
+            mtime: 0,
+            content_hash: format!("{i:016x}"),
+            width: 1,
+            height: 1,
+        };
+        writer.add_image(record, &vectors, None).expect("add image");
+        if i % 5000 == 4999 {
+            writer.commit().expect("commit");
+        }
+    }
+    writer.commit().expect("commit");
+    index
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: engine_bench milvus://HOST:PORT/COLL [--items N] [--queries N] [--k K]";
+    let uri = argv.first().expect(usage).clone();
+    let flag = |name: &str, default: usize| {
+        argv.iter()
+            .position(|a| a == name)
+            .and_then(|i| argv.get(i + 1))
+            .map_or(default, |v| v.parse().expect(usage))
+    };
+    let (items, queries, k) = (
+        flag("--items", 20_000),
+        flag("--queries", 100),
+        flag("--k", 10),
+    );
+    let tmp = tempfile::tempdir().expect("temporary folder");
+    let start = Instant::now();
+    let index = synthetic_index(tmp.path(), items);
+    let build_s = start.elapsed().as_secs_f64();
+    let uri = EngineUri::parse(&uri).expect("engine URI");
+    let engine = engine::connect(&uri).expect("connect");
+
+    let report = engine.export(&index, ExportMode::Replace).expect("export");
+
+    let (q, d) = (index.manifest().num_query_tokens, index.manifest().dim);
+    let images = index.stats().images;
+    let step = (images / queries).max(1);
+    let vectors: Vec<Vec<f32>> = index
+        .export_images()
+        .step_by(step)
+        .take(queries)
+        .enumerate()
+        .map(|(i, img)| img.vectors[(i % q) * d..(i % q + 1) * d].to_vec())
+        .collect();
+    let hashes: HashMap<u64, String> = index
+        .export_images()
+        .map(|i| (i.image_id, i.content_hash))
+        .collect();
+    let params = SearchParams {
+        exact: true,
+        ..SearchParams::default()
+    };
+    let (mut engine_ms, mut local_ms) = (Vec::new(), Vec::new());
+    let (mut same, mut worst) = (0, 0f32);
+    for v in &vectors {
+        let t = Instant::now();
+        let e = engine.search_images(v, k).expect("engine search");
+        engine_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let l = index.search_images(v, k, &params).expect("local search");
+        local_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let local: HashMap<&str, f32> = l
+            .iter()
+            .map(|h| (hashes[&h.image_id].as_str(), h.score))
+            .collect();
+        if e.len() == l.len()
+            && e.iter()
+                .all(|h| local.contains_key(h.content_hash.as_str()))
+        {
+            same += 1;
+        }
+        for h in &e {
+            if let Some(s) = local.get(h.content_hash.as_str()) {
+                worst = worst.max((s - h.itc).abs());
+            }
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "images": report.images,
+            "build_s": build_s,
+            "rows": report.image_rows,
+            "export_s": report.seconds,
+            "export_images_per_s": report.images as f64 / report.seconds,
+            "export_mb_per_s": report.bytes_sent as f64 / 1e6 / report.seconds,
+            "queries": vectors.len(),
+            "k": k,
+            "engine_ms": median(engine_ms),
+            "local_ms": median(local_ms),
+            "same_top_k": same,
+            "max_score_diff": worst,
+        })
+    );
+}
