@@ -373,7 +373,7 @@ mod tests {
     use rand::rngs::SmallRng;
     use rand::{Rng, SeedableRng};
 
-    use super::TableKind;
+    use super::{GraphBuildHook, TableKind};
     use crate::{ImageRecord, Index, Manifest, ModelId, SearchParams};
 
     const Q: usize = 4;
@@ -388,6 +388,22 @@ mod tests {
                 v.into_iter().map(move |x| x / norm)
             })
             .collect()
+    }
+
+    /// A hook that stops the images' graph build or extension (`what`) until the test
+    /// sends on the returned sender; it tells the test on the receiver once stopped.
+    /// Were the test to wait on the stopped work, the hook would time out and fail.
+    fn pause(what: &'static str) -> (GraphBuildHook, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (started_tx, started_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let hook: GraphBuildHook = Box::new(move |kind| {
+            if kind == TableKind::Images {
+                started_tx.send(()).unwrap();
+                let released = release_rx.recv_timeout(Duration::from_secs(60));
+                assert!(released.is_ok(), "the test never got past {what}");
+            }
+        });
+        (hook, started_rx, release_tx)
     }
 
     /// Adds images `range` in one commit; returns the last one's id.
@@ -422,15 +438,8 @@ mod tests {
         };
         let index = Index::create(dir.path(), Manifest::new(&model, Q, D)).unwrap();
         add_images(&index, 0..300);
-        let (started_tx, started_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        *index.shared.graph_build_hook.lock().unwrap() = Some(Box::new(move |kind| {
-            if kind == TableKind::Images {
-                started_tx.send(()).unwrap();
-                let released = release_rx.recv_timeout(Duration::from_secs(60));
-                assert!(released.is_ok(), "the test never got past the build");
-            }
-        }));
+        let (hook, started_rx, release_tx) = pause("the build");
+        *index.shared.graph_build_hook.lock().unwrap() = Some(hook);
         let builder = {
             let index = index.clone();
             std::thread::spawn(move || index.build_graphs())
@@ -475,15 +484,8 @@ mod tests {
         let index = Index::create(dir.path(), Manifest::new(&model, Q, D)).unwrap();
         add_images(&index, 0..300);
         index.build_graphs();
-        let (started_tx, started_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        *index.shared.graph_extend_hook.lock().unwrap() = Some(Box::new(move |kind| {
-            if kind == TableKind::Images {
-                started_tx.send(()).unwrap();
-                let released = release_rx.recv_timeout(Duration::from_secs(60));
-                assert!(released.is_ok(), "the test never got past the extension");
-            }
-        }));
+        let (hook, started_rx, release_tx) = pause("the extension");
+        *index.shared.graph_extend_hook.lock().unwrap() = Some(hook);
         let committer = {
             let index = index.clone();
             std::thread::spawn(move || add_images(&index, 300..301))

@@ -97,13 +97,7 @@ pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
     } else {
         print_summary(&summary);
     }
-    Ok(if summary.interrupted {
-        Outcome::Interrupted
-    } else if summary.failed.is_empty() {
-        Outcome::Success
-    } else {
-        Outcome::SomeFailed
-    })
+    Ok(Outcome::of(summary.interrupted, !summary.failed.is_empty()))
 }
 
 fn print_summary(s: &IndexSummary) {

@@ -76,6 +76,19 @@ pub enum Outcome {
     Interrupted,
 }
 
+impl Outcome {
+    /// How a run over many files ended: interrupted, else some failed, else success.
+    pub(crate) fn of(interrupted: bool, some_failed: bool) -> Outcome {
+        if interrupted {
+            Outcome::Interrupted
+        } else if some_failed {
+            Outcome::SomeFailed
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {

@@ -116,13 +116,7 @@ pub(super) fn shard_embed_run(args: ShardEmbedArgs) -> Result<Outcome> {
     } else {
         print_shard_summary(&summary);
     }
-    Ok(if summary.interrupted {
-        Outcome::Interrupted
-    } else if summary.failed.is_empty() {
-        Outcome::Success
-    } else {
-        Outcome::SomeFailed
-    })
+    Ok(Outcome::of(summary.interrupted, !summary.failed.is_empty()))
 }
 
 fn print_notes(title: &str, notes: &[FileNote]) {
@@ -189,11 +183,7 @@ pub(super) fn import_run(args: ImportArgs) -> Result<Outcome> {
     } else {
         print_import_summary(&summary);
     }
-    Ok(if summary.interrupted {
-        Outcome::Interrupted
-    } else {
-        Outcome::Success
-    })
+    Ok(Outcome::of(summary.interrupted, false))
 }
 
 fn print_import_summary(s: &ImportSummary) {
