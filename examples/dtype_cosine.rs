@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use qseek::embedder::parse_dtype;
+use qseek::model::packed_gemm::{Format, Kernel};
 use qseek::model::ModelSource;
 use qseek::preprocess::image::LoadOptions;
 use qseek::{Embedder, ModelOptions};
@@ -110,7 +111,8 @@ fn main() -> qseek::Result<()> {
         "{}",
         serde_json::json!({"model": args.model, "dtype": args.dtype, "images": images.len(),
             "query_vectors": cosines.len(), "min_cosine": min, "mean_cosine": mean,
-            "bf16_gemm": format!("{:?}", qseek::model::bf16_gemm::Kernel::chosen())})
+            "bf16_gemm": format!("{:?}", Kernel::chosen(Format::Bf16)),
+            "f32_gemm": format!("{:?}", Kernel::chosen(Format::F32))})
     );
     Ok(())
 }

@@ -1,16 +1,17 @@
-//! GEMM benchmark (not a test): GFLOP/s of the ViT-g linear layers' shapes through
-//! `bf16_gemm` (each kernel this CPU runs but the portable one) and through candle's f32
-//! GEMM, one JSON line per (shape, path).
+//! GEMM benchmark (not a test): GFLOP/s of the ViT-g and Q-Former linear layers' shapes
+//! through `packed_gemm` (each kernel this CPU runs but the portable ones) and through
+//! candle's f32 GEMM, one JSON line per (shape, path).
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release --example bf16_gemm -- --rows 1028
+//! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --rows 1028
+//! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --qformer --rows 192
 //! ```
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use qseek::model::bf16_gemm::{matmul_wt, Epilogue, Kernel, PackedWeight};
+use qseek::model::packed_gemm::{matmul_wt, Epilogue, Format, Kernel, PackedWeight};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -20,6 +21,9 @@ struct Args {
     /// Timed repetitions per shape (the best is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// The Q-Former's shapes (BERT-base: 768 and 3072) in f32, instead of ViT-g's.
+    #[arg(long)]
+    qformer: bool,
 }
 
 /// Deterministic values in [-1, 1).
@@ -48,20 +52,37 @@ fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
 
 fn main() -> candle_core::Result<()> {
     let args = Args::parse();
-    // (name, k, n): ViT-g's qkv, projection, fc1, fc2.
-    let shapes = [
-        ("qkv", 1408, 4224),
-        ("proj", 1408, 1408),
-        ("fc1", 1408, 6144),
-        ("fc2", 6144, 1408),
-    ];
-    for (name, k, n) in shapes {
+    // (name, k, n): ViT-g's qkv, projection, fc1, fc2, or the Q-Former's attention
+    // projections, intermediate and output.
+    let (format, shapes) = if args.qformer {
+        (
+            Format::F32,
+            [
+                ("qkv", 768, 768),
+                ("intermediate", 768, 3072),
+                ("output", 3072, 768),
+            ]
+            .as_slice(),
+        )
+    } else {
+        (
+            Format::Bf16,
+            [
+                ("qkv", 1408, 4224),
+                ("proj", 1408, 1408),
+                ("fc1", 1408, 6144),
+                ("fc2", 6144, 1408),
+            ]
+            .as_slice(),
+        )
+    };
+    for &(name, k, n) in shapes {
         let m = args.rows;
         let (x, w) = (values(m * k, 1), values(n * k, 2));
         let flop = 2.0 * (m * k * n) as f64;
-        let packed = PackedWeight::new(&w, None, k);
-        for kernel in Kernel::available() {
-            if kernel == Kernel::Portable {
+        let packed = PackedWeight::new(format, &w, None, k);
+        for kernel in Kernel::available(format) {
+            if matches!(kernel, Kernel::Portable | Kernel::PortableF32) {
                 continue;
             }
             let s = best_seconds(args.reps, || {

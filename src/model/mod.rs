@@ -4,13 +4,12 @@
 //! `embeddings.*` and `qformer.*`; `retrieval` ties them with `query_tokens`, the
 //! projections and `itm_head`; `checkpoint` finds and opens the files.
 
-pub mod bf16_gemm;
 pub mod checkpoint;
 pub mod config;
 pub mod ops;
+pub mod packed_gemm;
 pub mod qformer;
 pub mod retrieval;
-pub mod skinny_gemm;
 pub mod vision;
 pub mod weights;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::bf16_gemm::{self, Epilogue, Kernel, PackedWeight};
+use super::packed_gemm::{self, Epilogue, Kernel, PackedWeight};
 
 /// `nn.Linear`: `y = x Wᵀ + b`, over any number of leading dimensions.
 ///
@@ -19,15 +19,14 @@ pub struct Linear {
 /// What a [`Linear`] computes with.
 #[derive(Debug, Clone)]
 enum Weights {
-    /// candle tensors, any dtype and device: candle's GEMM, or
-    /// [`skinny_gemm`](super::skinny_gemm) for a few rows of f32 on the CPU.
+    /// candle tensors, any dtype and device: candle's GEMM.
     Tensors {
         weight: Tensor,
         bias: Option<Tensor>,
     },
-    /// The weight in bf16 and the bias in f32, packed once for
-    /// [`bf16_gemm`](super::bf16_gemm): f32 in, f32 out, on the CPU.
-    Bf16Packed {
+    /// The weight (in the kernel's format) and the bias in f32, packed once for
+    /// [`packed_gemm`](super::packed_gemm): f32 in, f32 out, on the CPU.
+    Packed {
         kernel: Kernel,
         packed: Arc<PackedWeight>,
     },
@@ -48,10 +47,10 @@ impl Linear {
         }
     }
 
-    /// This layer computed by [`bf16_gemm`] with `kernel` (unchanged if `None`): the
-    /// weight rounded to bf16 and packed once (the tensors are dropped), the bias kept
-    /// in f32. The layer then takes and returns f32 on the CPU.
-    pub fn into_bf16_packed(self, kernel: Option<Kernel>) -> Result<Self> {
+    /// This layer computed by [`packed_gemm`] with `kernel` (unchanged if `None`): the
+    /// weight packed once in the kernel's format (bf16 rounds it; the tensors are
+    /// dropped), the bias kept in f32. The layer then takes and returns f32 on the CPU.
+    pub fn into_packed(self, kernel: Option<Kernel>) -> Result<Self> {
         let (Some(kernel), Weights::Tensors { weight, bias }) = (kernel, &self.weights) else {
             return Ok(self);
         };
@@ -64,9 +63,9 @@ impl Linear {
             Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
             None => None,
         };
-        let packed = Arc::new(PackedWeight::new(&w, bias.as_deref(), k));
+        let packed = Arc::new(PackedWeight::new(kernel.format(), &w, bias.as_deref(), k));
         Ok(Self {
-            weights: Weights::Bf16Packed { kernel, packed },
+            weights: Weights::Packed { kernel, packed },
         })
     }
 }
@@ -86,29 +85,12 @@ fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<T>>
     Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
 }
 
-/// `x Wᵀ` for a few rows of f32 on the CPU (a text query), through
-/// [`skinny_gemm`](super::skinny_gemm), which reads the weight once instead of packing
-/// it; `None` where candle's GEMM is the better one.
-fn skinny(xs: &Tensor, weight: &Tensor, rows: usize, in_dim: usize) -> Result<Option<Tensor>> {
-    use super::skinny_gemm::{matmul_wt, Kernel, MAX_ROWS};
-    let Some(kernel) = Kernel::chosen() else {
-        return Ok(None);
-    };
-    if rows > MAX_ROWS || !xs.device().is_cpu() || xs.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    let x = xs.flatten_all()?.to_vec1::<f32>()?;
-    let ys = with_cpu_f32(weight, |w| matmul_wt(kernel, &x, w, rows, in_dim))?;
-    ys.map(|ys| Tensor::from_vec(ys, (rows, weight.dim(0)?), xs.device()))
-        .transpose()
-}
-
 impl Linear {
-    /// `gelu_erf(x Wᵀ + b)`: for a bf16-packed layer, GELU is applied inside the GEMM
-    /// (see [`Epilogue::Gelu`]); otherwise candle's `gelu_erf` on the output.
+    /// `gelu_erf(x Wᵀ + b)`: for a packed layer, GELU is applied inside the GEMM (see
+    /// [`Epilogue::Gelu`]); otherwise candle's `gelu_erf` on the output.
     pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
         match self.weights {
-            Weights::Bf16Packed { .. } => self.forward_with(xs, Epilogue::Gelu),
+            Weights::Packed { .. } => self.forward_with(xs, Epilogue::Gelu),
             Weights::Tensors { .. } => self.forward(xs)?.gelu_erf(),
         }
     }
@@ -118,11 +100,11 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows = xs.elem_count() / in_dim.max(1);
         let ys = match &self.weights {
-            Weights::Bf16Packed { kernel, packed } => {
-                let matmul = |x: &[f32]| bf16_gemm::matmul_wt(*kernel, x, rows, packed, epilogue);
+            Weights::Packed { kernel, packed } => {
+                let matmul = |x: &[f32]| packed_gemm::matmul_wt(*kernel, x, rows, packed, epilogue);
                 let ys = with_cpu_f32(xs, matmul)?.ok_or_else(|| {
                     candle_core::Error::Msg(format!(
-                        "a bf16-packed linear layer takes f32 on the CPU, not {:?} on {:?}",
+                        "a packed linear layer takes f32 on the CPU, not {:?} on {:?}",
                         xs.dtype(),
                         xs.device()
                     ))
@@ -130,10 +112,7 @@ impl Linear {
                 Tensor::from_vec(ys, (rows, packed.n()), xs.device())?
             }
             Weights::Tensors { weight, bias } => {
-                let ys = match skinny(xs, weight, rows, in_dim)? {
-                    Some(ys) => ys,
-                    None => xs.reshape((rows, in_dim))?.matmul(&weight.t()?)?,
-                };
+                let ys = xs.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
                 match bias {
                     Some(b) => ys.broadcast_add(b)?,
                     None => ys,

@@ -11,6 +11,7 @@ use candle_nn::{layer_norm, Activation, Embedding, LayerNorm, VarBuilder};
 
 use super::config::QFormerConfig;
 use super::ops::{attention, Linear};
+use super::packed_gemm::Kernel;
 
 /// `embeddings`: word and absolute position embeddings (`Blip2TextEmbeddings`).
 #[derive(Debug, Clone)]
@@ -54,12 +55,17 @@ pub struct MultiHeadAttention {
 }
 
 impl MultiHeadAttention {
-    fn new(cfg: &QFormerConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &QFormerConfig,
+        kv_dim: usize,
+        vb: VarBuilder,
+        f32: Option<Kernel>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            query: Linear::new(h, h, vb.pp("query"))?,
-            key: Linear::new(kv_dim, h, vb.pp("key"))?,
-            value: Linear::new(kv_dim, h, vb.pp("value"))?,
+            query: Linear::new(h, h, vb.pp("query"))?.into_packed(f32)?,
+            key: Linear::new(kv_dim, h, vb.pp("key"))?.into_packed(f32)?,
+            value: Linear::new(kv_dim, h, vb.pp("value"))?.into_packed(f32)?,
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -105,9 +111,14 @@ pub struct DenseNorm {
 }
 
 impl DenseNorm {
-    fn new(in_dim: usize, cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        in_dim: usize,
+        cfg: &QFormerConfig,
+        vb: VarBuilder,
+        f32: Option<Kernel>,
+    ) -> Result<Self> {
         Ok(Self {
-            dense: Linear::new(in_dim, cfg.hidden_size, vb.pp("dense"))?,
+            dense: Linear::new(in_dim, cfg.hidden_size, vb.pp("dense"))?.into_packed(f32)?,
             layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
         })
     }
@@ -125,10 +136,15 @@ pub struct QFormerAttention {
 }
 
 impl QFormerAttention {
-    fn new(cfg: &QFormerConfig, kv_dim: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        cfg: &QFormerConfig,
+        kv_dim: usize,
+        vb: VarBuilder,
+        f32: Option<Kernel>,
+    ) -> Result<Self> {
         Ok(Self {
-            attention: MultiHeadAttention::new(cfg, kv_dim, vb.pp("attention"))?,
-            output: DenseNorm::new(cfg.hidden_size, cfg, vb.pp("output"))?,
+            attention: MultiHeadAttention::new(cfg, kv_dim, vb.pp("attention"), f32)?,
+            output: DenseNorm::new(cfg.hidden_size, cfg, vb.pp("output"), f32)?,
         })
     }
 
@@ -147,20 +163,31 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    fn new(cfg: &QFormerConfig, vb: VarBuilder, intermediate: &str, output: &str) -> Result<Self> {
+    fn new(
+        cfg: &QFormerConfig,
+        vb: VarBuilder,
+        f32: Option<Kernel>,
+        intermediate: &str,
+        output: &str,
+    ) -> Result<Self> {
         Ok(Self {
             intermediate: Linear::new(
                 cfg.hidden_size,
                 cfg.intermediate_size,
                 vb.pp(intermediate).pp("dense"),
-            )?,
+            )?
+            .into_packed(f32)?,
             activation: cfg.hidden_act,
-            output: DenseNorm::new(cfg.intermediate_size, cfg, vb.pp(output))?,
+            output: DenseNorm::new(cfg.intermediate_size, cfg, vb.pp(output), f32)?,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = self.intermediate.forward(xs)?.apply(&self.activation)?;
+        let hidden = match self.activation {
+            // `hidden_act: "gelu"`: fused into a packed layer's GEMM.
+            Activation::Gelu => self.intermediate.forward_gelu(xs)?,
+            _ => self.intermediate.forward(xs)?.apply(&self.activation)?,
+        };
         self.output.forward(&hidden, xs)
     }
 }
@@ -177,27 +204,40 @@ pub struct QFormerLayer {
 }
 
 impl QFormerLayer {
-    fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder, f32: Option<Kernel>) -> Result<Self> {
         let crossattention = if index.is_multiple_of(cfg.cross_attention_frequency) {
             Some(QFormerAttention::new(
                 cfg,
                 cfg.encoder_hidden_size,
                 vb.pp("crossattention"),
+                f32,
             )?)
         } else {
             None
         };
         let text_feed_forward =
             if cfg.use_qformer_text_input || vb.contains_tensor("intermediate.dense.weight") {
-                Some(FeedForward::new(cfg, vb.clone(), "intermediate", "output")?)
+                Some(FeedForward::new(
+                    cfg,
+                    vb.clone(),
+                    f32,
+                    "intermediate",
+                    "output",
+                )?)
             } else {
                 None
             };
         Ok(Self {
-            attention: QFormerAttention::new(cfg, cfg.hidden_size, vb.pp("attention"))?,
+            attention: QFormerAttention::new(cfg, cfg.hidden_size, vb.pp("attention"), f32)?,
             crossattention,
             text_feed_forward,
-            query_feed_forward: FeedForward::new(cfg, vb, "intermediate_query", "output_query")?,
+            query_feed_forward: FeedForward::new(
+                cfg,
+                vb,
+                f32,
+                "intermediate_query",
+                "output_query",
+            )?,
         })
     }
 
@@ -246,11 +286,12 @@ pub struct QFormerModel {
 }
 
 impl QFormerModel {
-    /// Loads the weights under `qformer.`.
-    pub fn new(cfg: &QFormerConfig, vb: VarBuilder) -> Result<Self> {
+    /// Loads the weights under `qformer.`; with an f32 `Kernel` (on the CPU), its linear
+    /// layers are packed for [`packed_gemm`](super::packed_gemm).
+    pub fn new(cfg: &QFormerConfig, vb: VarBuilder, f32: Option<Kernel>) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layer");
         let layer = (0..cfg.num_hidden_layers)
-            .map(|i| QFormerLayer::new(cfg, i, layers_vb.pp(i)))
+            .map(|i| QFormerLayer::new(cfg, i, layers_vb.pp(i), f32))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?,

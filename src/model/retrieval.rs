@@ -3,9 +3,9 @@
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::bf16_gemm;
 use super::config::Blip2Config;
 use super::ops::{additive_mask, l2_normalize, Linear};
+use super::packed_gemm::{Format, Kernel};
 use super::qformer::{QFormerModel, TextEmbeddings};
 use super::vision::VisionModel;
 
@@ -23,11 +23,15 @@ use super::vision::VisionModel;
 /// next to the ViT, and in f32 the only difference from the f32 reference is the ViT's.
 /// qseek's half modes are therefore closer to f32 than transformers' half mode is.
 ///
-/// bf16 on a CPU with AVX512-BF16 goes further ([`bf16_gemm`](super::bf16_gemm)): only
+/// bf16 on a CPU with AVX512-BF16 goes further ([`packed_gemm`](super::packed_gemm)): only
 /// the ViT's linear layers round their inputs (weights and activations) to bf16, with
 /// exact products summed in f32; the ViT's activations, layer norms, attention and
 /// GELU stay f32. `QSEEK_BF16_GEMM=off` (or a CPU without AVX512-BF16) gives candle's
 /// bf16, where the whole ViT computes in bf16.
+///
+/// On a CPU with AVX2 or AVX-512, every linear layer after the ViT (the Q-Former's, the
+/// projections, `itm_head`) computes in f32 through [`packed_gemm`](super::packed_gemm)
+/// over weights packed once at load (`QSEEK_F32_GEMM=off` gives candle's GEMM).
 #[derive(Debug, Clone)]
 pub struct Blip2ForImageTextRetrieval {
     vision_model: VisionModel,
@@ -40,7 +44,7 @@ pub struct Blip2ForImageTextRetrieval {
     itm_head: Linear,
     /// The precision asked for.
     dtype: DType,
-    /// The dtype of the ViT's activations: `dtype`, or f32 where `bf16_gemm` computes
+    /// The dtype of the ViT's activations: `dtype`, or f32 where `packed_gemm` computes
     /// the linear layers.
     vision_dtype: DType,
     num_query_tokens: usize,
@@ -49,16 +53,19 @@ pub struct Blip2ForImageTextRetrieval {
 impl Blip2ForImageTextRetrieval {
     /// Builds the model from `vb` (rooted at the checkpoint's top level); the vision
     /// model's weights are converted to `dtype`, the rest to f32. bf16 on the CPU with a
-    /// [`bf16_gemm::Kernel`] packs the ViT's linear weights in bf16 and keeps the rest of
-    /// the ViT in f32.
+    /// bf16 [`Kernel`] packs the ViT's linear weights in bf16 and keeps the rest of the
+    /// ViT in f32; on the CPU with an f32 [`Kernel`] the linear layers after the ViT are
+    /// packed in f32.
     pub fn new(cfg: &Blip2Config, vb: VarBuilder, dtype: DType) -> Result<Self> {
         let q = &cfg.qformer_config;
         let f32_vb = vb.clone().set_dtype(DType::F32);
-        let proj = |name: &str, out: usize| Linear::new(q.hidden_size, out, f32_vb.pp(name));
-        let bf16 = if dtype == DType::BF16 && vb.device().is_cpu() {
-            bf16_gemm::Kernel::chosen()
-        } else {
-            None
+        let cpu = vb.device().is_cpu();
+        let bf16 = (dtype == DType::BF16 && cpu)
+            .then(|| Kernel::chosen(Format::Bf16))
+            .flatten();
+        let f32 = cpu.then(|| Kernel::chosen(Format::F32)).flatten();
+        let proj = |name: &str, out: usize| {
+            Linear::new(q.hidden_size, out, f32_vb.pp(name))?.into_packed(f32)
         };
         let vision_dtype = if bf16.is_some() { DType::F32 } else { dtype };
         Ok(Self {
@@ -69,7 +76,7 @@ impl Blip2ForImageTextRetrieval {
             )?,
             query_tokens: f32_vb.get((1, cfg.num_query_tokens, q.hidden_size), "query_tokens")?,
             embeddings: TextEmbeddings::new(q, f32_vb.pp("embeddings"))?,
-            qformer: QFormerModel::new(q, f32_vb.pp("qformer"))?,
+            qformer: QFormerModel::new(q, f32_vb.pp("qformer"), f32)?,
             vision_projection: proj("vision_projection", cfg.image_text_hidden_size)?,
             text_projection: proj("text_projection", cfg.image_text_hidden_size)?,
             itm_head: proj("itm_head", 2)?,

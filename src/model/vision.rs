@@ -3,9 +3,9 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, Activation, LayerNorm, VarBuilder};
 
-use super::bf16_gemm::Kernel;
 use super::config::VisionConfig;
 use super::ops::{attention, Linear};
+use super::packed_gemm::Kernel;
 
 /// `vision_model.embeddings`: patches, `[CLS]` and learned positions.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ impl VisionEmbeddings {
         let position_embedding = vb.get((1, cfg.num_positions(), h), "position_embedding")?;
         Ok(Self {
             class_embedding,
-            patch_embedding: Linear::from_parts(weight, Some(bias)).into_bf16_packed(bf16)?,
+            patch_embedding: Linear::from_parts(weight, Some(bias)).into_packed(bf16)?,
             position_embedding,
             patch_size: p,
             grid: cfg.grid(),
@@ -85,8 +85,8 @@ impl Attention {
             None
         };
         Ok(Self {
-            qkv: Linear::from_parts(weight, bias).into_bf16_packed(bf16)?,
-            projection: Linear::new(h, h, vb.pp("projection"))?.into_bf16_packed(bf16)?,
+            qkv: Linear::from_parts(weight, bias).into_packed(bf16)?,
+            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(bf16)?,
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -118,8 +118,8 @@ impl Mlp {
     fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            fc1: Linear::new(h, i, vb.pp("fc1"))?.into_bf16_packed(bf16)?,
-            fc2: Linear::new(i, h, vb.pp("fc2"))?.into_bf16_packed(bf16)?,
+            fc1: Linear::new(h, i, vb.pp("fc1"))?.into_packed(bf16)?,
+            fc2: Linear::new(i, h, vb.pp("fc2"))?.into_packed(bf16)?,
             activation: cfg.hidden_act,
         })
     }
@@ -173,7 +173,7 @@ pub struct VisionModel {
 impl VisionModel {
     /// Loads the weights under `vision_model.`, in `vb`'s dtype. With `bf16` (and an
     /// f32 `vb`) every linear layer (the patch embedding, qkv, projection, fc1, fc2)
-    /// is computed by [`bf16_gemm`](super::bf16_gemm) with that kernel: bf16 weights and
+    /// is computed by [`packed_gemm`](super::packed_gemm) with that kernel: bf16 weights and
     /// products, f32 sums; all else stays f32.
     pub fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layers");

@@ -1,104 +1,179 @@
-//! `y = x Wᵀ + b` with bf16 weights and bf16 products, accumulated in f32: the ViT's
-//! linear layers under `--dtype bf16` on CPUs with AVX512-BF16 (`vdpbf16ps`).
+//! `y = x Wᵀ + b` over weights packed once, at load time, for the CPU: the ViT's linear
+//! layers under `--dtype bf16` (bf16 weights, bf16 products, f32 sums) and the Q-Former's
+//! in f32.
 //!
-//! candle's CPU backend has no fast bf16 GEMM: in bf16 the ViT ran slower than in f32.
-//! Here each weight is rounded to bf16 and packed once, at load time, into the layout
-//! `vdpbf16ps` reads ([`PackedWeight`]); per call the rows of `x` (f32) are rounded to
-//! bf16, every product of two bf16 values is exact in f32, and the sums, the bias and the
-//! output are f32. So the only precision given up is the rounding of the two inputs to
-//! 8-bit mantissas; everything between the linear layers (layer norms, softmax, the
-//! attention matmuls, residuals) stays f32 (`vision.rs`), and fc1's GELU is applied in
-//! f32 to each finished tile ([`Epilogue::Gelu`]).
+//! candle's CPU GEMM packs the weight matrix into its own layout on every call. For the
+//! ViT in bf16 there is no fast kernel at all (bf16 ran slower than f32); for the
+//! Q-Former's text pass (a query's ~12 tokens, or a server's batch of queries) the
+//! per-call packing of ~340 MB of weights was a fifth to a half of the time
+//! (`benches/README.md`). Here each weight is packed once ([`PackedWeight`]) in one of two
+//! [`Format`]s:
 //!
-//! Layout: the weight (n × k) becomes panels of [`NR`] output columns; within a panel,
-//! for each pair of k indices `(2p, 2p+1)`, the [`NR`] columns' two bf16 values side by
-//! side in one `u32` (low half: `2p`). An odd k is padded with a zero. One `vdpbf16ps`
-//! then multiplies a broadcast pair of `x` by 16 columns' pairs and adds both products to
-//! 16 f32 sums.
+//! * **bf16** (`--dtype bf16`'s ViT on AVX512-BF16): each weight is rounded to bf16;
+//!   per call the rows of `x` (f32) are rounded to bf16, every product of two bf16
+//!   values is exact in f32, and the sums, the bias and the output are f32. So the only
+//!   precision given up is the rounding of the two inputs to 8-bit mantissas; everything
+//!   between the linear layers (layer norms, softmax, the attention matmuls, residuals)
+//!   stays f32 (`vision.rs`).
+//! * **f32** (the Q-Former, every dtype): the weights as they are, f32 FMAs. The result
+//!   is within float rounding of candle's (another summation order), not bit-identical.
 //!
-//! Kernels: AVX512-BF16, chosen at run time, and a portable one that is the reference in
-//! the tests (far too slow to be a fallback: without AVX512-BF16 the model keeps
-//! candle's bf16). Each computes the same products; the summation order differs (the
-//! hardware's rounding of the pair sum, flushed denormals), so results agree to float
+//! Both can apply GELU to each finished tile while it is in L1 ([`Epilogue::Gelu`]).
+//!
+//! Layout: the weight (n × k) becomes panels of [`NR`] output columns; within a panel, for
+//! each *unit* of k (bf16: a pair of k indices `(2p, 2p+1)`; f32: one index), the
+//! [`NR`] columns' values side by side. A bf16 unit is the two bf16 values in one `u32`
+//! (low half: `2p`; an odd k is padded with a zero), which one `vdpbf16ps` multiplies by
+//! a broadcast pair of `x` and adds to 16 f32 sums; an f32 unit is one `vfmadd` per 16
+//! columns.
+//!
+//! Kernels ([`Kernel`]): AVX512-BF16 for bf16; AVX-512F and AVX2+FMA for f32; each
+//! chosen at run time, and a portable one per format that is the reference in the tests
+//! (not a fallback: without the instructions the model keeps candle's GEMM). The kernels
+//! of one format compute the same products; the summation order differs (the hardware's
+//! rounding of the pair sum, flushed denormals, FMA), so results agree to float
 //! rounding, not bit for bit.
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
 /// Output columns per panel: four 16-lane f32 accumulators per row.
 const NR: usize = 64;
 /// Rows per register tile: 6 rows × 4 vectors are 24 accumulators of the 32 zmm registers,
-/// enough independent sums to hide `vdpbf16ps` latency (Zen 4: one per cycle).
+/// enough independent sums to hide `vdpbf16ps`/`vfmadd` latency.
 const MR: usize = 6;
-/// k pairs per cache block: 1024 pairs × 64 columns of weights are 256 KiB, read from L2
-/// for every tile of rows; the tile's sums go through memory once per block. ViT-g's
-/// k = 1408 is then one block and fc2's k = 6144 three. On Zen 4 (1 MiB L2) this beat 256
-/// pairs by 5–15% on every ViT-g shape; 32 and 64 were slower still.
-const KC_PAIRS: usize = 1024;
+/// Units of k per cache block: 1024 units × 64 columns × 4 bytes are 256 KiB of weights,
+/// read from L2 for every tile of rows; the tile's sums go through memory once per block.
+/// ViT-g's k = 1408 is then one bf16 block and fc2's k = 6144 three; the Q-Former's
+/// 768 one f32 block, 3072 three. On Zen 4 (1 MiB L2) this beat 256 pairs by 5–15% on
+/// every ViT-g shape; 32 and 64 were slower still.
+const KC: usize = 1024;
 
-/// The instruction set a kernel uses.
+/// How a [`PackedWeight`] stores the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Rounded to bf16, in pairs of k.
+    Bf16,
+    /// As they are.
+    F32,
+}
+
+impl Format {
+    /// Units of k ([`NR`] values of a panel each) for `k` inputs.
+    fn units(self, k: usize) -> usize {
+        match self {
+            Format::Bf16 => k.div_ceil(2),
+            Format::F32 => k,
+        }
+    }
+}
+
+/// The instruction set a kernel uses, and so the [`Format`] it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// `vdpbf16ps` on 16 lanes (`avx512f` + `avx512bf16`).
+    /// bf16: `vdpbf16ps` on 16 lanes (`avx512f` + `avx512bf16`).
     Avx512Bf16,
-    /// Plain Rust, any CPU: the reference.
+    /// bf16 in plain Rust, any CPU: the reference.
     Portable,
+    /// f32: 16-lane FMA (`avx512f`).
+    Avx512F32,
+    /// f32: 8-lane FMA (`avx2` + `fma`).
+    Avx2F32,
+    /// f32 in plain Rust, any CPU: the reference.
+    PortableF32,
 }
 
 impl Kernel {
-    /// The kernels this CPU runs, fastest first (the portable one always).
-    pub fn available() -> Vec<Kernel> {
-        [Kernel::Avx512Bf16, Kernel::Portable]
-            .into_iter()
-            .filter(|k| k.runs_here())
-            .collect()
+    /// The format the kernel reads.
+    pub fn format(self) -> Format {
+        match self {
+            Kernel::Avx512Bf16 | Kernel::Portable => Format::Bf16,
+            Kernel::Avx512F32 | Kernel::Avx2F32 | Kernel::PortableF32 => Format::F32,
+        }
+    }
+
+    /// The kernels of `format` this CPU runs, fastest first (the portable one always).
+    pub fn available(format: Format) -> Vec<Kernel> {
+        let all = match format {
+            Format::Bf16 => &[Kernel::Avx512Bf16, Kernel::Portable][..],
+            Format::F32 => &[Kernel::Avx512F32, Kernel::Avx2F32, Kernel::PortableF32][..],
+        };
+        all.iter().copied().filter(|k| k.runs_here()).collect()
     }
 
     /// Whether this CPU has the instructions the kernel uses.
     pub fn runs_here(self) -> bool {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Bf16 => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bf16")
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Kernel::Avx512Bf16 => has!("avx512f") && has!("avx512bf16"),
+                Kernel::Avx512F32 => has!("avx512f"),
+                Kernel::Avx2F32 => has!("avx2") && has!("fma"),
+                Kernel::Portable | Kernel::PortableF32 => true,
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            Kernel::Avx512Bf16 => false,
-            Kernel::Portable => true,
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        matches!(self, Kernel::Portable | Kernel::PortableF32)
     }
 
-    /// The kernel `--dtype bf16` uses on the CPU: AVX512-BF16 where the CPU has it, else
-    /// `None` (candle's bf16, as before this module). `QSEEK_BF16_GEMM` overrides it for
-    /// benchmarks and for testing every path end to end: `off` (`None`), `portable`
-    /// (slow, the reference kernel), `avx512bf16` (ignored where the CPU lacks it).
-    pub fn chosen() -> Option<Kernel> {
-        static CHOSEN: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| {
-            let available = Kernel::available();
-            let wanted = match std::env::var("QSEEK_BF16_GEMM").as_deref() {
-                Ok("off") => return None,
-                Ok("portable") => Kernel::Portable,
-                _ => Kernel::Avx512Bf16,
-            };
-            available.contains(&wanted).then_some(wanted)
-        })
+    /// The kernel for `format` on the CPU: the fastest SIMD one this CPU runs, else `None`
+    /// (candle's GEMM, as before this module). An environment variable overrides it for
+    /// benchmarks and for testing every path end to end: `QSEEK_BF16_GEMM` (bf16) or
+    /// `QSEEK_F32_GEMM` (f32) set to `off` (`None`), `portable` (slow, the reference
+    /// kernel), or a kernel's name (`avx512bf16`; `avx512`, `avx2`), ignored where the CPU
+    /// lacks it.
+    pub fn chosen(format: Format) -> Option<Kernel> {
+        static CHOSEN: std::sync::OnceLock<[Option<Kernel>; 2]> = std::sync::OnceLock::new();
+        let chosen = CHOSEN.get_or_init(|| [Format::Bf16, Format::F32].map(Kernel::choose));
+        chosen[format as usize]
+    }
+
+    fn choose(format: Format) -> Option<Kernel> {
+        let (variable, portable) = match format {
+            Format::Bf16 => ("QSEEK_BF16_GEMM", Kernel::Portable),
+            Format::F32 => ("QSEEK_F32_GEMM", Kernel::PortableF32),
+        };
+        let available = Kernel::available(format);
+        let fastest = available.first().copied().filter(|k| *k != portable);
+        match std::env::var(variable).as_deref() {
+            Ok("off") => None,
+            Ok("portable") => Some(portable),
+            Ok("avx512") if available.contains(&Kernel::Avx512F32) => Some(Kernel::Avx512F32),
+            Ok("avx2") if available.contains(&Kernel::Avx2F32) => Some(Kernel::Avx2F32),
+            _ => fastest,
+        }
     }
 }
 
-/// A weight (n × k, as `nn.Linear` stores it) and its bias, rounded to bf16 and packed
-/// for [`matmul_wt`] (see the module doc for the layout).
+/// A weight (n × k, as `nn.Linear` stores it) and its bias, packed for [`matmul_wt`] in
+/// one [`Format`] (see the module doc for the layout).
 pub struct PackedWeight {
     n: usize,
     k: usize,
-    /// `panels × pairs × NR` pairs of bf16.
-    data: Vec<u32>,
+    data: Data,
     /// The bias in f32, zero-padded to `panels × NR`.
     bias: Vec<f32>,
 }
 
+/// `panels × units × NR` values.
+enum Data {
+    /// Pairs of bf16.
+    Bf16(Vec<u32>),
+    F32(Vec<f32>),
+}
+
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedWeight(bf16, {} × {})", self.n, self.k)
+        write!(
+            f,
+            "PackedWeight({:?}, {} × {})",
+            self.format(),
+            self.n,
+            self.k
+        )
     }
 }
 
@@ -107,26 +182,22 @@ fn bf16_bits(x: f32) -> u32 {
     u32::from(half::bf16::from_f32(x).to_bits())
 }
 
+/// The bf16 unit `p` of a row: its values `2p` and `2p + 1` (zero past the end).
+fn bf16_pair(row: &[f32], p: usize) -> u32 {
+    let hi = row.get(2 * p + 1).map_or(0, |&x| bf16_bits(x));
+    bf16_bits(row[2 * p]) | hi << 16
+}
+
 impl PackedWeight {
-    /// Packs `w` (n × k, row-major) and `bias` (n), rounding the weights to bf16.
-    pub fn new(w: &[f32], bias: Option<&[f32]>, k: usize) -> Self {
+    /// Packs `w` (n × k, row-major) and `bias` (n) in `format` (bf16 rounds the weights).
+    pub fn new(format: Format, w: &[f32], bias: Option<&[f32]>, k: usize) -> Self {
         assert!(k > 0 && w.len().is_multiple_of(k), "w is not n × k");
         let n = w.len() / k;
-        let pairs = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
-        data.par_chunks_mut(pairs * NR)
-            .enumerate()
-            .for_each(|(j, panel)| {
-                for c in 0..NR.min(n - j * NR) {
-                    let row = &w[(j * NR + c) * k..(j * NR + c + 1) * k];
-                    for (p, pair) in row.chunks(2).enumerate() {
-                        let hi = pair.get(1).map_or(0, |&x| bf16_bits(x));
-                        panel[p * NR + c] = bf16_bits(pair[0]) | hi << 16;
-                    }
-                }
-            });
-        let mut padded = vec![0f32; panels * NR];
+        let data = match format {
+            Format::Bf16 => Data::Bf16(pack_panels(w, n, k, format.units(k), bf16_pair)),
+            Format::F32 => Data::F32(pack_panels(w, n, k, k, |row, p| row[p])),
+        };
+        let mut padded = vec![0f32; n.div_ceil(NR) * NR];
         if let Some(b) = bias {
             assert_eq!(b.len(), n, "bias is not n");
             padded[..n].copy_from_slice(b);
@@ -148,6 +219,37 @@ impl PackedWeight {
     pub fn k(&self) -> usize {
         self.k
     }
+
+    /// How the weights are stored.
+    pub fn format(&self) -> Format {
+        match self.data {
+            Data::Bf16(_) => Format::Bf16,
+            Data::F32(_) => Format::F32,
+        }
+    }
+}
+
+/// `w`'s rows (n × k) as panels of [`NR`] columns, `units` per panel row: unit `p` of
+/// column `c` of panel `j` is `unit(row j·NR + c, p)`; columns past `n` are zero.
+fn pack_panels<E: Copy + Default + Send>(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    units: usize,
+    unit: impl Fn(&[f32], usize) -> E + Sync,
+) -> Vec<E> {
+    let mut data = vec![E::default(); n.div_ceil(NR) * units * NR];
+    data.par_chunks_mut(units * NR)
+        .enumerate()
+        .for_each(|(j, panel)| {
+            for c in 0..NR.min(n - j * NR) {
+                let row = &w[(j * NR + c) * k..(j * NR + c + 1) * k];
+                for p in 0..units {
+                    panel[p * NR + c] = unit(row, p);
+                }
+            }
+        });
+    data
 }
 
 /// What [`matmul_wt`] applies to each output once its sum is complete.
@@ -161,7 +263,8 @@ pub enum Epilogue {
 }
 
 /// `x` (rows × k, row-major, f32) times `w`ᵀ plus its bias, then `epilogue`: (rows × n),
-/// row-major, with `kernel` (one of [`Kernel::available`]; panics on another).
+/// row-major, with `kernel` (one of [`Kernel::available`] for `w`'s format; panics on
+/// another).
 pub fn matmul_wt(
     kernel: Kernel,
     x: &[f32],
@@ -169,27 +272,54 @@ pub fn matmul_wt(
     w: &PackedWeight,
     epilogue: Epilogue,
 ) -> Vec<f32> {
-    let (n, k) = (w.n, w.k);
     assert!(
         kernel.runs_here(),
         "this CPU cannot run the {kernel:?} kernel"
     );
-    assert_eq!(x.len(), rows * k, "x is not rows × k");
-    let pairs = k.div_ceil(2);
-    let a = pack_rows(kernel, x, rows, k);
+    assert_eq!(
+        kernel.format(),
+        w.format(),
+        "{kernel:?} reads another format"
+    );
+    assert_eq!(x.len(), rows * w.k, "x is not rows × k");
+    match &w.data {
+        Data::Bf16(data) => {
+            let a = pack_rows(x, rows, w.k, Format::Bf16.units(w.k), |row, out| {
+                to_bf16_pairs(kernel, row, out)
+            });
+            drive(kernel, rows, w, data, &a, epilogue)
+        }
+        Data::F32(data) => {
+            let a = pack_rows(x, rows, w.k, w.k, |row, out| out.copy_from_slice(row));
+            drive(kernel, rows, w, data, &a, epilogue)
+        }
+    }
+}
+
+/// The loop over panels (in parallel), k blocks and tiles of rows, for either format.
+fn drive<E: Element>(
+    kernel: Kernel,
+    rows: usize,
+    w: &PackedWeight,
+    data: &[E],
+    a: &[E],
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    let n = w.n;
+    let units = data.len() / (n.div_ceil(NR) * NR);
     let mut y = vec![0f32; rows * n];
     let out = OutPtr(y.as_mut_ptr());
     (0..n.div_ceil(NR)).into_par_iter().for_each(|j| {
         let cols = NR.min(n - j * NR);
-        let panel = &w.data[j * pairs * NR..(j + 1) * pairs * NR];
+        let panel = &data[j * units * NR..(j + 1) * units * NR];
         let bias = &w.bias[j * NR..(j + 1) * NR];
-        for p0 in (0..pairs).step_by(KC_PAIRS) {
-            let kc = KC_PAIRS.min(pairs - p0);
+        for p0 in (0..units).step_by(KC) {
+            let kc = KC.min(units - p0);
             let b = &panel[p0 * NR..(p0 + kc) * NR];
             for i0 in (0..rows).step_by(MR) {
                 let tile = Tile {
                     rows: MR.min(rows - i0),
-                    a: &a[(i0 * pairs + p0 * MR)..(i0 * pairs + (p0 + kc) * MR)],
+                    a: &a[(i0 * units + p0 * MR)..(i0 * units + (p0 + kc) * MR)],
                     b,
                     init: (p0 == 0).then_some(bias),
                     // SAFETY: in bounds (row i0, column j·NR of y, rows × n); this task
@@ -200,7 +330,7 @@ pub fn matmul_wt(
                 };
                 // SAFETY: the tile lies within `a`, `b` and `y` (see `Tile`).
                 unsafe { tile.run(kernel) };
-                if epilogue == Epilogue::Gelu && p0 + kc == pairs {
+                if epilogue == Epilogue::Gelu && p0 + kc == units {
                     for r in 0..tile.rows {
                         // SAFETY: as for the tile: this task's columns of row i0 + r.
                         let row =
@@ -216,7 +346,7 @@ pub fn matmul_wt(
 
 /// `y`'s buffer, shared by the tasks that write its disjoint column panels.
 struct OutPtr(*mut f32);
-// SAFETY: the tasks of `matmul_wt` write disjoint columns through it.
+// SAFETY: the tasks of `drive` write disjoint columns through it.
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// A method, so that closures capture the `Sync` wrapper and not the raw pointer.
@@ -226,14 +356,14 @@ impl OutPtr {
 }
 
 /// One register tile: `rows` (≤ [`MR`]) rows × `cols` (≤ [`NR`]) columns of `y`, over
-/// one block of `b.len() / NR` k pairs.
-struct Tile<'a> {
+/// one block of `b.len() / NR` units of k.
+struct Tile<'a, E> {
     rows: usize,
-    /// The bf16 pairs of `x`'s rows in this tile and block: pair `p`, row `r` at
-    /// `a[p · MR + r]` ([`pack_rows`]).
-    a: &'a [u32],
-    /// The panel's pairs for this block: pair `p`, column `c` at `b[p · NR + c]`.
-    b: &'a [u32],
+    /// `x`'s units in this tile and block: unit `p`, row `r` at `a[p · MR + r]`
+    /// ([`pack_rows`]).
+    a: &'a [E],
+    /// The panel's units for this block: unit `p`, column `c` at `b[p · NR + c]`.
+    b: &'a [E],
     /// The bias (the first block), or `None`: add to what `c` holds.
     init: Option<&'a [f32]>,
     /// `y` at the tile's first row and column; row `r` at `c + r · ldc`.
@@ -242,10 +372,56 @@ struct Tile<'a> {
     cols: usize,
 }
 
-impl Tile<'_> {
+/// A unit of a [`Format`]: `u32` (a pair of bf16) or `f32`, and its tile kernels.
+trait Element: Copy + Default + Send + Sync {
+    /// # Safety
+    /// As [`Tile::run`].
+    unsafe fn tile(tile: &Tile<Self>, kernel: Kernel);
+    /// The sum of products of one row and column over the tile's block, added to `acc`:
+    /// the portable kernel's inner loop.
+    fn dot(acc: f32, a: Self, b: Self) -> f32;
+}
+
+impl Element for u32 {
+    unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Bf16 => x86::tile_bf16(tile),
+            _ => tile.portable(),
+        }
+    }
+
+    /// The high product then the low one, as Intel documents `vdpbf16ps` (which may
+    /// round differently, and flushes denormals).
+    fn dot(acc: f32, a: u32, b: u32) -> f32 {
+        let lo = |u: u32| f32::from_bits(u << 16);
+        let hi = |u: u32| f32::from_bits(u & 0xffff_0000);
+        let acc = acc + hi(a) * hi(b);
+        acc + lo(a) * lo(b)
+    }
+}
+
+impl Element for f32 {
+    unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512F32 => x86::tile_f32_avx512(tile),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2F32 => x86::tile_f32_avx2(tile),
+            _ => tile.portable(),
+        }
+    }
+
+    fn dot(acc: f32, a: f32, b: f32) -> f32 {
+        acc + a * b
+    }
+}
+
+impl<E: Element> Tile<'_, E> {
     /// # Safety
     /// `c` must be valid for `rows` rows of `cols` floats `ldc` apart, written by no one
-    /// else meanwhile; the CPU must run `kernel` ([`Kernel::runs_here`]).
+    /// else meanwhile; the CPU must run `kernel` ([`Kernel::runs_here`]), which reads
+    /// `E`'s format.
     unsafe fn run(&self, kernel: Kernel) {
         assert!(self.rows <= MR && self.cols <= NR && self.b.len().is_multiple_of(NR));
         assert_eq!(
@@ -253,25 +429,17 @@ impl Tile<'_> {
             self.b.len() / NR,
             "a and b cover other k"
         );
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Bf16 => x86::tile(self),
-            _ => self.portable(),
-        }
+        E::tile(self, kernel);
     }
 
-    /// The reference: for each pair, the high product then the low one, as Intel
-    /// documents `vdpbf16ps` (which may round differently, and flushes denormals).
+    /// The reference kernel.
     unsafe fn portable(&self) {
-        let lo = |u: u32| f32::from_bits(u << 16);
-        let hi = |u: u32| f32::from_bits(u & 0xffff_0000);
         for r in 0..self.rows {
             for col in 0..self.cols {
                 let c = self.c.add(r * self.ldc + col);
                 let mut acc = self.init.map_or_else(|| *c, |bias| bias[col]);
                 for (p, a) in self.b.chunks_exact(NR).zip(self.a.chunks_exact(MR)) {
-                    acc += hi(a[r]) * hi(p[col]);
-                    acc += lo(a[r]) * lo(p[col]);
+                    acc = E::dot(acc, a[r], p[col]);
                 }
                 *c = acc;
             }
@@ -281,14 +449,18 @@ impl Tile<'_> {
 
 /// GELU in place, erf form: `0.5 x (1 + erf(x / √2))`, with erf from Abramowitz & Stegun
 /// 7.1.26 (absolute error ≤ 1.5e-7, the formula of PyTorch's vectorised erf) and exp from
-/// a degree-7 polynomial: within ~2e-7 · max(1, |x|) of the exact GELU, far below the
-/// bf16 rounding of the products. Plain code, which the compiler vectorises under
-/// `avx512f`.
+/// a degree-7 polynomial: within ~2e-7 · max(1, |x|) of the exact GELU. Plain code, which
+/// the compiler vectorises for the kernel's instruction set.
 pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_wt` (or the caller) checked that the CPU runs this kernel.
-        Kernel::Avx512Bf16 if kernel.runs_here() => unsafe { x86::gelu_in_place(xs) },
+        Kernel::Avx512Bf16 | Kernel::Avx512F32 if kernel.runs_here() => unsafe {
+            x86::gelu_in_place_avx512(xs)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Kernel::Avx2F32 if kernel.runs_here() => unsafe { x86::gelu_in_place_avx2(xs) },
         _ => xs.iter_mut().for_each(|x| *x = gelu(*x)),
     }
 }
@@ -330,134 +502,36 @@ fn to_bf16_pairs(kernel: Kernel, row: &[f32], out: &mut [u32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_wt` checked that the CPU runs this kernel.
         Kernel::Avx512Bf16 => unsafe { x86::to_bf16_row(row, out) },
-        _ => {
-            for (o, pair) in out.iter_mut().zip(row.chunks(2)) {
-                *o = bf16_bits(pair[0]) | pair.get(1).map_or(0, |&x| bf16_bits(x)) << 16;
-            }
-        }
+        _ => out
+            .iter_mut()
+            .enumerate()
+            .for_each(|(p, o)| *o = bf16_pair(row, p)),
     }
 }
 
-/// The rows of `x` (rows × k) as bf16 pairs, in tiles of [`MR`] rows: tile `t`, pair `p`,
-/// row `r` at `(t · pairs + p) · MR + r` (rows past the last are zero). A tile's pairs for
-/// a block of k are then one sequential stream.
-fn pack_rows(kernel: Kernel, x: &[f32], rows: usize, k: usize) -> Vec<u32> {
-    let pairs = k.div_ceil(2);
-    let mut a = vec![0u32; rows.div_ceil(MR) * MR * pairs];
-    a.par_chunks_mut(MR * pairs)
+/// The rows of `x` (rows × k) as units (`convert` writes one row's), in tiles of [`MR`]
+/// rows: tile `t`, unit `p`, row `r` at `(t · units + p) · MR + r` (rows past the last are
+/// zero). A tile's units for a block of k are then one sequential stream.
+fn pack_rows<E: Copy + Default + Send + Sync>(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    units: usize,
+    convert: impl Fn(&[f32], &mut [E]) + Sync,
+) -> Vec<E> {
+    let mut a = vec![E::default(); rows.div_ceil(MR) * MR * units];
+    a.par_chunks_mut(MR * units)
         .zip(x.par_chunks(MR * k))
         .for_each(|(tile, x)| {
-            let mut row = vec![0u32; pairs];
+            let mut row = vec![E::default(); units];
             for (r, x_row) in x.chunks(k).enumerate() {
-                to_bf16_pairs(kernel, x_row, &mut row);
-                for (p, pair) in row.iter().enumerate() {
-                    tile[p * MR + r] = *pair;
+                convert(x_row, &mut row);
+                for (p, unit) in row.iter().enumerate() {
+                    tile[p * MR + r] = *unit;
                 }
             }
         });
     a
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::{Tile, MR, NR};
-
-    /// # Safety
-    /// As [`Tile::run`], on a CPU with `avx512f` and `avx512bf16`.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn tile(t: &Tile) {
-        match t.rows {
-            6 => rows::<6>(t),
-            5 => rows::<5>(t),
-            4 => rows::<4>(t),
-            3 => rows::<3>(t),
-            2 => rows::<2>(t),
-            _ => rows::<1>(t),
-        }
-    }
-
-    // `tile` dispatches up to six rows; `rows` holds four 16-lane vectors per row.
-    const _: () = assert!(MR == 6 && NR == 64);
-
-    /// The mask of the lanes of vector `v` (columns 16v..16v + 16) below `cols`.
-    fn lanes(cols: usize, v: usize) -> __mmask16 {
-        let n = cols.saturating_sub(16 * v).min(16);
-        ((1u32 << n) - 1) as __mmask16
-    }
-
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn rows<const R: usize>(t: &Tile) {
-        let masks = [
-            lanes(t.cols, 0),
-            lanes(t.cols, 1),
-            lanes(t.cols, 2),
-            lanes(t.cols, 3),
-        ];
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for (r, row) in acc.iter_mut().enumerate() {
-            for (v, sum) in row.iter_mut().enumerate() {
-                *sum = match t.init {
-                    Some(bias) => _mm512_loadu_ps(bias.as_ptr().add(16 * v)),
-                    // Masked lanes are not read (fault suppression), so the pointer may
-                    // point past the row; `wrapping_add` keeps that computation defined.
-                    None => _mm512_maskz_loadu_ps(masks[v], t.c.wrapping_add(r * t.ldc + 16 * v)),
-                };
-            }
-        }
-        let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
-        for p in 0..t.b.len() / NR {
-            let bp = b.add(p * NR) as *const __m512i;
-            let bv: [__m512bh; 4] = [
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp)),
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(1))),
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(2))),
-                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(3))),
-            ];
-            for (r, row) in acc.iter_mut().enumerate() {
-                let pair = *a.add(p * MR + r) as i32;
-                let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
-                for (sum, bv) in row.iter_mut().zip(bv) {
-                    *sum = _mm512_dpbf16_ps(*sum, av, bv);
-                }
-            }
-        }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, sum) in row.iter().enumerate() {
-                _mm512_mask_storeu_ps(t.c.wrapping_add(r * t.ldc + 16 * v), masks[v], *sum);
-            }
-        }
-    }
-
-    /// [`super::gelu_in_place`], compiled for AVX-512.
-    ///
-    /// # Safety
-    /// The CPU must have `avx512f`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gelu_in_place(xs: &mut [f32]) {
-        for x in xs {
-            *x = super::gelu(*x);
-        }
-    }
-
-    /// `row` (k floats) as bf16 pairs into `out` (⌈k/2⌉), rounded to nearest even.
-    ///
-    /// # Safety
-    /// The CPU must have `avx512f` and `avx512bf16`.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn to_bf16_row(row: &[f32], out: &mut [u32]) {
-        let split = row.len() - row.len() % 16;
-        let dst = out.as_mut_ptr() as *mut __m256i;
-        for (i, chunk) in row[..split].chunks_exact(16).enumerate() {
-            let bf = _mm512_cvtneps_pbh(_mm512_loadu_ps(chunk.as_ptr()));
-            // 16 bf16 are 8 pairs, the lower index in the low half (little-endian).
-            _mm256_storeu_si256(dst.add(i), std::mem::transmute::<__m256bh, __m256i>(bf));
-        }
-        for (o, pair) in out[split / 2..].iter_mut().zip(row[split..].chunks(2)) {
-            *o = super::bf16_bits(pair[0]) | pair.get(1).map_or(0, |&x| super::bf16_bits(x)) << 16;
-        }
-    }
 }
 
 #[cfg(test)]
@@ -477,15 +551,26 @@ mod tests {
             .collect()
     }
 
-    fn round(x: f32) -> f64 {
-        half::bf16::from_f32(x).to_f64()
+    /// What a format's kernels multiply: `x` rounded to bf16, or `x`.
+    fn input(format: Format, x: f32) -> f64 {
+        match format {
+            Format::Bf16 => half::bf16::from_f32(x).to_f64(),
+            Format::F32 => x as f64,
+        }
+    }
+
+    /// Every kernel of both formats.
+    fn every_kernel() -> Vec<Kernel> {
+        let mut kernels = Kernel::available(Format::Bf16);
+        kernels.extend(Kernel::available(Format::F32));
+        kernels
     }
 
     #[test]
-    fn every_kernel_matches_a_float64_reference_of_the_rounded_inputs() {
-        // (rows, k, n): the ViT-g shapes' widths at a few rows, and sizes that leave
-        // tails of rows (MR), columns (NR), an odd k and several k blocks (KC_PAIRS:
-        // k = 6144).
+    fn every_kernel_matches_a_float64_reference_of_its_inputs() {
+        // (rows, k, n): the ViT-g and Q-Former shapes' widths at a few rows, and sizes
+        // that leave tails of rows (MR), columns (NR, and the AVX2 kernel's 16 and 8), an
+        // odd k and several k blocks (KC: k = 6144 in bf16, 3072 in f32).
         let shapes = [
             (1, 1, 1),
             (6, 2, 64),
@@ -494,24 +579,27 @@ mod tests {
             (5, 300, 129),
             (12, 588, 70),
             (9, 1408, 200),
+            (3, 768, 9),
+            (2, 3072, 23),
             (2, 6144, 17),
         ];
-        for kernel in Kernel::available() {
+        for kernel in every_kernel() {
+            let format = kernel.format();
             for (rows, k, n) in shapes {
                 for with_bias in [false, true] {
                     let (x, w, b) = (values(rows * k, 1), values(n * k, 2), values(n, 3));
-                    let packed = PackedWeight::new(&w, with_bias.then_some(&b[..]), k);
-                    assert_eq!((packed.n(), packed.k()), (n, k));
+                    let packed = PackedWeight::new(format, &w, with_bias.then_some(&b[..]), k);
+                    assert_eq!((packed.n(), packed.k(), packed.format()), (n, k, format));
                     let y = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
                     assert_eq!(y.len(), rows * n);
                     for i in 0..rows {
                         for j in 0..n {
                             let dot: f64 = (0..k)
-                                .map(|p| round(x[i * k + p]) * round(w[j * k + p]))
+                                .map(|p| input(format, x[i * k + p]) * input(format, w[j * k + p]))
                                 .sum();
                             let exact = dot + if with_bias { b[j] as f64 } else { 0.0 };
                             let got = y[i * n + j] as f64;
-                            // f32 accumulation over k exact products of size <= 1.
+                            // f32 accumulation over k products of size <= 1.
                             let tolerance = 1e-6 * k as f64;
                             assert!(
                                 (got - exact).abs() <= tolerance,
@@ -520,6 +608,16 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_environment_picks_a_kernel_of_the_format() {
+        for format in [Format::Bf16, Format::F32] {
+            if let Some(kernel) = Kernel::chosen(format) {
+                assert_eq!(kernel.format(), format);
+                assert!(kernel.runs_here());
             }
         }
     }
@@ -536,7 +634,7 @@ mod tests {
             .and_then(|t| t.gelu_erf())
             .and_then(|t| t.to_vec1::<f32>())
             .unwrap();
-        for kernel in Kernel::available() {
+        for kernel in every_kernel() {
             let mut got = xs.clone();
             gelu_in_place(kernel, &mut got);
             for ((x, g), e) in xs.iter().zip(&got).zip(&exact) {
@@ -552,8 +650,8 @@ mod tests {
     fn the_gelu_epilogue_is_gelu_of_the_product() {
         let (rows, k, n) = (13, 300, 130);
         let (x, w, b) = (values(rows * k, 4), values(n * k, 5), values(n, 6));
-        let packed = PackedWeight::new(&w, Some(&b), k);
-        for kernel in Kernel::available() {
+        for kernel in every_kernel() {
+            let packed = PackedWeight::new(kernel.format(), &w, Some(&b), k);
             let mut expected = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
             gelu_in_place(kernel, &mut expected);
             let got = matmul_wt(kernel, &x, rows, &packed, Epilogue::Gelu);
@@ -576,7 +674,7 @@ mod tests {
         // 40 values: a SIMD part and a tail, the table repeated.
         let x: Vec<f32> = table.iter().cycle().take(40).map(|(v, _)| *v).collect();
         let bits: Vec<u32> = table.iter().cycle().take(40).map(|(_, b)| *b).collect();
-        for kernel in Kernel::available() {
+        for kernel in Kernel::available(Format::Bf16) {
             let mut a = vec![0; x.len() / 2];
             to_bf16_pairs(kernel, &x, &mut a);
             let got: Vec<u32> = a.iter().flat_map(|p| [p & 0xffff, p >> 16]).collect();

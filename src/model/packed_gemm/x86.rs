@@ -1,0 +1,223 @@
+//! The SIMD tile kernels of [`super`]: AVX512-BF16 (bf16), AVX-512F and AVX2+FMA (f32).
+
+use std::arch::x86_64::*;
+
+use super::{Tile, MR, NR};
+
+// The AVX-512 kernels dispatch up to six rows and hold four 16-lane vectors per row; the
+// AVX2 one walks the panel in four chunks of 16 columns.
+const _: () = assert!(MR == 6 && NR == 64);
+
+/// The mask of the lanes of vector `v` (columns 16v..16v + 16) below `cols`.
+fn lanes(cols: usize, v: usize) -> __mmask16 {
+    let n = cols.saturating_sub(16 * v).min(16);
+    ((1u32 << n) - 1) as __mmask16
+}
+
+/// Calls `$rows::<R>($tile)` with `R` = the tile's row count, a constant, so that the
+/// accumulators stay in registers.
+macro_rules! by_rows {
+    ($rows:ident, $tile:expr) => {
+        match $tile.rows {
+            6 => $rows::<6>($tile),
+            5 => $rows::<5>($tile),
+            4 => $rows::<4>($tile),
+            3 => $rows::<3>($tile),
+            2 => $rows::<2>($tile),
+            _ => $rows::<1>($tile),
+        }
+    };
+}
+
+/// # Safety
+/// As [`Tile::run`], on a CPU with `avx512f` and `avx512bf16`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn tile_bf16(t: &Tile<u32>) {
+    by_rows!(rows_bf16, t)
+}
+
+/// # Safety
+/// As [`Tile::run`], on a CPU with `avx512f`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn tile_f32_avx512(t: &Tile<f32>) {
+    by_rows!(rows_f32_avx512, t)
+}
+
+/// # Safety
+/// As [`Tile::run`], on a CPU with `avx2` and `fma`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn tile_f32_avx2(t: &Tile<f32>) {
+    by_rows!(rows_f32_avx2, t)
+}
+
+/// The tile's sums before its block: the bias, or what `c` holds.
+#[target_feature(enable = "avx512f")]
+unsafe fn load_sums<const R: usize, E>(t: &Tile<E>, masks: &[__mmask16; 4]) -> [[__m512; 4]; R] {
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    for (r, row) in acc.iter_mut().enumerate() {
+        for (v, sum) in row.iter_mut().enumerate() {
+            *sum = match t.init {
+                Some(bias) => _mm512_loadu_ps(bias.as_ptr().add(16 * v)),
+                // Masked lanes are not read (fault suppression), so the pointer may
+                // point past the row; `wrapping_add` keeps that computation defined.
+                None => _mm512_maskz_loadu_ps(masks[v], t.c.wrapping_add(r * t.ldc + 16 * v)),
+            };
+        }
+    }
+    acc
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn store_sums<const R: usize, E>(
+    t: &Tile<E>,
+    masks: &[__mmask16; 4],
+    acc: &[[__m512; 4]; R],
+) {
+    for (r, row) in acc.iter().enumerate() {
+        for (v, sum) in row.iter().enumerate() {
+            _mm512_mask_storeu_ps(t.c.wrapping_add(r * t.ldc + 16 * v), masks[v], *sum);
+        }
+    }
+}
+
+fn masks(cols: usize) -> [__mmask16; 4] {
+    [
+        lanes(cols, 0),
+        lanes(cols, 1),
+        lanes(cols, 2),
+        lanes(cols, 3),
+    ]
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn rows_bf16<const R: usize>(t: &Tile<u32>) {
+    let masks = masks(t.cols);
+    let mut acc = load_sums::<R, _>(t, &masks);
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
+    for p in 0..t.b.len() / NR {
+        let bp = b.add(p * NR) as *const __m512i;
+        let bv: [__m512bh; 4] = [
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp)),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(1))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(2))),
+            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(3))),
+        ];
+        for (r, row) in acc.iter_mut().enumerate() {
+            let pair = *a.add(p * MR + r) as i32;
+            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
+            for (sum, bv) in row.iter_mut().zip(bv) {
+                *sum = _mm512_dpbf16_ps(*sum, av, bv);
+            }
+        }
+    }
+    store_sums(t, &masks, &acc);
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn rows_f32_avx512<const R: usize>(t: &Tile<f32>) {
+    let masks = masks(t.cols);
+    let mut acc = load_sums::<R, _>(t, &masks);
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
+    for p in 0..t.b.len() / NR {
+        let bp = b.add(p * NR);
+        let bv = [
+            _mm512_loadu_ps(bp),
+            _mm512_loadu_ps(bp.add(16)),
+            _mm512_loadu_ps(bp.add(32)),
+            _mm512_loadu_ps(bp.add(48)),
+        ];
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(p * MR + r));
+            for (sum, bv) in row.iter_mut().zip(bv) {
+                *sum = _mm512_fmadd_ps(av, bv, *sum);
+            }
+        }
+    }
+    store_sums(t, &masks, &acc);
+}
+
+/// The mask of the lanes below `n` (of 8), for `_mm256_maskload_ps`/`maskstore`.
+#[target_feature(enable = "avx2")]
+unsafe fn lanes8(n: usize) -> __m256i {
+    let n = n.min(8) as i32;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// 16 columns at a time (2 × 8 lanes × `R` rows: at most 12 accumulators of the 16 ymm
+/// registers), the panel's 64 in four passes over the block; `a` is re-read from L1.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
+    let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
+    for c0 in (0..t.cols).step_by(16) {
+        let masks = [lanes8(t.cols - c0), lanes8((t.cols - c0).saturating_sub(8))];
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, sum) in row.iter_mut().enumerate() {
+                let col = c0 + 8 * v;
+                *sum = match t.init {
+                    Some(bias) => _mm256_loadu_ps(bias.as_ptr().add(col)),
+                    None => _mm256_maskload_ps(t.c.wrapping_add(r * t.ldc + col), masks[v]),
+                };
+            }
+        }
+        for p in 0..t.b.len() / NR {
+            let bp = b.add(p * NR + c0);
+            let bv = [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))];
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*a.add(p * MR + r));
+                for (sum, bv) in row.iter_mut().zip(bv) {
+                    *sum = _mm256_fmadd_ps(av, bv, *sum);
+                }
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            for (v, sum) in row.iter().enumerate() {
+                let col = c0 + 8 * v;
+                _mm256_maskstore_ps(t.c.wrapping_add(r * t.ldc + col), masks[v], *sum);
+            }
+        }
+    }
+}
+
+/// [`super::gelu_in_place`], compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have `avx512f`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn gelu_in_place_avx512(xs: &mut [f32]) {
+    for x in xs {
+        *x = super::gelu(*x);
+    }
+}
+
+/// [`super::gelu_in_place`], compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have `avx2` and `fma`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn gelu_in_place_avx2(xs: &mut [f32]) {
+    for x in xs {
+        *x = super::gelu(*x);
+    }
+}
+
+/// `row` (k floats) as bf16 pairs into `out` (⌈k/2⌉), rounded to nearest even.
+///
+/// # Safety
+/// The CPU must have `avx512f` and `avx512bf16`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn to_bf16_row(row: &[f32], out: &mut [u32]) {
+    let split = row.len() - row.len() % 16;
+    let dst = out.as_mut_ptr() as *mut __m256i;
+    for (i, chunk) in row[..split].chunks_exact(16).enumerate() {
+        let bf = _mm512_cvtneps_pbh(_mm512_loadu_ps(chunk.as_ptr()));
+        // 16 bf16 are 8 pairs, the lower index in the low half (little-endian).
+        _mm256_storeu_si256(dst.add(i), std::mem::transmute::<__m256bh, __m256i>(bf));
+    }
+    for (p, o) in out.iter_mut().enumerate().skip(split / 2) {
+        *o = super::bf16_pair(row, p);
+    }
+}
