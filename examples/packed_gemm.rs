@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --rows 1028
+//! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --rows 1028 --f32
 //! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --qformer --rows 192
 //! ```
 
@@ -24,6 +25,9 @@ struct Args {
     /// The Q-Former's shapes (BERT-base: 768 and 3072) in f32, instead of ViT-g's.
     #[arg(long)]
     qformer: bool,
+    /// ViT-g's shapes in f32 instead of bf16.
+    #[arg(long)]
+    f32: bool,
 }
 
 /// Deterministic values in [-1, 1).
@@ -66,7 +70,7 @@ fn main() -> candle_core::Result<()> {
         )
     } else {
         (
-            Format::Bf16,
+            if args.f32 { Format::F32 } else { Format::Bf16 },
             [
                 ("qkv", 1408, 4224),
                 ("proj", 1408, 1408),

@@ -1,0 +1,297 @@
+//! Where the image encoder's time goes (a benchmark, not a test): each part of a ViT
+//! layer timed alone on the checkpoint's shapes, the whole ViT and the Q-Former query
+//! pass timed on the loaded model, with GFLOP/s next to the CPU's measured peak.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo run --release --example parts -- \
+//!     --model /work/models/full --batch 4 --dtype bf16
+//! ```
+//!
+//! Parts (per batch, for all layers: one layer's time × `num_hidden_layers`):
+//! * `linear qkv` / `linear proj` / `linear fc1+gelu` / `linear fc2`: the layer's GEMMs,
+//!   through the same `Linear` the model uses (`packed_gemm` in bf16 on AVX512-BF16;
+//!   candle's GEMM in f32), 2·m·k·n FLOP each;
+//! * `attention`: softmax(q kᵀ / √d) v over the heads, 4·B·heads·T²·head_dim FLOP;
+//! * `layer norms`: the two per layer (memory-bound: their FLOP count is nominal);
+//! * `rest of the ViT`: the whole ViT minus the parts (residual adds, reshapes and
+//!   copies, the patch embedding, thread-pool barriers);
+//! * `qformer (image)`: the Q-Former query pass and `vision_projection`.
+//!
+//! Peaks: a register-only loop of independent FMAs (f32) and of `vdpbf16ps` (bf16,
+//! where the CPU has it) on every rayon thread: what the cores can do at most.
+//! One JSON line per part, then a table on stderr.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Module, Tensor};
+use clap::Parser;
+use qseek::embedder::parse_dtype;
+use qseek::model::ops::{attention, Linear};
+use qseek::model::packed_gemm::{Format, Kernel};
+use qseek::model::ModelSource;
+use qseek::{Embedder, ModelOptions};
+use rayon::prelude::*;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Checkpoint directory (the full ViT-g one for real numbers).
+    #[arg(long)]
+    model: std::path::PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// f32 or bf16 (the ViT's dtype, as `--dtype` of `qseek index`).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Timed repetitions (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Median seconds of `reps` runs of `f`, after one warm-up run.
+fn seconds(
+    reps: usize,
+    mut f: impl FnMut() -> candle_core::Result<()>,
+) -> candle_core::Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// GFLOP/s of independent FMA chains kept in registers, on every rayon thread.
+fn peak_gflops(bf16: bool) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let runs = if bf16 {
+            Kernel::Avx512Bf16.runs_here()
+        } else {
+            Kernel::Avx512F32.runs_here()
+        };
+        if !runs {
+            return None;
+        }
+        const ITERS: u64 = 50_000_000;
+        let threads = rayon::current_num_threads();
+        let t = Instant::now();
+        let sink: f32 = (0..threads)
+            .into_par_iter()
+            // SAFETY: the CPU has the instructions (checked above).
+            .map(|i| unsafe { peak::run(bf16, ITERS, i as f32) })
+            .sum();
+        std::hint::black_box(sink);
+        // 12 chains × 16 lanes × 2 FLOP (bf16: pairs, so 4) per iteration.
+        let flop_per_iter = 12.0 * 16.0 * if bf16 { 4.0 } else { 2.0 };
+        Some(flop_per_iter * ITERS as f64 * threads as f64 / t.elapsed().as_secs_f64() / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = bf16;
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod peak {
+    use std::arch::x86_64::*;
+
+    /// `iters` rounds of 12 independent FMAs (or `vdpbf16ps`) on 16 lanes.
+    ///
+    /// # Safety
+    /// The CPU must have `avx512f` (and `avx512bf16` for `bf16`).
+    pub unsafe fn run(bf16: bool, iters: u64, seed: f32) -> f32 {
+        if bf16 {
+            dpbf16(iters, seed)
+        } else {
+            fma(iters, seed)
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn fma(iters: u64, seed: f32) -> f32 {
+        let mut acc = [_mm512_set1_ps(seed); 12];
+        let (a, b) = (_mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-7));
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        acc.iter().map(|x| _mm512_reduce_add_ps(*x)).sum()
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn dpbf16(iters: u64, seed: f32) -> f32 {
+        let mut acc = [_mm512_set1_ps(seed); 12];
+        let ab = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3F80_3F80));
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbf16_ps(*x, ab, ab);
+            }
+        }
+        acc.iter().map(|x| _mm512_reduce_add_ps(*x)).sum()
+    }
+}
+
+struct Part {
+    name: &'static str,
+    seconds: f64,
+    gflop: f64,
+}
+
+fn main() -> qseek::Result<()> {
+    let args = Args::parse();
+    let dtype = parse_dtype(&args.dtype)?;
+    let mut opts = ModelOptions::new(ModelSource::Local(args.model.clone()));
+    opts.dtype = dtype;
+    let embedder = Embedder::load(&opts)?;
+    let v = embedder.config.vision_config.clone();
+    let (b, t, h, i) = (
+        args.batch,
+        v.num_positions(),
+        v.hidden_size,
+        v.intermediate_size,
+    );
+    let heads = v.num_attention_heads;
+    let layers = v.num_hidden_layers as f64;
+    let m = b * t;
+    let dev = Device::Cpu;
+    let bf16 = (dtype == DType::BF16)
+        .then(|| Kernel::chosen(Format::Bf16))
+        .flatten();
+    // The ViT's activations: f32 where `packed_gemm` computes its linear layers in bf16.
+    let act = if bf16.is_some() { DType::F32 } else { dtype };
+
+    let mut parts = Vec::new();
+    let x = Tensor::randn(0f32, 1.0, (m, h), &dev)?.to_dtype(act)?;
+    let x_wide = Tensor::randn(0f32, 1.0, (m, i), &dev)?.to_dtype(act)?;
+    for (name, k, n, input, gelu) in [
+        ("linear qkv", h, 3 * h, &x, false),
+        ("linear proj", h, h, &x, false),
+        ("linear fc1+gelu", h, i, &x, true),
+        ("linear fc2", i, h, &x_wide, false),
+    ] {
+        let w = (Tensor::randn(0f32, 1.0, (n, k), &dev)? / (k as f64).sqrt())?;
+        let bias = Tensor::zeros(n, DType::F32, &dev)?;
+        let layer =
+            Linear::from_parts(w.to_dtype(act)?, Some(bias.to_dtype(act)?)).into_packed(bf16)?;
+        let s = seconds(args.reps, || {
+            if gelu {
+                layer.forward_gelu(input)?;
+            } else {
+                layer.forward(input)?;
+            }
+            Ok(())
+        })?;
+        parts.push(Part {
+            name,
+            seconds: s * layers,
+            gflop: 2.0 * (m * k * n) as f64 * layers / 1e9,
+        });
+    }
+    let hd = h / heads;
+    let qkv = |seed: f64| -> candle_core::Result<Tensor> {
+        (Tensor::randn(0f32, 1.0, (b, heads, t, hd), &dev)? * seed)?.to_dtype(act)
+    };
+    let (q, k, vv) = (qkv(1.0)?, qkv(1.0)?, qkv(1.0)?);
+    let s = seconds(args.reps, || {
+        attention(&q, &k, &vv, (hd as f64).powf(-0.5), None)?;
+        Ok(())
+    })?;
+    parts.push(Part {
+        name: "attention",
+        seconds: s * layers,
+        gflop: 4.0 * (b * heads * t * t * hd) as f64 * layers / 1e9,
+    });
+    let norm = candle_nn::LayerNorm::new(
+        Tensor::ones(h, act, &dev)?,
+        Tensor::zeros(h, act, &dev)?,
+        v.layer_norm_eps,
+    );
+    let xn = Tensor::randn(0f32, 1.0, (b, t, h), &dev)?.to_dtype(act)?;
+    let s = seconds(args.reps, || {
+        norm.forward(&xn)?;
+        Ok(())
+    })?;
+    parts.push(Part {
+        name: "layer norms",
+        seconds: 2.0 * s * layers,
+        gflop: 2.0 * 8.0 * (m * h) as f64 * layers / 1e9,
+    });
+
+    // The whole ViT and the Q-Former on the loaded model.
+    let size = v.image_size;
+    let pixels = Tensor::randn(0f32, 1.0, (b, 3, size, size), &dev)?;
+    let model = embedder.model();
+    let vit = seconds(args.reps, || {
+        model.vision_features(&pixels)?;
+        Ok(())
+    })?;
+    let features = model.vision_features(&pixels)?;
+    let qformer = seconds(args.reps, || {
+        model.image_embeds(&features)?;
+        Ok(())
+    })?;
+    let counted: f64 = parts.iter().map(|p| p.seconds).sum();
+    let vit_gflop: f64 = parts.iter().map(|p| p.gflop).sum();
+    parts.push(Part {
+        name: "rest of the ViT",
+        seconds: (vit - counted).max(0.0),
+        gflop: 0.0,
+    });
+    parts.push(Part {
+        name: "qformer (image)",
+        seconds: qformer,
+        gflop: 0.0,
+    });
+
+    let peak = peak_gflops(bf16.is_some());
+    let total = vit + qformer;
+    let mut table = format!(
+        "{} images, {} threads, dtype {}: ViT {:.3} s ({:.1} GFLOP/s over its {:.0} GFLOP of parts), Q-Former {:.3} s; {:.3} images/s\npeak ({}): {}\n\n| part | s per batch | share | GFLOP | GFLOP/s | of peak |\n|---|---|---|---|---|---|\n",
+        b,
+        rayon::current_num_threads(),
+        args.dtype,
+        vit,
+        vit_gflop / vit,
+        vit_gflop,
+        qformer,
+        b as f64 / total,
+        if bf16.is_some() { "vdpbf16ps" } else { "f32 FMA" },
+        peak.map_or("not measured (no AVX-512 here)".into(), |p| format!("{p:.0} GFLOP/s")),
+    );
+    for p in &parts {
+        let rate = (p.gflop > 0.0).then(|| p.gflop / p.seconds);
+        println!(
+            "{}",
+            serde_json::json!({"part": p.name, "seconds": p.seconds, "share": p.seconds / total,
+                "gflop": p.gflop, "gflops": rate, "peak_gflops": peak})
+        );
+        table += &format!(
+            "| {} | {:.3} | {:.1}% | {} | {} | {} |\n",
+            p.name,
+            p.seconds,
+            100.0 * p.seconds / total,
+            if p.gflop > 0.0 {
+                format!("{:.0}", p.gflop)
+            } else {
+                "".into()
+            },
+            rate.map_or(String::new(), |r| format!("{r:.1}")),
+            match (rate, peak) {
+                (Some(r), Some(pk)) => format!("{:.0}%", 100.0 * r / pk),
+                _ => String::new(),
+            },
+        );
+    }
+    eprintln!("{table}");
+    Ok(())
+}
