@@ -6,15 +6,16 @@
 //!
 //! Parity: the engine's candidates and ITC scores against qseek's exact local search
 //! over the same index, before and after the ITM rerank, for text → images and
-//! image → texts.
+//! image → texts; and `qseek serve --engine` against `qseek search --engine`.
 
 mod common;
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::server::{encode, Server};
 use common::{fixtures, many_photos, model_dir, qseek, stderr};
 use serde_json::Value;
 
@@ -94,9 +95,14 @@ struct Indexed {
 
 impl Indexed {
     fn new() -> Self {
+        Self::of(|photos| assert_eq!(many_photos(photos, 1), 7))
+    }
+
+    /// An index of the photos `make` writes into an empty folder.
+    fn of(make: impl FnOnce(&Path)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let photos = tmp.path().join("photos");
-        assert_eq!(many_photos(&photos, 1), 7);
+        make(&photos);
         let index = tmp.path().join("index").display().to_string();
         let tiny = model_dir("tiny").display().to_string();
         let p = photos.display().to_string();
@@ -278,6 +284,75 @@ fn engine_refusals_say_whose_fault_they_are() {
         ],
         "connect",
     );
+}
+
+#[test]
+fn serve_with_an_engine_answers_as_search_with_it() {
+    let Some(milvus) = Milvus::start() else {
+        return;
+    };
+    let c = Indexed::new();
+    let uri = milvus.uri("photos");
+    c.export(&uri);
+    // The CLI's answers first: while the server runs, it owns the index.
+    let sentence = SENTENCES[0];
+    let coffee = c.photos.join("0-coffee.png");
+    let image = coffee.display().to_string();
+    let engine = ["--engine", uri.as_str(), "--json"];
+    let search = |args: &[&str]| json(&c.run(&[args, &engine[..]].concat()));
+    let to_images = search(&["search", sentence, "-k", "5", "--rerank", "3"]);
+    let to_texts = search(&[
+        "search", "--image", &image, "--texts", "-k", "4", "--rerank", "2",
+    ]);
+    let all = json(&c.run(&["search", sentence, "-k", "7", "--rerank", "0", "--json"]));
+    let id = all["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["path"] == image.as_str())
+        .unwrap()["image_id"]
+        .as_u64()
+        .unwrap();
+
+    // An engine that cannot be used stops the server before it listens.
+    let index = c.index.as_str();
+    let serve = |engine: &str| {
+        let out = qseek(&[
+            "serve",
+            "--index",
+            index,
+            "--addr",
+            "127.0.0.1:0",
+            "--engine",
+            engine,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{engine}: {}", stderr(&out));
+        stderr(&out)
+    };
+    assert!(serve("qdrant://x/photos").contains("milvus://"));
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert!(serve(&format!("milvus://127.0.0.1:{closed}/photos")).contains("connect"));
+
+    let server = Server::start(&[
+        "serve",
+        "--index",
+        index,
+        "--addr",
+        "127.0.0.1:0",
+        "-q",
+        "--engine",
+        &uri,
+    ]);
+    let served = server.get_json(&format!("/api/search?q={}&k=5&rerank=3", encode(sentence)));
+    assert_same(&to_images, &served, "text → images, served");
+    let served = server.get_json(&format!(
+        "/api/search/image?id={id}&texts=true&k=4&rerank=2"
+    ));
+    assert_same(&to_texts, &served, "image → texts, served");
 }
 
 impl Indexed {
