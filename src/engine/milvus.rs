@@ -22,6 +22,8 @@ use crate::{Error, Result};
 /// Images per insert request: 64 × Q=32 rows × D=256 f32 is 2 MiB, far under gRPC's
 /// usual 64 MiB limits.
 const IMAGES_PER_INSERT: usize = 64;
+/// Images whose vectors one query fetches: 64 × Q=32 rows × D=256 f32 is 2 MiB.
+const IMAGES_PER_QUERY: usize = 64;
 /// Texts per insert request.
 const TEXTS_PER_INSERT: usize = 2048;
 /// Longest VarChar Milvus takes.
@@ -247,6 +249,33 @@ impl MilvusEngine {
         Ok(r.results.unwrap_or_default())
     }
 
+    /// The images of a group-by search's answer, in its order.
+    fn image_hits(&self, data: &SearchResultData) -> Result<Vec<EngineImageHit>> {
+        let hashes = self
+            .column(data, "content_hash")?
+            .as_strings()
+            .unwrap_or_default();
+        let paths = self.column(data, "paths")?.as_strings().unwrap_or_default();
+        if hashes.len() != data.scores.len() || paths.len() != data.scores.len() {
+            return Err(engine_error(
+                &self.uri,
+                "Search",
+                "columns of unequal length",
+            ));
+        }
+        let mut hits = Vec::with_capacity(data.scores.len());
+        for ((hash, paths), &itc) in hashes.iter().zip(paths).zip(&data.scores) {
+            hits.push(EngineImageHit {
+                content_hash: hash.clone(),
+                paths: serde_json::from_str(paths).map_err(|e| {
+                    engine_error(&self.uri, "Search", format!("paths of {hash}: {e}"))
+                })?,
+                itc,
+            });
+        }
+        Ok(hits)
+    }
+
     fn texts_collection(&self) -> String {
         format!("{}_texts", self.uri.collection)
     }
@@ -412,32 +441,135 @@ impl VectorEngine for MilvusEngine {
             Some("content_hash"),
             &["content_hash", "paths"],
         )?;
-        let hashes = self
-            .column(&data, "content_hash")?
-            .as_strings()
-            .unwrap_or_default();
-        let paths = self
-            .column(&data, "paths")?
-            .as_strings()
-            .unwrap_or_default();
-        if hashes.len() != data.scores.len() || paths.len() != data.scores.len() {
+        self.image_hits(&data)
+    }
+
+    fn images_per_vector(
+        &self,
+        image: &[f32],
+        dim: usize,
+        k: usize,
+    ) -> Result<Vec<Vec<EngineImageHit>>> {
+        // One search of Q vectors: Milvus answers each with its own top k groups,
+        // one after the other, `topks` long each.
+        let data = self.search(
+            &self.uri.collection,
+            image,
+            dim,
+            k,
+            Some("content_hash"),
+            &["content_hash", "paths"],
+        )?;
+        let mut hits = self.image_hits(&data)?.into_iter();
+        let nq = image.len() / dim;
+        let topks: Vec<usize> = match data.topks.len() {
+            0 if hits.len() == 0 => vec![0; nq],
+            n if n == nq => data.topks.iter().map(|&t| t as usize).collect(),
+            n => {
+                return Err(engine_error(
+                    &self.uri,
+                    "Search",
+                    format!("{n} answers to {nq} query vectors"),
+                ))
+            }
+        };
+        if topks.iter().sum::<usize>() != hits.len() {
             return Err(engine_error(
                 &self.uri,
                 "Search",
-                "columns of unequal length",
+                "the answers' lengths do not add up",
             ));
         }
-        let mut hits = Vec::with_capacity(data.scores.len());
-        for ((hash, paths), &itc) in hashes.iter().zip(paths).zip(&data.scores) {
-            hits.push(EngineImageHit {
-                content_hash: hash.clone(),
-                paths: serde_json::from_str(paths).map_err(|e| {
-                    engine_error(&self.uri, "Search", format!("paths of {hash}: {e}"))
-                })?,
-                itc,
-            });
+        Ok(topks
+            .into_iter()
+            .map(|n| hits.by_ref().take(n).collect())
+            .collect())
+    }
+
+    fn image_vectors(
+        &self,
+        hashes: &[String],
+        num_vectors: usize,
+        dim: usize,
+    ) -> Result<HashMap<String, Vec<f32>>> {
+        let mut out = HashMap::with_capacity(hashes.len());
+        for chunk in hashes.chunks(IMAGES_PER_QUERY) {
+            // Rows of the same pk (an image exported twice) hold the same vector: the
+            // slot is written once per pk, whichever row comes.
+            let mut filled: HashMap<&str, Vec<bool>> = HashMap::with_capacity(chunk.len());
+            let r: QueryResults = self.call(
+                "Query",
+                QueryRequest {
+                    collection_name: self.uri.collection.clone(),
+                    expr: format!(
+                        "content_hash in {}",
+                        serde_json::to_string(chunk).expect("strings serialise")
+                    ),
+                    output_fields: vec!["pk".into(), VECTOR.into()],
+                    query_params: Vec::new(),
+                    consistency_level: CONSISTENCY_STRONG,
+                },
+            )?;
+            self.check("Query", r.status.as_ref())?;
+            let column = |name: &str| {
+                r.fields_data
+                    .iter()
+                    .find(|f| f.field_name == name)
+                    .ok_or_else(|| {
+                        engine_error(&self.uri, "Query", format!("no `{name}` in the answer"))
+                    })
+            };
+            let pks = column("pk")?.as_strings().unwrap_or_default();
+            let (values, got_dim) = column(VECTOR)?.as_vectors().unwrap_or((&[], dim));
+            if got_dim != dim || values.len() != pks.len() * dim {
+                return Err(engine_error(
+                    &self.uri,
+                    "Query",
+                    format!(
+                        "{} values of dimension {got_dim} for {} rows of dimension {dim}",
+                        values.len(),
+                        pks.len()
+                    ),
+                ));
+            }
+            for (pk, row) in pks.iter().zip(values.chunks_exact(dim)) {
+                let slot = pk
+                    .rsplit_once(':')
+                    .and_then(|(hash, slot)| Some((hash, slot.parse::<usize>().ok()?)))
+                    .filter(|&(_, slot)| slot < num_vectors);
+                let Some((hash, slot)) = slot else {
+                    return Err(engine_error(
+                        &self.uri,
+                        "Query",
+                        format!("row {pk:?} is not <content hash>:<slot below {num_vectors}>"),
+                    ));
+                };
+                let vectors = out
+                    .entry(hash.to_string())
+                    .or_insert_with(|| vec![0.0; num_vectors * dim]);
+                vectors[slot * dim..(slot + 1) * dim].copy_from_slice(row);
+                let hash = chunk
+                    .iter()
+                    .find(|h| *h == hash)
+                    .map_or(hash, |h| h.as_str());
+                filled
+                    .entry(hash)
+                    .or_insert_with(|| vec![false; num_vectors])[slot] = true;
+            }
+            for hash in chunk {
+                let n = filled
+                    .get(hash.as_str())
+                    .map_or(0, |f| f.iter().filter(|&&x| x).count());
+                if n != num_vectors {
+                    return Err(engine_error(
+                        &self.uri,
+                        "Query",
+                        format!("image {hash} has {n} of its {num_vectors} vectors"),
+                    ));
+                }
+            }
         }
-        Ok(hits)
+        Ok(out)
     }
 
     fn search_texts(&self, image: &[f32], dim: usize, k: usize) -> Result<Vec<EngineTextHit>> {

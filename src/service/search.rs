@@ -8,17 +8,19 @@
 //! rescored as ITM match logit + ITC ([`crate::rerank`]) and ranked above everything
 //! else. Image → texts is the same with the roles swapped. Image → images uses the
 //! index's symmetric Chamfer similarity over query vectors (BLIP-2 defines no
-//! image–image score).
+//! image–image score); through an engine, qseek scores the engine's candidates with the
+//! same function ([`similar_through_engine`]).
 //!
 //! Policies decided here and nowhere else: reranking defaults to 16 when the index
 //! stores vision features and to 0 otherwise (with a note saying why); a minimum match
 //! probability needs reranking; image → images has no ITM score.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Tensor;
-use qseek_index::{Filter, ImageId, SearchParams};
+use qseek_index::{max_sim, Filter, ImageId, SearchParams};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::VectorEngine;
@@ -105,9 +107,9 @@ pub struct SearchSettings {
     /// Longest sentence taken, in characters (`None`: any; the model truncates to 35
     /// tokens anyway).
     pub max_query_chars: Option<usize>,
-    /// Take text → images and image → texts candidates and their ITC scores from this
-    /// engine instead of the local index (which still gives stored vision features for
-    /// the rerank, when it holds the image).
+    /// Take candidates and their scores from this engine instead of the local index
+    /// (which still gives stored vision features for the rerank, and image ids, when it
+    /// holds the image).
     pub engine: Option<Arc<dyn VectorEngine>>,
 }
 
@@ -183,19 +185,11 @@ pub fn search(
         .rerank
         .unwrap_or(if stored { DEFAULT_RERANK } else { 0 });
     let opts = Options::check(req, rerank)?;
-    if settings.engine.is_some() {
-        if opts.under.is_some() {
-            return Err(BadRequest::EngineUnsupported {
-                what: "a folder filter",
-            }
-            .into());
+    if settings.engine.is_some() && opts.under.is_some() {
+        return Err(BadRequest::EngineUnsupported {
+            what: "a folder filter",
         }
-        if mode == Mode::ImageToImages {
-            return Err(BadRequest::EngineUnsupported {
-                what: "image → images search",
-            }
-            .into());
-        }
+        .into());
     }
     let mut notes = Vec::new();
     let (text, image, hits) = match &req.query {
@@ -214,7 +208,7 @@ pub fn search(
                         "image → image search has no ITM score: rerank and the minimum probability are ignored".into(),
                     );
                 }
-                image_to_images(c, &query, &opts)?
+                image_to_images(c, settings, &query, &opts, &mut notes)?
             };
             (None, Some(name), hits)
         }
@@ -495,6 +489,7 @@ fn rank(candidates: Vec<Candidate>, opts: &Options) -> Vec<Hit> {
 /// hidden) and query vectors (Q × D, flat).
 struct QueryImage {
     image_id: Option<ImageId>,
+    content_hash: String,
     vision: Tensor,
     vectors: Vec<f32>,
 }
@@ -531,14 +526,13 @@ fn query_image(
     let (vision, embeds) = c
         .embedder
         .embed_pixels(&c.embedder.pixel_batch(&[pixels])?)?;
-    let image_id = c
-        .index
-        .image_by_hash(&content_hash(&bytes))
-        .map(|i| i.image_id);
+    let hash = content_hash(&bytes);
+    let image_id = c.index.image_by_hash(&hash).map(|i| i.image_id);
     Ok((
         name,
         QueryImage {
             image_id,
+            content_hash: hash,
             vision,
             vectors: rows3(&embeds)?.remove(0),
         },
@@ -565,33 +559,160 @@ pub fn read_indexed(info: &qseek_index::ImageInfo) -> Result<(PathBuf, Vec<u8>)>
     Err(last.unwrap_or(Error::NotFound(NotFound::Image { id: info.image_id })))
 }
 
-fn image_to_images(c: &Collection, query: &QueryImage, opts: &Options) -> Result<Vec<Hit>> {
+fn image_to_images(
+    c: &Collection,
+    settings: &SearchSettings,
+    query: &QueryImage,
+    opts: &Options,
+    notes: &mut Vec<String>,
+) -> Result<Vec<Hit>> {
     let want = opts.want();
-    let params = opts.params(want, true);
-    let hits = match query.image_id {
-        Some(id) => c.index.similar_to_image(id, want, &params)?,
-        None => c.index.similar_images(&query.vectors, want, &params)?,
+    let found: Vec<(Option<ImageId>, Vec<String>, f32)> = match &settings.engine {
+        Some(engine) => {
+            let m = c.index.manifest();
+            let similar = similar_through_engine(
+                engine.as_ref(),
+                &query.vectors,
+                m.dim,
+                want,
+                &query.content_hash,
+            )?;
+            if !similar.exact {
+                notes.push(format!(
+                    "image → images through the engine: the best of {} candidates, not proven to be the exact top {want} (see the README)",
+                    similar.scored
+                ));
+            }
+            similar
+                .hits
+                .into_iter()
+                .map(|(hash, paths, score)| {
+                    let image_id = c.index.image_by_hash(&hash).map(|i| i.image_id);
+                    (image_id, paths, score)
+                })
+                .collect()
+        }
+        None => {
+            let params = opts.params(want, true);
+            let hits = match query.image_id {
+                Some(id) => c.index.similar_to_image(id, want, &params)?,
+                None => c.index.similar_images(&query.vectors, want, &params)?,
+            };
+            hits.into_iter()
+                .map(|h| (Some(h.image_id), h.paths, h.score))
+                .collect()
+        }
     };
-    Ok(hits
+    Ok(found
         .into_iter()
         .enumerate()
         .skip(opts.offset)
-        .map(|(i, h)| {
-            let (path, copies) = split_paths(h.paths, opts.under.as_deref());
+        .map(|(i, (image_id, paths, score))| {
+            let (path, copies) = split_paths(paths, opts.under.as_deref());
             Hit {
                 rank: i + 1,
-                image_id: Some(h.image_id),
+                image_id,
                 path,
                 copies,
                 text: None,
                 id: None,
-                score: h.score,
+                score,
                 itc: None,
                 itm_logit: None,
                 itm_prob: None,
             }
         })
         .collect())
+}
+
+/// Per query vector, images searched through the engine at first (then ×4 deeper).
+const SIMILAR_FIRST_DEPTH: usize = 16;
+/// Most images scored exactly for one image → images search through the engine (their
+/// vectors are fetched: 32 KB each at Q = 32, D = 256).
+const SIMILAR_MAX_CANDIDATES: usize = 4096;
+/// Margin for the engine's and qseek's float sums of the same dot products.
+const SCORE_SLACK: f32 = 1e-5;
+
+/// Image → images through an engine.
+struct EngineSimilar {
+    /// (content hash, paths, Chamfer similarity), best first, at most `want`.
+    hits: Vec<(String, Vec<String>, f32)>,
+    /// Whether the hits are proven to be the exact top `want` of the whole collection.
+    exact: bool,
+    /// Images scored exactly.
+    scored: usize,
+}
+
+/// The `want` images most similar to `image` (Q × `dim`, flat) by symmetric Chamfer
+/// similarity, over the engine's collection, without the query's own bytes
+/// (`own_hash`), as [`qseek_index::Index::similar_images`] scores them.
+///
+/// The engine has no Chamfer search, so this is Fagin's threshold algorithm over its
+/// group-by search: for each of the Q query vectors, the `depth` images whose best
+/// vector matches it best; the union of those is scored exactly
+/// ([`qseek_index::max_sim::chamfer`] on the vectors fetched from the engine). An image
+/// no list holds scores below each list's last score `t_i` on every query vector, so
+/// its Chamfer similarity is at most ½(mean t_i + max t_i): the first half bounds
+/// the query → image direction, and every term of the image → query direction is a
+/// dot product of the two images' vectors, at most max t_i. Once the `want`-th scored
+/// image beats that bound, no unscored image can enter the top `want` (exact); until
+/// then the depth grows ×4, up to [`SIMILAR_MAX_CANDIDATES`] scored images (then the
+/// best found, marked not exact). A list shorter than `depth` holds every image.
+fn similar_through_engine(
+    engine: &dyn VectorEngine,
+    image: &[f32],
+    dim: usize,
+    want: usize,
+    own_hash: &str,
+) -> Result<EngineSimilar> {
+    let q = image.len() / dim;
+    let mut scored: HashMap<String, (Vec<String>, f32)> = HashMap::new();
+    let mut depth = SIMILAR_FIRST_DEPTH.max(want + 1);
+    loop {
+        let lists = engine.images_per_vector(image, dim, depth)?;
+        let mut new: Vec<String> = Vec::new();
+        let mut paths: HashMap<String, Vec<String>> = HashMap::new();
+        for hit in lists.iter().flatten() {
+            if !scored.contains_key(&hit.content_hash) && !paths.contains_key(&hit.content_hash) {
+                new.push(hit.content_hash.clone());
+                paths.insert(hit.content_hash.clone(), hit.paths.clone());
+            }
+        }
+        let vectors = engine.image_vectors(&new, q, dim)?;
+        for hash in new {
+            let score = max_sim::chamfer(image, &vectors[&hash], dim);
+            let paths = paths.remove(&hash).unwrap_or_default();
+            scored.insert(hash, (paths, score));
+        }
+        let mut ranked: Vec<(&String, f32)> = scored
+            .iter()
+            .filter(|(hash, _)| hash.as_str() != own_hash)
+            .map(|(hash, (_, score))| (hash, *score))
+            .collect();
+        // The index's order: score, then (for ties) a stable key.
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+        let every_image_seen = lists.iter().any(|l| l.len() < depth);
+        let exact = every_image_seen
+            || ranked.len() >= want && {
+                let last: Vec<f32> = lists.iter().map(|l| l[depth - 1].itc).collect();
+                let mean = last.iter().sum::<f32>() / last.len() as f32;
+                let max = last.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                ranked[want - 1].1 > 0.5 * (mean + max) + SCORE_SLACK
+            };
+        if exact || scored.len() >= SIMILAR_MAX_CANDIDATES {
+            let hits = ranked
+                .into_iter()
+                .take(want)
+                .map(|(hash, score)| (hash.clone(), scored[hash].0.clone(), score))
+                .collect();
+            return Ok(EngineSimilar {
+                hits,
+                exact,
+                scored: scored.len(),
+            });
+        }
+        depth *= 4;
+    }
 }
 
 fn image_to_texts(
@@ -650,4 +771,128 @@ fn image_to_texts(
         cand.itm = Some(score);
     }
     Ok(rank(candidates, opts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineImageHit, EngineTextHit, ExportReport};
+
+    /// An engine over vectors in memory, searched exhaustively as Milvus's FLAT index
+    /// with group-by does.
+    #[derive(Debug)]
+    struct InMemory {
+        dim: usize,
+        images: Vec<(String, Vec<f32>)>,
+    }
+
+    impl VectorEngine for InMemory {
+        fn export(
+            &self,
+            _: &qseek_index::Index,
+            _: crate::engine::ExportMode,
+        ) -> Result<ExportReport> {
+            unimplemented!()
+        }
+
+        fn search_images(&self, _: &[f32], _: usize) -> Result<Vec<EngineImageHit>> {
+            unimplemented!()
+        }
+
+        fn images_per_vector(
+            &self,
+            image: &[f32],
+            dim: usize,
+            k: usize,
+        ) -> Result<Vec<Vec<EngineImageHit>>> {
+            Ok(image
+                .chunks_exact(dim)
+                .map(|q| {
+                    let mut hits: Vec<EngineImageHit> = self
+                        .images
+                        .iter()
+                        .map(|(hash, rows)| EngineImageHit {
+                            content_hash: hash.clone(),
+                            paths: vec![hash.clone()],
+                            itc: max_sim::max_sim(q, rows).0,
+                        })
+                        .collect();
+                    hits.sort_by(|a, b| {
+                        b.itc
+                            .total_cmp(&a.itc)
+                            .then(a.content_hash.cmp(&b.content_hash))
+                    });
+                    hits.truncate(k);
+                    hits
+                })
+                .collect())
+        }
+
+        fn image_vectors(
+            &self,
+            hashes: &[String],
+            _: usize,
+            _: usize,
+        ) -> Result<HashMap<String, Vec<f32>>> {
+            Ok(self
+                .images
+                .iter()
+                .filter(|(hash, _)| hashes.contains(hash))
+                .cloned()
+                .collect())
+        }
+
+        fn search_texts(&self, _: &[f32], _: usize, _: usize) -> Result<Vec<EngineTextHit>> {
+            unimplemented!()
+        }
+    }
+
+    /// A unit vector of `dim` values: `a` on axis `i`, the rest on axis `j`.
+    fn unit(dim: usize, i: usize, a: f32, j: usize) -> Vec<f32> {
+        let mut v = vec![0.0; dim];
+        v[i] = a;
+        v[j] = (1.0 - a * a).sqrt();
+        v
+    }
+
+    /// The image most similar on average is nobody's favourite on any single query
+    /// vector: per-vector lists 16 deep miss it, the bound sees that they may, and the
+    /// next round finds it.
+    #[test]
+    fn the_bound_deepens_past_lists_that_miss_the_best_average() {
+        let (q, dim) = (4, 8);
+        let query: Vec<f32> = (0..q).flat_map(|i| unit(dim, i, 1.0, 7)).collect();
+        let mut images = Vec::new();
+        // 16 specialists per query vector: 0.9 with it, 0 with the others (Chamfer
+        // ½(0.9 / 4 + 0.9) = 0.5625).
+        for i in 0..q {
+            for n in 0..16 {
+                let rows = (0..q).flat_map(|_| unit(dim, i, 0.9, 7)).collect();
+                images.push((format!("specialist-{i}-{n:02}"), rows));
+            }
+        }
+        // 0.8 with every query vector (Chamfer 0.8): second on each, best overall.
+        let all_round: Vec<f32> = (0..q).flat_map(|i| unit(dim, i, 0.8, 6)).collect();
+        images.push(("all-round".to_string(), all_round));
+        let engine = InMemory { dim, images };
+        let shallow = engine.images_per_vector(&query, dim, 16).unwrap();
+        assert!(shallow
+            .iter()
+            .flatten()
+            .all(|h| h.content_hash != "all-round"));
+
+        let found = similar_through_engine(&engine, &query, engine.dim, 1, "none").unwrap();
+        assert!(found.exact);
+        assert_eq!(found.hits[0].0, "all-round");
+        assert!((found.hits[0].2 - 0.8).abs() < 1e-6);
+        let exact = engine
+            .images
+            .iter()
+            .map(|(_, rows)| max_sim::chamfer(&query, rows, dim))
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(found.hits[0].2, exact);
+        // Its own bytes are never a result.
+        let found = similar_through_engine(&engine, &query, engine.dim, 1, "all-round").unwrap();
+        assert!(found.hits[0].0.starts_with("specialist"));
+    }
 }
