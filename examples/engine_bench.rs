@@ -130,7 +130,7 @@ fn main() {
     let (mut same, mut worst) = (0, 0f32);
     for v in &vectors {
         let t = Instant::now();
-        let e = engine.search_images(v, k).expect("engine search");
+        let e = engine.search_images(v, k, None).expect("engine search");
         engine_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         let l = index.search_images(v, k, &params).expect("local search");

@@ -261,11 +261,6 @@ fn engine_refusals_say_whose_fault_they_are() {
         &["search", "a cat", "--engine", "qdrant://x/photos"],
         "milvus://",
     );
-    let under = c.photos.display().to_string();
-    fails(
-        &["search", "a cat", "--engine", &uri, "--under", &under],
-        "folder filter",
-    );
     // Not the user's: an engine that does not answer.
     let closed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -410,7 +405,7 @@ fn image_to_images_through_the_engine_matches_the_exact_local_search() {
                 .map(|h| index.image(h.image_id).unwrap().content_hash)
                 .collect();
             let lists = engine
-                .images_per_vector(&image.vectors, dim, k + 1)
+                .images_per_vector(&image.vectors, dim, k + 1, None)
                 .unwrap();
             let union: std::collections::HashSet<&str> = lists
                 .iter()
@@ -425,6 +420,56 @@ fn image_to_images_through_the_engine_matches_the_exact_local_search() {
             k + 1,
             found as f64 / total as f64
         );
+    }
+}
+
+/// Two folders: `a/` the 7 fixture photos, `b/` the same mirrored.
+fn two_folders(dir: &Path) {
+    assert_eq!(many_photos(&dir.join("a"), 1), 7);
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
+        let p = e.unwrap().path();
+        let stem = p.file_stem().unwrap().to_str().unwrap();
+        let mirrored = image::open(&p).unwrap().fliph();
+        mirrored
+            .save(dir.join("b").join(format!("{stem}.png")))
+            .unwrap();
+    }
+}
+
+#[test]
+fn under_through_the_engine_matches_the_local_filter() {
+    let Some(milvus) = Milvus::start() else {
+        return;
+    };
+    let c = Indexed::of(two_folders);
+    let uri = milvus.uri("photos");
+    assert_eq!(c.export(&uri)["images"], 14);
+    let at = |p: &str| c.photos.join(p).display().to_string();
+    // A folder; a path prefix; a prefix holding `_`, a LIKE wildcard in Milvus's filter.
+    for under in [at("b"), at("a/0-c"), at("a/0-hubble_d")] {
+        for sentence in &SENTENCES[..3] {
+            for rerank in ["0", "4"] {
+                let args = ["search", sentence, "-k", "5", "--rerank", rerank, "--json"];
+                let args = [&args[..], &["--under", &under]].concat();
+                let local = json(&c.run(&args));
+                let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+                assert_same(&local, &engine, &format!("{sentence:?} under {under}"));
+                assert!(results(&engine).iter().all(|r| r.0.starts_with(&under)));
+            }
+        }
+        let image = at("b/coffee.png");
+        let args = [
+            "search", "--image", &image, "-k", "5", "--json", "--under", &under,
+        ];
+        let local = json(&c.run(&args));
+        let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+        let what = format!("coffee → images under {under}");
+        if local["results"].as_array().unwrap().is_empty() {
+            assert_eq!(engine["results"], local["results"], "{what}");
+        } else {
+            assert_same_images(&local, &engine, &what);
+        }
     }
 }
 
@@ -496,6 +541,8 @@ fn serve_with_an_engine_answers_as_search_with_it() {
         "/api/search/image?id={id}&texts=true&k=4&rerank=2"
     ));
     assert_same(&to_texts, &served, "image → texts, served");
+    let refused = server.get(&format!("/api/search?q={}&ann=true", encode(sentence)));
+    assert_eq!(refused.status, 400, "{}", refused.text());
     let served = server.get_json(&format!("/api/search/image?id={id}&k=4"));
     assert_same_images(&like, &served, "image → images by id, served");
     let upload = std::fs::read(&coffee).unwrap();

@@ -199,7 +199,9 @@ impl MilvusEngine {
     }
 
     /// One search of `queries` (each `dim` values) for the top `k` rows (or groups, with
-    /// `group_by`), with these output fields.
+    /// `group_by`) among those `filter` keeps (a Milvus boolean expression; empty: all),
+    /// with these output fields.
+    #[allow(clippy::too_many_arguments)]
     fn search(
         &self,
         collection: &str,
@@ -207,6 +209,7 @@ impl MilvusEngine {
         dim: usize,
         k: usize,
         group_by: Option<&str>,
+        filter: &str,
         output_fields: &[&str],
     ) -> Result<SearchResultData> {
         let values = queries
@@ -236,7 +239,7 @@ impl MilvusEngine {
             "Search",
             SearchRequest {
                 collection_name: collection.into(),
-                dsl: String::new(),
+                dsl: filter.into(),
                 placeholder_group: prost::Message::encode_to_vec(&group),
                 dsl_type: DSL_BOOL_EXPR_V1,
                 output_fields: output_fields.iter().map(|s| s.to_string()).collect(),
@@ -432,13 +435,19 @@ impl VectorEngine for MilvusEngine {
         Ok(report)
     }
 
-    fn search_images(&self, text: &[f32], k: usize) -> Result<Vec<EngineImageHit>> {
+    fn search_images(
+        &self,
+        text: &[f32],
+        k: usize,
+        under: Option<&str>,
+    ) -> Result<Vec<EngineImageHit>> {
         let data = self.search(
             &self.uri.collection,
             text,
             text.len(),
             k,
             Some("content_hash"),
+            &under.map(under_filter).unwrap_or_default(),
             &["content_hash", "paths"],
         )?;
         self.image_hits(&data)
@@ -449,6 +458,7 @@ impl VectorEngine for MilvusEngine {
         image: &[f32],
         dim: usize,
         k: usize,
+        under: Option<&str>,
     ) -> Result<Vec<Vec<EngineImageHit>>> {
         // One search of Q vectors: Milvus answers each with its own top k groups,
         // one after the other, `topks` long each.
@@ -458,6 +468,7 @@ impl VectorEngine for MilvusEngine {
             dim,
             k,
             Some("content_hash"),
+            &under.map(under_filter).unwrap_or_default(),
             &["content_hash", "paths"],
         )?;
         let mut hits = self.image_hits(&data)?.into_iter();
@@ -582,6 +593,7 @@ impl VectorEngine for MilvusEngine {
             dim,
             k,
             None,
+            "",
             &["text_id", "text", "external_id"],
         )?;
         let ids = self
@@ -630,6 +642,26 @@ fn paths_json<'a>(paths: impl Iterator<Item = &'a str>) -> String {
         }
         kept.pop();
     }
+}
+
+/// A Milvus filter keeping the images with a path that starts with `prefix`. The `paths`
+/// column is a JSON array, where every path starts right after a `"`: the filter is
+/// `paths like "%<"prefix as JSON writes it>%"`, with LIKE's `%`, `_` and `\` escaped,
+/// in an expression string literal. (A path holding a `"` could match after its escaped
+/// quote: the search service checks every hit's paths again.)
+fn under_filter(prefix: &str) -> String {
+    let json = serde_json::to_string(prefix).expect("strings serialise");
+    let opening = &json[..json.len() - 1];
+    let mut pattern = String::from("%");
+    for c in opening.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    let literal = serde_json::to_string(&pattern).expect("strings serialise");
+    format!("paths like {literal}")
 }
 
 fn engine_error(uri: &EngineUri, operation: &str, reason: impl ToString) -> Error {

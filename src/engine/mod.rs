@@ -144,17 +144,25 @@ pub trait VectorEngine: Send + Sync + fmt::Debug {
     fn export(&self, index: &Index, mode: ExportMode) -> Result<ExportReport>;
 
     /// The `k` images with the highest ITC score (max over their Q vectors of the dot
-    /// product with `text`, one L2-normalised D-vector), highest first.
-    fn search_images(&self, text: &[f32], k: usize) -> Result<Vec<EngineImageHit>>;
+    /// product with `text`, one L2-normalised D-vector), highest first; with `under`,
+    /// only images with a path that starts with it.
+    fn search_images(
+        &self,
+        text: &[f32],
+        k: usize,
+        under: Option<&str>,
+    ) -> Result<Vec<EngineImageHit>>;
 
     /// For each of an image's query vectors (`image`: Q vectors of `dim` values, flat),
     /// the `k` images whose best vector matches it best, highest first, with that
-    /// score (the candidates of image → images: see `service/search.rs`).
+    /// score (the candidates of image → images: see `service/search.rs`); with `under`,
+    /// only images with a path that starts with it.
     fn images_per_vector(
         &self,
         image: &[f32],
         dim: usize,
         k: usize,
+        under: Option<&str>,
     ) -> Result<Vec<Vec<EngineImageHit>>>;
 
     /// The stored vectors of these images (by content hash): `num_vectors` × `dim`

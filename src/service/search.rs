@@ -185,9 +185,10 @@ pub fn search(
         .rerank
         .unwrap_or(if stored { DEFAULT_RERANK } else { 0 });
     let opts = Options::check(req, rerank)?;
-    if settings.engine.is_some() && opts.under.is_some() {
+    if settings.engine.is_some() && opts.ann {
+        // The engine's own index decides how exact its candidates are.
         return Err(BadRequest::EngineUnsupported {
-            what: "a folder filter",
+            what: "the index's graph search (ann)",
         }
         .into());
     }
@@ -336,6 +337,12 @@ fn split_paths(mut paths: Vec<String>, under: Option<&str>) -> (Option<String>, 
     (Some(path), paths)
 }
 
+/// Whether an image with these paths is under the filter (always, without one): what
+/// the index's path-prefix filter keeps, checked again on an engine's hits.
+fn under_it(paths: &[String], under: Option<&str>) -> bool {
+    under.is_none_or(|u| paths.iter().any(|p| p.starts_with(u)))
+}
+
 /// A candidate on its way to becoming a [`Hit`].
 struct Candidate {
     image_id: Option<ImageId>,
@@ -361,11 +368,15 @@ fn text_to_images(
         // the same bytes, gives its id (and so its stored vision features).
         Some(engine) => {
             let (embed, ids) = model.embed_text(query)?;
-            let found = engine.search_images(&embed, want)?;
-            let found = found.into_iter().map(|h| {
-                let image_id = c.index.image_by_hash(&h.content_hash).map(|i| i.image_id);
-                (image_id, h.paths, h.itc)
-            });
+            let under = opts.under.as_deref();
+            let found = engine.search_images(&embed, want, under)?;
+            let found = found
+                .into_iter()
+                .filter(|h| under_it(&h.paths, under))
+                .map(|h| {
+                    let image_id = c.index.image_by_hash(&h.content_hash).map(|i| i.image_id);
+                    (image_id, h.paths, h.itc)
+                });
             (ids, found.collect::<Vec<_>>())
         }
         None => {
@@ -576,6 +587,7 @@ fn image_to_images(
                 m.dim,
                 want,
                 &query.content_hash,
+                opts.under.as_deref(),
             )?;
             if !similar.exact {
                 notes.push(format!(
@@ -644,8 +656,9 @@ struct EngineSimilar {
 }
 
 /// The `want` images most similar to `image` (Q × `dim`, flat) by symmetric Chamfer
-/// similarity, over the engine's collection, without the query's own bytes
-/// (`own_hash`), as [`qseek_index::Index::similar_images`] scores them.
+/// similarity, over the engine's collection (its images with a path under `under`, if
+/// given), without the query's own bytes (`own_hash`), as
+/// [`qseek_index::Index::similar_images`] scores them.
 ///
 /// The engine has no Chamfer search, so this is Fagin's threshold algorithm over its
 /// group-by search: for each of the Q query vectors, the `depth` images whose best
@@ -664,16 +677,22 @@ fn similar_through_engine(
     dim: usize,
     want: usize,
     own_hash: &str,
+    under: Option<&str>,
 ) -> Result<EngineSimilar> {
     let q = image.len() / dim;
     let mut scored: HashMap<String, (Vec<String>, f32)> = HashMap::new();
     let mut depth = SIMILAR_FIRST_DEPTH.max(want + 1);
     loop {
-        let lists = engine.images_per_vector(image, dim, depth)?;
+        let lists = engine.images_per_vector(image, dim, depth, under)?;
         let mut new: Vec<String> = Vec::new();
         let mut paths: HashMap<String, Vec<String>> = HashMap::new();
         for hit in lists.iter().flatten() {
-            if !scored.contains_key(&hit.content_hash) && !paths.contains_key(&hit.content_hash) {
+            // (An image the filter let through by mistake still bounds the rest: the
+            // lists' last scores are over a superset.)
+            if !scored.contains_key(&hit.content_hash)
+                && !paths.contains_key(&hit.content_hash)
+                && under_it(&hit.paths, under)
+            {
                 new.push(hit.content_hash.clone());
                 paths.insert(hit.content_hash.clone(), hit.paths.clone());
             }
@@ -795,7 +814,12 @@ mod tests {
             unimplemented!()
         }
 
-        fn search_images(&self, _: &[f32], _: usize) -> Result<Vec<EngineImageHit>> {
+        fn search_images(
+            &self,
+            _: &[f32],
+            _: usize,
+            _: Option<&str>,
+        ) -> Result<Vec<EngineImageHit>> {
             unimplemented!()
         }
 
@@ -804,6 +828,7 @@ mod tests {
             image: &[f32],
             dim: usize,
             k: usize,
+            _: Option<&str>,
         ) -> Result<Vec<Vec<EngineImageHit>>> {
             Ok(image
                 .chunks_exact(dim)
@@ -875,13 +900,13 @@ mod tests {
         let all_round: Vec<f32> = (0..q).flat_map(|i| unit(dim, i, 0.8, 6)).collect();
         images.push(("all-round".to_string(), all_round));
         let engine = InMemory { dim, images };
-        let shallow = engine.images_per_vector(&query, dim, 16).unwrap();
+        let shallow = engine.images_per_vector(&query, dim, 16, None).unwrap();
         assert!(shallow
             .iter()
             .flatten()
             .all(|h| h.content_hash != "all-round"));
 
-        let found = similar_through_engine(&engine, &query, engine.dim, 1, "none").unwrap();
+        let found = similar_through_engine(&engine, &query, engine.dim, 1, "none", None).unwrap();
         assert!(found.exact);
         assert_eq!(found.hits[0].0, "all-round");
         assert!((found.hits[0].2 - 0.8).abs() < 1e-6);
@@ -892,7 +917,8 @@ mod tests {
             .fold(f32::NEG_INFINITY, f32::max);
         assert_eq!(found.hits[0].2, exact);
         // Its own bytes are never a result.
-        let found = similar_through_engine(&engine, &query, engine.dim, 1, "all-round").unwrap();
+        let found =
+            similar_through_engine(&engine, &query, engine.dim, 1, "all-round", None).unwrap();
         assert!(found.hits[0].0.starts_with("specialist"));
     }
 }
