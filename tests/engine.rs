@@ -261,6 +261,10 @@ fn engine_refusals_say_whose_fault_they_are() {
         &["search", "a cat", "--engine", "qdrant://x/photos"],
         "milvus://",
     );
+    fails(
+        &["search", "a cat", "--engine", &milvus.uri("nothing_here")],
+        "qseek export --to",
+    );
     // Not the user's: an engine that does not answer.
     let closed = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -524,6 +528,7 @@ fn serve_with_an_engine_answers_as_search_with_it() {
         .unwrap()
         .port();
     assert!(serve(&format!("milvus://127.0.0.1:{closed}/photos")).contains("connect"));
+    assert!(serve(&milvus.uri("nothing_here")).contains("qseek export --to"));
 
     let server = Server::start(&[
         "serve",

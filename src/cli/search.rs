@@ -78,7 +78,9 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         ann: args.ann,
     };
     let engine = match &args.engine {
-        Some(uri) => Some(Arc::from(engine::connect(&EngineUri::parse(uri)?)?)),
+        Some(uri) => Some(Arc::from(engine::connect_to_search(&EngineUri::parse(
+            uri,
+        )?)?)),
         None => None,
     };
     let settings = SearchSettings {

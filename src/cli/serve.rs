@@ -56,9 +56,12 @@ pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
         .into());
     }
     let load = args.model.load_options()?;
-    // Before loading the model: a malformed or unreachable engine fails at once.
+    // Before loading the model: a malformed or unreachable engine, or one without the
+    // collection, fails at once.
     let engine = match &args.engine {
-        Some(uri) => Some(Arc::from(engine::connect(&EngineUri::parse(uri)?)?)),
+        Some(uri) => Some(Arc::from(engine::connect_to_search(&EngineUri::parse(
+            uri,
+        )?)?)),
         None => None,
     };
     let opts = ServeOptions {

@@ -435,6 +435,10 @@ impl VectorEngine for MilvusEngine {
         Ok(report)
     }
 
+    fn holds_images(&self) -> Result<bool> {
+        self.has_collection(&self.uri.collection)
+    }
+
     fn search_images(
         &self,
         text: &[f32],

@@ -15,7 +15,7 @@ use std::fmt;
 
 use qseek_index::Index;
 
-use crate::error::BadRequest;
+use crate::error::{BadRequest, NotFound};
 use crate::Result;
 
 /// Milvus's default gRPC port.
@@ -143,6 +143,9 @@ pub trait VectorEngine: Send + Sync + fmt::Debug {
     /// commit; `mode` says what happens to a collection the engine already holds.
     fn export(&self, index: &Index, mode: ExportMode) -> Result<ExportReport>;
 
+    /// Whether the engine holds the collection's images (an export created it).
+    fn holds_images(&self) -> Result<bool>;
+
     /// The `k` images with the highest ITC score (max over their Q vectors of the dot
     /// product with `text`, one L2-normalised D-vector), highest first; with `under`,
     /// only images with a path that starts with it.
@@ -183,6 +186,21 @@ pub trait VectorEngine: Send + Sync + fmt::Debug {
 /// Connects to the engine a URI names.
 pub fn connect(uri: &EngineUri) -> Result<Box<dyn VectorEngine>> {
     Ok(Box::new(milvus::MilvusEngine::connect(uri)?))
+}
+
+/// Connects to the engine a URI names, to search the collection it names: one that is
+/// not there (nothing exported yet, a typo) is [`NotFound::EngineCollection`] now,
+/// not an engine error at the first search.
+pub fn connect_to_search(uri: &EngineUri) -> Result<Box<dyn VectorEngine>> {
+    let engine = connect(uri)?;
+    if !engine.holds_images()? {
+        return Err(NotFound::EngineCollection {
+            uri: uri.to_string(),
+            collection: uri.collection.clone(),
+        }
+        .into());
+    }
+    Ok(engine)
 }
 
 #[cfg(test)]

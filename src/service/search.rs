@@ -814,6 +814,10 @@ mod tests {
             unimplemented!()
         }
 
+        fn holds_images(&self) -> Result<bool> {
+            Ok(true)
+        }
+
         fn search_images(
             &self,
             _: &[f32],
