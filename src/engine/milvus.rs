@@ -516,9 +516,19 @@ impl VectorEngine for MilvusEngine {
                 "Query",
                 QueryRequest {
                     collection_name: self.uri.collection.clone(),
+                    // By primary key (`<hash>:<slot>`): a key lookup, where a filter on
+                    // `content_hash` would scan the column.
                     expr: format!(
-                        "content_hash in {}",
-                        serde_json::to_string(chunk).expect("strings serialise")
+                        "pk in {}",
+                        serde_json::to_string(
+                            &chunk
+                                .iter()
+                                .flat_map(
+                                    |h| (0..num_vectors).map(move |slot| format!("{h}:{slot}"))
+                                )
+                                .collect::<Vec<_>>()
+                        )
+                        .expect("strings serialise")
                     ),
                     output_fields: vec!["pk".into(), VECTOR.into()],
                     query_params: Vec::new(),
