@@ -598,6 +598,11 @@ impl VectorEngine for MilvusEngine {
     }
 
     fn search_texts(&self, image: &[f32], dim: usize, k: usize) -> Result<Vec<EngineTextHit>> {
+        // An export without texts creates no texts collection: the same answer as a
+        // local index without texts.
+        if !self.has_collection(&self.texts_collection())? {
+            return Err(BadRequest::NoTexts.into());
+        }
         // One search per query vector, top k each, merged by the max per text: exact,
         // since a text in the true top k is in the top k of the vector that reaches its
         // max (every text above it there scores higher overall).
