@@ -5,6 +5,8 @@
 //! time by `content_hash` (Milvus's group-by search keeps each group's best row: the max
 //! over the image's vectors). Identity is the content hash, not an index's image id, so
 //! several machines can each export their part of a collection into the same engine.
+//! An image's vectors are read back by their primary keys (image → images scores them in
+//! qseek); a path prefix is a `like` filter on the `paths` column.
 //! Texts: `<collection>_texts`, one row per text.
 
 use std::collections::HashMap;
