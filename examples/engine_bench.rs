@@ -17,11 +17,21 @@
 //!   image rows, FLAT: exact) and through the index's exact scan.
 //! * `same_top_k`: queries whose top-k images are the same set; `max_score_diff`: the
 //!   largest difference between the two ITC scores of one image.
+//!
+//! With `--similar`, image → images instead (`service::search::similar_through_engine`
+//! against the index's exact Chamfer scan, each query an indexed image, itself left
+//! out), over images shaped more like BLIP-2's: `--clusters C` groups of images whose
+//! slots lie near the group's direction, and `--shared-slots S` slots of every image
+//! near one direction all images share (BLIP-2's generic slots). Printed: `engine_ms`,
+//! `local_ms` (medians), `exact` (answers the bound proved exact), `same_top_k`,
+//! `max_score_diff`, and the median and largest `scored` (images whose vectors were
+//! fetched) and `rounds`.
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use qseek::engine::{self, EngineUri, ExportMode};
+use qseek::engine::{self, EngineUri, ExportMode, VectorEngine};
+use qseek::service::search::similar_through_engine;
 use qseek_index::{ImageRecord, Index, Manifest, ModelId, SearchParams, VectorDtype};
 
 const Q: usize = 32;
@@ -49,7 +59,14 @@ impl Rng {
     }
 }
 
-fn synthetic_index(dir: &std::path::Path, items: usize) -> Index {
+/// How `--similar` shapes the images: groups, and slots every image shares.
+#[derive(Clone, Copy)]
+struct Shape {
+    clusters: usize,
+    shared_slots: usize,
+}
+
+fn synthetic_index(dir: &std::path::Path, items: usize, shape: Option<Shape>) -> Index {
     let model = ModelId {
         model_id: "bench/synthetic".into(),
         config_hash: "q32-d256".into(),
@@ -59,9 +76,30 @@ fn synthetic_index(dir: &std::path::Path, items: usize) -> Index {
     let index = Index::create(dir, manifest).expect("create index");
     let mut writer = index.writer().expect("writer");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let centres: Vec<Vec<f32>> = (0..shape.map_or(0, |s| s.clusters))
+        .map(|_| rng.unit(None, 1.0))
+        .collect();
+    let shared = rng.unit(None, 1.0);
     for i in 0..items {
-        let base = rng.unit(None, 1.0);
-        let vectors: Vec<f32> = (0..Q).flat_map(|_| rng.unit(Some(&base), 0.05)).collect();
+        let vectors: Vec<f32> = match shape {
+            None => {
+                let base = rng.unit(None, 1.0);
+                (0..Q).flat_map(|_| rng.unit(Some(&base), 0.05)).collect()
+            }
+            Some(s) => {
+                let base = rng.unit(Some(&centres[i % s.clusters]), 0.08);
+                (0..Q)
+                    .flat_map(|slot| {
+                        let around = if slot < s.shared_slots {
+                            &shared
+                        } else {
+                            &base
+                        };
+                        rng.unit(Some(around), 0.05)
+                    })
+                    .collect()
+            }
+        };
         let record = ImageRecord {
             path: format!("photos/{}/{i}.jpg", i % 100),
             size: 1,
@@ -84,9 +122,72 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Image → images for `queries` indexed images, through the engine and exactly.
+fn similar_images(
+    engine: &dyn VectorEngine,
+    index: &Index,
+    queries: usize,
+    k: usize,
+) -> serde_json::Value {
+    let d = index.manifest().dim;
+    let step = (index.stats().images / queries).max(1);
+    let params = SearchParams {
+        exact: true,
+        ..SearchParams::default()
+    };
+    let (mut engine_ms, mut local_ms, mut scored, mut rounds) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut exact, mut same, mut worst, mut n) = (0, 0, 0f32, 0);
+    for image in index.export_images().step_by(step).take(queries) {
+        let t = Instant::now();
+        let e = similar_through_engine(engine, &image.vectors, d, k, &image.content_hash, None)
+            .expect("engine search");
+        engine_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let l = index
+            .similar_to_image(image.image_id, k, &params)
+            .expect("local search");
+        local_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let local: HashMap<String, f32> = l
+            .iter()
+            .map(|h| {
+                (
+                    index.image(h.image_id).expect("an image").content_hash,
+                    h.score,
+                )
+            })
+            .collect();
+        if e.hits.len() == l.len() && e.hits.iter().all(|h| local.contains_key(&h.0)) {
+            same += 1;
+        }
+        for h in &e.hits {
+            if let Some(s) = local.get(&h.0) {
+                worst = worst.max((s - h.2).abs());
+            }
+        }
+        exact += usize::from(e.exact);
+        scored.push(e.scored as f64);
+        rounds.push(e.rounds as f64);
+        n += 1;
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    serde_json::json!({
+        "queries": n,
+        "engine_ms": median(engine_ms),
+        "local_ms": median(local_ms),
+        "exact": exact,
+        "same_top_k": same,
+        "max_score_diff": worst,
+        "scored_median": median(scored.clone()),
+        "scored_max": max(&scored),
+        "rounds_median": median(rounds.clone()),
+        "rounds_max": max(&rounds),
+    })
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: engine_bench milvus://HOST:PORT/COLL [--items N] [--queries N] [--k K]";
+    let usage = "usage: engine_bench milvus://HOST:PORT/COLL [--items N] [--queries N] [--k K] [--similar [--clusters C] [--shared-slots S]]";
     let uri = argv.first().expect(usage).clone();
     let flag = |name: &str, default: usize| {
         argv.iter()
@@ -99,14 +200,34 @@ fn main() {
         flag("--queries", 100),
         flag("--k", 10),
     );
+    let shape = argv.iter().any(|a| a == "--similar").then(|| Shape {
+        clusters: flag("--clusters", 50),
+        shared_slots: flag("--shared-slots", 8),
+    });
     let tmp = tempfile::tempdir().expect("temporary folder");
     let start = Instant::now();
-    let index = synthetic_index(tmp.path(), items);
+    let index = synthetic_index(tmp.path(), items, shape);
     let build_s = start.elapsed().as_secs_f64();
     let uri = EngineUri::parse(&uri).expect("engine URI");
     let engine = engine::connect(&uri).expect("connect");
 
     let report = engine.export(&index, ExportMode::Replace).expect("export");
+    if let Some(shape) = shape {
+        let similar = similar_images(engine.as_ref(), &index, queries, k);
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "image_to_images",
+                "images": report.images,
+                "clusters": shape.clusters,
+                "shared_slots": shape.shared_slots,
+                "export_s": report.seconds,
+                "k": k,
+                "results": similar,
+            })
+        );
+        return;
+    }
 
     let (q, d) = (index.manifest().num_query_tokens, index.manifest().dim);
     let images = index.stats().images;
@@ -130,7 +251,7 @@ fn main() {
     let (mut same, mut worst) = (0, 0f32);
     for v in &vectors {
         let t = Instant::now();
-        let e = engine.search_images(v, k).expect("engine search");
+        let e = engine.search_images(v, k, None).expect("engine search");
         engine_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
         let l = index.search_images(v, k, &params).expect("local search");

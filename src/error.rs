@@ -271,6 +271,14 @@ pub enum NotFound {
         /// The path as given.
         path: PathBuf,
     },
+    /// The engine holds no such collection (nothing was exported into it).
+    #[error("the engine {uri} holds no collection {collection:?}: export an index into it first")]
+    EngineCollection {
+        /// The engine's URI.
+        uri: String,
+        /// The collection's name.
+        collection: String,
+    },
     /// No such route or resource.
     #[error("{what}: not found")]
     Resource {

@@ -6,15 +6,18 @@
 //!
 //! Parity: the engine's candidates and ITC scores against qseek's exact local search
 //! over the same index, before and after the ITM rerank, for text → images and
-//! image → texts.
+//! image → texts; image → images (Chamfer, scored in qseek on the engine's vectors)
+//! against the local exact ranking; and `qseek serve --engine` against `qseek search
+//! --engine`.
 
 mod common;
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::server::{encode, Server};
 use common::{fixtures, many_photos, model_dir, qseek, stderr};
 use serde_json::Value;
 
@@ -94,9 +97,14 @@ struct Indexed {
 
 impl Indexed {
     fn new() -> Self {
+        Self::of(|photos| assert_eq!(many_photos(photos, 1), 7))
+    }
+
+    /// An index of the photos `make` writes into an empty folder.
+    fn of(make: impl FnOnce(&Path)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let photos = tmp.path().join("photos");
-        assert_eq!(many_photos(&photos, 1), 7);
+        make(&photos);
         let index = tmp.path().join("index").display().to_string();
         let tiny = model_dir("tiny").display().to_string();
         let p = photos.display().to_string();
@@ -253,15 +261,9 @@ fn engine_refusals_say_whose_fault_they_are() {
         &["search", "a cat", "--engine", "qdrant://x/photos"],
         "milvus://",
     );
-    let under = c.photos.display().to_string();
     fails(
-        &["search", "a cat", "--engine", &uri, "--under", &under],
-        "folder filter",
-    );
-    let image = c.photos.join("0-coins.png").display().to_string();
-    fails(
-        &["search", "--image", &image, "--engine", &uri],
-        "image → images",
+        &["search", "a cat", "--engine", &milvus.uri("nothing_here")],
+        "qseek export --to",
     );
     // Not the user's: an engine that does not answer.
     let closed = TcpListener::bind("127.0.0.1:0")
@@ -278,6 +280,285 @@ fn engine_refusals_say_whose_fault_they_are() {
         ],
         "connect",
     );
+}
+
+/// The same images in the same order, with the same ids and Chamfer similarities
+/// within 1e-5.
+fn assert_same_images(local: &Value, engine: &Value, what: &str) {
+    let hits = |v: &Value| -> Vec<(String, Option<u64>, f64)> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["path"].as_str().unwrap().to_string(),
+                    h["image_id"].as_u64(),
+                    h["score"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (l, e) = (hits(local), hits(engine));
+    assert!(!l.is_empty(), "{what}: no results");
+    assert_eq!(
+        l.iter().map(|h| (&h.0, h.1)).collect::<Vec<_>>(),
+        e.iter().map(|h| (&h.0, h.1)).collect::<Vec<_>>(),
+        "{what}: results or order differ"
+    );
+    for (a, b) in l.iter().zip(&e) {
+        assert!(
+            (a.2 - b.2).abs() <= 1e-5,
+            "{what}: {}: {} vs {}",
+            a.0,
+            a.2,
+            b.2
+        );
+    }
+    assert_eq!(engine["query"]["mode"], "image_to_images", "{what}");
+}
+
+/// The 7 fixture photos, each also mirrored and upside down: 21 images whose pixels all
+/// differ, more than the engine's first search depth (16) per query vector.
+fn flipped_photos(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
+        let p = e.unwrap().path();
+        let img = image::open(&p).unwrap();
+        let stem = p.file_stem().unwrap().to_str().unwrap();
+        img.save(dir.join(format!("{stem}.png"))).unwrap();
+        img.fliph()
+            .save(dir.join(format!("{stem}-mirrored.png")))
+            .unwrap();
+        img.flipv()
+            .save(dir.join(format!("{stem}-upside-down.png")))
+            .unwrap();
+    }
+}
+
+#[test]
+fn image_to_images_through_the_engine_matches_the_exact_local_search() {
+    let Some(milvus) = Milvus::start() else {
+        return;
+    };
+    let c = Indexed::of(flipped_photos);
+    let uri = milvus.uri("photos");
+    assert_eq!(c.export(&uri)["images"], 21);
+    let mut photos: Vec<PathBuf> = std::fs::read_dir(&c.photos)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    // Every third photo as the query (its own image is left out, as locally); the
+    // top 1, 5, and all 20 others.
+    for photo in photos.iter().step_by(3) {
+        let image = photo.display().to_string();
+        for k in ["1", "5", "20"] {
+            let args = ["search", "--image", &image, "-k", k, "--json"];
+            let local = json(&c.run(&args));
+            let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+            let what = format!("{} → images, top {k}", photo.display());
+            assert_same_images(&local, &engine, &what);
+            assert_eq!(engine["notes"], serde_json::json!([]), "{what}");
+        }
+    }
+    // Bytes the collection does not hold, pixels it does: the photo they copy comes
+    // first, at similarity 1.
+    let copy = c.photos.parent().unwrap().join("copy.png");
+    let mut bytes = std::fs::read(&photos[4]).unwrap();
+    bytes.extend(b"not the same bytes");
+    std::fs::write(&copy, bytes).unwrap();
+    let args = [
+        "search",
+        "--image",
+        copy.to_str().unwrap(),
+        "-k",
+        "5",
+        "--json",
+    ];
+    let local = json(&c.run(&args));
+    let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+    assert_same_images(&local, &engine, "a copy of a photo");
+    let first = &engine["results"][0];
+    assert_eq!(first["path"], photos[4].display().to_string());
+    assert!(
+        (first["score"].as_f64().unwrap() - 1.0).abs() <= 1e-5,
+        "{first}"
+    );
+
+    // What the union of the per-vector searches alone holds at the shallowest depth
+    // (k + 1 images per query vector), against the exact top k (printed for the README).
+    use qseek::engine::{connect, EngineUri};
+    use qseek_index::{Index, SearchParams};
+    let index = Index::open(&c.index, None).unwrap();
+    let engine = connect(&EngineUri::parse(&uri).unwrap()).unwrap();
+    let dim = index.manifest().dim;
+    let exact = SearchParams {
+        exact: true,
+        ..SearchParams::default()
+    };
+    for k in [1, 5, 10] {
+        let (mut found, mut total) = (0, 0);
+        for image in index.export_images() {
+            let best: Vec<String> = index
+                .similar_images(&image.vectors, k + 1, &exact)
+                .unwrap()
+                .into_iter()
+                .filter(|h| h.image_id != image.image_id)
+                .take(k)
+                .map(|h| index.image(h.image_id).unwrap().content_hash)
+                .collect();
+            let lists = engine
+                .images_per_vector(&image.vectors, dim, k + 1, None)
+                .unwrap();
+            let union: std::collections::HashSet<&str> = lists
+                .iter()
+                .flatten()
+                .map(|h| h.content_hash.as_str())
+                .collect();
+            found += best.iter().filter(|h| union.contains(h.as_str())).count();
+            total += best.len();
+        }
+        eprintln!(
+            "per-vector candidates, {} per query vector: recall@{k} {found}/{total} = {:.3}",
+            k + 1,
+            found as f64 / total as f64
+        );
+    }
+}
+
+/// Two folders: `a/` the 7 fixture photos, `b/` the same mirrored.
+fn two_folders(dir: &Path) {
+    assert_eq!(many_photos(&dir.join("a"), 1), 7);
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
+        let p = e.unwrap().path();
+        let stem = p.file_stem().unwrap().to_str().unwrap();
+        let mirrored = image::open(&p).unwrap().fliph();
+        mirrored
+            .save(dir.join("b").join(format!("{stem}.png")))
+            .unwrap();
+    }
+}
+
+#[test]
+fn under_through_the_engine_matches_the_local_filter() {
+    let Some(milvus) = Milvus::start() else {
+        return;
+    };
+    let c = Indexed::of(two_folders);
+    let uri = milvus.uri("photos");
+    assert_eq!(c.export(&uri)["images"], 14);
+    let at = |p: &str| c.photos.join(p).display().to_string();
+    // A folder; a path prefix; a prefix holding `_`, a LIKE wildcard in Milvus's filter.
+    for under in [at("b"), at("a/0-c"), at("a/0-hubble_d")] {
+        for sentence in &SENTENCES[..3] {
+            for rerank in ["0", "4"] {
+                let args = ["search", sentence, "-k", "5", "--rerank", rerank, "--json"];
+                let args = [&args[..], &["--under", &under]].concat();
+                let local = json(&c.run(&args));
+                let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+                assert_same(&local, &engine, &format!("{sentence:?} under {under}"));
+                assert!(results(&engine).iter().all(|r| r.0.starts_with(&under)));
+            }
+        }
+        let image = at("b/coffee.png");
+        let args = [
+            "search", "--image", &image, "-k", "5", "--json", "--under", &under,
+        ];
+        let local = json(&c.run(&args));
+        let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+        let what = format!("coffee → images under {under}");
+        if local["results"].as_array().unwrap().is_empty() {
+            assert_eq!(engine["results"], local["results"], "{what}");
+        } else {
+            assert_same_images(&local, &engine, &what);
+        }
+    }
+}
+
+#[test]
+fn serve_with_an_engine_answers_as_search_with_it() {
+    let Some(milvus) = Milvus::start() else {
+        return;
+    };
+    let c = Indexed::new();
+    let uri = milvus.uri("photos");
+    c.export(&uri);
+    // The CLI's answers first: while the server runs, it owns the index.
+    let sentence = SENTENCES[0];
+    let coffee = c.photos.join("0-coffee.png");
+    let image = coffee.display().to_string();
+    let engine = ["--engine", uri.as_str(), "--json"];
+    let search = |args: &[&str]| json(&c.run(&[args, &engine[..]].concat()));
+    let to_images = search(&["search", sentence, "-k", "5", "--rerank", "3"]);
+    let to_texts = search(&[
+        "search", "--image", &image, "--texts", "-k", "4", "--rerank", "2",
+    ]);
+    let like = search(&["search", "--image", &image, "-k", "4"]);
+    let all = json(&c.run(&["search", sentence, "-k", "7", "--rerank", "0", "--json"]));
+    let id = all["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["path"] == image.as_str())
+        .unwrap()["image_id"]
+        .as_u64()
+        .unwrap();
+
+    // An engine that cannot be used stops the server before it listens.
+    let index = c.index.as_str();
+    let serve = |engine: &str| {
+        let out = qseek(&[
+            "serve",
+            "--index",
+            index,
+            "--addr",
+            "127.0.0.1:0",
+            "--engine",
+            engine,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{engine}: {}", stderr(&out));
+        stderr(&out)
+    };
+    assert!(serve("qdrant://x/photos").contains("milvus://"));
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert!(serve(&format!("milvus://127.0.0.1:{closed}/photos")).contains("connect"));
+    assert!(serve(&milvus.uri("nothing_here")).contains("qseek export --to"));
+
+    let server = Server::start(&[
+        "serve",
+        "--index",
+        index,
+        "--addr",
+        "127.0.0.1:0",
+        "-q",
+        "--engine",
+        &uri,
+    ]);
+    let served = server.get_json(&format!("/api/search?q={}&k=5&rerank=3", encode(sentence)));
+    assert_same(&to_images, &served, "text → images, served");
+    let served = server.get_json(&format!(
+        "/api/search/image?id={id}&texts=true&k=4&rerank=2"
+    ));
+    assert_same(&to_texts, &served, "image → texts, served");
+    let refused = server.get(&format!("/api/search?q={}&ann=true", encode(sentence)));
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let served = server.get_json(&format!("/api/search/image?id={id}&k=4"));
+    assert_same_images(&like, &served, "image → images by id, served");
+    let upload = std::fs::read(&coffee).unwrap();
+    let reply = server.request(
+        "POST",
+        "/api/search/image?k=4",
+        &[("Content-Type", "application/octet-stream")],
+        &upload,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_same_images(&like, &reply.json(), "image → images uploaded, served");
 }
 
 impl Indexed {

@@ -211,6 +211,9 @@ pub fn describe(error: &Error) -> String {
         Error::BadRequest(BadRequest::EngineCollectionExists { collection }) => format!(
             "the engine already holds a collection {collection:?}: pass --replace (or --append), or name another"
         ),
+        Error::NotFound(NotFound::EngineCollection { uri, collection }) => format!(
+            "the engine {uri} holds no collection {collection:?}: fill it with `qseek export --to {uri}`, or fix --engine"
+        ),
         Error::BadRequest(BadRequest::EngineUnsupported { what }) => {
             format!("{what} is not available with --engine: search without it")
         }

@@ -44,9 +44,9 @@ pub(super) struct SearchArgs {
     /// search after much was added builds it again (minutes for 100 000 photos).
     #[arg(long)]
     ann: bool,
-    /// Take candidates and ITC scores from this engine (milvus://HOST[:PORT]/COLLECTION,
+    /// Take candidates and scores from this engine (milvus://HOST[:PORT]/COLLECTION,
     /// filled by `qseek export`) instead of the index; the index still gives the model
-    /// and stored vision features for the rerank. Text → photos and --texts only.
+    /// and stored vision features for the rerank.
     #[arg(long, value_name = "URI", conflicts_with = "ann")]
     engine: Option<String>,
     /// Print one JSON document.
@@ -78,7 +78,9 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         ann: args.ann,
     };
     let engine = match &args.engine {
-        Some(uri) => Some(Arc::from(engine::connect(&EngineUri::parse(uri)?)?)),
+        Some(uri) => Some(Arc::from(engine::connect_to_search(&EngineUri::parse(
+            uri,
+        )?)?)),
         None => None,
     };
     let settings = SearchSettings {

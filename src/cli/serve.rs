@@ -2,17 +2,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use qseek_index::VectorDtype;
 
 use super::{IndexDir, ModelArgs, Outcome};
+use crate::engine::{self, EngineUri};
 use crate::error::{BadRequest, Param};
 use crate::pipeline::indexer::IndexOptions;
 use crate::pipeline::walk::WalkOptions;
 use crate::pipeline::{Collection, CreateOptions};
-use crate::server::{serve, ServeOptions};
+use crate::server::{serve_with_engine, ServeOptions};
 use crate::Result;
 
 #[derive(Debug, Args)]
@@ -34,6 +36,11 @@ pub(super) struct ServeArgs {
     /// photos after each commit).
     #[arg(long, default_value_t = 10.0)]
     commit_every: f64,
+    /// Take search candidates and ITC scores from this engine
+    /// (milvus://HOST[:PORT]/COLLECTION, filled by `qseek export`), as `qseek search
+    /// --engine` does; the index still gives the model and stored vision features.
+    #[arg(long, value_name = "URI")]
+    engine: Option<String>,
     #[command(flatten)]
     index: IndexDir,
     #[command(flatten)]
@@ -49,6 +56,14 @@ pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
         .into());
     }
     let load = args.model.load_options()?;
+    // Before loading the model: a malformed or unreachable engine, or one without the
+    // collection, fails at once.
+    let engine = match &args.engine {
+        Some(uri) => Some(Arc::from(engine::connect_to_search(&EngineUri::parse(
+            uri,
+        )?)?)),
+        None => None,
+    };
     let opts = ServeOptions {
         addr: args.addr,
         token: args.token,
@@ -76,6 +91,6 @@ pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
             feature_dtype: None,
         },
     )?;
-    serve(collection, opts)?;
+    serve_with_engine(collection, opts, engine)?;
     Ok(Outcome::Success)
 }

@@ -5,6 +5,8 @@
 //! time by `content_hash` (Milvus's group-by search keeps each group's best row: the max
 //! over the image's vectors). Identity is the content hash, not an index's image id, so
 //! several machines can each export their part of a collection into the same engine.
+//! An image's vectors are read back by their primary keys (image → images scores them in
+//! qseek); a path prefix is a `like` filter on the `paths` column.
 //! Texts: `<collection>_texts`, one row per text.
 
 use std::collections::HashMap;
@@ -22,6 +24,8 @@ use crate::{Error, Result};
 /// Images per insert request: 64 × Q=32 rows × D=256 f32 is 2 MiB, far under gRPC's
 /// usual 64 MiB limits.
 const IMAGES_PER_INSERT: usize = 64;
+/// Images whose vectors one query fetches: 64 × Q=32 rows × D=256 f32 is 2 MiB.
+const IMAGES_PER_QUERY: usize = 64;
 /// Texts per insert request.
 const TEXTS_PER_INSERT: usize = 2048;
 /// Longest VarChar Milvus takes.
@@ -197,7 +201,9 @@ impl MilvusEngine {
     }
 
     /// One search of `queries` (each `dim` values) for the top `k` rows (or groups, with
-    /// `group_by`), with these output fields.
+    /// `group_by`) among those `filter` keeps (a Milvus boolean expression; empty: all),
+    /// with these output fields.
+    #[allow(clippy::too_many_arguments)]
     fn search(
         &self,
         collection: &str,
@@ -205,6 +211,7 @@ impl MilvusEngine {
         dim: usize,
         k: usize,
         group_by: Option<&str>,
+        filter: &str,
         output_fields: &[&str],
     ) -> Result<SearchResultData> {
         let values = queries
@@ -234,7 +241,7 @@ impl MilvusEngine {
             "Search",
             SearchRequest {
                 collection_name: collection.into(),
-                dsl: String::new(),
+                dsl: filter.into(),
                 placeholder_group: prost::Message::encode_to_vec(&group),
                 dsl_type: DSL_BOOL_EXPR_V1,
                 output_fields: output_fields.iter().map(|s| s.to_string()).collect(),
@@ -245,6 +252,33 @@ impl MilvusEngine {
         )?;
         self.check("Search", r.status.as_ref())?;
         Ok(r.results.unwrap_or_default())
+    }
+
+    /// The images of a group-by search's answer, in its order.
+    fn image_hits(&self, data: &SearchResultData) -> Result<Vec<EngineImageHit>> {
+        let hashes = self
+            .column(data, "content_hash")?
+            .as_strings()
+            .unwrap_or_default();
+        let paths = self.column(data, "paths")?.as_strings().unwrap_or_default();
+        if hashes.len() != data.scores.len() || paths.len() != data.scores.len() {
+            return Err(engine_error(
+                &self.uri,
+                "Search",
+                "columns of unequal length",
+            ));
+        }
+        let mut hits = Vec::with_capacity(data.scores.len());
+        for ((hash, paths), &itc) in hashes.iter().zip(paths).zip(&data.scores) {
+            hits.push(EngineImageHit {
+                content_hash: hash.clone(),
+                paths: serde_json::from_str(paths).map_err(|e| {
+                    engine_error(&self.uri, "Search", format!("paths of {hash}: {e}"))
+                })?,
+                itc,
+            });
+        }
+        Ok(hits)
     }
 
     fn texts_collection(&self) -> String {
@@ -403,44 +437,174 @@ impl VectorEngine for MilvusEngine {
         Ok(report)
     }
 
-    fn search_images(&self, text: &[f32], k: usize) -> Result<Vec<EngineImageHit>> {
+    fn holds_images(&self) -> Result<bool> {
+        self.has_collection(&self.uri.collection)
+    }
+
+    fn search_images(
+        &self,
+        text: &[f32],
+        k: usize,
+        under: Option<&str>,
+    ) -> Result<Vec<EngineImageHit>> {
         let data = self.search(
             &self.uri.collection,
             text,
             text.len(),
             k,
             Some("content_hash"),
+            &under.map(under_filter).unwrap_or_default(),
             &["content_hash", "paths"],
         )?;
-        let hashes = self
-            .column(&data, "content_hash")?
-            .as_strings()
-            .unwrap_or_default();
-        let paths = self
-            .column(&data, "paths")?
-            .as_strings()
-            .unwrap_or_default();
-        if hashes.len() != data.scores.len() || paths.len() != data.scores.len() {
+        self.image_hits(&data)
+    }
+
+    fn images_per_vector(
+        &self,
+        image: &[f32],
+        dim: usize,
+        k: usize,
+        under: Option<&str>,
+    ) -> Result<Vec<Vec<EngineImageHit>>> {
+        // One search of Q vectors: Milvus answers each with its own top k groups,
+        // one after the other, `topks` long each.
+        let data = self.search(
+            &self.uri.collection,
+            image,
+            dim,
+            k,
+            Some("content_hash"),
+            &under.map(under_filter).unwrap_or_default(),
+            &["content_hash", "paths"],
+        )?;
+        let mut hits = self.image_hits(&data)?.into_iter();
+        let nq = image.len() / dim;
+        let topks: Vec<usize> = match data.topks.len() {
+            0 if hits.len() == 0 => vec![0; nq],
+            n if n == nq => data.topks.iter().map(|&t| t as usize).collect(),
+            n => {
+                return Err(engine_error(
+                    &self.uri,
+                    "Search",
+                    format!("{n} answers to {nq} query vectors"),
+                ))
+            }
+        };
+        if topks.iter().sum::<usize>() != hits.len() {
             return Err(engine_error(
                 &self.uri,
                 "Search",
-                "columns of unequal length",
+                "the answers' lengths do not add up",
             ));
         }
-        let mut hits = Vec::with_capacity(data.scores.len());
-        for ((hash, paths), &itc) in hashes.iter().zip(paths).zip(&data.scores) {
-            hits.push(EngineImageHit {
-                content_hash: hash.clone(),
-                paths: serde_json::from_str(paths).map_err(|e| {
-                    engine_error(&self.uri, "Search", format!("paths of {hash}: {e}"))
-                })?,
-                itc,
-            });
+        Ok(topks
+            .into_iter()
+            .map(|n| hits.by_ref().take(n).collect())
+            .collect())
+    }
+
+    fn image_vectors(
+        &self,
+        hashes: &[String],
+        num_vectors: usize,
+        dim: usize,
+    ) -> Result<HashMap<String, Vec<f32>>> {
+        let mut out = HashMap::with_capacity(hashes.len());
+        for chunk in hashes.chunks(IMAGES_PER_QUERY) {
+            // Rows of the same pk (an image exported twice) hold the same vector: the
+            // slot is written once per pk, whichever row comes.
+            let mut filled: HashMap<&str, Vec<bool>> = HashMap::with_capacity(chunk.len());
+            let r: QueryResults = self.call(
+                "Query",
+                QueryRequest {
+                    collection_name: self.uri.collection.clone(),
+                    // By primary key (`<hash>:<slot>`): a key lookup, where a filter on
+                    // `content_hash` would scan the column.
+                    expr: format!(
+                        "pk in {}",
+                        serde_json::to_string(
+                            &chunk
+                                .iter()
+                                .flat_map(
+                                    |h| (0..num_vectors).map(move |slot| format!("{h}:{slot}"))
+                                )
+                                .collect::<Vec<_>>()
+                        )
+                        .expect("strings serialise")
+                    ),
+                    output_fields: vec!["pk".into(), VECTOR.into()],
+                    query_params: Vec::new(),
+                    consistency_level: CONSISTENCY_STRONG,
+                },
+            )?;
+            self.check("Query", r.status.as_ref())?;
+            let column = |name: &str| {
+                r.fields_data
+                    .iter()
+                    .find(|f| f.field_name == name)
+                    .ok_or_else(|| {
+                        engine_error(&self.uri, "Query", format!("no `{name}` in the answer"))
+                    })
+            };
+            let pks = column("pk")?.as_strings().unwrap_or_default();
+            let (values, got_dim) = column(VECTOR)?.as_vectors().unwrap_or((&[], dim));
+            if got_dim != dim || values.len() != pks.len() * dim {
+                return Err(engine_error(
+                    &self.uri,
+                    "Query",
+                    format!(
+                        "{} values of dimension {got_dim} for {} rows of dimension {dim}",
+                        values.len(),
+                        pks.len()
+                    ),
+                ));
+            }
+            for (pk, row) in pks.iter().zip(values.chunks_exact(dim)) {
+                let slot = pk
+                    .rsplit_once(':')
+                    .and_then(|(hash, slot)| Some((hash, slot.parse::<usize>().ok()?)))
+                    .filter(|&(_, slot)| slot < num_vectors);
+                let Some((hash, slot)) = slot else {
+                    return Err(engine_error(
+                        &self.uri,
+                        "Query",
+                        format!("row {pk:?} is not <content hash>:<slot below {num_vectors}>"),
+                    ));
+                };
+                let vectors = out
+                    .entry(hash.to_string())
+                    .or_insert_with(|| vec![0.0; num_vectors * dim]);
+                vectors[slot * dim..(slot + 1) * dim].copy_from_slice(row);
+                let hash = chunk
+                    .iter()
+                    .find(|h| *h == hash)
+                    .map_or(hash, |h| h.as_str());
+                filled
+                    .entry(hash)
+                    .or_insert_with(|| vec![false; num_vectors])[slot] = true;
+            }
+            for hash in chunk {
+                let n = filled
+                    .get(hash.as_str())
+                    .map_or(0, |f| f.iter().filter(|&&x| x).count());
+                if n != num_vectors {
+                    return Err(engine_error(
+                        &self.uri,
+                        "Query",
+                        format!("image {hash} has {n} of its {num_vectors} vectors"),
+                    ));
+                }
+            }
         }
-        Ok(hits)
+        Ok(out)
     }
 
     fn search_texts(&self, image: &[f32], dim: usize, k: usize) -> Result<Vec<EngineTextHit>> {
+        // An export without texts creates no texts collection: the same answer as a
+        // local index without texts.
+        if !self.has_collection(&self.texts_collection())? {
+            return Err(BadRequest::NoTexts.into());
+        }
         // One search per query vector, top k each, merged by the max per text: exact,
         // since a text in the true top k is in the top k of the vector that reaches its
         // max (every text above it there scores higher overall).
@@ -450,6 +614,7 @@ impl VectorEngine for MilvusEngine {
             dim,
             k,
             None,
+            "",
             &["text_id", "text", "external_id"],
         )?;
         let ids = self
@@ -498,6 +663,26 @@ fn paths_json<'a>(paths: impl Iterator<Item = &'a str>) -> String {
         }
         kept.pop();
     }
+}
+
+/// A Milvus filter keeping the images with a path that starts with `prefix`. The `paths`
+/// column is a JSON array, where every path starts right after a `"`: the filter is
+/// `paths like "%<"prefix as JSON writes it>%"`, with LIKE's `%`, `_` and `\` escaped,
+/// in an expression string literal. (A path holding a `"` could match after its escaped
+/// quote: the search service checks every hit's paths again.)
+fn under_filter(prefix: &str) -> String {
+    let json = serde_json::to_string(prefix).expect("strings serialise");
+    let opening = &json[..json.len() - 1];
+    let mut pattern = String::from("%");
+    for c in opening.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    let literal = serde_json::to_string(&pattern).expect("strings serialise");
+    format!("paths like {literal}")
 }
 
 fn engine_error(uri: &EngineUri, operation: &str, reason: impl ToString) -> Error {

@@ -176,6 +176,17 @@ impl FieldData {
         }
     }
 
+    /// The column's float vectors (flat) and their dimension, if it holds float vectors.
+    pub fn as_vectors(&self) -> Option<(&[f32], usize)> {
+        match &self.field {
+            Some(Column::Vectors(VectorField {
+                dim,
+                float_vector: Some(a),
+            })) => Some((&a.data, *dim as usize)),
+            _ => None,
+        }
+    }
+
     /// The column's values as strings, if it holds strings.
     pub fn as_strings(&self) -> Option<&[String]> {
         match &self.field {
@@ -339,4 +350,28 @@ pub struct SearchResults {
     pub status: Option<Status>,
     #[prost(message, optional, tag = "2")]
     pub results: Option<SearchResultData>,
+}
+
+/// `milvus.QueryRequest`: the rows an expression selects.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryRequest {
+    #[prost(string, tag = "3")]
+    pub collection_name: String,
+    #[prost(string, tag = "4")]
+    pub expr: String,
+    #[prost(string, repeated, tag = "5")]
+    pub output_fields: Vec<String>,
+    #[prost(message, repeated, tag = "9")]
+    pub query_params: Vec<KeyValuePair>,
+    #[prost(int32, tag = "11")]
+    pub consistency_level: i32,
+}
+
+/// `milvus.QueryResults`: one column per output field.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryResults {
+    #[prost(message, optional, tag = "1")]
+    pub status: Option<Status>,
+    #[prost(message, repeated, tag = "2")]
+    pub fields_data: Vec<FieldData>,
 }

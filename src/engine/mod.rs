@@ -10,11 +10,12 @@
 pub mod milvus;
 mod milvus_proto;
 
+use std::collections::HashMap;
 use std::fmt;
 
 use qseek_index::Index;
 
-use crate::error::BadRequest;
+use crate::error::{BadRequest, NotFound};
 use crate::Result;
 
 /// Milvus's default gRPC port.
@@ -83,14 +84,15 @@ impl fmt::Display for EngineUri {
     }
 }
 
-/// An image the engine found for a text.
+/// An image the engine found for a text (or for one query vector of an image).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineImageHit {
     /// Hash of its bytes (its identity in the engine).
     pub content_hash: String,
     /// Its paths, as exported.
     pub paths: Vec<String>,
-    /// Max over its Q vectors of the dot product with the text's vector.
+    /// Max over its Q vectors of the dot product with the text's vector (or with the
+    /// image's query vector).
     pub itc: f32,
 }
 
@@ -141,9 +143,40 @@ pub trait VectorEngine: Send + Sync + fmt::Debug {
     /// commit; `mode` says what happens to a collection the engine already holds.
     fn export(&self, index: &Index, mode: ExportMode) -> Result<ExportReport>;
 
+    /// Whether the engine holds the collection's images (an export created it).
+    fn holds_images(&self) -> Result<bool>;
+
     /// The `k` images with the highest ITC score (max over their Q vectors of the dot
-    /// product with `text`, one L2-normalised D-vector), highest first.
-    fn search_images(&self, text: &[f32], k: usize) -> Result<Vec<EngineImageHit>>;
+    /// product with `text`, one L2-normalised D-vector), highest first; with `under`,
+    /// only images with a path that starts with it.
+    fn search_images(
+        &self,
+        text: &[f32],
+        k: usize,
+        under: Option<&str>,
+    ) -> Result<Vec<EngineImageHit>>;
+
+    /// For each of an image's query vectors (`image`: Q vectors of `dim` values, flat),
+    /// the `k` images whose best vector matches it best, highest first, with that
+    /// score (the candidates of image → images: see `service/search.rs`); with `under`,
+    /// only images with a path that starts with it.
+    fn images_per_vector(
+        &self,
+        image: &[f32],
+        dim: usize,
+        k: usize,
+        under: Option<&str>,
+    ) -> Result<Vec<Vec<EngineImageHit>>>;
+
+    /// The stored vectors of these images (by content hash): `num_vectors` × `dim`
+    /// values each, flat, in slot order. An image the engine lacks, or holds only part
+    /// of, is an error.
+    fn image_vectors(
+        &self,
+        hashes: &[String],
+        num_vectors: usize,
+        dim: usize,
+    ) -> Result<HashMap<String, Vec<f32>>>;
 
     /// The `k` texts with the highest ITC score for an image (`image`: its Q vectors of
     /// `dim` values, flat), highest first.
@@ -153,6 +186,21 @@ pub trait VectorEngine: Send + Sync + fmt::Debug {
 /// Connects to the engine a URI names.
 pub fn connect(uri: &EngineUri) -> Result<Box<dyn VectorEngine>> {
     Ok(Box::new(milvus::MilvusEngine::connect(uri)?))
+}
+
+/// Connects to the engine a URI names, to search the collection it names: one that is
+/// not there (nothing exported yet, a typo) is [`NotFound::EngineCollection`] now,
+/// not an engine error at the first search.
+pub fn connect_to_search(uri: &EngineUri) -> Result<Box<dyn VectorEngine>> {
+    let engine = connect(uri)?;
+    if !engine.holds_images()? {
+        return Err(NotFound::EngineCollection {
+            uri: uri.to_string(),
+            collection: uri.collection.clone(),
+        }
+        .into());
+    }
+    Ok(engine)
 }
 
 #[cfg(test)]

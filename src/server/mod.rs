@@ -28,6 +28,7 @@ use axum::Router;
 use tower_http::compression::CompressionLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::engine::VectorEngine;
 use crate::error::BadRequest;
 use crate::pipeline::indexer::IndexOptions;
 use crate::pipeline::Collection;
@@ -100,9 +101,22 @@ pub struct AppState {
     max_upload_bytes: usize,
 }
 
-/// Serves until Ctrl-C.
+/// Serves until Ctrl-C, searching the index.
 pub fn serve(collection: Collection, opts: ServeOptions) -> Result<()> {
+    serve_with_engine(collection, opts, None)
+}
+
+/// Serves until Ctrl-C; with `engine`, searches take their candidates and ITC scores
+/// from it ([`SearchSettings::engine`]), as `qseek search --engine` does.
+pub fn serve_with_engine(
+    collection: Collection,
+    opts: ServeOptions,
+    engine: Option<Arc<dyn VectorEngine>>,
+) -> Result<()> {
     opts.check()?;
+    // The engine's client owns a tokio runtime, which must not be dropped inside the
+    // server's: this reference outlives it.
+    let _engine = engine.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,7 +132,7 @@ pub fn serve(collection: Collection, opts: ServeOptions) -> Result<()> {
             path: opts.addr.to_string().into(),
             source,
         })?;
-        let app = router(collection, &opts);
+        let app = router(collection, &opts, engine);
         eprintln!("qseek: serving http://{addr}/");
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -133,14 +147,18 @@ pub fn serve(collection: Collection, opts: ServeOptions) -> Result<()> {
 }
 
 /// The routes, their limits and middleware.
-fn router(collection: Collection, opts: &ServeOptions) -> Router {
+fn router(
+    collection: Collection,
+    opts: &ServeOptions,
+    engine: Option<Arc<dyn VectorEngine>>,
+) -> Router {
     let collection = Arc::new(collection);
     let state = Arc::new(AppState {
         model: Batcher::start(collection.clone(), opts.batch),
         settings: SearchSettings {
             load: opts.load,
             max_query_chars: Some(MAX_QUERY_CHARS),
-            engine: None,
+            engine,
         },
         thumbnails: files::thumbnail_dir(collection.index.path()),
         token: opts.token.clone().filter(|t| !t.is_empty()),

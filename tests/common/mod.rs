@@ -1,6 +1,8 @@
 //! Shared by the integration tests: fixture paths and reference outputs.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
