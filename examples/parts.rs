@@ -9,8 +9,8 @@
 //!
 //! Parts (per batch, for all layers: one layer's time × `num_hidden_layers`):
 //! * `linear qkv` / `linear proj` / `linear fc1+gelu` / `linear fc2`: the layer's GEMMs,
-//!   through the same `Linear` the model uses (`packed_gemm` in bf16 on AVX512-BF16;
-//!   candle's GEMM in f32), 2·m·k·n FLOP each;
+//!   through the same `Linear` the model uses (`packed_gemm` in bf16 on AVX512-BF16, in
+//!   f32 on AVX2/AVX-512; candle's GEMM otherwise), 2·m·k·n FLOP each;
 //! * `attention`: softmax(q kᵀ / √d) v over the heads, 4·B·heads·T²·head_dim FLOP;
 //! * `layer norms`: the two per layer (memory-bound: their FLOP count is nominal);
 //! * `rest of the ViT`: the whole ViT minus the parts (residual adds, reshapes and
@@ -164,9 +164,14 @@ fn main() -> qseek::Result<()> {
     let layers = v.num_hidden_layers as f64;
     let m = b * t;
     let dev = Device::Cpu;
+    // The kernel the model packs the ViT's linear layers for (as `retrieval.rs` picks it).
     let bf16 = (dtype == DType::BF16)
         .then(|| Kernel::chosen(Format::Bf16))
         .flatten();
+    let f32 = (dtype == DType::F32)
+        .then(|| Kernel::chosen(Format::F32))
+        .flatten();
+    let packed = bf16.or(f32);
     // The ViT's activations: f32 where `packed_gemm` computes its linear layers in bf16.
     let act = if bf16.is_some() { DType::F32 } else { dtype };
 
@@ -182,7 +187,7 @@ fn main() -> qseek::Result<()> {
         let w = (Tensor::randn(0f32, 1.0, (n, k), &dev)? / (k as f64).sqrt())?;
         let bias = Tensor::zeros(n, DType::F32, &dev)?;
         let layer =
-            Linear::from_parts(w.to_dtype(act)?, Some(bias.to_dtype(act)?)).into_packed(bf16)?;
+            Linear::from_parts(w.to_dtype(act)?, Some(bias.to_dtype(act)?)).into_packed(packed)?;
         let s = seconds(args.reps, || {
             if gelu {
                 layer.forward_gelu(input)?;

@@ -30,8 +30,9 @@ use super::vision::VisionModel;
 /// bf16, where the whole ViT computes in bf16.
 ///
 /// On a CPU with AVX2 or AVX-512, every linear layer after the ViT (the Q-Former's, the
-/// projections, `itm_head`) computes in f32 through [`packed_gemm`](super::packed_gemm)
-/// over weights packed once at load (`QSEEK_F32_GEMM=off` gives candle's GEMM).
+/// projections, `itm_head`), and the ViT's own in f32, compute in f32 through
+/// [`packed_gemm`](super::packed_gemm) over weights packed once at load
+/// (`QSEEK_F32_GEMM=off` gives candle's GEMM).
 #[derive(Debug, Clone)]
 pub struct Blip2ForImageTextRetrieval {
     vision_model: VisionModel,
@@ -54,8 +55,8 @@ impl Blip2ForImageTextRetrieval {
     /// Builds the model from `vb` (rooted at the checkpoint's top level); the vision
     /// model's weights are converted to `dtype`, the rest to f32. bf16 on the CPU with a
     /// bf16 [`Kernel`] packs the ViT's linear weights in bf16 and keeps the rest of the
-    /// ViT in f32; on the CPU with an f32 [`Kernel`] the linear layers after the ViT are
-    /// packed in f32.
+    /// ViT in f32; on the CPU with an f32 [`Kernel`] the linear layers after the ViT (and
+    /// the ViT's, in f32) are packed in f32.
     pub fn new(cfg: &Blip2Config, vb: VarBuilder, dtype: DType) -> Result<Self> {
         let q = &cfg.qformer_config;
         let f32_vb = vb.clone().set_dtype(DType::F32);
@@ -68,11 +69,14 @@ impl Blip2ForImageTextRetrieval {
             Linear::new(q.hidden_size, out, f32_vb.pp(name))?.into_packed(f32)
         };
         let vision_dtype = if bf16.is_some() { DType::F32 } else { dtype };
+        // The ViT's linear layers: bf16-packed for bf16, f32-packed for f32 (its GELU
+        // then fused into fc1), candle's for f16 and on a GPU.
+        let vision_kernel = bf16.or(f32.filter(|_| dtype == DType::F32));
         Ok(Self {
             vision_model: VisionModel::new(
                 &cfg.vision_config,
                 vb.set_dtype(vision_dtype).pp("vision_model"),
-                bf16,
+                vision_kernel,
             )?,
             query_tokens: f32_vb.get((1, cfg.num_query_tokens, q.hidden_size), "query_tokens")?,
             embeddings: TextEmbeddings::new(q, f32_vb.pp("embeddings"))?,

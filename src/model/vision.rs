@@ -19,7 +19,7 @@ pub struct VisionEmbeddings {
 }
 
 impl VisionEmbeddings {
-    fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
         let (h, p) = (cfg.hidden_size, cfg.patch_size);
         let class_embedding = vb.get((1, 1, h), "class_embedding")?;
         let conv = vb.pp("patch_embedding");
@@ -28,7 +28,7 @@ impl VisionEmbeddings {
         let position_embedding = vb.get((1, cfg.num_positions(), h), "position_embedding")?;
         Ok(Self {
             class_embedding,
-            patch_embedding: Linear::from_parts(weight, Some(bias)).into_packed(bf16)?,
+            patch_embedding: Linear::from_parts(weight, Some(bias)).into_packed(packed)?,
             position_embedding,
             patch_size: p,
             grid: cfg.grid(),
@@ -66,7 +66,7 @@ pub struct Attention {
 }
 
 impl Attention {
-    fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
         let h = cfg.hidden_size;
         let qkv_vb = vb.pp("qkv");
         let weight = qkv_vb.get((3 * h, h), "weight")?;
@@ -85,8 +85,8 @@ impl Attention {
             None
         };
         Ok(Self {
-            qkv: Linear::from_parts(weight, bias).into_packed(bf16)?,
-            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(bf16)?,
+            qkv: Linear::from_parts(weight, bias).into_packed(packed)?,
+            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(packed)?,
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -115,18 +115,18 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            fc1: Linear::new(h, i, vb.pp("fc1"))?.into_packed(bf16)?,
-            fc2: Linear::new(i, h, vb.pp("fc2"))?.into_packed(bf16)?,
+            fc1: Linear::new(h, i, vb.pp("fc1"))?.into_packed(packed)?,
+            fc2: Linear::new(i, h, vb.pp("fc2"))?.into_packed(packed)?,
             activation: cfg.hidden_act,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let hidden = match self.activation {
-            // Fused into fc1's GEMM where it is bf16-packed.
+            // Fused into fc1's GEMM where it is packed.
             Activation::Gelu => self.fc1.forward_gelu(xs)?,
             _ => self.fc1.forward(xs)?.apply(&self.activation)?,
         };
@@ -144,12 +144,12 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
+    fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
-            self_attn: Attention::new(cfg, vb.pp("self_attn"), bf16)?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"), packed)?,
             layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"), bf16)?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), packed)?,
             layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
         })
     }
@@ -171,17 +171,18 @@ pub struct VisionModel {
 }
 
 impl VisionModel {
-    /// Loads the weights under `vision_model.`, in `vb`'s dtype. With `bf16` (and an
-    /// f32 `vb`) every linear layer (the patch embedding, qkv, projection, fc1, fc2)
-    /// is computed by [`packed_gemm`](super::packed_gemm) with that kernel: bf16 weights and
-    /// products, f32 sums; all else stays f32.
-    pub fn new(cfg: &VisionConfig, vb: VarBuilder, bf16: Option<Kernel>) -> Result<Self> {
+    /// Loads the weights under `vision_model.`, in `vb`'s dtype. With a `packed` kernel
+    /// (and an f32 `vb`) every linear layer (the patch embedding, qkv, projection, fc1,
+    /// fc2) is computed by [`packed_gemm`](super::packed_gemm) with that kernel, fc1's
+    /// GELU fused: a bf16 kernel rounds weights and inputs to bf16 and sums in f32; all
+    /// else stays f32.
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), bf16))
+            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), packed))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"), bf16)?,
+            embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"), packed)?,
             layers,
             post_layernorm: layer_norm(
                 cfg.hidden_size,
