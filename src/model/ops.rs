@@ -1,6 +1,6 @@
 //! The few building blocks the BLIP-2 modules share.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
@@ -24,12 +24,47 @@ enum Weights {
         weight: Tensor,
         bias: Option<Tensor>,
     },
-    /// The weight (in the kernel's format) and the bias in f32, packed once for
-    /// [`packed_gemm`](super::packed_gemm): f32 in, f32 out, on the CPU.
+    /// The weight (in the kernel's format) and the bias in f32, packed for
+    /// [`packed_gemm`](super::packed_gemm) at the first call: f32 in, f32 out, on the
+    /// CPU.
     Packed {
         kernel: Kernel,
-        packed: Arc<PackedWeight>,
+        packed: Arc<LazyPacked>,
     },
+}
+
+/// A weight packed at its layer's first call, not at load: a text search never runs
+/// the ViT, whose packing would add seconds to every one-shot `qseek search`.
+#[derive(Debug)]
+struct LazyPacked {
+    /// The tensors, until they are packed.
+    source: Mutex<Option<(Tensor, Option<Tensor>)>>,
+    packed: OnceLock<PackedWeight>,
+}
+
+impl LazyPacked {
+    /// The packed weight, packing it (once; concurrent first calls wait) if needed.
+    fn get(&self, kernel: Kernel) -> Result<&PackedWeight> {
+        if let Some(p) = self.packed.get() {
+            return Ok(p);
+        }
+        let mut source = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((weight, bias)) = source.as_ref() {
+            let k = weight.dim(1)?;
+            let w = weight
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let bias = match bias {
+                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                None => None,
+            };
+            let packed = PackedWeight::new(kernel.format(), &w, bias.as_deref(), k);
+            let _ = self.packed.set(packed);
+            *source = None;
+        }
+        Ok(self.packed.get().expect("packed under the lock"))
+    }
 }
 
 impl Linear {
@@ -47,23 +82,18 @@ impl Linear {
         }
     }
 
-    /// This layer computed by [`packed_gemm`] with `kernel` (unchanged if `None`): the
-    /// weight packed once in the kernel's format (bf16 rounds it; the tensors are
-    /// dropped), the bias kept in f32. The layer then takes and returns f32 on the CPU.
+    /// This layer computed by [`packed_gemm`] with `kernel` (unchanged if `None`): at
+    /// its first call the weight is packed in the kernel's format (bf16 rounds it; the
+    /// tensors are then dropped) and the bias kept in f32. The layer then takes and
+    /// returns f32 on the CPU.
     pub fn into_packed(self, kernel: Option<Kernel>) -> Result<Self> {
         let (Some(kernel), Weights::Tensors { weight, bias }) = (kernel, &self.weights) else {
             return Ok(self);
         };
-        let k = weight.dim(1)?;
-        let w = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let bias = match bias {
-            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-            None => None,
-        };
-        let packed = Arc::new(PackedWeight::new(kernel.format(), &w, bias.as_deref(), k));
+        let packed = Arc::new(LazyPacked {
+            source: Mutex::new(Some((weight.clone(), bias.clone()))),
+            packed: OnceLock::new(),
+        });
         Ok(Self {
             weights: Weights::Packed { kernel, packed },
         })
@@ -101,6 +131,7 @@ impl Linear {
         let rows = xs.elem_count() / in_dim.max(1);
         let ys = match &self.weights {
             Weights::Packed { kernel, packed } => {
+                let packed = packed.get(*kernel)?;
                 let matmul = |x: &[f32]| packed_gemm::matmul_wt(*kernel, x, rows, packed, epilogue);
                 let ys = with_cpu_f32(xs, matmul)?.ok_or_else(|| {
                     candle_core::Error::Msg(format!(
