@@ -192,6 +192,7 @@ fn main() -> qseek::Result<()> {
         },
         load,
         batch: 32,
+        engine: None,
     };
     std::thread::spawn(move || serve(collection, opts));
     while get(&addr, "/api/health").is_err() {

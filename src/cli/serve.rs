@@ -14,7 +14,7 @@ use crate::error::{BadRequest, Param};
 use crate::pipeline::indexer::IndexOptions;
 use crate::pipeline::walk::WalkOptions;
 use crate::pipeline::{Collection, CreateOptions};
-use crate::server::{serve_with_engine, ServeOptions};
+use crate::server::{serve, ServeOptions};
 use crate::Result;
 
 #[derive(Debug, Args)]
@@ -78,6 +78,7 @@ pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
         },
         load,
         batch: args.model.batch as usize,
+        engine,
     };
     // Before loading the model: a refused address fails at once.
     opts.check()?;
@@ -91,6 +92,6 @@ pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
             feature_dtype: None,
         },
     )?;
-    serve_with_engine(collection, opts, engine)?;
+    serve(collection, opts)?;
     Ok(Outcome::Success)
 }

@@ -73,6 +73,9 @@ pub struct ServeOptions {
     pub load: LoadOptions,
     /// ITM pairs per model call.
     pub batch: usize,
+    /// Take search candidates and ITC scores from this engine
+    /// ([`SearchSettings::engine`]), as `qseek search --engine` does.
+    pub engine: Option<Arc<dyn VectorEngine>>,
 }
 
 impl ServeOptions {
@@ -101,22 +104,12 @@ pub struct AppState {
     max_upload_bytes: usize,
 }
 
-/// Serves until Ctrl-C, searching the index.
+/// Serves until Ctrl-C, searching the index (or `opts.engine`).
 pub fn serve(collection: Collection, opts: ServeOptions) -> Result<()> {
-    serve_with_engine(collection, opts, None)
-}
-
-/// Serves until Ctrl-C; with `engine`, searches take their candidates and ITC scores
-/// from it ([`SearchSettings::engine`]), as `qseek search --engine` does.
-pub fn serve_with_engine(
-    collection: Collection,
-    opts: ServeOptions,
-    engine: Option<Arc<dyn VectorEngine>>,
-) -> Result<()> {
     opts.check()?;
     // The engine's client owns a tokio runtime, which must not be dropped inside the
     // server's: this reference outlives it.
-    let _engine = engine.clone();
+    let _engine = opts.engine.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,7 +125,7 @@ pub fn serve_with_engine(
             path: opts.addr.to_string().into(),
             source,
         })?;
-        let app = router(collection, &opts, engine);
+        let app = router(collection, &opts);
         eprintln!("qseek: serving http://{addr}/");
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
@@ -147,18 +140,14 @@ pub fn serve_with_engine(
 }
 
 /// The routes, their limits and middleware.
-fn router(
-    collection: Collection,
-    opts: &ServeOptions,
-    engine: Option<Arc<dyn VectorEngine>>,
-) -> Router {
+fn router(collection: Collection, opts: &ServeOptions) -> Router {
     let collection = Arc::new(collection);
     let state = Arc::new(AppState {
         model: Batcher::start(collection.clone(), opts.batch),
         settings: SearchSettings {
             load: opts.load,
             max_query_chars: Some(MAX_QUERY_CHARS),
-            engine,
+            engine: opts.engine.clone(),
         },
         thumbnails: files::thumbnail_dir(collection.index.path()),
         token: opts.token.clone().filter(|t| !t.is_empty()),
