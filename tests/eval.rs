@@ -275,8 +275,8 @@ fn a_cache_keeps_one_index_per_precision_and_refuses_other_indexes() {
     }
 }
 
-/// bf16 (on a CPU with AVX512-BF16, `bf16_gemm`; `QSEEK_BF16_GEMM=off` tests candle's
-/// bf16) ranks every image and text as the f32 reference does.
+/// bf16 (on a CPU with AVX512-BF16, `packed_gemm`'s bf16 path; `QSEEK_BF16_GEMM=off`
+/// tests candle's bf16) ranks every image and text as the f32 reference does.
 #[test]
 fn bf16_ranks_equal_the_f32_reference() {
     let tmp = tempfile::tempdir().unwrap();
