@@ -212,8 +212,8 @@ fn half_precision_stays_close() {
 /// `--dtype bf16` against f32 on the same pixels: every query vector within cosine
 /// 0.995 (issue 13's bar). On a CPU with AVX512-BF16 this tests `packed_gemm`'s bf16
 /// path; the other paths are tested by running it again with `QSEEK_BF16_GEMM=off`
-/// (candle's bf16)
-/// and `QSEEK_BF16_GEMM=portable` (the reference kernel), as `.ci/run` does.
+/// (candle's bf16) and `QSEEK_BF16_GEMM=portable` (the reference kernel), as `.ci/run`
+/// does.
 #[test]
 fn bf16_query_vectors_stay_within_cosine_0_995_of_f32() {
     for (model, device) in cases() {
