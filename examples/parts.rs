@@ -187,10 +187,10 @@ fn main() -> qseek::Result<()> {
         let w = (Tensor::randn(0f32, 1.0, (n, k), &dev)? / (k as f64).sqrt())?;
         let bias = Tensor::zeros(n, DType::F32, &dev)?;
         let layer =
-            Linear::from_parts(w.to_dtype(act)?, Some(bias.to_dtype(act)?)).into_packed(packed)?;
+            Linear::from_parts(w.to_dtype(act)?, Some(bias.to_dtype(act)?)).into_packed(packed);
         let s = seconds(args.reps, || {
             if gelu {
-                layer.forward_gelu(input)?;
+                layer.forward_activation(input, candle_nn::Activation::Gelu)?;
             } else {
                 layer.forward(input)?;
             }

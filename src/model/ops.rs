@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{DType, Module, Result, Tensor, D};
-use candle_nn::VarBuilder;
+use candle_nn::{Activation, VarBuilder};
 
 use super::packed_gemm::{self, Epilogue, Kernel, PackedWeight};
 
@@ -86,17 +86,17 @@ impl Linear {
     /// its first call the weight is packed in the kernel's format (bf16 rounds it; the
     /// tensors are then dropped) and the bias kept in f32. The layer then takes and
     /// returns f32 on the CPU.
-    pub fn into_packed(self, kernel: Option<Kernel>) -> Result<Self> {
+    pub fn into_packed(self, kernel: Option<Kernel>) -> Self {
         let (Some(kernel), Weights::Tensors { weight, bias }) = (kernel, &self.weights) else {
-            return Ok(self);
+            return self;
         };
         let packed = Arc::new(LazyPacked {
             source: Mutex::new(Some((weight.clone(), bias.clone()))),
             packed: OnceLock::new(),
         });
-        Ok(Self {
+        Self {
             weights: Weights::Packed { kernel, packed },
-        })
+        }
     }
 }
 
@@ -116,12 +116,13 @@ fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<T>>
 }
 
 impl Linear {
-    /// `gelu_erf(x Wᵀ + b)`: for a packed layer, GELU is applied inside the GEMM (see
-    /// [`Epilogue::Gelu`]); otherwise candle's `gelu_erf` on the output.
-    pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
-        match self.weights {
-            Weights::Packed { .. } => self.forward_with(xs, Epilogue::Gelu),
-            Weights::Tensors { .. } => self.forward(xs)?.gelu_erf(),
+    /// `activation(x Wᵀ + b)`: for a packed layer and GELU (erf form, `hidden_act:
+    /// "gelu"`), GELU is applied inside the GEMM (see [`Epilogue::Gelu`]); otherwise
+    /// the activation runs on the output.
+    pub fn forward_activation(&self, xs: &Tensor, activation: Activation) -> Result<Tensor> {
+        match (&self.weights, activation) {
+            (Weights::Packed { .. }, Activation::Gelu) => self.forward_with(xs, Epilogue::Gelu),
+            _ => self.forward(xs)?.apply(&activation),
         }
     }
 

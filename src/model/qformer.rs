@@ -63,9 +63,9 @@ impl MultiHeadAttention {
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            query: Linear::new(h, h, vb.pp("query"))?.into_packed(f32)?,
-            key: Linear::new(kv_dim, h, vb.pp("key"))?.into_packed(f32)?,
-            value: Linear::new(kv_dim, h, vb.pp("value"))?.into_packed(f32)?,
+            query: Linear::new(h, h, vb.pp("query"))?.into_packed(f32),
+            key: Linear::new(kv_dim, h, vb.pp("key"))?.into_packed(f32),
+            value: Linear::new(kv_dim, h, vb.pp("value"))?.into_packed(f32),
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -118,7 +118,7 @@ impl DenseNorm {
         f32: Option<Kernel>,
     ) -> Result<Self> {
         Ok(Self {
-            dense: Linear::new(in_dim, cfg.hidden_size, vb.pp("dense"))?.into_packed(f32)?,
+            dense: Linear::new(in_dim, cfg.hidden_size, vb.pp("dense"))?.into_packed(f32),
             layer_norm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("LayerNorm"))?,
         })
     }
@@ -176,18 +176,14 @@ impl FeedForward {
                 cfg.intermediate_size,
                 vb.pp(intermediate).pp("dense"),
             )?
-            .into_packed(f32)?,
+            .into_packed(f32),
             activation: cfg.hidden_act,
             output: DenseNorm::new(cfg.intermediate_size, cfg, vb.pp(output), f32)?,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = match self.activation {
-            // `hidden_act: "gelu"`: fused into a packed layer's GEMM.
-            Activation::Gelu => self.intermediate.forward_gelu(xs)?,
-            _ => self.intermediate.forward(xs)?.apply(&self.activation)?,
-        };
+        let hidden = self.intermediate.forward_activation(xs, self.activation)?;
         self.output.forward(&hidden, xs)
     }
 }

@@ -31,8 +31,8 @@ use super::vision::VisionModel;
 ///
 /// On a CPU with AVX2 or AVX-512, every linear layer after the ViT (the Q-Former's, the
 /// projections, `itm_head`), and the ViT's own in f32, compute in f32 through
-/// [`packed_gemm`](super::packed_gemm) over weights packed once at load
-/// (`QSEEK_F32_GEMM=off` gives candle's GEMM).
+/// [`packed_gemm`](super::packed_gemm) over weights packed once, at each layer's first
+/// call (`QSEEK_F32_GEMM=off` gives candle's GEMM).
 #[derive(Debug, Clone)]
 pub struct Blip2ForImageTextRetrieval {
     vision_model: VisionModel,
@@ -66,7 +66,7 @@ impl Blip2ForImageTextRetrieval {
             .flatten();
         let f32 = cpu.then(|| Kernel::chosen(Format::F32)).flatten();
         let proj = |name: &str, out: usize| {
-            Linear::new(q.hidden_size, out, f32_vb.pp(name))?.into_packed(f32)
+            Linear::new(q.hidden_size, out, f32_vb.pp(name)).map(|l| l.into_packed(f32))
         };
         let vision_dtype = if bf16.is_some() { DType::F32 } else { dtype };
         // The ViT's linear layers: bf16-packed for bf16, f32-packed for f32 (its GELU

@@ -28,7 +28,7 @@ impl VisionEmbeddings {
         let position_embedding = vb.get((1, cfg.num_positions(), h), "position_embedding")?;
         Ok(Self {
             class_embedding,
-            patch_embedding: Linear::from_parts(weight, Some(bias)).into_packed(packed)?,
+            patch_embedding: Linear::from_parts(weight, Some(bias)).into_packed(packed),
             position_embedding,
             patch_size: p,
             grid: cfg.grid(),
@@ -85,8 +85,8 @@ impl Attention {
             None
         };
         Ok(Self {
-            qkv: Linear::from_parts(weight, bias).into_packed(packed)?,
-            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(packed)?,
+            qkv: Linear::from_parts(weight, bias).into_packed(packed),
+            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(packed),
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -118,19 +118,15 @@ impl Mlp {
     fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            fc1: Linear::new(h, i, vb.pp("fc1"))?.into_packed(packed)?,
-            fc2: Linear::new(i, h, vb.pp("fc2"))?.into_packed(packed)?,
+            fc1: Linear::new(h, i, vb.pp("fc1"))?.into_packed(packed),
+            fc2: Linear::new(i, h, vb.pp("fc2"))?.into_packed(packed),
             activation: cfg.hidden_act,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hidden = match self.activation {
-            // Fused into fc1's GEMM where it is packed.
-            Activation::Gelu => self.fc1.forward_gelu(xs)?,
-            _ => self.fc1.forward(xs)?.apply(&self.activation)?,
-        };
-        self.fc2.forward(&hidden)
+        self.fc2
+            .forward(&self.fc1.forward_activation(xs, self.activation)?)
     }
 }
 

@@ -1,6 +1,6 @@
-//! `y = x Wᵀ + b` over weights packed once, at load time, for the CPU: the ViT's linear
-//! layers under `--dtype bf16` (bf16 weights, bf16 products, f32 sums) and the Q-Former's
-//! in f32.
+//! `y = x Wᵀ + b` over weights packed once (`ops::Linear` packs at a layer's first call),
+//! for the CPU: the ViT's linear layers under `--dtype bf16` (bf16 weights, bf16
+//! products, f32 sums), and in f32 the ViT's under `--dtype f32` and the Q-Former's.
 //!
 //! candle's CPU GEMM packs the weight matrix into its own layout on every call. For the
 //! ViT in bf16 there is no fast kernel at all (bf16 ran slower than f32); for the
