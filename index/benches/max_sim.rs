@@ -1,4 +1,5 @@
-//! The max-over-slots kernel for each stored dtype (Q = 32, D = 256).
+//! The max-over-slots kernel for each stored dtype (Q = 32, D = 256), and for 16
+//! queries at once.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use half::f16;
@@ -45,6 +46,32 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function(BenchmarkId::new("dtype", "int8"), |b| {
         b.iter(|| qseek_index::max_sim::max_sim_i8(std::hint::black_box(&query), &codes, &scales))
+    });
+    group.finish();
+
+    // A server's batch of 16 text searches against one image: one call per query,
+    // or `max_sim_many` (the same bits, 16 rows at a time).
+    let queries = unit(&mut rng, 16);
+    let queries: Vec<&[f32]> = queries.chunks_exact(D).collect();
+    let mut group = c.benchmark_group("max_sim_16_queries_q32_d256_f32");
+    group.bench_function("one_by_one", |b| {
+        b.iter(|| {
+            for q in &queries {
+                std::hint::black_box(qseek_index::max_sim::max_sim(q, &rows));
+            }
+        })
+    });
+    let mut dots = Vec::new();
+    let mut out = vec![(0f32, 0); queries.len()];
+    group.bench_function("many", |b| {
+        b.iter(|| {
+            qseek_index::max_sim::max_sim_many(
+                std::hint::black_box(&queries),
+                &rows,
+                &mut dots,
+                &mut out,
+            )
+        })
     });
     group.finish();
 }

@@ -1,5 +1,6 @@
 //! Search over a small synthetic index (2 000 images, Q = 32, D = 256): ANN
-//! with exact re-scoring against brute force.
+//! with exact re-scoring against brute force. And a server's case: the exact scan of
+//! 10 000 f32 images for one text and for a batch of 16 (`search_images_many`).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use qseek_index::{ImageRecord, Index, Manifest, ModelId, SearchParams, VectorDtype};
@@ -21,18 +22,17 @@ fn unit(rng: &mut SmallRng, n: usize) -> Vec<f32> {
     out
 }
 
-fn bench(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
+/// An index of `items` random images in `dtype`, in `dir`.
+fn synthetic(dir: &std::path::Path, items: usize, dtype: VectorDtype, rng: &mut SmallRng) -> Index {
     let model = ModelId {
         model_id: "bench".into(),
         config_hash: "0".into(),
     };
     let mut manifest = Manifest::new(&model, Q, D);
-    manifest.vector_dtype = VectorDtype::Int8;
-    let index = Index::create(dir.path(), manifest).unwrap();
-    let mut rng = SmallRng::seed_from_u64(SEED);
+    manifest.vector_dtype = dtype;
+    let index = Index::create(dir, manifest).unwrap();
     let mut w = index.writer().unwrap();
-    for i in 0..ITEMS {
+    for i in 0..items {
         let record = ImageRecord {
             path: format!("{i}.jpg"),
             size: 0,
@@ -41,10 +41,17 @@ fn bench(c: &mut Criterion) {
             width: 0,
             height: 0,
         };
-        w.add_image(record, &unit(&mut rng, Q), None).unwrap();
+        w.add_image(record, &unit(rng, Q), None).unwrap();
     }
     w.commit().unwrap();
     drop(w);
+    index
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = SmallRng::seed_from_u64(SEED);
+    let index = synthetic(dir.path(), ITEMS, VectorDtype::Int8, &mut rng);
     let query = unit(&mut rng, 1);
     let ann = SearchParams {
         exact_below: 0,
@@ -60,6 +67,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("search_images_exact_top10", |b| {
         b.iter(|| index.search_images(&query, 10, &exact).unwrap())
     });
+
+    let dir = tempfile::tempdir().unwrap();
+    let index = synthetic(dir.path(), 10_000, VectorDtype::F32, &mut rng);
+    let queries = unit(&mut rng, 16);
+    let queries: Vec<&[f32]> = queries.chunks_exact(D).collect();
+    let mut group = c.benchmark_group("exact_scan_10k_f32_top10");
+    group.sample_size(20);
+    group.bench_function("one_text", |b| {
+        b.iter(|| index.search_images(queries[0], 10, &exact).unwrap())
+    });
+    group.bench_function("16_texts", |b| {
+        b.iter(|| index.search_images_many(&queries, 10, &exact).unwrap())
+    });
+    group.finish();
 }
 
 criterion_group!(benches, bench);

@@ -342,13 +342,9 @@ impl Index {
         }
         let allowed = self.allowed(TableKind::Images, params.filter.as_ref())?;
         let state = self.searchable(TableKind::Images, k, params, allowed.as_ref());
-        let vectors = &state.images.rows.vectors;
-        let scored =
-            state
-                .images
-                .search_many(queries, k, params, allowed.as_ref(), |q, row, scratch| {
-                    vectors.max_sim(row, queries[q], scratch)
-                });
+        let scored = state
+            .images
+            .max_sim_search_many(queries, k, params, allowed.as_ref());
         Ok(scored
             .into_iter()
             .map(|scored| state.image_hits(scored))

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::graph::ann_graph::AnnGraph;
 use crate::graph::graph_cache::GraphSource;
 use crate::search::{hit_order, sort_hits, SearchParams};
-use crate::storage::vector_store::VectorStoreReader;
+use crate::storage::vector_store::{ManyScratch, VectorStoreReader};
 
 /// An entry of a table: it knows its vector row.
 pub(crate) trait TableEntry: Clone + Send + Sync {
@@ -206,60 +206,71 @@ impl<E: TableEntry> Table<E> {
         top_k(scored, k)
     }
 
-    /// [`Table::search`] for several queries of one probe each, with the same `k`,
-    /// parameters and filter: `score(query, row, scratch)`. The results equal one
-    /// `search` per query. When the search is exact, every allowed row is read once
-    /// and scored against all the queries while it is in cache, so a batch of
-    /// queries costs about one pass over the vectors instead of one pass each.
-    pub(crate) fn search_many(
+    /// BLIP-2's max-over-slots search ([`VectorStoreReader::max_sim`]) for several
+    /// queries of one probe each, with the same `k`, parameters and filter. The results
+    /// equal one `search` per query, bit for bit. When the search is exact, every
+    /// allowed row is read once and scored against all the queries while it is in
+    /// cache ([`VectorStoreReader::max_sim_many`]), so a batch of queries costs about
+    /// one pass over the vectors instead of one pass each.
+    pub(crate) fn max_sim_search_many(
         &self,
-        probes: &[&[f32]],
+        queries: &[&[f32]],
         k: usize,
         params: &SearchParams,
         allowed: Option<&HashSet<u64>>,
-        score: impl Fn(usize, usize, &mut Vec<f32>) -> (f32, usize) + Sync,
     ) -> Vec<Scored> {
-        if self.graph_for(k, params, allowed).is_some() || probes.len() < 2 {
-            return probes
+        let vectors = &self.rows.vectors;
+        if self.graph_for(k, params, allowed).is_some() || queries.len() < 2 {
+            return queries
                 .iter()
-                .enumerate()
-                .map(|(q, probe)| {
-                    self.search(&[probe], k, params, allowed, |row, scratch| {
-                        score(q, row, scratch)
+                .map(|query| {
+                    self.search(&[query], k, params, allowed, |row, scratch| {
+                        vectors.max_sim(row, query, scratch)
                     })
                 })
                 .collect();
         }
         let candidates = self.all_allowed(allowed);
-        let dim = self.rows.vectors.dim();
-        let n = probes.len();
-        // Row-major (candidate, query) scores.
-        let per_row: Vec<(f32, usize)> = candidates
-            .par_chunks(64)
-            .map_init(
-                || vec![0f32; dim],
-                |scratch, ids| {
-                    let mut out = Vec::with_capacity(ids.len() * n);
-                    for id in ids {
-                        let row = self.entries[id].row() as usize;
-                        out.extend((0..n).map(|q| score(q, row, scratch)));
+        let n = queries.len();
+        // Each task keeps its rows' best `k` per query; the lists then merge. `hit_order`
+        // is a total order, so the result is the one `search` gives.
+        candidates
+            .par_chunks(256)
+            .map_init(ManyScratch::default, |scratch, ids| {
+                let rows: Vec<usize> = ids
+                    .iter()
+                    .map(|id| self.entries[id].row() as usize)
+                    .collect();
+                let mut scores = vec![(0f32, 0); ids.len() * n];
+                for (i, out) in scores.chunks_exact_mut(n).enumerate() {
+                    if let Some(&next) = rows.get(i + 1) {
+                        vectors.prefetch(next);
                     }
-                    out
+                    vectors.max_sim_many(rows[i], queries, scratch, out);
+                }
+                (0..n)
+                    .map(|q| {
+                        let scored: Scored = ids
+                            .iter()
+                            .zip(scores.chunks_exact(n))
+                            .map(|(&id, s)| (s[q].0, id, s[q].1))
+                            .collect();
+                        top_k(scored, k)
+                    })
+                    .collect::<Vec<Scored>>()
+            })
+            .reduce(
+                || vec![Vec::new(); n],
+                |a, b| {
+                    a.into_iter()
+                        .zip(b)
+                        .map(|(mut a, b)| {
+                            a.extend(b);
+                            top_k(a, k)
+                        })
+                        .collect()
                 },
             )
-            .flatten_iter()
-            .collect();
-        (0..n)
-            .into_par_iter()
-            .map(|q| {
-                let scored: Scored = candidates
-                    .iter()
-                    .zip(per_row.chunks_exact(n))
-                    .map(|(&id, scores)| (scores[q].0, id, scores[q].1))
-                    .collect();
-                top_k(scored, k)
-            })
-            .collect()
     }
 
     /// The graph, when it is ready and a search with these parameters walks it

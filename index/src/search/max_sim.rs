@@ -184,6 +184,177 @@ fn max_sim_i8_body(query: &[f32], codes: &[i8], scales: &[f32]) -> (f32, usize) 
     best
 }
 
+/// [`dot`] of every query with every row of `rows` (`n × D`): `dots[q * n + r]` is
+/// `dot(queries[q], row r)`, **bit for bit** (a test checks it on every level). With
+/// AVX-512 one query meets 16 rows at a time: 16 independent sums hide the adds'
+/// latency, each query chunk is loaded once for the 16 rows, and the 16 lane folds are
+/// one register transpose then 16 vertical adds in [`dot`]'s order. A server's batch
+/// of text searches is this case; elsewhere it is one [`dot`] per pair.
+pub fn dots_many(queries: &[&[f32]], rows: &[f32], dots: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: `level` found AVX-512F.
+        return unsafe { x86::dots_many(queries, rows, dots) };
+    }
+    dots_many_body(queries, rows, dots)
+}
+
+fn dots_many_body(queries: &[&[f32]], rows: &[f32], dots: &mut [f32]) {
+    let Some(dim) = queries.first().map(|q| q.len()) else {
+        return;
+    };
+    let n_rows = rows.len() / dim;
+    for (query, dots) in queries.iter().zip(dots.chunks_exact_mut(n_rows)) {
+        for (d, row) in dots.iter_mut().zip(rows.chunks_exact(dim)) {
+            *d = dot(query, row);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{dot_body, LANES};
+
+    /// [`super::dots_many`] with AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn dots_many(queries: &[&[f32]], rows: &[f32], dots: &mut [f32]) {
+        let Some(dim) = queries.first().map(|q| q.len()) else {
+            return;
+        };
+        debug_assert!(dim > 0 && rows.len().is_multiple_of(dim));
+        let n_rows = rows.len() / dim;
+        debug_assert_eq!(dots.len(), queries.len() * n_rows);
+        let main = dim - dim % LANES;
+        let mut first = 0;
+        if main > 0 {
+            while first + 16 <= n_rows {
+                let block = &rows[first * dim..(first + 16) * dim];
+                for (q, query) in queries.iter().enumerate() {
+                    assert_eq!(query.len(), dim);
+                    // SAFETY: `query` holds `main` values, `block` 16 rows of `dim ≥ main`.
+                    let sums = unsafe { lane_sums_16(query.as_ptr(), block.as_ptr(), dim, main) };
+                    for (r, sum) in sums.into_iter().enumerate() {
+                        let row = &block[r * dim..(r + 1) * dim];
+                        let tail: f32 = query[main..]
+                            .iter()
+                            .zip(&row[main..])
+                            .map(|(x, y)| x * y)
+                            .sum();
+                        dots[q * n_rows + first + r] = sum + tail;
+                    }
+                }
+                first += 16;
+            }
+        }
+        for (q, query) in queries.iter().enumerate() {
+            for r in first..n_rows {
+                dots[q * n_rows + r] = dot_body(query, &rows[r * dim..(r + 1) * dim]);
+            }
+        }
+    }
+
+    /// `acc.iter().sum()` of [`dot_body`]'s 16 lanes for `query` against 16 rows
+    /// (`dim` apart), over the first `main` values (a multiple of 16).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lane_sums_16(
+        query: *const f32,
+        rows: *const f32,
+        dim: usize,
+        main: usize,
+    ) -> [f32; 16] {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        let mut k = 0;
+        while k < main {
+            // SAFETY: k + 16 ≤ main ≤ dim, for the query and each row.
+            unsafe {
+                let x = _mm512_loadu_ps(query.add(k));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let y = _mm512_loadu_ps(rows.add(r * dim + k));
+                    // Multiply, then add: what `dot_body` does (no fused multiply-add).
+                    *acc = _mm512_add_ps(*acc, _mm512_mul_ps(x, y));
+                }
+            }
+            k += 16;
+        }
+        // Row r's lane i is acc[r][i]; after the transpose, lane r of t[i]. Folding
+        // t[0], t[1], … from -0.0 is `acc[r].iter().sum()` for all 16 rows at once.
+        let t = transpose(acc);
+        let mut sums = _mm512_set1_ps(-0.0);
+        for column in t {
+            sums = _mm512_add_ps(sums, column);
+        }
+        let mut out = [0f32; 16];
+        // SAFETY: 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums) };
+        out
+    }
+
+    /// A 16 × 16 transpose: lane j of `out[i]` is lane i of `r[j]`.
+    #[target_feature(enable = "avx512f")]
+    fn transpose(r: [__m512; 16]) -> [__m512; 16] {
+        // Within each 128-bit lane: pairs of rows, then groups of four.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let (a, b, c, d) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+            let (t0, t1) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+            let (t2, t3) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+            // u[4g + c], 128-bit lane L: rows 4g..4g+4 of column 4L + c.
+            u[4 * g] = _mm512_shuffle_ps::<0x44>(t0, t2);
+            u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(t0, t2);
+            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(t1, t3);
+            u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(t1, t3);
+        }
+        // Then the four groups' 128-bit lanes.
+        let mut out = [_mm512_setzero_ps(); 16];
+        for c in 0..4 {
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_f32x4::<0xDD>(u[c], u[4 + c]);
+            let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + c], u[12 + c]);
+            let w1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + c], u[12 + c]);
+            out[c] = _mm512_shuffle_f32x4::<0x88>(v0, w0);
+            out[4 + c] = _mm512_shuffle_f32x4::<0x88>(v1, w1);
+            out[8 + c] = _mm512_shuffle_f32x4::<0xDD>(v0, w0);
+            out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(v1, w1);
+        }
+        out
+    }
+}
+
+/// The first maximum of `scores` with its index, as [`max_sim`] picks it
+/// (`(-inf, 0)` when empty).
+#[inline]
+pub fn first_max(scores: impl IntoIterator<Item = f32>) -> (f32, usize) {
+    let mut best = (f32::NEG_INFINITY, 0);
+    for (slot, s) in scores.into_iter().enumerate() {
+        if s > best.0 {
+            best = (s, slot);
+        }
+    }
+    best
+}
+
+/// [`max_sim`] of several queries against the same rows, bit for bit, through
+/// [`dots_many`]: `out[q] = max_sim(queries[q], rows)`. `dots` is scratch.
+pub fn max_sim_many(
+    queries: &[&[f32]],
+    rows: &[f32],
+    dots: &mut Vec<f32>,
+    out: &mut [(f32, usize)],
+) {
+    let Some(dim) = queries.first().map(|q| q.len()) else {
+        return;
+    };
+    let n_rows = rows.len() / dim;
+    dots.clear();
+    dots.resize(queries.len() * n_rows, 0.0);
+    dots_many(queries, rows, dots);
+    for (best, dots) in out.iter_mut().zip(dots.chunks_exact(n_rows)) {
+        *best = first_max(dots.iter().copied());
+    }
+}
+
 /// Symmetric Chamfer similarity of two multi-vector images (`Q × D` each):
 /// the mean over A's slots of the best match in B, averaged with the same from B to A.
 ///
@@ -268,6 +439,38 @@ mod tests {
                     "case {i}, dim {dim} ({:?})",
                     level()
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn many_queries_give_dots_bits() {
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
+        };
+        let mut dots = Vec::new();
+        for dim in [1, 15, 16, 17, 48, 256, 259] {
+            for n_rows in [1, 5, 16, 17, 32, 33] {
+                let rows = values(dim * n_rows, 3.0);
+                let queries: Vec<Vec<f32>> = (0..5).map(|q| values(dim, q as f32 * 1.7)).collect();
+                let refs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
+                let mut base = vec![0f32; refs.len() * n_rows];
+                dots_many_body(&refs, &rows, &mut base);
+                let mut best = vec![(0f32, 0); refs.len()];
+                max_sim_many(&refs, &rows, &mut dots, &mut best);
+                for (q, query) in refs.iter().enumerate() {
+                    for (r, row) in rows.chunks_exact(dim).enumerate() {
+                        let one = dot_body(query, row).to_bits();
+                        assert_eq!(base[q * n_rows + r].to_bits(), one, "baseline");
+                        assert_eq!(dots[q * n_rows + r].to_bits(), one, "dispatched");
+                    }
+                    let one = max_sim_body(query, &rows);
+                    assert_eq!(
+                        (best[q].0.to_bits(), best[q].1),
+                        (one.0.to_bits(), one.1),
+                        "dim {dim}, {n_rows} rows, query {q}"
+                    );
+                }
             }
         }
     }

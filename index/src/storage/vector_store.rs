@@ -46,6 +46,32 @@ enum RowData {
     },
 }
 
+/// Asks the CPU to load `values` into cache, one request per 64-byte line (a hint).
+fn prefetch<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = values.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(values)).step_by(64) {
+            // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
+/// Per-thread buffers of [`VectorStoreReader::max_sim_many`].
+#[derive(Default)]
+pub(crate) struct ManyScratch {
+    /// A row decoded to f32.
+    rows: Vec<f32>,
+    /// Query × vector dot products.
+    dots: Vec<f32>,
+    /// A decoded mean.
+    one: Vec<f32>,
+}
+
 /// The in-memory copy of a vector file: decoded rows, scored without touching disk.
 ///
 /// Rows are held in shared chunks, so a clone is a cheap snapshot: a graph
@@ -245,6 +271,69 @@ impl VectorStoreReader {
                     &scales[row * self.per_row..(row + 1) * self.per_row],
                 );
                 (base + score, slot)
+            }
+        }
+    }
+
+    /// Asks the CPU to start loading a row's vectors into cache (a hint; a scan calls
+    /// it for the next row while it scores this one, so the loads overlap).
+    pub(crate) fn prefetch(&self, row: usize) {
+        let n = self.per_row * self.dim;
+        let (data, row) = self.locate(row);
+        match data {
+            RowData::F32(v) => prefetch(&v[row * n..(row + 1) * n]),
+            RowData::F16(v) => prefetch(&v[row * n..(row + 1) * n]),
+            RowData::Int8 { codes, .. } => prefetch(&codes[row * n..(row + 1) * n]),
+        }
+    }
+
+    /// [`VectorStoreReader::max_sim`] of several queries against one row, bit for
+    /// bit, through [`max_sim::dots_many`]: `out[q]` for `queries[q]`.
+    pub(crate) fn max_sim_many(
+        &self,
+        row: usize,
+        queries: &[&[f32]],
+        scratch: &mut ManyScratch,
+        out: &mut [(f32, usize)],
+    ) {
+        let n = self.per_row * self.dim;
+        let (data, row) = self.locate(row);
+        let ManyScratch { rows, dots, one } = scratch;
+        match data {
+            RowData::F32(v) => {
+                max_sim::max_sim_many(queries, &v[row * n..(row + 1) * n], dots, out)
+            }
+            RowData::F16(v) => {
+                use half::slice::HalfFloatSliceExt;
+                rows.resize(n, 0.0);
+                v[row * n..(row + 1) * n].convert_to_f32_slice(rows);
+                max_sim::max_sim_many(queries, rows, dots, out)
+            }
+            RowData::Int8 {
+                codes,
+                scales,
+                means,
+            } => {
+                rows.clear();
+                rows.extend(codes[row * n..(row + 1) * n].iter().map(|&c| c as f32));
+                dots.resize(queries.len() * self.per_row, 0.0);
+                max_sim::dots_many(queries, rows, dots);
+                let scales = &scales[row * self.per_row..(row + 1) * self.per_row];
+                one.resize(self.dim, 0.0);
+                for ((best, query), dots) in out
+                    .iter_mut()
+                    .zip(queries)
+                    .zip(dots.chunks_exact(self.per_row))
+                {
+                    let base = if self.residual {
+                        max_sim::dot_f16(query, &means[row * self.dim..(row + 1) * self.dim], one)
+                    } else {
+                        0.0
+                    };
+                    let (score, slot) =
+                        max_sim::first_max(dots.iter().zip(scales).map(|(d, s)| d * s));
+                    *best = (base + score, slot);
+                }
             }
         }
     }
