@@ -248,3 +248,52 @@ fn batching_does_not_change_results() {
         assert!(max_abs_diff(&texts.narrow(0, 0, 1).unwrap(), &single) < 1e-5);
     }
 }
+
+#[test]
+fn a_texts_embedding_does_not_depend_on_its_batch_on_the_cpu() {
+    // The text pass skips padding (`Ragged`) and runs its last layer for `[CLS]` only;
+    // with `packed_gemm` (every row summed alike, whatever the row count) every text of
+    // a batch of mixed lengths gets the bits it gets alone. candle's GEMM (the fallback)
+    // blocks by the row count, so there it is only close.
+    use qseek::model::packed_gemm::{Format, Kernel};
+    let exact = Kernel::chosen(Format::F32).is_some();
+    for model in MODELS {
+        let embedder = load(model, DType::F32, &Device::Cpu);
+        let texts = [
+            "two dogs",
+            "a woman riding a bicycle down a busy city street in the rain at night",
+            "a cat",
+            "a cup of coffee on a saucer with a spoon",
+        ]
+        .map(String::from);
+        let ids = embedder.tokenize(&texts).unwrap();
+        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+        assert!(lengths.iter().any(|&l| l != lengths[0]), "{lengths:?}");
+        let batch = embedder
+            .embed_token_ids(&ids)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (i, one) in ids.iter().enumerate() {
+            let alone = embedder
+                .embed_token_ids(std::slice::from_ref(one))
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let what = format!("{model}: text {i} ({} tokens)", one.len());
+            if exact {
+                assert_eq!(
+                    batch[i].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    alone[0].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                    "{what}"
+                );
+            } else {
+                let diff = batch[i]
+                    .iter()
+                    .zip(&alone[0])
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(diff < 1e-5, "{what}: {diff}");
+            }
+        }
+    }
+}

@@ -87,18 +87,126 @@ impl MultiHeadAttention {
             let rows = xs.reshape((1, b * q_len, h))?;
             return self.forward(&rows, kv, None)?.reshape((b, q_len, h));
         }
-        let kv_len = kv.dim(1)?;
+        let q = self.query.forward(xs)?;
+        let k = self.key.forward(kv)?;
+        let v = self.value.forward(kv)?;
+        self.heads(&q, &k, &v, mask)
+    }
+
+    /// [`MultiHeadAttention::forward`] over a [`Ragged`] batch: `rows` (1, rows, hidden)
+    /// attend to `xs` (1, tokens, hidden). `rows` are all of `xs`, or with
+    /// `firsts_only` each text's first row; the projections run on the rows without
+    /// padding, the heads on the padded batch.
+    fn forward_ragged(
+        &self,
+        rows: &Tensor,
+        xs: &Tensor,
+        ragged: &Ragged,
+        mask: &Tensor,
+        firsts_only: bool,
+    ) -> Result<Tensor> {
+        let h = rows.dim(2)?;
+        let q = self.query.forward(rows)?;
+        let k = ragged.pad(&self.key.forward(xs)?)?;
+        let v = ragged.pad(&self.value.forward(xs)?)?;
+        if firsts_only {
+            let q = q.reshape((ragged.batch, 1, h))?;
+            self.heads(&q, &k, &v, Some(mask))?
+                .reshape((1, ragged.batch, h))
+        } else {
+            ragged.unpad(&self.heads(&ragged.pad(&q)?, &k, &v, Some(mask))?)
+        }
+    }
+
+    /// Projected q (batch, q_len, hidden), k and v (batch, kv_len, hidden) → the heads'
+    /// attention, merged (batch, q_len, hidden).
+    fn heads(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, q_len, h) = q.dims3()?;
         let head_dim = h / self.num_heads;
-        let split = |t: Tensor, len: usize| {
+        let split = |t: &Tensor| {
+            let len = t.dim(1)?;
             t.reshape((b, len, self.num_heads, head_dim))?
                 .transpose(1, 2)
         };
-        let q = split(self.query.forward(xs)?, q_len)?;
-        let k = split(self.key.forward(kv)?, kv_len)?;
-        let v = split(self.value.forward(kv)?, kv_len)?;
-        attention(&q, &k, &v, self.scale, mask)?
+        attention(&split(q)?, &split(k)?, &split(v)?, self.scale, mask)?
             .transpose(1, 2)?
             .reshape((b, q_len, h))
+    }
+}
+
+/// A batch of texts stored without its padding: the rows of a (1, tokens, hidden)
+/// tensor are the batch's real tokens, text after text.
+///
+/// Everything in a layer but attention works row by row (the linear layers, the
+/// residuals, the layer norms, GELU), so it runs on these rows and skips the padding:
+/// a batch of sentences of mixed lengths costs the sum of their lengths, not the
+/// batch size times the longest. Attention pads its queries, keys and values again:
+/// padded keys and values are zeros and masked, so each real row gets the numbers of
+/// the padded pass (bit for bit with `packed_gemm`, whose rows are summed alike for any
+/// row count; candle's GEMM may block differently).
+pub struct Ragged {
+    batch: usize,
+    len: usize,
+    /// For each padded position (batch × len): its row, or `tokens` for padding (the
+    /// index of an appended zero row).
+    to_padded: Tensor,
+    /// For each row: its padded position.
+    to_rows: Tensor,
+    /// Each text's row at position 0 (`[CLS]`/`[DEC]`).
+    firsts: Tensor,
+}
+
+impl Ragged {
+    /// The layout of a 0/1 attention mask (batch, len); every text must keep position 0.
+    pub fn new(mask01: &Tensor) -> Result<Self> {
+        let (batch, len) = mask01.dims2()?;
+        let keep = mask01.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()?;
+        let tokens = keep.iter().flatten().filter(|&&m| m > 0.0).count();
+        let (mut to_padded, mut to_rows, mut firsts) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, row) in keep.iter().enumerate() {
+            if row[0] <= 0.0 {
+                candle_core::bail!("text {i} of the batch masks its first token");
+            }
+            firsts.push(to_rows.len() as u32);
+            for (j, &m) in row.iter().enumerate() {
+                if m > 0.0 {
+                    to_padded.push(to_rows.len() as u32);
+                    to_rows.push((i * len + j) as u32);
+                } else {
+                    to_padded.push(tokens as u32);
+                }
+            }
+        }
+        let device = mask01.device();
+        Ok(Self {
+            batch,
+            len,
+            to_padded: Tensor::new(to_padded, device)?,
+            to_rows: Tensor::new(to_rows, device)?,
+            firsts: Tensor::new(firsts, device)?,
+        })
+    }
+
+    /// (batch, len, hidden) → its real rows (1, tokens, hidden).
+    pub fn unpad(&self, xs: &Tensor) -> Result<Tensor> {
+        let h = xs.dim(2)?;
+        xs.reshape((self.batch * self.len, h))?
+            .index_select(&self.to_rows, 0)?
+            .unsqueeze(0)
+    }
+
+    /// (1, tokens, hidden) → (batch, len, hidden), zeros at the padding.
+    pub fn pad(&self, rows: &Tensor) -> Result<Tensor> {
+        let (_, _, h) = rows.dims3()?;
+        let zero = Tensor::zeros((1, h), rows.dtype(), rows.device())?;
+        Tensor::cat(&[&rows.squeeze(0)?, &zero], 0)?
+            .index_select(&self.to_padded, 0)?
+            .reshape((self.batch, self.len, h))
+    }
+
+    /// (1, tokens, hidden) → each text's first row (1, batch, hidden).
+    fn firsts(&self, rows: &Tensor) -> Result<Tensor> {
+        rows.index_select(&self.firsts, 1)
     }
 }
 
@@ -151,6 +259,21 @@ impl QFormerAttention {
     fn forward(&self, xs: &Tensor, kv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         self.output
             .forward(&self.attention.forward(xs, kv, mask)?, xs)
+    }
+
+    /// Self-attention of a [`Ragged`] batch (see [`MultiHeadAttention::forward_ragged`]).
+    fn forward_ragged(
+        &self,
+        rows: &Tensor,
+        xs: &Tensor,
+        ragged: &Ragged,
+        mask: &Tensor,
+        firsts_only: bool,
+    ) -> Result<Tensor> {
+        let attended = self
+            .attention
+            .forward_ragged(rows, xs, ragged, mask, firsts_only)?;
+        self.output.forward(&attended, rows)
     }
 }
 
@@ -246,19 +369,46 @@ impl QFormerLayer {
         }
     }
 
+    /// A text-only layer over a [`Ragged`] batch xs (1, tokens, hidden); with
+    /// `firsts_only`, only each text's first row comes out (1, batch, hidden).
+    fn forward_text(
+        &self,
+        xs: &Tensor,
+        ragged: &Ragged,
+        mask: &Tensor,
+        firsts_only: bool,
+    ) -> Result<Tensor> {
+        let rows = if firsts_only {
+            ragged.firsts(xs)?
+        } else {
+            xs.clone()
+        };
+        let attended = self
+            .attention
+            .forward_ragged(&rows, xs, ragged, mask, firsts_only)?;
+        self.text_ff(&attended)
+    }
+
     /// xs (batch, query_len + text_len, hidden): the first `query_len` rows are queries.
+    /// `keep`: only the first `keep` rows of the output are computed (every row still
+    /// serves as a key and value); each row's result is the same as with all rows.
     fn forward(
         &self,
         xs: &Tensor,
         mask: Option<&Tensor>,
         image: Option<&Tensor>,
         query_len: usize,
+        keep: Option<usize>,
     ) -> Result<Tensor> {
-        let attended = self.attention.forward(xs, xs, mask)?;
+        let rows = match keep {
+            Some(keep) if keep < xs.dim(1)? => xs.narrow(1, 0, keep)?,
+            _ => xs.clone(),
+        };
+        let attended = self.attention.forward(&rows, xs, mask)?;
         if query_len == 0 {
             return self.text_ff(&attended);
         }
-        let mut queries = attended.narrow(1, 0, query_len)?;
+        let mut queries = attended.narrow(1, 0, query_len.min(attended.dim(1)?))?;
         if let Some(cross) = &self.crossattention {
             let image = image
                 .ok_or_else(|| candle_core::Error::Msg("cross-attention needs the image".into()))?;
@@ -266,7 +416,7 @@ impl QFormerLayer {
         }
         let queries = self.query_feed_forward.forward(&queries)?;
         let total = attended.dim(1)?;
-        if total == query_len {
+        if total <= query_len {
             return Ok(queries);
         }
         let text = self.text_ff(&attended.narrow(1, query_len, total - query_len)?)?;
@@ -295,23 +445,53 @@ impl QFormerModel {
         })
     }
 
-    /// embeds (batch, query_len + text_len, hidden) → last hidden state, same shape.
+    /// Text only: embeds (batch, len, hidden) with their 0/1 mask (batch, len) → the
+    /// last hidden state of each text's first token (batch, hidden), which is what a
+    /// text embedding reads. The batch runs [`Ragged`] (no work on padding), and the
+    /// last layer computes only the first rows (the others are its keys and values).
+    /// With `packed_gemm`, each text's numbers do not depend on the batch it came in.
+    pub fn forward_text(&self, embeds: &Tensor, mask01: &Tensor) -> Result<Tensor> {
+        let ragged = Ragged::new(mask01)?;
+        let mask = super::ops::additive_mask(mask01, candle_core::DType::F32)?;
+        let mut xs = ragged.unpad(embeds)?.apply(&self.layernorm)?;
+        if self.layer.is_empty() {
+            xs = ragged.firsts(&xs)?;
+        }
+        let last = self.layer.len().saturating_sub(1);
+        for (i, layer) in self.layer.iter().enumerate() {
+            xs = layer.forward_text(&xs, &ragged, &mask, i == last)?;
+        }
+        xs.squeeze(0)
+    }
+
+    /// embeds (batch, query_len + text_len, hidden) → last hidden state, (batch, keep,
+    /// hidden): its first `keep` rows, all of them with `None`.
     ///
     /// `mask`: additive self-attention mask (batch, 1, 1, len) or none;
     /// `image`: the ViT output the queries cross-attend to (needed when `query_len > 0`),
     /// (batch, tokens, vision hidden), or (1, tokens, vision hidden) for one image that
     /// every row of the batch attends to (its keys and values are computed once).
+    ///
+    /// `keep`: the rows the caller reads (`[CLS]` for a text embedding, the queries for
+    /// ITM). The last layer computes only those: the other rows are keys and values of
+    /// its self-attention and nothing else. Every operation is per row, so the kept rows
+    /// are the same numbers as in the full pass (for a text batch, a twelfth less work).
     pub fn forward(
         &self,
         embeds: &Tensor,
         mask: Option<&Tensor>,
         image: Option<&Tensor>,
         query_len: usize,
+        keep: Option<usize>,
     ) -> Result<Tensor> {
         let mut xs = embeds.apply(&self.layernorm)?;
-        for layer in &self.layer {
-            xs = layer.forward(&xs, mask, image, query_len)?;
+        let last = self.layer.len().saturating_sub(1);
+        for (i, layer) in self.layer.iter().enumerate() {
+            xs = layer.forward(&xs, mask, image, query_len, keep.filter(|_| i == last))?;
         }
-        Ok(xs)
+        match keep {
+            Some(keep) if keep < xs.dim(1)? => xs.narrow(1, 0, keep),
+            _ => Ok(xs),
+        }
     }
 }

@@ -118,9 +118,9 @@ impl Blip2ForImageTextRetrieval {
     pub fn image_embeds(&self, vision: &Tensor) -> Result<Tensor> {
         let vision = vision.to_dtype(DType::F32)?;
         let queries = self.queries(vision.dim(0)?)?;
-        let out = self
-            .qformer
-            .forward(&queries, None, Some(&vision), self.num_query_tokens)?;
+        let out =
+            self.qformer
+                .forward(&queries, None, Some(&vision), self.num_query_tokens, None)?;
         l2_normalize(&self.vision_projection.forward(&out)?)
     }
 
@@ -128,9 +128,7 @@ impl Blip2ForImageTextRetrieval {
     /// text embeddings (batch, image_text_hidden_size), L2-normalised.
     pub fn text_embeds(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let embeds = self.embeddings.forward(input_ids)?;
-        let mask = additive_mask(attention_mask, DType::F32)?;
-        let out = self.qformer.forward(&embeds, Some(&mask), None, 0)?;
-        let cls = out.narrow(1, 0, 1)?.squeeze(1)?;
+        let cls = self.qformer.forward_text(&embeds, attention_mask)?;
         l2_normalize(&self.text_projection.forward(&cls)?)
     }
 
@@ -161,12 +159,14 @@ impl Blip2ForImageTextRetrieval {
             attention_mask.device(),
         )?;
         let mask = additive_mask(&Tensor::cat(&[&query_mask, attention_mask], 1)?, DType::F32)?;
-        let out =
-            self.qformer
-                .forward(&embeds, Some(&mask), Some(&vision), self.num_query_tokens)?;
-        let logits = self
-            .itm_head
-            .forward(&out.narrow(1, 0, self.num_query_tokens)?)?;
+        let out = self.qformer.forward(
+            &embeds,
+            Some(&mask),
+            Some(&vision),
+            self.num_query_tokens,
+            Some(self.num_query_tokens),
+        )?;
+        let logits = self.itm_head.forward(&out)?;
         logits.mean(1)
     }
 }
