@@ -109,7 +109,8 @@ impl ModelCalls for Batcher {
 }
 
 fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
-    let mut last_round = 0;
+    // The sizes of the last rounds, newest last.
+    let mut recent = [0; RECENT_ROUNDS];
     while let Ok(first) = rx.recv() {
         let mut texts = Vec::new();
         let mut searches = Vec::new();
@@ -120,7 +121,9 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
             Job::Itm(p, reply) => itm.push((p, reply)),
         };
         sort(first);
-        last_round = gather(rx, last_round, &mut sort);
+        let expected = recent.iter().copied().max().unwrap_or(0);
+        recent.rotate_left(1);
+        recent[RECENT_ROUNDS - 1] = gather(rx, expected, &mut sort);
         if !texts.is_empty() || !searches.is_empty() {
             // One text-encoder batch for the plain texts and the searches' texts.
             let strings: Vec<String> = texts
@@ -163,25 +166,29 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
 /// and a round of 16 texts costs ~250 ms of model time on two cores, one text ~25 ms).
 const GATHER_QUIET: Duration = Duration::from_millis(1);
 const GATHER_MAX: Duration = Duration::from_millis(5);
+/// How many past rounds tell how many clients are concurrent (the largest of them).
+const RECENT_ROUNDS: usize = 4;
 
-/// Takes the round's other jobs (the first is taken): everything queued; and when the
-/// last round had several jobs (clients are concurrent), also the jobs that arrive
-/// until as many as last time are in, no job came for [`GATHER_QUIET`], or
-/// [`GATHER_MAX`] passed. Without the wait a round would start with the first client
-/// back and leave the rest to a second round, paying the text encoder's weight reads
-/// twice. A lone client never waits. Returns the round's number of jobs.
-fn gather(rx: &Receiver<Job>, last_round: usize, sort: &mut impl FnMut(Job)) -> usize {
+/// Takes the round's other jobs (the first is taken): everything queued; and when
+/// recent rounds had several jobs (clients are concurrent), also the jobs that arrive
+/// until `expected` (the largest recent round) are in, no further job came for
+/// [`GATHER_QUIET`] after one did, or [`GATHER_MAX`] passed. Without the wait a round would start
+/// with the first client back and leave the rest to a second round, paying the text
+/// encoder's weight reads twice. A lone client never waits. Returns the round's size.
+fn gather(rx: &Receiver<Job>, expected: usize, sort: &mut impl FnMut(Job)) -> usize {
     let start = Instant::now();
     let mut n = 1;
     while n < MAX_JOBS_PER_ROUND {
         let job = match rx.try_recv() {
             Ok(job) => job,
-            Err(_) if last_round > 1 && n < last_round => {
+            Err(_) if expected > 1 && n < expected => {
                 let left = GATHER_MAX.saturating_sub(start.elapsed());
                 if left.is_zero() {
                     break;
                 }
-                match rx.recv_timeout(GATHER_QUIET.min(left)) {
+                // Until the first of them is back, the whole window; then a quiet gap.
+                let wait = if n > 1 { GATHER_QUIET.min(left) } else { left };
+                match rx.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(_) => break,
                 }
