@@ -13,7 +13,10 @@
 //! ViT-g they are 257 × 1408 f16 = 0.7 MB per image, so `--feature-images` limits how
 //! many images get them: only those are reranked, all the same ITM work per query as
 //! long as the top 16 hold that many). The server runs in this process on a free local
-//! port; the clients are threads speaking plain HTTP/1.1.
+//! port; the clients are threads speaking plain HTTP/1.1. Each run is preceded by
+//! `--warmup` seconds of the same load, not measured. For the ratio of 16 clients to
+//! one, alternate them in one process (`--clients 1,16,1,16,1,16`) and take medians:
+//! the machines here are noisy.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -50,6 +53,10 @@ struct Args {
     /// Rerank depths to run.
     #[arg(long, value_delimiter = ',', default_value = "0,16")]
     rerank: Vec<usize>,
+    /// Seconds of the same load, not measured, before each run (steady state: the
+    /// server's first rounds at a new concurrency allocate).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
 }
 
 const CAPTIONS: [&str; 8] = [
@@ -62,6 +69,38 @@ const CAPTIONS: [&str; 8] = [
     "a woman riding a bicycle down a busy city street",
     "a small boat floating on a calm blue lake",
 ];
+
+/// `clients` threads searching in a loop for `seconds`: the latencies (ms) of the
+/// answered requests, and how many failed.
+fn run_clients(addr: &str, clients: usize, rerank: usize, seconds: f64) -> (Vec<f64>, usize) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let addr = addr.to_string();
+            std::thread::spawn(move || {
+                let (mut ms, mut errors) = (Vec::new(), 0usize);
+                let mut i = c;
+                while Instant::now() < deadline {
+                    let q = CAPTIONS[i % CAPTIONS.len()].replace(' ', "%20");
+                    i += 1;
+                    let t = Instant::now();
+                    match get(&addr, &format!("/api/search?q={q}&k=10&rerank={rerank}")) {
+                        Ok(200) => ms.push(t.elapsed().as_secs_f64() * 1e3),
+                        _ => errors += 1,
+                    }
+                }
+                (ms, errors)
+            })
+        })
+        .collect();
+    let (mut ms, mut errors) = (Vec::new(), 0);
+    for t in threads {
+        let (m, e) = t.join().expect("client thread");
+        ms.extend(m);
+        errors += e;
+    }
+    (ms, errors)
+}
 
 /// xorshift64*: seeded, dependency-free.
 struct Rng(u64);
@@ -202,33 +241,9 @@ fn main() -> qseek::Result<()> {
         // Warm up (the first ITM call allocates).
         get(&addr, &format!("/api/search?q=warm%20up&rerank={rerank}")).ok();
         for &clients in &args.clients {
-            let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+            run_clients(&addr, clients, rerank, args.warmup);
             let t0 = Instant::now();
-            let threads: Vec<_> = (0..clients)
-                .map(|c| {
-                    let addr = addr.clone();
-                    std::thread::spawn(move || {
-                        let (mut ms, mut errors) = (Vec::new(), 0usize);
-                        let mut i = c;
-                        while Instant::now() < deadline {
-                            let q = CAPTIONS[i % CAPTIONS.len()].replace(' ', "%20");
-                            i += 1;
-                            let t = Instant::now();
-                            match get(&addr, &format!("/api/search?q={q}&k=10&rerank={rerank}")) {
-                                Ok(200) => ms.push(t.elapsed().as_secs_f64() * 1e3),
-                                _ => errors += 1,
-                            }
-                        }
-                        (ms, errors)
-                    })
-                })
-                .collect();
-            let (mut ms, mut errors) = (Vec::new(), 0);
-            for t in threads {
-                let (m, e) = t.join().expect("client thread");
-                ms.extend(m);
-                errors += e;
-            }
+            let (mut ms, errors) = run_clients(&addr, clients, rerank, args.seconds);
             let wall = t0.elapsed().as_secs_f64();
             ms.sort_by(f64::total_cmp);
             println!(
