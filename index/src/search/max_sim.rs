@@ -124,7 +124,14 @@ kernel! {
 fn max_sim_body(query: &[f32], rows: &[f32]) -> (f32, usize) {
     let dim = query.len();
     debug_assert!(dim > 0 && rows.len().is_multiple_of(dim));
-    first_max(rows.chunks_exact(dim).map(|row| dot_body(query, row)))
+    let mut best = (f32::NEG_INFINITY, 0);
+    for (slot, row) in rows.chunks_exact(dim).enumerate() {
+        let s = dot_body(query, row);
+        if s > best.0 {
+            best = (s, slot);
+        }
+    }
+    best
 }
 
 kernel! {
@@ -149,10 +156,14 @@ kernel! {
 #[inline(always)]
 fn max_sim_f16_body(query: &[f32], rows: &[f16], scratch: &mut [f32]) -> (f32, usize) {
     let dim = query.len();
-    first_max(
-        rows.chunks_exact(dim)
-            .map(|row| dot_f16_body(query, row, scratch)),
-    )
+    let mut best = (f32::NEG_INFINITY, 0);
+    for (slot, row) in rows.chunks_exact(dim).enumerate() {
+        let s = dot_f16_body(query, row, scratch);
+        if s > best.0 {
+            best = (s, slot);
+        }
+    }
+    best
 }
 
 kernel! {
@@ -163,12 +174,14 @@ kernel! {
 #[inline(always)]
 fn max_sim_i8_body(query: &[f32], codes: &[i8], scales: &[f32]) -> (f32, usize) {
     let dim = query.len();
-    first_max(
-        codes
-            .chunks_exact(dim)
-            .zip(scales)
-            .map(|(row, scale)| dot_i8(query, row) * scale),
-    )
+    let mut best = (f32::NEG_INFINITY, 0);
+    for (slot, (row, scale)) in codes.chunks_exact(dim).zip(scales).enumerate() {
+        let s = dot_i8(query, row) * scale;
+        if s > best.0 {
+            best = (s, slot);
+        }
+    }
+    best
 }
 
 /// [`dot`] of every query with every row of `rows` (`n × D`): `dots[q * n + r]` is
@@ -310,7 +323,10 @@ mod x86 {
 }
 
 /// The first maximum of `scores` with its index: the slot every max-sim kernel reports
-/// (`(-inf, 0)` when empty).
+/// (`(-inf, 0)` when empty), for scores already computed. The kernels above keep their
+/// own loop: there, an iterator closure is compiled without the kernel's target features,
+/// which made `max_sim` 2.4× slower (criterion `max_sim_q32_d256/dtype/f32`: 0.50 →
+/// 1.22 µs).
 #[inline(always)]
 pub fn first_max(scores: impl IntoIterator<Item = f32>) -> (f32, usize) {
     let mut best = (f32::NEG_INFINITY, 0);
