@@ -1,5 +1,5 @@
-//! The max-over-slots kernel for each stored dtype (Q = 32, D = 256), and for 16
-//! queries at once.
+//! The max-over-slots kernel for each stored dtype (Q = 32, D = 256), for 16
+//! queries at once, and the Chamfer score of two images.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use half::f16;
@@ -48,6 +48,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| qseek_index::max_sim::max_sim_i8(std::hint::black_box(&query), &codes, &scales))
     });
     group.finish();
+
+    // Image → images: the Chamfer score of two images (32 × 32 dot products).
+    let other = unit(&mut rng, Q);
+    c.bench_function("chamfer_q32_d256", |b| {
+        b.iter(|| qseek_index::max_sim::chamfer(std::hint::black_box(&rows), &other, D))
+    });
 
     // A server's batch of 16 text searches against one image: one call per query,
     // or `max_sim_many` (the same bits, 16 rows at a time).

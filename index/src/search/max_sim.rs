@@ -367,15 +367,25 @@ pub fn max_sim_many(
 /// would be dominated by the generic slots every photo shares; the mean of all
 /// pairs blurs the aspects together. Averaging both directions makes the score
 /// symmetric. It is the ColBERT "MaxSim" late-interaction score, normalised to [-1, 1].
+///
+/// Both directions read one matrix of dot products ([`dots_many`]: `dot(a_i, b_j)` is
+/// `dot(b_j, a_i)` bit for bit, the products being the same and summed in the same
+/// order), so the score is the one two passes of [`max_sim`] give, for half the dots.
 pub fn chamfer(a: &[f32], b: &[f32], dim: usize) -> f32 {
-    let one_way = |x: &[f32], y: &[f32]| {
-        let n = x.len() / dim;
-        x.chunks_exact(dim)
-            .map(|row| max_sim(row, y).0)
-            .sum::<f32>()
-            / n as f32
-    };
-    0.5 * (one_way(a, b) + one_way(b, a))
+    let rows_a: Vec<&[f32]> = a.chunks_exact(dim).collect();
+    let (na, nb) = (rows_a.len(), b.len() / dim);
+    let mut dots = vec![0f32; na * nb];
+    dots_many(&rows_a, b, &mut dots);
+    let a_to_b = dots
+        .chunks_exact(nb.max(1))
+        .map(|row| first_max(row.iter().copied()).0)
+        .sum::<f32>()
+        / na as f32;
+    let b_to_a = (0..nb)
+        .map(|j| first_max((0..na).map(|i| dots[i * nb + j])).0)
+        .sum::<f32>()
+        / nb as f32;
+    0.5 * (a_to_b + b_to_a)
 }
 
 /// L2 norm of a vector.
@@ -483,6 +493,33 @@ mod tests {
         let rows = [1.0, 0.0, 0.0, 1.0, 0.6, 0.8];
         assert_eq!(max_sim(&[0.0, 1.0], &rows), (1.0, 1));
         assert_eq!(max_sim(&[1.0, 0.0], &rows), (1.0, 0));
+    }
+
+    #[test]
+    fn chamfer_gives_the_bits_of_two_max_sim_passes() {
+        let values = |n: usize, seed: f32| -> Vec<f32> {
+            (0..n).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
+        };
+        let two_passes = |a: &[f32], b: &[f32], dim: usize| {
+            let one_way = |x: &[f32], y: &[f32]| {
+                let n = x.len() / dim;
+                x.chunks_exact(dim)
+                    .map(|row| max_sim(row, y).0)
+                    .sum::<f32>()
+                    / n as f32
+            };
+            0.5 * (one_way(a, b) + one_way(b, a))
+        };
+        for dim in [3, 16, 17, 256] {
+            for (na, nb) in [(1, 1), (5, 3), (32, 32), (17, 33)] {
+                let (a, b) = (values(na * dim, 0.3), values(nb * dim, 7.0));
+                assert_eq!(
+                    chamfer(&a, &b, dim).to_bits(),
+                    two_passes(&a, &b, dim).to_bits(),
+                    "dim {dim}, {na} × {nb}"
+                );
+            }
+        }
     }
 
     #[test]
