@@ -390,8 +390,9 @@ impl QFormerLayer {
     }
 
     /// xs (batch, query_len + text_len, hidden): the first `query_len` rows are queries.
-    /// `keep`: only the first `keep` rows of the output are computed (every row still
-    /// serves as a key and value); each row's result is the same as with all rows.
+    /// `keep` (at least `query_len`): only the first `keep` rows of the output are
+    /// computed (every row still serves as a key and value); each row's result is the
+    /// same as with all rows.
     fn forward(
         &self,
         xs: &Tensor,
@@ -408,7 +409,7 @@ impl QFormerLayer {
         if query_len == 0 {
             return self.text_ff(&attended);
         }
-        let mut queries = attended.narrow(1, 0, query_len.min(attended.dim(1)?))?;
+        let mut queries = attended.narrow(1, 0, query_len)?;
         if let Some(cross) = &self.crossattention {
             let image = image
                 .ok_or_else(|| candle_core::Error::Msg("cross-attention needs the image".into()))?;
@@ -416,7 +417,7 @@ impl QFormerLayer {
         }
         let queries = self.query_feed_forward.forward(&queries)?;
         let total = attended.dim(1)?;
-        if total <= query_len {
+        if total == query_len {
             return Ok(queries);
         }
         let text = self.text_ff(&attended.narrow(1, query_len, total - query_len)?)?;
@@ -472,10 +473,11 @@ impl QFormerModel {
     /// (batch, tokens, vision hidden), or (1, tokens, vision hidden) for one image that
     /// every row of the batch attends to (its keys and values are computed once).
     ///
-    /// `keep`: the rows the caller reads (`[CLS]` for a text embedding, the queries for
-    /// ITM). The last layer computes only those: the other rows are keys and values of
-    /// its self-attention and nothing else. Every operation is per row, so the kept rows
-    /// are the same numbers as in the full pass (for a text batch, a twelfth less work).
+    /// `keep`: the rows the caller reads, at least `query_len` (ITM reads the queries).
+    /// The last layer computes only those: the other rows are keys and values of its
+    /// self-attention and nothing else. Every operation is per row, so the kept rows are
+    /// the same numbers as in the full pass. (Text embeddings go through
+    /// [`QFormerModel::forward_text`], which does the same for `[CLS]`.)
     pub fn forward(
         &self,
         embeds: &Tensor,

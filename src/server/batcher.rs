@@ -160,11 +160,11 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
     }
 }
 
-/// Under concurrent load, the gap between the jobs of the clients a round has just
-/// answered, before they come back with their next ones; a round waits at most this
-/// long after its first job for the others (at 16 clients they come back within ~3 ms,
-/// and a round of 16 texts costs ~250 ms of model time on two cores, one text ~25 ms).
+/// How long a round waits for the next job once one of the clients it expects is back:
+/// under concurrent load they return close together (at 16 clients within ~3 ms).
 const GATHER_QUIET: Duration = Duration::from_millis(1);
+/// The most a round waits after its first job, against a round of 16 texts that costs
+/// ~250 ms of model time on two cores (one text ~25 ms).
 const GATHER_MAX: Duration = Duration::from_millis(5);
 /// How many past rounds tell how many clients are concurrent (the largest of them).
 const RECENT_ROUNDS: usize = 4;
@@ -172,9 +172,10 @@ const RECENT_ROUNDS: usize = 4;
 /// Takes the round's other jobs (the first is taken): everything queued; and when
 /// recent rounds had several jobs (clients are concurrent), also the jobs that arrive
 /// until `expected` (the largest recent round) are in, no further job came for
-/// [`GATHER_QUIET`] after one did, or [`GATHER_MAX`] passed. Without the wait a round would start
-/// with the first client back and leave the rest to a second round, paying the text
-/// encoder's weight reads twice. A lone client never waits. Returns the round's size.
+/// [`GATHER_QUIET`] after one did, or [`GATHER_MAX`] passed. Without the wait a round
+/// would start with the first client back and leave the rest to a second round, paying
+/// the text encoder's weight reads twice. A lone client never waits. Returns the
+/// round's size.
 fn gather(rx: &Receiver<Job>, expected: usize, sort: &mut impl FnMut(Job)) -> usize {
     let start = Instant::now();
     let mut n = 1;

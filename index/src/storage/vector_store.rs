@@ -260,11 +260,7 @@ impl VectorStoreReader {
                 scales,
                 means,
             } => {
-                let base = if self.residual {
-                    max_sim::dot_f16(query, &means[row * self.dim..(row + 1) * self.dim], scratch)
-                } else {
-                    0.0
-                };
+                let base = self.residual_base(means, row, query, scratch);
                 let (score, slot) = max_sim::max_sim_i8(
                     query,
                     &codes[row * n..(row + 1) * n],
@@ -272,6 +268,16 @@ impl VectorStoreReader {
                 );
                 (base + score, slot)
             }
+        }
+    }
+
+    /// `<query, mean>` of a residual int8 row (its vectors are the mean plus the
+    /// codes), else 0. `row` is within its chunk; `scratch` holds `dim` values.
+    fn residual_base(&self, means: &[f16], row: usize, query: &[f32], scratch: &mut [f32]) -> f32 {
+        if self.residual {
+            max_sim::dot_f16(query, &means[row * self.dim..(row + 1) * self.dim], scratch)
+        } else {
+            0.0
         }
     }
 
@@ -325,11 +331,7 @@ impl VectorStoreReader {
                     .zip(queries)
                     .zip(dots.chunks_exact(self.per_row))
                 {
-                    let base = if self.residual {
-                        max_sim::dot_f16(query, &means[row * self.dim..(row + 1) * self.dim], one)
-                    } else {
-                        0.0
-                    };
+                    let base = self.residual_base(means, row, query, one);
                     let (score, slot) =
                         max_sim::first_max(dots.iter().zip(scales).map(|(d, s)| d * s));
                     *best = (base + score, slot);
