@@ -74,6 +74,7 @@ fn bench(c: &mut Criterion) {
             qseek_index::max_sim::max_sim_many(
                 std::hint::black_box(&queries),
                 &rows,
+                &[],
                 &mut dots,
                 &mut out,
             )

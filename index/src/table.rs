@@ -242,11 +242,8 @@ impl<E: TableEntry> Table<E> {
                     .map(|id| self.entries[id].row() as usize)
                     .collect();
                 let mut scores = vec![(0f32, 0); ids.len() * n];
-                for (i, out) in scores.chunks_exact_mut(n).enumerate() {
-                    if let Some(&next) = rows.get(i + 1) {
-                        vectors.prefetch(next);
-                    }
-                    vectors.max_sim_many(rows[i], queries, scratch, out);
+                for (&row, out) in rows.iter().zip(scores.chunks_exact_mut(n)) {
+                    vectors.max_sim_many(row, queries, scratch, out);
                 }
                 (0..n)
                     .map(|q| {
@@ -288,15 +285,20 @@ impl<E: TableEntry> Table<E> {
             .filter(|_| wants_graph(k, params, n_allowed))
     }
 
-    /// Every live item the filter allows (all without one).
+    /// Every live item the filter allows (all without one), in row order: an exact scan
+    /// then reads the vector file front to back, which the CPU's prefetcher follows
+    /// (the order of the hits does not depend on it: [`hit_order`] is total).
     fn all_allowed(&self, allowed: Option<&HashSet<u64>>) -> Vec<u64> {
         match allowed {
-            Some(a) => a
-                .iter()
-                .copied()
-                .filter(|id| self.entries.contains_key(id))
-                .collect(),
-            None => self.entries.keys().copied().collect(),
+            Some(a) => {
+                let mut rows: Vec<(u64, u64)> = a
+                    .iter()
+                    .filter_map(|id| Some((self.entries.get(id)?.row(), *id)))
+                    .collect();
+                rows.sort_unstable();
+                rows.into_iter().map(|(_, id)| id).collect()
+            }
+            None => self.rows.owners.iter().flatten().copied().collect(),
         }
     }
 

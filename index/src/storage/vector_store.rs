@@ -46,15 +46,16 @@ enum RowData {
     },
 }
 
-/// Asks the CPU to load `values` into cache, one request per 64-byte line (a hint).
+/// Asks the CPU to load `values` into L2, one request per 64-byte line (a hint; not L1,
+/// which holds the row being scored).
 fn prefetch<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         let start = values.as_ptr().cast::<i8>();
         for offset in (0..std::mem::size_of_val(values)).step_by(64) {
             // SAFETY: SSE is part of x86-64, and a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset)) };
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(offset)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -281,20 +282,9 @@ impl VectorStoreReader {
         }
     }
 
-    /// Asks the CPU to start loading a row's vectors into cache (a hint; a scan calls
-    /// it for the next row while it scores this one, so the loads overlap).
-    pub(crate) fn prefetch(&self, row: usize) {
-        let n = self.per_row * self.dim;
-        let (data, row) = self.locate(row);
-        match data {
-            RowData::F32(v) => prefetch(&v[row * n..(row + 1) * n]),
-            RowData::F16(v) => prefetch(&v[row * n..(row + 1) * n]),
-            RowData::Int8 { codes, .. } => prefetch(&codes[row * n..(row + 1) * n]),
-        }
-    }
-
     /// [`VectorStoreReader::max_sim`] of several queries against one row, bit for
-    /// bit, through [`max_sim::dots_many`]: `out[q]` for `queries[q]`.
+    /// bit, through [`max_sim::dots_many`]: `out[q]` for `queries[q]`. Meanwhile the
+    /// next row is brought into cache: a scan in row order reads it next.
     pub(crate) fn max_sim_many(
         &self,
         row: usize,
@@ -307,19 +297,22 @@ impl VectorStoreReader {
         let ManyScratch { rows, dots, one } = scratch;
         match data {
             RowData::F32(v) => {
-                max_sim::max_sim_many(queries, &v[row * n..(row + 1) * n], dots, out)
+                let next = v.get((row + 1) * n..(row + 2) * n).unwrap_or(&[]);
+                max_sim::max_sim_many(queries, &v[row * n..(row + 1) * n], next, dots, out)
             }
             RowData::F16(v) => {
                 use half::slice::HalfFloatSliceExt;
+                prefetch(v.get((row + 1) * n..(row + 2) * n).unwrap_or(&[]));
                 rows.resize(n, 0.0);
                 v[row * n..(row + 1) * n].convert_to_f32_slice(rows);
-                max_sim::max_sim_many(queries, rows, dots, out)
+                max_sim::max_sim_many(queries, rows, &[], dots, out)
             }
             RowData::Int8 {
                 codes,
                 scales,
                 means,
             } => {
+                prefetch(codes.get((row + 1) * n..(row + 2) * n).unwrap_or(&[]));
                 rows.clear();
                 rows.extend(codes[row * n..(row + 1) * n].iter().map(|&c| c as f32));
                 dots.resize(queries.len() * self.per_row, 0.0);
