@@ -148,6 +148,7 @@ struct Part {
 }
 
 fn main() -> qseek::Result<()> {
+    qseek::model::use_one_thread_pool();
     let args = Args::parse();
     let dtype = parse_dtype(&args.dtype)?;
     let mut opts = ModelOptions::new(ModelSource::Local(args.model.clone()));

@@ -93,6 +93,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() -> qseek::Result<()> {
+    qseek::model::use_one_thread_pool();
     let args = Args::parse();
     let tmp = tempfile::tempdir().map_err(|source| qseek::Error::Io {
         path: "tmp".into(),

@@ -157,6 +157,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> qseek::Result<()> {
+    qseek::model::use_one_thread_pool();
     let args = Args::parse();
     let tmp = tempfile::tempdir().map_err(|source| qseek::Error::Io {
         path: "tmp".into(),

@@ -139,6 +139,7 @@ fn time_median(
 }
 
 fn main() -> qseek::Result<()> {
+    qseek::model::use_one_thread_pool();
     let args = Args::parse();
     assert!(
         args.batch > 0 && args.reps > 0 && args.images > 0,

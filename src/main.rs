@@ -4,6 +4,7 @@ use clap::Parser;
 use qseek::cli::{describe, exit_status, run, Cli, Outcome};
 
 fn main() {
+    qseek::model::use_one_thread_pool();
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(Outcome::Success) => 0,

@@ -16,3 +16,20 @@ pub mod weights;
 pub use checkpoint::{Checkpoint, ModelSource};
 pub use config::Blip2Config;
 pub use retrieval::{itc_scores, Blip2ForImageTextRetrieval};
+
+/// One pool of compute threads for the process: call first thing in `main`, before any
+/// other thread starts (it may set an environment variable).
+///
+/// qseek's GEMMs (`packed_gemm`) and index scans run on rayon's threads, one per core.
+/// candle 0.11 runs large element-wise ops (residual adds, scaling: 64 Ki values or more)
+/// on a second pool of its own, of one thread fewer, whose threads spin for a while
+/// after each op before they sleep; on a machine with few cores they take the cores
+/// from the GEMM that follows. qseek's element-wise ops are a small part of its time, so
+/// they run on the calling thread instead: `CANDLE_NUM_THREADS=1` (that pool's size),
+/// unless the user set it. Measured on 2 cores: `qseek serve` answers 16 concurrent
+/// text searches ~15% faster (benches/README).
+pub fn use_one_thread_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
