@@ -44,35 +44,85 @@ impl TextEmbeddings {
     }
 }
 
-/// `attention.attention` / `crossattention.attention`: separate q, k, v projections.
+/// `attention.attention` / `crossattention.attention`: the q, k and v projections and
+/// the heads.
 #[derive(Debug, Clone)]
 pub struct MultiHeadAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    projections: Projections,
     num_heads: usize,
     scale: f64,
+}
+
+/// The checkpoint's `query`, `key` and `value` layers, stacked where they read the same
+/// rows: one GEMM with three (or two) times the columns instead of three small ones,
+/// whose per-call costs (waking the threads, splitting a few column panels between
+/// them) weigh on a batch of sentences. With `packed_gemm` each output column is summed
+/// alone, so the numbers are the separate layers'.
+#[derive(Debug, Clone)]
+enum Projections {
+    /// `attention.attention`: `query`, `key` and `value`, in that order, stacked into
+    /// one (3 · hidden, hidden) layer: q, k and v all come from the layer's rows.
+    SelfAttention { query_key_value: Linear },
+    /// `crossattention.attention`: `query` over the queries; `key` and `value` stacked
+    /// into one (2 · hidden, kv_dim) layer over the image's features.
+    Cross { query: Linear, key_value: Linear },
 }
 
 impl MultiHeadAttention {
     fn new(
         cfg: &QFormerConfig,
-        kv_dim: usize,
+        kv_dim: Option<usize>,
         vb: VarBuilder,
         f32: Option<Kernel>,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
+        let projections = match kv_dim {
+            None => Projections::SelfAttention {
+                query_key_value: Linear::new_stacked(
+                    h,
+                    &[(h, vb.pp("query")), (h, vb.pp("key")), (h, vb.pp("value"))],
+                )?
+                .into_packed(f32),
+            },
+            Some(kv_dim) => Projections::Cross {
+                query: Linear::new(h, h, vb.pp("query"))?.into_packed(f32),
+                key_value: Linear::new_stacked(kv_dim, &[(h, vb.pp("key")), (h, vb.pp("value"))])?
+                    .into_packed(f32),
+            },
+        };
         Ok(Self {
-            query: Linear::new(h, h, vb.pp("query"))?.into_packed(f32),
-            key: Linear::new(kv_dim, h, vb.pp("key"))?.into_packed(f32),
-            value: Linear::new(kv_dim, h, vb.pp("value"))?.into_packed(f32),
+            projections,
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
     }
 
+    /// q for `xs` and k, v for `kv`, each (batch, len, hidden). Self-attention projects
+    /// `kv` alone, of which `xs` must be the first rows.
+    fn project(&self, xs: &Tensor, kv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (_, q_len, h) = xs.dims3()?;
+        let part = |t: &Tensor, i: usize| t.narrow(2, i * h, h)?.contiguous();
+        match &self.projections {
+            Projections::SelfAttention { query_key_value } => {
+                let qkv = query_key_value.forward(kv)?;
+                let q = part(&qkv, 0)?;
+                let q = if q_len < q.dim(1)? {
+                    q.narrow(1, 0, q_len)?
+                } else {
+                    q
+                };
+                Ok((q, part(&qkv, 1)?, part(&qkv, 2)?))
+            }
+            Projections::Cross { query, key_value } => {
+                let kv = key_value.forward(kv)?;
+                Ok((query.forward(xs)?, part(&kv, 0)?, part(&kv, 1)?))
+            }
+        }
+    }
+
     /// xs (batch, q_len, hidden) attends to kv (batch, kv_len, kv_dim), or to kv
-    /// (1, kv_len, kv_dim) shared by every row of the batch.
+    /// (1, kv_len, kv_dim) shared by every row of the batch. In a self-attention, xs is
+    /// kv or its first rows.
     ///
     /// A shared kv (ITM of one image with many texts) has its keys and values computed
     /// once: the batch's rows attend to them as one longer query. The softmax is per
@@ -87,30 +137,26 @@ impl MultiHeadAttention {
             let rows = xs.reshape((1, b * q_len, h))?;
             return self.forward(&rows, kv, None)?.reshape((b, q_len, h));
         }
-        let q = self.query.forward(xs)?;
-        let k = self.key.forward(kv)?;
-        let v = self.value.forward(kv)?;
+        let (q, k, v) = self.project(xs, kv)?;
         self.heads(&q, &k, &v, mask)
     }
 
-    /// [`MultiHeadAttention::forward`] over a [`Ragged`] batch: `rows` (1, rows, hidden)
-    /// attend to `xs` (1, tokens, hidden). `rows` are all of `xs`, or with
-    /// `firsts_only` each text's first row; the projections run on the rows without
+    /// [`MultiHeadAttention::forward`] (a self-attention) over a [`Ragged`] batch: the
+    /// rows of `xs` (1, tokens, hidden) attend to each other, or with `firsts_only` each
+    /// text's first row attends to its text. The projections run on the rows without
     /// padding, the heads on the padded batch.
     fn forward_ragged(
         &self,
-        rows: &Tensor,
         xs: &Tensor,
         ragged: &Ragged,
         mask: &Tensor,
         firsts_only: bool,
     ) -> Result<Tensor> {
-        let h = rows.dim(2)?;
-        let q = self.query.forward(rows)?;
-        let k = ragged.pad(&self.key.forward(xs)?)?;
-        let v = ragged.pad(&self.value.forward(xs)?)?;
+        let h = xs.dim(2)?;
+        let (q, k, v) = self.project(xs, xs)?;
+        let (k, v) = (ragged.pad(&k)?, ragged.pad(&v)?);
         if firsts_only {
-            let q = q.reshape((ragged.batch, 1, h))?;
+            let q = ragged.firsts(&q)?.reshape((ragged.batch, 1, h))?;
             self.heads(&q, &k, &v, Some(mask))?
                 .reshape((1, ragged.batch, h))
         } else {
@@ -244,9 +290,10 @@ pub struct QFormerAttention {
 }
 
 impl QFormerAttention {
+    /// A self-attention (`kv_dim` `None`) or a cross-attention to inputs of `kv_dim`.
     fn new(
         cfg: &QFormerConfig,
-        kv_dim: usize,
+        kv_dim: Option<usize>,
         vb: VarBuilder,
         f32: Option<Kernel>,
     ) -> Result<Self> {
@@ -261,7 +308,8 @@ impl QFormerAttention {
             .forward(&self.attention.forward(xs, kv, mask)?, xs)
     }
 
-    /// Self-attention of a [`Ragged`] batch (see [`MultiHeadAttention::forward_ragged`]).
+    /// Self-attention of a [`Ragged`] batch (see [`MultiHeadAttention::forward_ragged`]):
+    /// `rows` are `xs`, or with `firsts_only` each text's first row (the residual).
     fn forward_ragged(
         &self,
         rows: &Tensor,
@@ -272,7 +320,7 @@ impl QFormerAttention {
     ) -> Result<Tensor> {
         let attended = self
             .attention
-            .forward_ragged(rows, xs, ragged, mask, firsts_only)?;
+            .forward_ragged(xs, ragged, mask, firsts_only)?;
         self.output.forward(&attended, rows)
     }
 }
@@ -327,7 +375,7 @@ impl QFormerLayer {
         let crossattention = if index.is_multiple_of(cfg.cross_attention_frequency) {
             Some(QFormerAttention::new(
                 cfg,
-                cfg.encoder_hidden_size,
+                Some(cfg.encoder_hidden_size),
                 vb.pp("crossattention"),
                 f32,
             )?)
@@ -347,7 +395,7 @@ impl QFormerLayer {
                 None
             };
         Ok(Self {
-            attention: QFormerAttention::new(cfg, cfg.hidden_size, vb.pp("attention"), f32)?,
+            attention: QFormerAttention::new(cfg, None, vb.pp("attention"), f32)?,
             crossattention,
             text_feed_forward,
             query_feed_forward: FeedForward::new(
