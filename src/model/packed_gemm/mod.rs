@@ -497,7 +497,11 @@ fn exp_nonpositive(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // SAFETY: n is an integer in [-126, 0] (x was clamped to [-87, 0]; a NaN x became
+    // -87 through `max`), which i32 holds. (`as` would check and saturate, which the
+    // compiler does not vectorise: GELU was scalar.)
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    p * f32::from_bits(((n + 127) as u32) << 23)
 }
 
 /// A row of `x` as bf16 pairs (⌈k/2⌉, an odd k padded with zero), rounded to nearest
@@ -527,15 +531,23 @@ fn pack_rows<E: Copy + Default + Send + Sync>(
     let mut a = vec![E::default(); rows.div_ceil(MR) * MR * units];
     a.par_chunks_mut(MR * units)
         .zip(x.par_chunks(MR * k))
-        .for_each(|(tile, x)| {
-            let mut row = vec![E::default(); units];
-            for (r, x_row) in x.chunks(k).enumerate() {
-                convert(x_row, &mut row);
-                for (p, unit) in row.iter().enumerate() {
-                    tile[p * MR + r] = *unit;
+        .for_each_init(
+            || vec![E::default(); MR * units],
+            |converted, (tile, x)| {
+                // The tile's rows, converted, one after the other (zero past the last).
+                let n = x.len() / k;
+                for (x_row, row) in x.chunks(k).zip(converted.chunks_exact_mut(units)) {
+                    convert(x_row, row);
                 }
-            }
-        });
+                converted[n * units..].fill(E::default());
+                // Then interleaved, unit by unit: one sequential pass over the tile.
+                for (p, out) in tile.chunks_exact_mut(MR).enumerate() {
+                    for (r, unit) in out.iter_mut().enumerate() {
+                        *unit = converted[r * units + p];
+                    }
+                }
+            },
+        );
     a
 }
 
