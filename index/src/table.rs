@@ -35,7 +35,8 @@ pub(crate) struct Table<E> {
 /// The vector rows of a table and its graph: what does not depend on the
 /// kind of item.
 pub(crate) struct Rows {
-    /// Vector row → its item; `None` is a tombstone (removed or replaced).
+    /// Vector row → its item; `None` is a tombstone (removed or replaced). `Some(id)`
+    /// exactly when `id`'s entry points at this row (`new` and `apply` keep it so).
     pub owners: Vec<Option<u64>>,
     pub vectors: VectorStoreReader,
     /// The vector file (as the commit names it) the rows are read from.
@@ -140,7 +141,12 @@ impl<E: TableEntry> Table<E> {
         for (id, entry) in entries {
             match entry {
                 Some(e) => {
-                    self.entries.insert(*id, e.clone());
+                    // An item that moves to another row leaves a tombstone behind.
+                    if let Some(old) = self.entries.insert(*id, e.clone()) {
+                        if old.row() != e.row() {
+                            rows.owners[old.row() as usize] = None;
+                        }
+                    }
                 }
                 None => {
                     if let Some(old) = self.entries.remove(id) {
