@@ -56,7 +56,7 @@ fn bench(c: &mut Criterion) {
     });
 
     // A server's batch of 16 text searches against one image: one call per query,
-    // or `max_sim_many` (the same bits, 16 rows at a time).
+    // or `max_sim_many` (the same bits, 4 queries × 4 rows at a time).
     let queries = unit(&mut rng, 16);
     let queries: Vec<&[f32]> = queries.chunks_exact(D).collect();
     let mut group = c.benchmark_group("max_sim_16_queries_q32_d256_f32");
