@@ -164,7 +164,7 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
 /// under concurrent load they return close together (at 16 clients within ~3 ms).
 const GATHER_QUIET: Duration = Duration::from_millis(1);
 /// The most a round waits after its first job, against a round of 16 texts that costs
-/// ~250 ms of model time on two cores (one text ~25 ms).
+/// ~220 ms of model time on two cores (one text ~20 ms).
 const GATHER_MAX: Duration = Duration::from_millis(5);
 /// How many past rounds tell how many clients are concurrent (the largest of them).
 const RECENT_ROUNDS: usize = 4;

@@ -62,6 +62,11 @@ fn prefetch<T>(values: &[T]) {
     let _ = values;
 }
 
+/// The `n` values of the row after `row` in `values`, or none past the last.
+fn next_row<T>(values: &[T], row: usize, n: usize) -> &[T] {
+    values.get((row + 1) * n..(row + 2) * n).unwrap_or(&[])
+}
+
 /// Per-thread buffers of [`VectorStoreReader::max_sim_many`].
 #[derive(Default)]
 pub(crate) struct ManyScratch {
@@ -297,12 +302,12 @@ impl VectorStoreReader {
         let ManyScratch { rows, dots, one } = scratch;
         match data {
             RowData::F32(v) => {
-                let next = v.get((row + 1) * n..(row + 2) * n).unwrap_or(&[]);
+                let next = next_row(v, row, n);
                 max_sim::max_sim_many(queries, &v[row * n..(row + 1) * n], next, dots, out)
             }
             RowData::F16(v) => {
                 use half::slice::HalfFloatSliceExt;
-                prefetch(v.get((row + 1) * n..(row + 2) * n).unwrap_or(&[]));
+                prefetch(next_row(v, row, n));
                 rows.resize(n, 0.0);
                 v[row * n..(row + 1) * n].convert_to_f32_slice(rows);
                 max_sim::max_sim_many(queries, rows, &[], dots, out)
@@ -312,7 +317,7 @@ impl VectorStoreReader {
                 scales,
                 means,
             } => {
-                prefetch(codes.get((row + 1) * n..(row + 2) * n).unwrap_or(&[]));
+                prefetch(next_row(codes, row, n));
                 rows.clear();
                 rows.extend(codes[row * n..(row + 1) * n].iter().map(|&c| c as f32));
                 dots.resize(queries.len() * self.per_row, 0.0);
