@@ -240,53 +240,9 @@ mod x86 {
         let Some(dim) = queries.first().map(|q| q.len()) else {
             return;
         };
-        debug_assert!(dim > 0 && rows.len().is_multiple_of(dim));
-        assert!(queries.iter().all(|q| q.len() == dim));
         let n_rows = rows.len() / dim;
         debug_assert_eq!(dots.len(), queries.len() * n_rows);
-        let main = dim - dim % LANES;
-        let groups = queries.len().div_ceil(QB);
-        let mut first = 0;
-        if main > 0 {
-            while first + RB <= n_rows {
-                // The rows `AHEAD` past this block, in `rows` then `next`.
-                let ahead = (first + AHEAD) * dim;
-                let ahead: &[f32] = if ahead < rows.len() {
-                    &rows[ahead..rows.len().min(ahead + RB * dim)]
-                } else {
-                    let at = (ahead - rows.len()).min(next.len());
-                    &next[at..next.len().min(at + RB * dim)]
-                };
-                let lines = (ahead.len() * 4).div_ceil(64);
-                let block = &rows[first * dim..(first + RB) * dim];
-                for g in 0..groups {
-                    let base = ahead.as_ptr().cast::<i8>();
-                    for line in g * lines / groups..(g + 1) * lines / groups {
-                        // A hint; the line is inside `ahead` (and a prefetch never faults).
-                        _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line * 64));
-                    }
-                    // The last group repeats its last query when the count is not a
-                    // multiple of QB (its sums are dropped).
-                    let q_of = |i: usize| (g * QB + i).min(queries.len() - 1);
-                    let ptrs: [*const f32; QB] = std::array::from_fn(|i| queries[q_of(i)].as_ptr());
-                    // SAFETY: each query holds `main` values, `block` RB rows of `dim ≥ main`.
-                    let sums = unsafe { lane_sums(ptrs, block.as_ptr(), dim, main) };
-                    for i in 0..QB.min(queries.len() - g * QB) {
-                        let query = queries[g * QB + i];
-                        for r in 0..RB {
-                            let row = &block[r * dim..(r + 1) * dim];
-                            let tail: f32 = query[main..]
-                                .iter()
-                                .zip(&row[main..])
-                                .map(|(x, y)| x * y)
-                                .sum();
-                            dots[(g * QB + i) * n_rows + first + r] = sums[i * RB + r] + tail;
-                        }
-                    }
-                }
-                first += RB;
-            }
-        }
+        let first = walk(queries, rows, next, &mut Sink::Dots(dots));
         for (q, query) in queries.iter().enumerate() {
             for r in first..n_rows {
                 dots[q * n_rows + r] = dot_body(query, &rows[r * dim..(r + 1) * dim]);
@@ -294,16 +250,161 @@ mod x86 {
         }
     }
 
+    /// [`super::max_sim_many`] with AVX-512F: [`walk`]'s sums go straight into a
+    /// running first maximum per query, with no matrix of dots in between.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn max_sim_many(
+        queries: &[&[f32]],
+        rows: &[f32],
+        next: &[f32],
+        state: &mut Vec<f32>,
+        out: &mut [(f32, usize)],
+    ) {
+        let Some(dim) = queries.first().map(|q| q.len()) else {
+            return;
+        };
+        let n_rows = rows.len() / dim;
+        state.clear();
+        state.resize(queries.len().div_ceil(QB) * 2 * LANES, 0.0);
+        for group in state.chunks_exact_mut(2 * LANES) {
+            // Every lane's best so far is -inf (what `first_max` starts from), found in
+            // the block at row 0.
+            group[..LANES].fill(f32::NEG_INFINITY);
+        }
+        let first = walk(queries, rows, next, &mut Sink::Best(state));
+        for (q, (query, best)) in queries.iter().zip(out.iter_mut()).enumerate() {
+            let group = &state[(q / QB) * 2 * LANES..][..2 * LANES];
+            // The blocks' first maximum: the largest lane, the earliest row among equals.
+            *best = (f32::NEG_INFINITY, 0);
+            for r in 0..RB {
+                let lane = (q % QB) * RB + r;
+                let (score, row) = (group[lane], group[LANES + lane].to_bits() as usize + r);
+                if score > best.0 || (score == best.0 && row < best.1) {
+                    *best = (score, row);
+                }
+            }
+            // Then the rows after the blocks, in order.
+            for r in first..n_rows {
+                let score = dot_body(query, &rows[r * dim..(r + 1) * dim]);
+                if score > best.0 {
+                    *best = (score, r);
+                }
+            }
+        }
+    }
+
+    /// Where [`walk`] puts each block's 16 sums (query `g · QB + i` with row
+    /// `first + r` in lane `i · RB + r`).
+    enum Sink<'a> {
+        /// Every dot: `dots[q * n_rows + row]`.
+        Dots(&'a mut [f32]),
+        /// Per group of QB queries, 2 × 16 values: each lane's greatest sum so far,
+        /// then (as bits) the `first` of the block where it was first reached. A sum
+        /// replaces the best only when greater, as in `first_max`, so NaN never does.
+        Best(&'a mut [f32]),
+    }
+
+    /// The blocks of RB rows of `rows` (the first `first` rows, returned; the caller
+    /// scores the rest), each met by every group of QB queries: 16 sums in
+    /// [`dot_body`]'s bits, handed to `sink`.
+    #[target_feature(enable = "avx512f")]
+    fn walk(queries: &[&[f32]], rows: &[f32], next: &[f32], sink: &mut Sink) -> usize {
+        let dim = queries[0].len();
+        debug_assert!(dim > 0 && rows.len().is_multiple_of(dim));
+        assert!(queries.iter().all(|q| q.len() == dim));
+        let n_rows = rows.len() / dim;
+        let main = dim - dim % LANES;
+        let groups = queries.len().div_ceil(QB);
+        let mut first = 0;
+        if main == 0 {
+            return 0;
+        }
+        while first + RB <= n_rows {
+            // The rows `AHEAD` past this block, in `rows` then `next`.
+            let ahead = (first + AHEAD) * dim;
+            let ahead: &[f32] = if ahead < rows.len() {
+                &rows[ahead..rows.len().min(ahead + RB * dim)]
+            } else {
+                let at = (ahead - rows.len()).min(next.len());
+                &next[at..next.len().min(at + RB * dim)]
+            };
+            let lines = (ahead.len() * 4).div_ceil(64);
+            let block = &rows[first * dim..(first + RB) * dim];
+            for g in 0..groups {
+                let base = ahead.as_ptr().cast::<i8>();
+                for line in g * lines / groups..(g + 1) * lines / groups {
+                    // A hint; the line is inside `ahead` (and a prefetch never faults).
+                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line * 64));
+                }
+                // The last group repeats its last query when the count is not a
+                // multiple of QB (its sums are dropped).
+                let q_of = |i: usize| (g * QB + i).min(queries.len() - 1);
+                let ptrs: [*const f32; QB] = std::array::from_fn(|i| queries[q_of(i)].as_ptr());
+                // SAFETY: each query holds `main` values, `block` RB rows of `dim ≥ main`.
+                let mut sums = unsafe { lane_sums(ptrs, block.as_ptr(), dim, main) };
+                if main < dim {
+                    let mut lanes = [0f32; LANES];
+                    // SAFETY: 16 floats.
+                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums) };
+                    for (lane, sum) in lanes.iter_mut().enumerate() {
+                        let (query, r) = (queries[q_of(lane / RB)], lane % RB);
+                        let row = &block[r * dim..(r + 1) * dim];
+                        let tail: f32 = query[main..]
+                            .iter()
+                            .zip(&row[main..])
+                            .map(|(x, y)| x * y)
+                            .sum();
+                        *sum += tail;
+                    }
+                    // SAFETY: 16 floats.
+                    sums = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
+                }
+                match sink {
+                    Sink::Dots(dots) => {
+                        let mut lanes = [0f32; LANES];
+                        // SAFETY: 16 floats.
+                        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums) };
+                        for i in 0..QB.min(queries.len() - g * QB) {
+                            let at = (g * QB + i) * n_rows + first;
+                            dots[at..at + RB].copy_from_slice(&lanes[i * RB..(i + 1) * RB]);
+                        }
+                    }
+                    Sink::Best(state) => {
+                        let group = &mut state[g * 2 * LANES..(g + 1) * 2 * LANES];
+                        let (best, found) = group.split_at_mut(LANES);
+                        // SAFETY: 16 floats each.
+                        unsafe {
+                            let old = _mm512_loadu_ps(best.as_ptr());
+                            let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(sums, old);
+                            _mm512_storeu_ps(
+                                best.as_mut_ptr(),
+                                _mm512_mask_blend_ps(greater, old, sums),
+                            );
+                            let at = _mm512_loadu_ps(found.as_ptr());
+                            let here = _mm512_castsi512_ps(_mm512_set1_epi32(first as i32));
+                            _mm512_storeu_ps(
+                                found.as_mut_ptr(),
+                                _mm512_mask_blend_ps(greater, at, here),
+                            );
+                        }
+                    }
+                }
+            }
+            first += RB;
+        }
+        first
+    }
+
     /// `acc.iter().sum()` of [`dot_body`]'s 16 lanes for each of `QB` queries against
     /// each of `RB` rows (`dim` apart), over the first `main` values (a multiple of 16):
-    /// entry `i * RB + r` is query `i` with row `r`.
+    /// lane `i * RB + r` is query `i` with row `r`.
     #[target_feature(enable = "avx512f")]
     unsafe fn lane_sums(
         queries: [*const f32; QB],
         rows: *const f32,
         dim: usize,
         main: usize,
-    ) -> [f32; 16] {
+    ) -> __m512 {
         let mut acc = [_mm512_setzero_ps(); 16];
         let mut k = 0;
         while k < main {
@@ -328,10 +429,7 @@ mod x86 {
         for column in t {
             sums = _mm512_add_ps(sums, column);
         }
-        let mut out = [0f32; 16];
-        // SAFETY: 16 floats.
-        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums) };
-        out
+        sums
     }
 
     /// A 16 × 16 transpose: lane j of `out[i]` is lane i of `r[j]`.
@@ -381,8 +479,11 @@ pub fn first_max(scores: impl IntoIterator<Item = f32>) -> (f32, usize) {
     best
 }
 
-/// [`max_sim`] of several queries against the same rows, bit for bit, through
-/// [`dots_many`]: `out[q] = max_sim(queries[q], rows)`. `dots` is scratch.
+/// [`max_sim`] of several queries against the same rows, bit for bit:
+/// `out[q] = max_sim(queries[q], rows)`, slot included. With AVX-512 the sums of
+/// [`dots_many`]'s blocks go straight into a running first maximum per query; elsewhere
+/// it is [`dots_many`] then [`first_max`]. `dots` is scratch; `next` as in
+/// [`dots_many_warming`].
 pub fn max_sim_many(
     queries: &[&[f32]],
     rows: &[f32],
@@ -393,10 +494,15 @@ pub fn max_sim_many(
     let Some(dim) = queries.first().map(|q| q.len()) else {
         return;
     };
+    #[cfg(target_arch = "x86_64")]
+    if level() == Level::Avx512 {
+        // SAFETY: `level` found AVX-512F.
+        return unsafe { x86::max_sim_many(queries, rows, next, dots, out) };
+    }
     let n_rows = rows.len() / dim;
     dots.clear();
     dots.resize(queries.len() * n_rows, 0.0);
-    dots_many_warming(queries, rows, next, dots);
+    dots_many_body(queries, rows, dots);
     for (best, dots) in out.iter_mut().zip(dots.chunks_exact(n_rows)) {
         *best = first_max(dots.iter().copied());
     }
@@ -517,20 +623,30 @@ mod tests {
             (259, 9),
         ] {
             for n_rows in [1, 3, 5, 16, 17, 32, 33] {
-                let rows = values(dim * n_rows, 3.0);
+                let mut rows = values(dim * n_rows, 3.0);
+                if n_rows > 8 {
+                    // Ties across blocks and lanes: the first slot must win. And a NaN
+                    // row, which never does.
+                    let (head, tail) = rows.split_at_mut(5 * dim);
+                    tail[..dim].copy_from_slice(&head[dim..2 * dim]);
+                    tail[2 * dim..3 * dim].copy_from_slice(&head[..dim]);
+                    tail[dim] = f32::NAN;
+                }
                 let queries: Vec<Vec<f32>> = (0..n_queries)
                     .map(|q| values(dim, q as f32 * 1.7))
                     .collect();
                 let refs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
                 let mut base = vec![0f32; refs.len() * n_rows];
                 dots_many_body(&refs, &rows, &mut base);
+                let mut dispatched = vec![0f32; refs.len() * n_rows];
+                dots_many(&refs, &rows, &mut dispatched);
                 let mut best = vec![(0f32, 0); refs.len()];
                 max_sim_many(&refs, &rows, &[], &mut dots, &mut best);
                 for (q, query) in refs.iter().enumerate() {
                     for (r, row) in rows.chunks_exact(dim).enumerate() {
                         let one = dot_body(query, row).to_bits();
                         assert_eq!(base[q * n_rows + r].to_bits(), one, "baseline");
-                        assert_eq!(dots[q * n_rows + r].to_bits(), one, "dispatched");
+                        assert_eq!(dispatched[q * n_rows + r].to_bits(), one, "dispatched");
                     }
                     let one = max_sim_body(query, &rows);
                     assert_eq!(
