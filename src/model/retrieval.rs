@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::Blip2Config;
+use super::on_compute_pool;
 use super::ops::{additive_mask, l2_normalize, Linear};
 use super::packed_gemm::{Format, Kernel};
 use super::qformer::{QFormerModel, TextEmbeddings};
@@ -103,9 +104,21 @@ impl Blip2ForImageTextRetrieval {
     /// pixel_values (batch, 3, S, S), any float dtype → the ViT's `last_hidden_state`
     /// (batch, 1 + grid², vision hidden), post-layernorm, in f32. ITM needs it later.
     pub fn vision_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.vision_model
-            .forward(&pixel_values.to_dtype(self.vision_dtype)?)?
-            .to_dtype(DType::F32)
+        self.on_compute_pool(|| {
+            self.vision_model
+                .forward(&pixel_values.to_dtype(self.vision_dtype)?)?
+                .to_dtype(DType::F32)
+        })
+    }
+
+    /// Runs a forward pass `op` on the compute pool as one job ([`on_compute_pool`]),
+    /// on the CPU; elsewhere on this thread (a GPU's work is queued from here).
+    fn on_compute_pool<R: Send>(&self, op: impl FnOnce() -> Result<R> + Send) -> Result<R> {
+        if self.device().is_cpu() {
+            on_compute_pool(op)
+        } else {
+            op()
+        }
     }
 
     fn queries(&self, batch: usize) -> Result<Tensor> {
@@ -116,20 +129,24 @@ impl Blip2ForImageTextRetrieval {
     /// vision features (batch, tokens, vision hidden) → the image's query vectors
     /// (batch, num_query_tokens, image_text_hidden_size), L2-normalised.
     pub fn image_embeds(&self, vision: &Tensor) -> Result<Tensor> {
-        let vision = vision.to_dtype(DType::F32)?;
-        let queries = self.queries(vision.dim(0)?)?;
-        let out =
-            self.qformer
-                .forward(&queries, None, Some(&vision), self.num_query_tokens, None)?;
-        l2_normalize(&self.vision_projection.forward(&out)?)
+        self.on_compute_pool(|| {
+            let vision = vision.to_dtype(DType::F32)?;
+            let queries = self.queries(vision.dim(0)?)?;
+            let out =
+                self.qformer
+                    .forward(&queries, None, Some(&vision), self.num_query_tokens, None)?;
+            l2_normalize(&self.vision_projection.forward(&out)?)
+        })
     }
 
     /// input_ids (batch, len) u32 and attention_mask (batch, len) 0/1 → the `[CLS]`
     /// text embeddings (batch, image_text_hidden_size), L2-normalised.
     pub fn text_embeds(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let embeds = self.embeddings.forward(input_ids)?;
-        let cls = self.qformer.forward_text(&embeds, attention_mask)?;
-        l2_normalize(&self.text_projection.forward(&cls)?)
+        self.on_compute_pool(|| {
+            let embeds = self.embeddings.forward(input_ids)?;
+            let cls = self.qformer.forward_text(&embeds, attention_mask)?;
+            l2_normalize(&self.text_projection.forward(&cls)?)
+        })
     }
 
     /// ITM logits `[no match, match]` (batch, 2) for pairs: vision features
@@ -142,32 +159,34 @@ impl Blip2ForImageTextRetrieval {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
-        let vision = vision.to_dtype(DType::F32)?;
-        let batch = input_ids.dim(0)?;
-        if vision.dim(0)? != batch && vision.dim(0)? != 1 {
-            candle_core::bail!(
-                "ITM of {} images with {batch} texts: give one image, or one per text",
-                vision.dim(0)?
-            );
-        }
-        let queries = self.queries(batch)?;
-        let text = self.embeddings.forward(input_ids)?;
-        let embeds = Tensor::cat(&[&queries, &text], 1)?;
-        let query_mask = Tensor::ones(
-            (batch, self.num_query_tokens),
-            attention_mask.dtype(),
-            attention_mask.device(),
-        )?;
-        let mask = additive_mask(&Tensor::cat(&[&query_mask, attention_mask], 1)?, DType::F32)?;
-        let out = self.qformer.forward(
-            &embeds,
-            Some(&mask),
-            Some(&vision),
-            self.num_query_tokens,
-            Some(self.num_query_tokens),
-        )?;
-        let logits = self.itm_head.forward(&out)?;
-        logits.mean(1)
+        self.on_compute_pool(|| {
+            let vision = vision.to_dtype(DType::F32)?;
+            let batch = input_ids.dim(0)?;
+            if vision.dim(0)? != batch && vision.dim(0)? != 1 {
+                candle_core::bail!(
+                    "ITM of {} images with {batch} texts: give one image, or one per text",
+                    vision.dim(0)?
+                );
+            }
+            let queries = self.queries(batch)?;
+            let text = self.embeddings.forward(input_ids)?;
+            let embeds = Tensor::cat(&[&queries, &text], 1)?;
+            let query_mask = Tensor::ones(
+                (batch, self.num_query_tokens),
+                attention_mask.dtype(),
+                attention_mask.device(),
+            )?;
+            let mask = additive_mask(&Tensor::cat(&[&query_mask, attention_mask], 1)?, DType::F32)?;
+            let out = self.qformer.forward(
+                &embeds,
+                Some(&mask),
+                Some(&vision),
+                self.num_query_tokens,
+                Some(self.num_query_tokens),
+            )?;
+            let logits = self.itm_head.forward(&out)?;
+            logits.mean(1)
+        })
     }
 }
 
