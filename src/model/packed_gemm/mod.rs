@@ -470,6 +470,67 @@ pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
     }
 }
 
+/// Each row (of `len` values) of `xs` becomes `softmax(x · scale + mask)`, the mask (the
+/// same size as `xs`, additive) where given: attention's probabilities. As candle's
+/// `softmax_last_dim`: the row's maximum is subtracted, then `e^x` (here
+/// [`exp_nonpositive`], 0 below -87), each divided by their sum. Value `j` of a row is
+/// summed in lane `j mod 16`, the lanes then in order, so a longer row whose extra values
+/// are masked (its padding) gives its other values the same bits.
+pub fn softmax_rows(kernel: Kernel, xs: &mut [f32], len: usize, scale: f32, mask: Option<&[f32]>) {
+    assert!(
+        len > 0 && xs.len().is_multiple_of(len),
+        "xs is not rows × len"
+    );
+    if let Some(mask) = mask {
+        assert_eq!(mask.len(), xs.len(), "the mask is not rows × len");
+    }
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's kernel runs here (checked by `Kernel::runs_here`).
+        Kernel::Avx512Bf16 | Kernel::Avx512F32 if kernel.runs_here() => unsafe {
+            x86::softmax_rows_avx512(xs, len, scale, mask)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Kernel::Avx2F32 if kernel.runs_here() => unsafe {
+            x86::softmax_rows_avx2(xs, len, scale, mask)
+        },
+        _ => softmax_rows_body(xs, len, scale, mask),
+    }
+}
+
+#[inline(always)]
+fn softmax_rows_body(xs: &mut [f32], len: usize, scale: f32, mask: Option<&[f32]>) {
+    const LANES: usize = 16;
+    for (i, row) in xs.chunks_exact_mut(len).enumerate() {
+        match mask {
+            Some(mask) => {
+                for (x, m) in row.iter_mut().zip(&mask[i * len..(i + 1) * len]) {
+                    *x = *x * scale + m;
+                }
+            }
+            None => row.iter_mut().for_each(|x| *x *= scale),
+        }
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let mut lanes = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in chunks.by_ref() {
+            for (x, lane) in chunk.iter_mut().zip(&mut lanes) {
+                let d = *x - max;
+                *x = if d < -87.0 { 0.0 } else { exp_nonpositive(d) };
+                *lane += *x;
+            }
+        }
+        for (x, lane) in chunks.into_remainder().iter_mut().zip(&mut lanes) {
+            let d = *x - max;
+            *x = if d < -87.0 { 0.0 } else { exp_nonpositive(d) };
+            *lane += *x;
+        }
+        let sum: f32 = lanes.iter().sum();
+        row.iter_mut().for_each(|x| *x /= sum);
+    }
+}
+
 #[inline(always)]
 fn gelu(x: f32) -> f32 {
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
@@ -581,6 +642,68 @@ mod tests {
         let mut kernels = Kernel::available(Format::Bf16);
         kernels.extend(Kernel::available(Format::F32));
         kernels
+    }
+
+    #[test]
+    fn softmax_rows_is_a_softmax_in_the_same_bits_on_every_kernel_and_padding_adds_nothing() {
+        for (rows, len) in [(1, 1), (3, 5), (4, 16), (2, 17), (5, 257), (3, 44)] {
+            let x: Vec<f32> = values(rows * len, 7).iter().map(|v| v * 8.0).collect();
+            let mask: Vec<f32> = values(rows * len, 8)
+                .iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    if j % len == 0 || *v > -0.5 {
+                        0.0
+                    } else {
+                        -1e30
+                    }
+                })
+                .collect();
+            for mask in [None, Some(&mask[..])] {
+                let mut base = x.clone();
+                softmax_rows_body(&mut base, len, 0.3, mask);
+                for (i, row) in base.chunks_exact(len).enumerate() {
+                    // A float64 reference.
+                    let z: Vec<f64> = (0..len)
+                        .map(|j| {
+                            let m = mask.map_or(0.0, |m| m[i * len + j]);
+                            (x[i * len + j] * 0.3 + m) as f64
+                        })
+                        .collect();
+                    let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let sum: f64 = z.iter().map(|z| (z - max).exp()).sum();
+                    for (j, &p) in row.iter().enumerate() {
+                        let want = (z[j] - max).exp() / sum;
+                        assert!((p as f64 - want).abs() < 1e-6, "({rows}, {len}) {j}");
+                    }
+                }
+                for kernel in Kernel::available(Format::F32) {
+                    let mut y = x.clone();
+                    softmax_rows(kernel, &mut y, len, 0.3, mask);
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&y), bits(&base), "{kernel:?}");
+                }
+                // The same rows with 3 masked values of padding appended.
+                let padded_len = len + 3;
+                let mut padded = vec![0f32; rows * padded_len];
+                let mut padded_mask = vec![-1e30f32; rows * padded_len];
+                for i in 0..rows {
+                    padded[i * padded_len..][..len].copy_from_slice(&x[i * len..][..len]);
+                    let m = mask.map_or(vec![0.0; len], |m| m[i * len..][..len].to_vec());
+                    padded_mask[i * padded_len..][..len].copy_from_slice(&m);
+                }
+                softmax_rows_body(&mut padded, padded_len, 0.3, Some(&padded_mask));
+                for i in 0..rows {
+                    let (row, pad) = padded[i * padded_len..][..padded_len].split_at(len);
+                    let want = &base[i * len..][..len];
+                    assert!(row
+                        .iter()
+                        .zip(want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()));
+                    assert!(pad.iter().all(|&p| p == 0.0));
+                }
+            }
+        }
     }
 
     #[test]

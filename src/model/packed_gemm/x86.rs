@@ -193,6 +193,34 @@ pub(super) unsafe fn gelu_in_place_avx512(xs: &mut [f32]) {
     }
 }
 
+/// [`super::softmax_rows`], compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have `avx512f`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn softmax_rows_avx512(
+    xs: &mut [f32],
+    len: usize,
+    scale: f32,
+    mask: Option<&[f32]>,
+) {
+    super::softmax_rows_body(xs, len, scale, mask)
+}
+
+/// [`super::softmax_rows`], compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must have `avx2` and `fma`.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn softmax_rows_avx2(
+    xs: &mut [f32],
+    len: usize,
+    scale: f32,
+    mask: Option<&[f32]>,
+) {
+    super::softmax_rows_body(xs, len, scale, mask)
+}
+
 /// [`super::gelu_in_place`], compiled for AVX2 + FMA.
 ///
 /// # Safety
