@@ -233,6 +233,21 @@ fn bf16_query_vectors_stay_within_cosine_0_995_of_f32() {
 }
 
 #[test]
+fn an_empty_batch_gives_empty_results() {
+    for device in devices() {
+        let (embedder, reference) = (load("tiny", DType::F32, &device), Reference::load("tiny"));
+        let texts = embedder.embed_token_ids(&[]).unwrap();
+        assert_eq!(texts.dims(), [0, embedder.config.image_text_hidden_size]);
+        let pixels = on(reference.get("pixel_values"), &device);
+        let vision = embedder.model().vision_features(&pixels).unwrap();
+        let logits = embedder
+            .itm_logits(&vision.narrow(0, 0, 1).unwrap(), &[])
+            .unwrap();
+        assert_eq!(logits.dims(), [0, 2]);
+    }
+}
+
+#[test]
 fn batching_does_not_change_results() {
     for device in devices() {
         let (embedder, reference) = (load("tiny", DType::F32, &device), Reference::load("tiny"));

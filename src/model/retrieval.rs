@@ -50,6 +50,8 @@ pub struct Blip2ForImageTextRetrieval {
     /// the linear layers.
     vision_dtype: DType,
     num_query_tokens: usize,
+    /// D, the width of a text embedding.
+    image_text_hidden: usize,
 }
 
 impl Blip2ForImageTextRetrieval {
@@ -88,6 +90,7 @@ impl Blip2ForImageTextRetrieval {
             dtype,
             vision_dtype,
             num_query_tokens: cfg.num_query_tokens,
+            image_text_hidden: cfg.image_text_hidden_size,
         })
     }
 
@@ -142,6 +145,9 @@ impl Blip2ForImageTextRetrieval {
     /// input_ids (batch, len) u32 and attention_mask (batch, len) 0/1 → the `[CLS]`
     /// text embeddings (batch, image_text_hidden_size), L2-normalised.
     pub fn text_embeds(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        if input_ids.dim(0)? == 0 {
+            return Tensor::zeros((0, self.image_text_hidden), DType::F32, self.device());
+        }
         self.on_compute_pool(|| {
             let embeds = self.embeddings.forward(input_ids)?;
             let cls = self.qformer.forward_text(&embeds, attention_mask)?;
@@ -159,6 +165,9 @@ impl Blip2ForImageTextRetrieval {
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor> {
+        if input_ids.dim(0)? == 0 {
+            return Tensor::zeros((0, 2), DType::F32, self.device());
+        }
         self.on_compute_pool(|| {
             let vision = vision.to_dtype(DType::F32)?;
             let batch = input_ids.dim(0)?;
