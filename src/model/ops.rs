@@ -196,6 +196,18 @@ pub fn attention(
             return attention_packed(kernel, q, k, v, scale, mask);
         }
     }
+    attention_candle(q, k, v, scale, mask)
+}
+
+/// [`attention`] through candle's batched matmul and softmax (GPUs, half precision,
+/// CPUs without a `packed_gemm` kernel, `QSEEK_F32_GEMM=off`).
+fn attention_candle(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
@@ -211,9 +223,8 @@ pub fn attention(
 /// transposed). `examples/parts.rs`, ViT-g bf16, batch 4, 2 cores, interleaved with
 /// `QSEEK_F32_GEMM=off` (candle's batched matmul and softmax): attention 1.08–1.18 →
 /// 0.54–0.55 s per batch (49–54 → 106 GFLOP/s), 0.547–0.579 → 0.627–0.658 images/s.
-/// Each row's numbers depend only on
-/// its own query and the keys and values: a masked key (a text's padding, zero keys and
-/// values) adds exact zeros.
+/// Each row's numbers depend only on its own query and the keys and values: a masked
+/// key (a text's padding, zero keys and values) adds exact zeros.
 fn attention_packed(
     kernel: Kernel,
     q: &Tensor,
@@ -321,19 +332,6 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// candle's attention, the formula `attention` runs without `packed_gemm`.
-    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64, mask: Option<&Tensor>) -> Tensor {
-        let scores = (q.matmul(&k.t().unwrap().contiguous().unwrap()).unwrap() * scale).unwrap();
-        let scores = match mask {
-            Some(m) => scores.broadcast_add(m).unwrap(),
-            None => scores,
-        };
-        candle_nn::ops::softmax_last_dim(&scores)
-            .unwrap()
-            .matmul(v)
-            .unwrap()
-    }
-
     #[test]
     fn packed_attention_matches_candles_with_and_without_a_mask() {
         let Some(kernel) = Kernel::chosen(packed_gemm::Format::F32) else {
@@ -353,7 +351,7 @@ mod tests {
                 additive_mask(&Tensor::from_vec(keep, (b, lk), &dev).unwrap(), DType::F32).unwrap();
             for mask in [None, Some(&mask)] {
                 let ours = attention_packed(kernel, &q, &k, &v, 0.125, mask).unwrap();
-                let want = reference(&q, &k, &v, 0.125, mask);
+                let want = attention_candle(&q, &k, &v, 0.125, mask).unwrap();
                 let diff = (ours - want)
                     .unwrap()
                     .abs()
