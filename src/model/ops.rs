@@ -174,6 +174,33 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `x Wᵀ + b + residual` (the residual of the output's shape): for a packed layer the
+    /// add happens inside the GEMM ([`Epilogue::Residual`]), with the same bits.
+    pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let Weights::Packed { kernel, packed } = &self.weights {
+            let mut dims = xs.dims().to_vec();
+            if let Some(last) = dims.last_mut() {
+                *last = packed.get(*kernel)?.n();
+            }
+            if residual.dims() != dims {
+                candle_core::bail!("a residual of {:?} added to {dims:?}", residual.dims());
+            }
+            if residual.dtype() == DType::F32 && residual.device().is_cpu() {
+                let residual = residual.contiguous()?;
+                let (storage, layout) = residual.storage_and_layout();
+                if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+                    (&*storage, layout.contiguous_offsets())
+                {
+                    let r = &cpu.as_slice::<f32>()?[start..end];
+                    return self.forward_with(xs, Epilogue::Residual(r));
+                }
+            }
+        }
+        self.forward(xs)? + residual
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.forward_with(xs, Epilogue::None)

@@ -278,7 +278,9 @@ impl DenseNorm {
     }
 
     fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        (self.dense.forward(xs)? + residual)?.apply(&self.layer_norm)
+        self.dense
+            .forward_residual(xs, residual)?
+            .apply(&self.layer_norm)
     }
 }
 

@@ -92,7 +92,8 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `residual + self_attn(xs)`.
+    fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         let (b, t, h) = xs.dims3()?;
         let qkv = self
             .qkv
@@ -102,7 +103,7 @@ impl Attention {
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let out = attention(&q, &k, &v, self.scale, None)?;
         let out = out.transpose(1, 2)?.reshape((b, t, h))?;
-        self.projection.forward(&out)
+        self.projection.forward_residual(&out, residual)
     }
 }
 
@@ -124,9 +125,10 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    /// `residual + mlp(xs)`.
+    fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
         self.fc2
-            .forward(&self.fc1.forward_activation(xs, self.activation)?)
+            .forward_residual(&self.fc1.forward_activation(xs, self.activation)?, residual)
     }
 }
 
@@ -151,10 +153,8 @@ impl EncoderLayer {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let residual = xs;
-        let xs = (self.self_attn.forward(&xs.apply(&self.layer_norm1)?)? + residual)?;
-        let residual = &xs;
-        self.mlp.forward(&xs.apply(&self.layer_norm2)?)? + residual
+        let xs = self.self_attn.forward(&xs.apply(&self.layer_norm1)?, xs)?;
+        self.mlp.forward(&xs.apply(&self.layer_norm2)?, &xs)
     }
 }
 

@@ -253,13 +253,17 @@ fn pack_panels<E: Copy + Default + Send>(
 }
 
 /// What [`matmul_wt`] applies to each output once its sum is complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Epilogue {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Epilogue<'a> {
     /// Nothing: `x Wᵀ + b`.
     None,
     /// GELU, erf form (`nn.GELU()`, candle's `gelu_erf`), through [`gelu_in_place`],
     /// on each tile while it is in L1: `fc1` needs no second pass over its output.
     Gelu,
+    /// Adds a residual (rows × n, row-major) to each output, on each tile while it is
+    /// in L1: `x Wᵀ + b + r`, the bits of adding `r` afterwards, without a second pass
+    /// over the output or a new buffer.
+    Residual(&'a [f32]),
 }
 
 /// `x` (rows × k, row-major, f32) times `w`ᵀ plus its bias, then `epilogue`: (rows × n),
@@ -272,6 +276,9 @@ pub fn matmul_wt(
     w: &PackedWeight,
     epilogue: Epilogue,
 ) -> Vec<f32> {
+    if let Epilogue::Residual(r) = epilogue {
+        assert_eq!(r.len(), rows * w.n, "the residual is not rows × n");
+    }
     assert!(
         kernel.runs_here(),
         "this CPU cannot run the {kernel:?} kernel"
@@ -331,12 +338,21 @@ fn drive<E: Element>(
                 };
                 // SAFETY: the tile lies within `a`, `b` and `y` (see `Tile`).
                 unsafe { tile.run(kernel) };
-                if epilogue == Epilogue::Gelu && p0 + kc == units {
+                if p0 + kc == units && epilogue != Epilogue::None {
                     for r in 0..tile.rows {
                         // SAFETY: as for the tile: this task's columns of row i0 + r.
                         let row =
                             unsafe { std::slice::from_raw_parts_mut(tile.c.add(r * n), cols) };
-                        gelu_in_place(kernel, row);
+                        match epilogue {
+                            Epilogue::Gelu => gelu_in_place(kernel, row),
+                            Epilogue::Residual(residual) => {
+                                let at = (i0 + r) * n + j * NR;
+                                for (y, x) in row.iter_mut().zip(&residual[at..at + cols]) {
+                                    *y += x;
+                                }
+                            }
+                            Epilogue::None => {}
+                        }
                     }
                 }
             }
@@ -804,6 +820,26 @@ mod tests {
             gelu_in_place(kernel, &mut expected);
             let got = matmul_wt(kernel, &x, rows, &packed, Epilogue::Gelu);
             assert_eq!(got, expected, "{kernel:?}");
+        }
+    }
+
+    #[test]
+    fn the_residual_epilogue_gives_the_bits_of_adding_it_afterwards() {
+        // Tails of rows and columns, and several k blocks in f32 (k = 3072).
+        for (rows, k, n) in [(13, 300, 130), (7, 3072, 65)] {
+            let (x, w, b) = (values(rows * k, 4), values(n * k, 5), values(n, 6));
+            let residual = values(rows * n, 7);
+            for kernel in every_kernel() {
+                let packed = PackedWeight::new(kernel.format(), &w, Some(&b), k);
+                let mut expected = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
+                expected
+                    .iter_mut()
+                    .zip(&residual)
+                    .for_each(|(y, r)| *y += r);
+                let got = matmul_wt(kernel, &x, rows, &packed, Epilogue::Residual(&residual));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&expected), "{kernel:?}");
+            }
         }
     }
 
