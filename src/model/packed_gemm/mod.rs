@@ -18,7 +18,8 @@
 //! * **f32** (the Q-Former, every dtype): the weights as they are, f32 FMAs. The result
 //!   is within float rounding of candle's (another summation order), not bit-identical.
 //!
-//! Both can apply GELU to each finished tile while it is in L1 ([`Epilogue::Gelu`]).
+//! Both can apply GELU ([`Epilogue::Gelu`]) or add a residual ([`Epilogue::Residual`]) to each
+//! finished tile while it is in L1.
 //!
 //! Layout: the weight (n × k) becomes panels of [`NR`] output columns; within a panel, for
 //! each *unit* of k (bf16: a pair of k indices `(2p, 2p+1)`; f32: one index), the
