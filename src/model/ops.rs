@@ -122,14 +122,7 @@ fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<Option<T>>
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
         return Ok(None);
     }
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-        (&*storage, layout.contiguous_offsets())
-    else {
-        return Ok(None);
-    };
-    Ok(Some(f(&cpu.as_slice::<f32>()?[start..end])))
+    with_cpu_f32s(&[x.contiguous()?], |slices| f(slices[0])).map(Some)
 }
 
 impl Linear {
@@ -186,15 +179,9 @@ impl Linear {
             if residual.dims() != dims {
                 candle_core::bail!("a residual of {:?} added to {dims:?}", residual.dims());
             }
-            if residual.dtype() == DType::F32 && residual.device().is_cpu() {
-                let residual = residual.contiguous()?;
-                let (storage, layout) = residual.storage_and_layout();
-                if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
-                    (&*storage, layout.contiguous_offsets())
-                {
-                    let r = &cpu.as_slice::<f32>()?[start..end];
-                    return self.forward_with(xs, Epilogue::Residual(r));
-                }
+            let fused = with_cpu_f32(residual, |r| self.forward_with(xs, Epilogue::Residual(r)))?;
+            if let Some(ys) = fused {
+                return ys;
             }
         }
         self.forward(xs)? + residual
@@ -319,7 +306,8 @@ fn attention_packed(
     Tensor::from_vec(out, (b, h, lq, d), q.device())
 }
 
-/// The f32 CPU storage of each (contiguous) tensor, as slices, given to `f`.
+/// The f32 CPU storage of each tensor, as slices, given to `f`; an error unless each is
+/// a contiguous f32 tensor on the CPU.
 fn with_cpu_f32s<T>(xs: &[Tensor], f: impl FnOnce(&[&[f32]]) -> T) -> Result<T> {
     let held: Vec<_> = xs.iter().map(|x| x.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(xs.len());
@@ -327,7 +315,7 @@ fn with_cpu_f32s<T>(xs: &[Tensor], f: impl FnOnce(&[&[f32]]) -> T) -> Result<T> 
         let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
             (&**storage, layout.contiguous_offsets())
         else {
-            candle_core::bail!("attention_packed takes contiguous f32 tensors on the CPU");
+            candle_core::bail!("expected contiguous f32 tensors on the CPU");
         };
         slices.push(&cpu.as_slice::<f32>()?[start..end]);
     }

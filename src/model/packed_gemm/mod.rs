@@ -529,18 +529,24 @@ fn softmax_rows_body(xs: &mut [f32], len: usize, scale: f32, mask: Option<&[f32]
             None => row.iter_mut().for_each(|x| *x *= scale),
         }
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let exp = |x: f32| {
+            let d = x - max;
+            if d < -87.0 {
+                0.0
+            } else {
+                exp_nonpositive(d)
+            }
+        };
         let mut lanes = [0f32; LANES];
         let mut chunks = row.chunks_exact_mut(LANES);
         for chunk in chunks.by_ref() {
             for (x, lane) in chunk.iter_mut().zip(&mut lanes) {
-                let d = *x - max;
-                *x = if d < -87.0 { 0.0 } else { exp_nonpositive(d) };
+                *x = exp(*x);
                 *lane += *x;
             }
         }
         for (x, lane) in chunks.into_remainder().iter_mut().zip(&mut lanes) {
-            let d = *x - max;
-            *x = if d < -87.0 { 0.0 } else { exp_nonpositive(d) };
+            *x = exp(*x);
             *lane += *x;
         }
         let sum: f32 = lanes.iter().sum();
