@@ -26,7 +26,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Module, Tensor};
 use clap::Parser;
 use qseek::embedder::parse_dtype;
-use qseek::model::ops::{attention, Linear};
+use qseek::model::ops::{multi_head_attention, Linear};
 use qseek::model::packed_gemm::{Format, Kernel};
 use qseek::model::ModelSource;
 use qseek::{Embedder, ModelOptions};
@@ -204,12 +204,24 @@ fn main() -> qseek::Result<()> {
         });
     }
     let hd = h / heads;
-    let qkv = |seed: f64| -> candle_core::Result<Tensor> {
-        (Tensor::randn(0f32, 1.0, (b, heads, t, hd), &dev)? * seed)?.to_dtype(act)
-    };
-    let (q, k, vv) = (qkv(1.0)?, qkv(1.0)?, qkv(1.0)?);
+    // q, k and v as the ViT has them: column ranges of the fused projection's output.
+    let qkv = Tensor::randn(0f32, 1.0, (b, t, 3 * h), &dev)?.to_dtype(act)?;
+    let (q, k, vv) = (
+        qkv.narrow(2, 0, h)?,
+        qkv.narrow(2, h, h)?,
+        qkv.narrow(2, 2 * h, h)?,
+    );
+    let attention_kernel = packed.or_else(|| Kernel::chosen(Format::F32));
     let s = seconds(args.reps, || {
-        attention(&q, &k, &vv, (hd as f64).powf(-0.5), None)?;
+        multi_head_attention(
+            attention_kernel,
+            &q,
+            &k,
+            &vv,
+            heads,
+            (hd as f64).powf(-0.5),
+            None,
+        )?;
         Ok(())
     })?;
     parts.push(Part {

@@ -186,6 +186,9 @@ fn main() -> qseek::Result<()> {
     let (warm_vision, _) = embedder.embed_pixels(&image_batches[0])?;
     embedder.embed_token_ids(&ids[..args.batch.min(ids.len())])?;
     let n_warm = warm_vision.dim(0)?;
+    if args.pairs > 0 {
+        embedder.itm_logits(&warm_vision.narrow(0, 0, 1)?, &ids[..1])?;
+    }
 
     // Image embeddings: the ViT then the Q-Former query pass, split to see where the
     // time goes.

@@ -232,6 +232,40 @@ fn bf16_query_vectors_stay_within_cosine_0_995_of_f32() {
     }
 }
 
+/// `--dtype bf16`'s text pass is f32's (bit for bit), and its ITM (in bf16 through
+/// `packed_gemm` where the CPU has AVX512-BF16) stays within 1% of f32's match
+/// probability, on the same vision features.
+#[test]
+fn bf16_texts_are_f32s_and_its_itm_stays_close() {
+    for (model, device) in cases() {
+        let reference = Reference::load(model);
+        let (f32, bf16) = (
+            load(model, DType::F32, &device),
+            load(model, DType::BF16, &device),
+        );
+        let ids = &reference.input_ids;
+        let (texts_f32, texts_bf16) = (
+            f32.embed_token_ids(ids).unwrap(),
+            bf16.embed_token_ids(ids).unwrap(),
+        );
+        assert_eq!(max_abs_diff(&texts_f32, &texts_bf16), 0.0, "{model}");
+        let pixels = on(reference.get("pixel_values"), &device);
+        let vision = f32.model().vision_features(&pixels).unwrap();
+        for i in 0..vision.dim(0).unwrap() {
+            let image = vision.narrow(0, i, 1).unwrap();
+            let probability = |e: &Embedder| {
+                let logits = e.itm_logits(&image, ids).unwrap();
+                candle_nn::ops::softmax_last_dim(&logits).unwrap()
+            };
+            let diff = max_abs_diff(&probability(&f32), &probability(&bf16));
+            assert!(
+                diff <= 0.01,
+                "{model} image {i}: ITM probability differs by {diff}"
+            );
+        }
+    }
+}
+
 #[test]
 fn an_empty_batch_gives_empty_results() {
     for device in devices() {

@@ -194,27 +194,56 @@ impl Module for Linear {
     }
 }
 
-/// Scaled dot-product attention: `softmax(q kᵀ · scale + mask) v`.
+/// Multi-head scaled dot-product attention, the heads side by side: q (batch, q_len,
+/// heads · d) attends to k and v (batch, kv_len, heads · d); out (batch, q_len, heads · d)
+/// holds `softmax(q_h k_hᵀ · scale + mask) v_h` in head h's columns. q, k and v may be
+/// column ranges of wider tensors (`narrow` of a stacked q/k/v projection): on the CPU in
+/// f32 they are read where they lie, and no head is copied out first.
 ///
-/// `q`: (batch, heads, q_len, head_dim); `k`, `v`: (batch, heads, kv_len, head_dim);
-/// `mask`: additive, broadcastable to (batch, heads, q_len, kv_len).
-pub fn attention(
+/// `mask`: additive, broadcastable to (batch, heads, q_len, kv_len). `kernel`: the
+/// [`packed_gemm`] kernel of the two products (a bf16 one rounds q, k, v and the
+/// probabilities to bf16 and sums the products in f32; the softmax stays f32), or `None`
+/// for candle's batched matmul and softmax (GPUs, half precision, CPUs without a
+/// kernel).
+pub fn multi_head_attention(
+    kernel: Option<Kernel>,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    heads: usize,
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    if q.device().is_cpu() && q.dtype() == DType::F32 && q.elem_count() > 0 && k.elem_count() > 0 {
-        if let Some(kernel) = Kernel::chosen(packed_gemm::Format::F32) {
-            return attention_packed(kernel, q, k, v, scale, mask);
+    let (b, lq, width) = q.dims3()?;
+    let lk = k.dim(1)?;
+    if k.dims3()? != (b, lk, width) || v.dims3()? != (b, lk, width) || width % heads != 0 {
+        candle_core::bail!(
+            "attention of q {:?} with k {:?} and v {:?} in {heads} heads",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    let cpu_f32 = q.device().is_cpu() && [q, k, v].iter().all(|t| t.dtype() == DType::F32);
+    match kernel {
+        Some(kernel) if cpu_f32 && lq > 0 && lk > 0 => {
+            attention_packed(kernel, q, k, v, heads, scale, mask)
+        }
+        _ => {
+            let split = |t: &Tensor| {
+                let len = t.dim(1)?;
+                t.contiguous()?
+                    .reshape((b, len, heads, width / heads))?
+                    .transpose(1, 2)
+            };
+            attention_candle(&split(q)?, &split(k)?, &split(v)?, scale, mask)?
+                .transpose(1, 2)?
+                .reshape((b, lq, width))
         }
     }
-    attention_candle(q, k, v, scale, mask)
 }
 
-/// [`attention`] through candle's batched matmul and softmax (GPUs, half precision,
-/// CPUs without a `packed_gemm` kernel, `QSEEK_F32_GEMM=off`).
+/// `softmax(q kᵀ · scale + mask) v` through candle, on (batch, heads, len, head_dim).
 fn attention_candle(
     q: &Tensor,
     k: &Tensor,
@@ -231,79 +260,121 @@ fn attention_candle(
     probs.matmul(&v.contiguous()?)
 }
 
-/// [`attention`] on the CPU in f32 through `packed_gemm`, one (batch, head) pair per
-/// task: `q kᵀ` with the head's keys packed as the weight, [`packed_gemm::softmax_rows`]
-/// (scale and mask included), then the probabilities times the head's values (packed
-/// transposed). `examples/parts.rs`, ViT-g bf16, batch 4, 2 cores, interleaved with
-/// `QSEEK_F32_GEMM=off` (candle's batched matmul and softmax): attention 1.08–1.18 →
-/// 0.54–0.55 s per batch (49–54 → 106 GFLOP/s), 0.547–0.579 → 0.627–0.658 images/s.
-/// Each row's numbers depend only on its own query and the keys and values: a masked
-/// key (a text's padding, zero keys and values) adds exact zeros.
+/// [`multi_head_attention`] on the CPU in f32 through `packed_gemm`, one (batch, head)
+/// pair per task: `q kᵀ` with the head's keys packed as the weight, read in place
+/// ([`PackedWeight::from_rows`]); [`packed_gemm::softmax_rows`] (scale and mask
+/// included); then the probabilities times the head's values, packed as the transposed
+/// weight from their rows ([`PackedWeight::from_columns`]); the head's output is written
+/// straight into its columns. Each row's numbers depend only on its own query and the
+/// keys and values: a masked key (a text's padding, zero keys and values) adds exact
+/// zeros.
 fn attention_packed(
     kernel: Kernel,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    heads: usize,
     scale: f64,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     use rayon::prelude::*;
-    let (b, h, lq, d) = q.dims4()?;
-    let lk = k.dim(2)?;
-    if k.dims4()? != (b, h, lk, d) || v.dims4()? != (b, h, lk, d) {
-        candle_core::bail!(
-            "attention of q {:?} with k {:?} and v {:?}",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-    }
+    let (b, lq, width) = q.dims3()?;
+    let (lk, d) = (k.dim(1)?, width / heads);
+    // (batch · heads, q_len, kv_len): a rank-3 view like q, k and v.
     let mask = match mask {
         Some(m) => Some(
             m.to_dtype(DType::F32)?
-                .broadcast_as((b, h, lq, lk))?
-                .contiguous()?,
+                .broadcast_as((b, heads, lq, lk))?
+                .contiguous()?
+                .reshape((b * heads, lq, lk))?,
         ),
         None => None,
     };
-    let tensors: Vec<Tensor> = [q, k, v]
-        .into_iter()
-        .chain(mask.as_ref())
-        .map(|t| t.contiguous())
-        .collect::<Result<_>>()?;
-    let out = with_cpu_f32s(&tensors, |slices| {
-        let (q, k, v, mask) = (slices[0], slices[1], slices[2], slices.get(3));
-        let mut out = vec![0f32; b * h * lq * d];
-        out.par_chunks_mut(lq * d).enumerate().for_each(|(i, out)| {
-            let keys = PackedWeight::new(
-                packed_gemm::Format::F32,
-                &k[i * lk * d..(i + 1) * lk * d],
-                None,
-                d,
-            );
-            let q = &q[i * lq * d..(i + 1) * lq * d];
-            let mut probs = packed_gemm::matmul_wt(kernel, q, lq, &keys, Epilogue::None);
-            let mask = mask.map(|m| &m[i * lq * lk..(i + 1) * lq * lk]);
+    let mut out = vec![0f32; b * lq * width];
+    let format = kernel.format();
+    let tensors: Vec<&Tensor> = [q, k, v].into_iter().chain(mask.as_ref()).collect();
+    with_cpu_f32_views(&tensors, |views| {
+        let (q, k, v) = (views[0], views[1], views[2]);
+        let mask = views.get(3).map(|m| m.data);
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        (0..b * heads).into_par_iter().for_each(|task| {
+            let (bi, hi) = (task / heads, task % heads);
+            let keys = PackedWeight::from_rows(format, k.rows(bi, hi * d, lk, d), None);
+            let mut probs =
+                packed_gemm::matmul_rows(kernel, q.rows(bi, hi * d, lq, d), &keys, Epilogue::None);
+            let mask = mask.map(|m| &m[task * lq * lk..(task + 1) * lq * lk]);
             packed_gemm::softmax_rows(kernel, &mut probs, lk, scale as f32, mask);
-            let v = &v[i * lk * d..(i + 1) * lk * d];
-            let mut v_t = vec![0f32; d * lk];
-            for (j, row) in v.chunks_exact(d).enumerate() {
-                for (c, &x) in row.iter().enumerate() {
-                    v_t[c * lk + j] = x;
+            let values = PackedWeight::from_columns(format, v.rows(bi, hi * d, lk, d));
+            let ys = packed_gemm::matmul_wt(kernel, &probs, lq, &values, Epilogue::None);
+            for (i, y) in ys.chunks_exact(d).enumerate() {
+                // SAFETY: row i of batch bi, head hi's d columns: in bounds of `out`
+                // (b × lq × width), and written by this task alone; `out` outlives the
+                // tasks.
+                unsafe {
+                    let at = out_ptr.get().add((bi * lq + i) * width + hi * d);
+                    std::ptr::copy_nonoverlapping(y.as_ptr(), at, d);
                 }
             }
-            let values = PackedWeight::new(packed_gemm::Format::F32, &v_t, None, lk);
-            out.copy_from_slice(&packed_gemm::matmul_wt(
-                kernel,
-                &probs,
-                lq,
-                &values,
-                Epilogue::None,
-            ));
         });
-        out
     })?;
-    Tensor::from_vec(out, (b, h, lq, d), q.device())
+    Tensor::from_vec(out, (b, lq, width), q.device())
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer share.
+struct SyncPtr(*mut f32);
+// SAFETY: the tasks given it write disjoint elements (see each use).
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    /// A method, so that closures capture the `Sync` wrapper and not the raw pointer.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A rank-3 f32 CPU tensor read in place: its storage from its first value, and its
+/// batch and row strides (the last dimension is contiguous).
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    batch: usize,
+    row: usize,
+}
+
+impl<'a> View<'a> {
+    /// Columns `column..column + width` of the first `len` rows of batch `b`.
+    fn rows(self, b: usize, column: usize, len: usize, width: usize) -> packed_gemm::Rows<'a> {
+        packed_gemm::Rows::strided(&self.data[b * self.batch + column..], len, width, self.row)
+    }
+}
+
+/// Each rank-3 tensor as a [`View`] of its f32 CPU storage, given to `f` (one whose last
+/// dimension is strided is made contiguous first); an error unless each is f32 on the
+/// CPU.
+fn with_cpu_f32_views<T>(xs: &[&Tensor], f: impl FnOnce(&[View]) -> T) -> Result<T> {
+    let owned: Vec<Tensor> = xs
+        .iter()
+        .map(|x| {
+            if x.rank() == 3 && x.stride()[2] == 1 {
+                Ok((*x).clone())
+            } else {
+                x.contiguous()
+            }
+        })
+        .collect::<Result<_>>()?;
+    let held: Vec<_> = owned.iter().map(|x| x.storage_and_layout()).collect();
+    let mut views = Vec::with_capacity(xs.len());
+    for (storage, layout) in &held {
+        let candle_core::Storage::Cpu(cpu) = &**storage else {
+            candle_core::bail!("expected f32 tensors on the CPU");
+        };
+        let stride = layout.stride();
+        views.push(View {
+            data: &cpu.as_slice::<f32>()?[layout.start_offset()..],
+            batch: stride[0],
+            row: stride[1],
+        });
+    }
+    Ok(f(&views))
 }
 
 /// The f32 CPU storage of each tensor, as slices, given to `f`; an error unless each is
@@ -349,35 +420,49 @@ mod tests {
 
     #[test]
     fn packed_attention_matches_candles_with_and_without_a_mask() {
-        let Some(kernel) = Kernel::chosen(packed_gemm::Format::F32) else {
-            return;
-        };
         let dev = Device::Cpu;
+        let f32 = Kernel::chosen(packed_gemm::Format::F32);
+        let bf16 = Kernel::chosen(packed_gemm::Format::Bf16);
+        // (kernel, tolerance): f32 differs from candle's by summation order; bf16 by the
+        // rounding of q, k, v and the probabilities to 8-bit mantissas.
+        let kernels = [(f32, 1e-5), (bf16, 0.03)];
         // (batch, heads, q_len, kv_len, head_dim): ViT-like, text-like with odd sizes,
         // and cross-attention (fewer queries than keys).
         for (b, h, lq, lk, d) in [(1, 2, 7, 7, 8), (3, 3, 13, 13, 20), (2, 4, 5, 19, 88)] {
-            let q = Tensor::randn(0f32, 1.0, (b, h, lq, d), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1.0, (b, h, lk, d), &dev).unwrap();
-            let v = Tensor::randn(0f32, 1.0, (b, h, lk, d), &dev).unwrap();
+            let w = h * d;
+            // q, k and v as column ranges of one stacked tensor (as a fused projection
+            // gives them), q the first rows only when it is shorter.
+            let qkv = Tensor::randn(0f32, 1.0, (b, lk.max(lq), 3 * w), &dev).unwrap();
+            let part =
+                |i: usize, len: usize| qkv.narrow(2, i * w, w).unwrap().narrow(1, 0, len).unwrap();
+            let (q, k, v) = (part(0, lq), part(1, lk), part(2, lk));
             let keep: Vec<u32> = (0..b * lk)
                 .map(|i| u32::from(i % lk < lk - i / lk))
                 .collect();
             let mask =
                 additive_mask(&Tensor::from_vec(keep, (b, lk), &dev).unwrap(), DType::F32).unwrap();
             for mask in [None, Some(&mask)] {
-                let ours = attention_packed(kernel, &q, &k, &v, 0.125, mask).unwrap();
-                let want = attention_candle(&q, &k, &v, 0.125, mask).unwrap();
-                let diff = (ours - want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(diff < 1e-5, "({b}, {h}, {lq}, {lk}, {d}): {diff}");
+                let want = multi_head_attention(None, &q, &k, &v, h, 0.125, mask).unwrap();
+                for (kernel, tolerance) in kernels {
+                    let Some(kernel) = kernel else { continue };
+                    let ours =
+                        multi_head_attention(Some(kernel), &q, &k, &v, h, 0.125, mask).unwrap();
+                    assert_eq!(ours.dims(), [b, lq, w]);
+                    let diff = (ours - &want)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(0)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(
+                        diff < tolerance,
+                        "{kernel:?} ({b}, {h}, {lq}, {lk}, {d}): {diff}"
+                    );
+                }
             }
         }
     }

@@ -10,8 +10,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, Activation, Embedding, LayerNorm, VarBuilder};
 
 use super::config::QFormerConfig;
-use super::ops::{attention, Linear};
-use super::packed_gemm::Kernel;
+use super::ops::{multi_head_attention, Linear};
+use super::packed_gemm::{Format, Kernel};
 
 /// `embeddings`: word and absolute position embeddings (`Blip2TextEmbeddings`).
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ impl MultiHeadAttention {
     /// `kv` alone, of which `xs` must be the first rows.
     fn project(&self, xs: &Tensor, kv: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (_, q_len, h) = xs.dims3()?;
-        let part = |t: &Tensor, i: usize| t.narrow(2, i * h, h)?.contiguous();
+        let part = |t: &Tensor, i: usize| t.narrow(2, i * h, h);
         match &self.projections {
             Projections::SelfAttention { query_key_value } => {
                 let qkv = query_key_value.forward(kv)?;
@@ -167,16 +167,8 @@ impl MultiHeadAttention {
     /// Projected q (batch, q_len, hidden), k and v (batch, kv_len, hidden) → the heads'
     /// attention, merged (batch, q_len, hidden).
     fn heads(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, q_len, h) = q.dims3()?;
-        let head_dim = h / self.num_heads;
-        let split = |t: &Tensor| {
-            let len = t.dim(1)?;
-            t.reshape((b, len, self.num_heads, head_dim))?
-                .transpose(1, 2)
-        };
-        attention(&split(q)?, &split(k)?, &split(v)?, self.scale, mask)?
-            .transpose(1, 2)?
-            .reshape((b, q_len, h))
+        let kernel = Kernel::chosen(Format::F32);
+        multi_head_attention(kernel, q, k, v, self.num_heads, self.scale, mask)
     }
 }
 
@@ -252,7 +244,7 @@ impl Ragged {
 
     /// (1, tokens, hidden) → each text's first row (1, batch, hidden).
     fn firsts(&self, rows: &Tensor) -> Result<Tensor> {
-        rows.index_select(&self.firsts, 1)
+        rows.contiguous()?.index_select(&self.firsts, 1)
     }
 }
 

@@ -1,9 +1,11 @@
 //! `Blip2ForImageTextRetrieval`: the first-stage BLIP-2 model, ITC and ITM heads.
 
+use std::sync::{Arc, Mutex, OnceLock};
+
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::config::Blip2Config;
+use super::config::{Blip2Config, QFormerConfig};
 use super::on_compute_pool;
 use super::ops::{additive_mask, l2_normalize, Linear};
 use super::packed_gemm::{Format, Kernel};
@@ -14,7 +16,8 @@ use super::vision::VisionModel;
 ///
 /// The vision model runs in the chosen dtype; everything after it (query tokens, text
 /// `embeddings`, `qformer`, the two projections and `itm_head`) runs in f32, so that
-/// f16/bf16 only approximate the expensive part.
+/// f16/bf16 only approximate the expensive part (bf16 on an AVX512-BF16 CPU also runs
+/// ITM's Q-Former in bf16: below).
 ///
 /// This is not what transformers' half mode computes. Loaded with `dtype=float16` (or
 /// bf16), transformers keeps only `query_tokens` and `qformer` in f32
@@ -25,10 +28,17 @@ use super::vision::VisionModel;
 /// qseek's half modes are therefore closer to f32 than transformers' half mode is.
 ///
 /// bf16 on a CPU with AVX512-BF16 goes further ([`packed_gemm`](super::packed_gemm)): only
-/// the ViT's linear layers round their inputs (weights and activations) to bf16, with
-/// exact products summed in f32; the ViT's activations, layer norms, attention and
-/// GELU stay f32. `QSEEK_BF16_GEMM=off` (or a CPU without AVX512-BF16) gives candle's
+/// the ViT's linear layers and its attention's two products round their inputs
+/// (weights, activations, q, k, v and the probabilities) to bf16, with exact products
+/// summed in f32; the ViT's activations, layer norms, softmax and GELU stay f32. `QSEEK_BF16_GEMM=off` (or a CPU without AVX512-BF16) gives candle's
 /// bf16, where the whole ViT computes in bf16.
+///
+/// There, ITM ([`itm_logits`](Self::itm_logits)) also runs the Q-Former's linear layers
+/// in bf16 the same way (a second copy of the Q-Former, [`ItmQFormer`], read at the
+/// first ITM call): ITM is a query's cost, and its rerank score is a logit, not a
+/// stored vector. The image query pass and the text pass stay f32, so a text
+/// embedding is f32's exactly, and a stored query vector differs from f32's only
+/// through the ViT.
 ///
 /// On a CPU with AVX2 or AVX-512, every linear layer after the ViT (the Q-Former's, the
 /// projections, `itm_head`), and the ViT's own in f32, compute in f32 through
@@ -44,6 +54,9 @@ pub struct Blip2ForImageTextRetrieval {
     vision_projection: Linear,
     text_projection: Linear,
     itm_head: Linear,
+    /// The Q-Former that [`itm_logits`](Self::itm_logits) runs in bf16 mode on a CPU
+    /// with a bf16 [`Kernel`]; `None` elsewhere (ITM then runs `qformer`).
+    itm_qformer: Option<Arc<ItmQFormer>>,
     /// The precision asked for.
     dtype: DType,
     /// The dtype of the ViT's activations: `dtype`, or f32 where `packed_gemm` computes
@@ -60,7 +73,7 @@ impl Blip2ForImageTextRetrieval {
     /// bf16 [`Kernel`] packs the ViT's linear weights in bf16 and keeps the rest of the
     /// ViT in f32; on the CPU with an f32 [`Kernel`] the linear layers after the ViT (and
     /// the ViT's, in f32) are packed in f32.
-    pub fn new(cfg: &Blip2Config, vb: VarBuilder, dtype: DType) -> Result<Self> {
+    pub fn new(cfg: &Blip2Config, vb: VarBuilder<'static>, dtype: DType) -> Result<Self> {
         let q = &cfg.qformer_config;
         let f32_vb = vb.clone().set_dtype(DType::F32);
         let cpu = vb.device().is_cpu();
@@ -87,6 +100,15 @@ impl Blip2ForImageTextRetrieval {
             vision_projection: proj("vision_projection", cfg.image_text_hidden_size)?,
             text_projection: proj("text_projection", cfg.image_text_hidden_size)?,
             itm_head: proj("itm_head", 2)?,
+            itm_qformer: bf16.map(|kernel| {
+                Arc::new(ItmQFormer {
+                    config: q.clone(),
+                    vb: f32_vb.pp("qformer"),
+                    kernel,
+                    model: OnceLock::new(),
+                    building: Mutex::new(()),
+                })
+            }),
             dtype,
             vision_dtype,
             num_query_tokens: cfg.num_query_tokens,
@@ -186,7 +208,11 @@ impl Blip2ForImageTextRetrieval {
                 attention_mask.device(),
             )?;
             let mask = additive_mask(&Tensor::cat(&[&query_mask, attention_mask], 1)?, DType::F32)?;
-            let out = self.qformer.forward(
+            let qformer = match &self.itm_qformer {
+                Some(itm) => itm.get()?,
+                None => &self.qformer,
+            };
+            let out = qformer.forward(
                 &embeds,
                 Some(&mask),
                 Some(&vision),
@@ -207,4 +233,40 @@ pub fn itc_scores(image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor>
         .reshape((n * q, d))?
         .matmul(&text_embeds.t()?)?;
     sims.reshape((n, q, text_embeds.dim(0)?))?.max(D::Minus2)
+}
+
+/// The checkpoint's Q-Former with every linear layer packed for one [`Kernel`] (bf16):
+/// what ITM runs in bf16 mode. It is read from the checkpoint at the first ITM call,
+/// so a process that never reranks never holds it (~2 bytes per Q-Former weight).
+struct ItmQFormer {
+    config: QFormerConfig,
+    /// `qformer.` of the checkpoint, in f32.
+    vb: VarBuilder<'static>,
+    kernel: Kernel,
+    model: OnceLock<QFormerModel>,
+    /// Held while `model` is built: concurrent first calls build it once.
+    building: Mutex<()>,
+}
+
+impl ItmQFormer {
+    fn get(&self) -> Result<&QFormerModel> {
+        if let Some(model) = self.model.get() {
+            return Ok(model);
+        }
+        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(model) = self.model.get() {
+            return Ok(model);
+        }
+        let model = QFormerModel::new(&self.config, self.vb.clone(), Some(self.kernel))?;
+        Ok(self.model.get_or_init(|| model))
+    }
+}
+
+impl std::fmt::Debug for ItmQFormer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ItmQFormer")
+            .field("kernel", &self.kernel)
+            .field("built", &self.model.get().is_some())
+            .finish_non_exhaustive()
+    }
 }

@@ -4,8 +4,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, Activation, LayerNorm, VarBuilder};
 
 use super::config::VisionConfig;
-use super::ops::{attention, Linear};
-use super::packed_gemm::Kernel;
+use super::ops::{multi_head_attention, Linear};
+use super::packed_gemm::{Format, Kernel};
 
 /// `vision_model.embeddings`: patches, `[CLS]` and learned positions.
 #[derive(Debug, Clone)]
@@ -61,6 +61,9 @@ impl VisionEmbeddings {
 pub struct Attention {
     qkv: Linear,
     projection: Linear,
+    /// The kernel of attention's two products: `qkv`'s and `projection`'s, or on the
+    /// CPU in f32 `packed_gemm`'s f32 one.
+    kernel: Option<Kernel>,
     num_heads: usize,
     scale: f64,
 }
@@ -87,6 +90,7 @@ impl Attention {
         Ok(Self {
             qkv: Linear::from_parts(weight, bias).into_packed(packed),
             projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(packed),
+            kernel: packed.or_else(|| Kernel::chosen(Format::F32)),
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -94,15 +98,18 @@ impl Attention {
 
     /// `residual + self_attn(xs)`.
     fn forward(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = xs.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(xs)?
-            .reshape((b, t, 3, self.num_heads, h / self.num_heads))?
-            .permute((2, 0, 3, 1, 4))?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let out = attention(&q, &k, &v, self.scale, None)?;
-        let out = out.transpose(1, 2)?.reshape((b, t, h))?;
+        let h = xs.dim(2)?;
+        let qkv = self.qkv.forward(xs)?;
+        let part = |i: usize| qkv.narrow(2, i * h, h);
+        let out = multi_head_attention(
+            self.kernel,
+            &part(0)?,
+            &part(1)?,
+            &part(2)?,
+            self.num_heads,
+            self.scale,
+            None,
+        )?;
         self.projection.forward_residual(&out, residual)
     }
 }
@@ -170,8 +177,9 @@ impl VisionModel {
     /// Loads the weights under `vision_model.`, in `vb`'s dtype. With a `packed` kernel
     /// (and an f32 `vb`) every linear layer (the patch embedding, qkv, projection, fc1,
     /// fc2) is computed by [`packed_gemm`](super::packed_gemm) with that kernel, fc1's
-    /// GELU fused: a bf16 kernel rounds weights and inputs to bf16 and sums in f32; all
-    /// else stays f32.
+    /// GELU fused: a bf16 kernel rounds weights and inputs to bf16 and sums in f32. The
+    /// attention's two products run in the same kernel (a bf16 one rounds q, k, v and the
+    /// probabilities); all else stays f32.
     pub fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)

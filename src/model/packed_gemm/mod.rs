@@ -9,14 +9,19 @@
 //! (`benches/README.md`). Here each weight is packed once ([`PackedWeight`]) in one of two
 //! [`Format`]s:
 //!
-//! * **bf16** (`--dtype bf16`'s ViT on AVX512-BF16): each weight is rounded to bf16;
-//!   per call the rows of `x` (f32) are rounded to bf16, every product of two bf16
-//!   values is exact in f32, and the sums, the bias and the output are f32. So the only
-//!   precision given up is the rounding of the two inputs to 8-bit mantissas; everything
-//!   between the linear layers (layer norms, softmax, the attention matmuls, residuals)
-//!   stays f32 (`vision.rs`).
-//! * **f32** (the Q-Former, every dtype): the weights as they are, f32 FMAs. The result
-//!   is within float rounding of candle's (another summation order), not bit-identical.
+//! * **bf16** (`--dtype bf16` on AVX512-BF16: the ViT's linear layers and attention
+//!   products, and ITM's Q-Former): each weight is rounded to bf16; per call the rows of
+//!   `x` (f32) are rounded to bf16, every product of two bf16 values is exact in f32,
+//!   and the sums, the bias and the output are f32. So the only precision given up is
+//!   the rounding of the two inputs to 8-bit mantissas; everything else (layer norms,
+//!   softmax, GELU, residuals) stays f32 (`vision.rs`, `retrieval.rs`).
+//! * **f32** (the Q-Former's image and text passes in every dtype; the ViT in f32): the
+//!   weights as they are, f32 FMAs. The result is within float rounding of candle's
+//!   (another summation order), not bit-identical.
+//!
+//! Attention packs per call: a head's keys as a weight read in place ([`Rows`], some
+//! columns of the stacked q/k/v), its values as the transposed weight
+//! ([`PackedWeight::from_columns`]).
 //!
 //! Both can apply GELU ([`Epilogue::Gelu`]) or add a residual ([`Epilogue::Residual`]) to each
 //! finished tile while it is in L1.
@@ -178,9 +183,17 @@ impl std::fmt::Debug for PackedWeight {
     }
 }
 
-/// The bf16 bits of `x`, rounded to nearest even.
+/// The bf16 bits of `x`, rounded to nearest even: `half::bf16::from_f32`'s (a NaN stays
+/// a quiet NaN), without its branches, so that loops over it vectorise.
+#[inline(always)]
 fn bf16_bits(x: f32) -> u32 {
-    u32::from(half::bf16::from_f32(x).to_bits())
+    let b = x.to_bits();
+    let rounded = (b + 0x7FFF + ((b >> 16) & 1)) >> 16;
+    if x.is_nan() {
+        (b >> 16) | 0x40
+    } else {
+        rounded
+    }
 }
 
 /// The bf16 unit `p` of a row: its values `2p` and `2p + 1` (zero past the end).
@@ -193,11 +206,53 @@ impl PackedWeight {
     /// Packs `w` (n × k, row-major) and `bias` (n) in `format` (bf16 rounds the weights).
     pub fn new(format: Format, w: &[f32], bias: Option<&[f32]>, k: usize) -> Self {
         assert!(k > 0 && w.len().is_multiple_of(k), "w is not n × k");
-        let n = w.len() / k;
+        Self::from_rows(format, Rows::new(w, w.len() / k, k), bias)
+    }
+
+    /// Packs the weight whose rows (output features) are `w`'s rows, and `bias` (n), in
+    /// `format`.
+    pub fn from_rows(format: Format, w: Rows, bias: Option<&[f32]>) -> Self {
+        let (n, k) = (w.rows, w.k);
+        assert!(k > 0, "a weight of no inputs");
         let data = match format {
-            Format::Bf16 => Data::Bf16(pack_panels(w, n, k, format.units(k), bf16_pair)),
-            Format::F32 => Data::F32(pack_panels(w, n, k, k, |row, p| row[p])),
+            Format::Bf16 => Data::Bf16(pack_panels(w, format.units(k), bf16_pair)),
+            Format::F32 => Data::F32(pack_panels(w, k, |row, p| row[p])),
         };
+        Self::with_bias(n, k, data, bias)
+    }
+
+    /// Packs the weight `wtᵀ` (no bias) in `format`: `wt`'s rows are the weight's
+    /// inputs (k = `wt`'s row count, n = its width). `x wtᵀᵀ = x wt`: attention's
+    /// probabilities times the values, with the values read where they are.
+    pub fn from_columns(format: Format, wt: Rows) -> Self {
+        let (n, k) = (wt.k, wt.rows);
+        assert!(k > 0, "a weight of no inputs");
+        let data = match format {
+            Format::Bf16 => Data::Bf16(pack_panels_transposed(
+                n,
+                format.units(k),
+                |p, columns, out| {
+                    let lo = &wt.row(2 * p)[columns.clone()];
+                    if 2 * p + 1 < k {
+                        let hi = &wt.row(2 * p + 1)[columns];
+                        for ((o, &a), &b) in out.iter_mut().zip(lo).zip(hi) {
+                            *o = bf16_bits(a) | bf16_bits(b) << 16;
+                        }
+                    } else {
+                        for (o, &a) in out.iter_mut().zip(lo) {
+                            *o = bf16_bits(a);
+                        }
+                    }
+                },
+            )),
+            Format::F32 => Data::F32(pack_panels_transposed(n, k, |p, columns, out| {
+                out.copy_from_slice(&wt.row(p)[columns]);
+            })),
+        };
+        Self::with_bias(n, k, data, None)
+    }
+
+    fn with_bias(n: usize, k: usize, data: Data, bias: Option<&[f32]>) -> Self {
         let mut padded = vec![0f32; n.div_ceil(NR) * NR];
         if let Some(b) = bias {
             assert_eq!(b.len(), n, "bias is not n");
@@ -233,24 +288,81 @@ impl PackedWeight {
 /// `w`'s rows (n × k) as panels of [`NR`] columns, `units` per panel row: unit `p` of
 /// column `c` of panel `j` is `unit(row j·NR + c, p)`; columns past `n` are zero.
 fn pack_panels<E: Copy + Default + Send>(
-    w: &[f32],
-    n: usize,
-    k: usize,
+    w: Rows,
     units: usize,
     unit: impl Fn(&[f32], usize) -> E + Sync,
 ) -> Vec<E> {
+    let n = w.rows;
     let mut data = vec![E::default(); n.div_ceil(NR) * units * NR];
     data.par_chunks_mut(units * NR)
         .enumerate()
         .for_each(|(j, panel)| {
             for c in 0..NR.min(n - j * NR) {
-                let row = &w[(j * NR + c) * k..(j * NR + c + 1) * k];
+                let row = w.row(j * NR + c);
                 for p in 0..units {
                     panel[p * NR + c] = unit(row, p);
                 }
             }
         });
     data
+}
+
+/// [`pack_panels`] of a weight of `n` columns given by its transpose: `fill(p, columns,
+/// out)` writes unit `p` of those columns (a range of at most [`NR`]) into `out`, from
+/// consecutive values of the transpose's rows of unit `p`.
+fn pack_panels_transposed<E: Copy + Default + Send>(
+    n: usize,
+    units: usize,
+    fill: impl Fn(usize, std::ops::Range<usize>, &mut [E]) + Sync,
+) -> Vec<E> {
+    let mut data = vec![E::default(); n.div_ceil(NR) * units * NR];
+    data.par_chunks_mut(units * NR)
+        .enumerate()
+        .for_each(|(j, panel)| {
+            let columns = j * NR..n.min((j + 1) * NR);
+            for (p, out) in panel.chunks_exact_mut(NR).enumerate() {
+                fill(p, columns.clone(), &mut out[..columns.len()]);
+            }
+        });
+    data
+}
+
+/// A matrix read where it lies: `rows` rows of `k` values, row `i` at
+/// `data[i · stride..][..k]`. With a stride wider than `k` it is some columns of a wider
+/// matrix: one head of a stacked q/k/v, say.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows<'a> {
+    data: &'a [f32],
+    rows: usize,
+    k: usize,
+    stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// `rows` × `k`, row-major; `data` holds exactly those values.
+    pub fn new(data: &'a [f32], rows: usize, k: usize) -> Self {
+        assert_eq!(data.len(), rows * k, "not rows × k values");
+        Self::strided(data, rows, k, k)
+    }
+
+    /// `rows` rows of `k` values, each `stride` after the last, from `data`'s start.
+    pub fn strided(data: &'a [f32], rows: usize, k: usize, stride: usize) -> Self {
+        assert!(
+            rows == 0 || (rows - 1) * stride + k <= data.len(),
+            "{rows} rows of {k} every {stride} do not fit in {} values",
+            data.len()
+        );
+        Self {
+            data,
+            rows,
+            k,
+            stride,
+        }
+    }
+
+    fn row(&self, i: usize) -> &'a [f32] {
+        &self.data[i * self.stride..i * self.stride + self.k]
+    }
 }
 
 /// What [`matmul_wt`] applies to each output once its sum is complete.
@@ -277,6 +389,12 @@ pub fn matmul_wt(
     w: &PackedWeight,
     epilogue: Epilogue,
 ) -> Vec<f32> {
+    matmul_rows(kernel, Rows::new(x, rows, w.k), w, epilogue)
+}
+
+/// [`matmul_wt`] of `x` read where it lies ([`Rows`]: some columns of a wider matrix).
+pub fn matmul_rows(kernel: Kernel, x: Rows, w: &PackedWeight, epilogue: Epilogue) -> Vec<f32> {
+    let rows = x.rows;
     if let Epilogue::Residual(r) = epilogue {
         assert_eq!(r.len(), rows * w.n, "the residual is not rows × n");
     }
@@ -289,16 +407,16 @@ pub fn matmul_wt(
         w.format(),
         "{kernel:?} reads another format"
     );
-    assert_eq!(x.len(), rows * w.k, "x is not rows × k");
+    assert_eq!(x.k, w.k, "x's rows are not k wide");
     match &w.data {
         Data::Bf16(data) => {
-            let a = pack_rows(x, rows, w.k, Format::Bf16.units(w.k), |row, out| {
+            let a = pack_rows(x, Format::Bf16.units(w.k), |row, out| {
                 to_bf16_pairs(kernel, row, out)
             });
             drive(kernel, rows, w, data, &a, epilogue)
         }
         Data::F32(data) => {
-            let a = pack_rows(x, rows, w.k, w.k, |row, out| out.copy_from_slice(row));
+            let a = pack_rows(x, w.k, |row, out| out.copy_from_slice(row));
             drive(kernel, rows, w, data, &a, epilogue)
         }
     }
@@ -606,27 +724,24 @@ fn to_bf16_pairs(kernel: Kernel, row: &[f32], out: &mut [u32]) {
 /// rows: tile `t`, unit `p`, row `r` at `(t · units + p) · MR + r` (rows past the last are
 /// zero). A tile's units for a block of k are then one sequential stream.
 fn pack_rows<E: Copy + Default + Send + Sync>(
-    x: &[f32],
-    rows: usize,
-    k: usize,
+    x: Rows,
     units: usize,
     convert: impl Fn(&[f32], &mut [E]) + Sync,
 ) -> Vec<E> {
-    assert_eq!(x.len(), rows * k, "x is not rows × k");
-    let len = rows.div_ceil(MR) * MR * units;
+    let len = x.rows.div_ceil(MR) * MR * units;
     // Not zeroed first: every element is written below, once (a memset of the whole
     // buffer was ~0.7% of a batched text pass).
     let mut a: Vec<E> = Vec::with_capacity(len);
     a.spare_capacity_mut()[..len]
         .par_chunks_mut(MR * units)
-        .zip(x.par_chunks(MR * k))
+        .enumerate()
         .for_each_init(
             || vec![E::default(); MR * units],
-            |converted, (tile, x)| {
+            |converted, (t, tile)| {
                 // The tile's rows, converted, one after the other (zero past the last).
-                let n = x.len() / k;
-                for (x_row, row) in x.chunks(k).zip(converted.chunks_exact_mut(units)) {
-                    convert(x_row, row);
+                let n = MR.min(x.rows - t * MR);
+                for (r, row) in converted.chunks_exact_mut(units).take(n).enumerate() {
+                    convert(x.row(t * MR + r), row);
                 }
                 converted[n * units..].fill(E::default());
                 // Then interleaved, unit by unit: one sequential pass over the tile.
@@ -637,8 +752,8 @@ fn pack_rows<E: Copy + Default + Send + Sync>(
                 }
             },
         );
-    // SAFETY: the tiles cover `len` (x has `rows` rows, so ⌈rows / MR⌉ chunks of MR·k,
-    // one per tile), and each tile writes all its MR · units elements.
+    // SAFETY: the tiles cover `len` (⌈rows / MR⌉ chunks of MR · units, one per tile),
+    // and each tile writes all its MR · units elements.
     unsafe { a.set_len(len) };
     a
 }
@@ -673,6 +788,38 @@ mod tests {
         let mut kernels = Kernel::available(Format::Bf16);
         kernels.extend(Kernel::available(Format::F32));
         kernels
+    }
+
+    #[test]
+    fn rows_read_in_place_and_a_weight_packed_from_its_columns_give_the_same_bits() {
+        // (rows, n, k): odd sizes, a k that is odd (a bf16 pair padded), several panels.
+        for (rows, n, k) in [(1, 3, 1), (7, 19, 9), (13, 130, 88), (6, 64, 257)] {
+            // x: columns 3..3 + k of a wider matrix; w and its transpose as they are.
+            let stride = k + 5;
+            let wide = values(rows * stride, 1);
+            let x: Vec<f32> = (0..rows)
+                .flat_map(|i| wide[i * stride + 3..i * stride + 3 + k].to_vec())
+                .collect();
+            let w = values(n * k, 2);
+            let wt: Vec<f32> = (0..k)
+                .flat_map(|p| (0..n).map(|c| w[c * k + p]).collect::<Vec<_>>())
+                .collect();
+            for kernel in every_kernel() {
+                let format = kernel.format();
+                let want = matmul_wt(
+                    kernel,
+                    &x,
+                    rows,
+                    &PackedWeight::new(format, &w, None, k),
+                    Epilogue::None,
+                );
+                let strided = Rows::strided(&wide[3..], rows, k, stride);
+                let columns = PackedWeight::from_columns(format, Rows::new(&wt, k, n));
+                let got = matmul_rows(kernel, strided, &columns, Epilogue::None);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{kernel:?} ({rows}, {n}, {k})");
+            }
+        }
     }
 
     #[test]
@@ -847,6 +994,34 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&expected), "{kernel:?}");
             }
+        }
+    }
+
+    #[test]
+    fn bf16_bits_are_halfs() {
+        let specials = [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7F80_0001), // a signalling NaN
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            f32::from_bits(1), // the smallest denormal
+            f32::from_bits(0x7F7F_8000),
+            f32::from_bits(0x3F80_8000),
+            f32::from_bits(0x3F81_8000),
+        ];
+        let random = values(100_000, 3)
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| f32::from_bits(v.to_bits().rotate_left(i as u32 % 32)));
+        for x in specials.into_iter().chain(random) {
+            let want = u32::from(half::bf16::from_f32(x).to_bits());
+            assert_eq!(bf16_bits(x), want, "{x:e} ({:#010x})", x.to_bits());
         }
     }
 
