@@ -30,8 +30,9 @@ use super::vision::VisionModel;
 /// bf16 on a CPU with AVX512-BF16 goes further ([`packed_gemm`](super::packed_gemm)): only
 /// the ViT's linear layers and its attention's two products round their inputs
 /// (weights, activations, q, k, v and the probabilities) to bf16, with exact products
-/// summed in f32; the ViT's activations, layer norms, softmax and GELU stay f32. `QSEEK_BF16_GEMM=off` (or a CPU without AVX512-BF16) gives candle's
-/// bf16, where the whole ViT computes in bf16.
+/// summed in f32; the ViT's activations, layer norms, softmax and GELU stay f32.
+/// `QSEEK_BF16_GEMM=off` (or a CPU without AVX512-BF16) gives candle's bf16, where the
+/// whole ViT computes in bf16.
 ///
 /// There, ITM ([`itm_logits`](Self::itm_logits)) also runs the Q-Former's linear layers
 /// in bf16 the same way (a second copy of the Q-Former, [`ItmQFormer`], read at the
@@ -236,8 +237,9 @@ pub fn itc_scores(image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor>
 }
 
 /// The checkpoint's Q-Former with every linear layer packed for one [`Kernel`] (bf16):
-/// what ITM runs in bf16 mode. It is read from the checkpoint at the first ITM call,
-/// so a process that never reranks never holds it (~2 bytes per Q-Former weight).
+/// what ITM runs in bf16 mode. It is read from the checkpoint at the first ITM call
+/// (the files stay open from the load), so a process that never reranks never holds it
+/// (~2 bytes per Q-Former weight).
 struct ItmQFormer {
     config: QFormerConfig,
     /// `qformer.` of the checkpoint, in f32.
