@@ -152,6 +152,8 @@ fn main() -> qseek::Result<()> {
 
     let t = Instant::now();
     let embedder = Embedder::load(&opts)?;
+    // The vision model is read at its first image: count it in the load, as PyTorch's.
+    embedder.model().load_vision()?;
     let load_s = t.elapsed().as_secs_f64();
     let rss_after_load = peak_rss_bytes();
     let weights_bytes: u64 = embedder

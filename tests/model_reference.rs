@@ -266,6 +266,20 @@ fn bf16_texts_are_f32s_and_its_itm_stays_close() {
     }
 }
 
+/// A text embedding reads no part of the vision model; the first image reads it, and
+/// its numbers are those of the f32 reference (the test above).
+#[test]
+fn the_vision_model_is_read_at_the_first_image() {
+    for (model, device) in cases() {
+        let (embedder, reference) = (load(model, DType::F32, &device), Reference::load(model));
+        embedder.embed_token_ids(&reference.input_ids).unwrap();
+        assert!(!embedder.model().vision_is_loaded(), "{model}");
+        let pixels = on(reference.get("pixel_values"), &device);
+        embedder.model().vision_features(&pixels).unwrap();
+        assert!(embedder.model().vision_is_loaded(), "{model}");
+    }
+}
+
 #[test]
 fn an_empty_batch_gives_empty_results() {
     for device in devices() {

@@ -193,7 +193,8 @@ impl Checkpoint {
     }
 
     /// Reads the weights (see [`SafetensorsFiles`]) and builds the model; the vision model in
-    /// `dtype`, the rest in f32. Errors name the tensor, expected and found shape.
+    /// `dtype`, the rest in f32. Errors name the tensor, expected and found shape. The
+    /// vision model's weights are checked now and read at its first use.
     pub fn load_model(
         &self,
         config: &Blip2Config,
@@ -201,8 +202,10 @@ impl Checkpoint {
         device: &Device,
     ) -> Result<Blip2ForImageTextRetrieval> {
         let files = SafetensorsFiles::open(&self.weights)?;
+        let shapes =
+            VarBuilder::from_backend(Box::new(files.shapes_only()), DType::F32, device.clone());
         let vb = VarBuilder::from_backend(Box::new(files), DType::F32, device.clone());
-        Blip2ForImageTextRetrieval::new(config, vb, dtype).map_err(|e| Error::Checkpoint {
+        Blip2ForImageTextRetrieval::new(config, vb, shapes, dtype).map_err(|e| Error::Checkpoint {
             path: self.config.parent().unwrap_or(Path::new(".")).to_path_buf(),
             reason: format!("{}{}", root_message(&e), config.defaulted_note()),
         })

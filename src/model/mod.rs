@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod config;
+mod lazy;
 pub mod ops;
 pub mod packed_gemm;
 pub mod qformer;

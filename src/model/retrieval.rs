@@ -1,11 +1,12 @@
 //! `Blip2ForImageTextRetrieval`: the first-stage BLIP-2 model, ITC and ITM heads.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
-use super::config::{Blip2Config, QFormerConfig};
+use super::config::Blip2Config;
+use super::lazy::Lazy;
 use super::on_compute_pool;
 use super::ops::{additive_mask, l2_normalize, Linear};
 use super::packed_gemm::{Format, Kernel};
@@ -35,8 +36,7 @@ use super::vision::VisionModel;
 /// whole ViT computes in bf16.
 ///
 /// There, ITM ([`itm_logits`](Self::itm_logits)) also runs the Q-Former's linear layers
-/// in bf16 the same way (a second copy of the Q-Former, [`ItmQFormer`], read at the
-/// first ITM call): ITM is a query's cost, and its rerank score is a logit, not a
+/// in bf16 the same way (a second copy of the Q-Former, read at the first ITM call): ITM is a query's cost, and its rerank score is a logit, not a
 /// stored vector. The image query pass and the text pass stay f32, so a text
 /// embedding is f32's exactly, and a stored query vector differs from f32's only
 /// through the ViT.
@@ -47,7 +47,9 @@ use super::vision::VisionModel;
 /// call (`QSEEK_F32_GEMM=off` gives candle's GEMM).
 #[derive(Debug, Clone)]
 pub struct Blip2ForImageTextRetrieval {
-    vision_model: VisionModel,
+    /// Read from the checkpoint at the first image (checked against it at load): a
+    /// text search never reads the ViT's ~4 GB.
+    vision_model: Arc<Lazy<VisionModel>>,
     /// (1, num_query_tokens, qformer hidden).
     query_tokens: Tensor,
     embeddings: TextEmbeddings,
@@ -56,8 +58,10 @@ pub struct Blip2ForImageTextRetrieval {
     text_projection: Linear,
     itm_head: Linear,
     /// The Q-Former that [`itm_logits`](Self::itm_logits) runs in bf16 mode on a CPU
-    /// with a bf16 [`Kernel`]; `None` elsewhere (ITM then runs `qformer`).
-    itm_qformer: Option<Arc<ItmQFormer>>,
+    /// with a bf16 [`Kernel`]: the checkpoint's again, every linear layer packed in
+    /// bf16, read at the first ITM call, so a process that never reranks never holds
+    /// it (~2 bytes per Q-Former weight). `None` elsewhere (ITM then runs `qformer`).
+    itm_qformer: Option<Arc<Lazy<QFormerModel>>>,
     /// The precision asked for.
     dtype: DType,
     /// The dtype of the ViT's activations: `dtype`, or f32 where `packed_gemm` computes
@@ -74,7 +78,17 @@ impl Blip2ForImageTextRetrieval {
     /// bf16 [`Kernel`] packs the ViT's linear weights in bf16 and keeps the rest of the
     /// ViT in f32; on the CPU with an f32 [`Kernel`] the linear layers after the ViT (and
     /// the ViT's, in f32) are packed in f32.
-    pub fn new(cfg: &Blip2Config, vb: VarBuilder<'static>, dtype: DType) -> Result<Self> {
+    ///
+    /// The ViT is checked now against `shapes` (the same checkpoint's names and shapes,
+    /// without data: [`SafetensorsFiles::shapes_only`](super::weights::SafetensorsFiles::shapes_only)),
+    /// so a broken checkpoint fails here with the same error, and read from `vb` at its
+    /// first use.
+    pub fn new(
+        cfg: &Blip2Config,
+        vb: VarBuilder<'static>,
+        shapes: VarBuilder<'static>,
+        dtype: DType,
+    ) -> Result<Self> {
         let q = &cfg.qformer_config;
         let f32_vb = vb.clone().set_dtype(DType::F32);
         let cpu = vb.device().is_cpu();
@@ -89,12 +103,18 @@ impl Blip2ForImageTextRetrieval {
         // The ViT's linear layers: bf16-packed for bf16, f32-packed for f32 (its GELU
         // then fused into fc1), candle's for f16 and on a GPU.
         let vision_kernel = bf16.or(f32.filter(|_| dtype == DType::F32));
+        let vision_cfg = cfg.vision_config.clone();
+        VisionModel::new(
+            &vision_cfg,
+            shapes.set_dtype(vision_dtype).pp("vision_model"),
+            vision_kernel,
+        )?;
+        let vision_vb = vb.set_dtype(vision_dtype).pp("vision_model");
+        let vision_model = Lazy::new("vision_model", move || {
+            VisionModel::new(&vision_cfg, vision_vb.clone(), vision_kernel)
+        });
         Ok(Self {
-            vision_model: VisionModel::new(
-                &cfg.vision_config,
-                vb.set_dtype(vision_dtype).pp("vision_model"),
-                vision_kernel,
-            )?,
+            vision_model: Arc::new(vision_model),
             query_tokens: f32_vb.get((1, cfg.num_query_tokens, q.hidden_size), "query_tokens")?,
             embeddings: TextEmbeddings::new(q, f32_vb.pp("embeddings"))?,
             qformer: QFormerModel::new(q, f32_vb.pp("qformer"), f32)?,
@@ -102,13 +122,10 @@ impl Blip2ForImageTextRetrieval {
             text_projection: proj("text_projection", cfg.image_text_hidden_size)?,
             itm_head: proj("itm_head", 2)?,
             itm_qformer: bf16.map(|kernel| {
-                Arc::new(ItmQFormer {
-                    config: q.clone(),
-                    vb: f32_vb.pp("qformer"),
-                    kernel,
-                    model: OnceLock::new(),
-                    building: Mutex::new(()),
-                })
+                let (q, vb) = (q.clone(), f32_vb.pp("qformer"));
+                Arc::new(Lazy::new("itm_qformer", move || {
+                    QFormerModel::new(&q, vb.clone(), Some(kernel))
+                }))
             }),
             dtype,
             vision_dtype,
@@ -132,9 +149,22 @@ impl Blip2ForImageTextRetrieval {
     pub fn vision_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
         self.on_compute_pool(|| {
             self.vision_model
+                .get()?
                 .forward(&pixel_values.to_dtype(self.vision_dtype)?)?
                 .to_dtype(DType::F32)
         })
+    }
+
+    /// Reads the vision model now if it is not yet (it is read at the first image
+    /// otherwise): a server does it at start, in the background, so that its first
+    /// image search does not wait for it.
+    pub fn load_vision(&self) -> Result<()> {
+        self.vision_model.get().map(|_| ())
+    }
+
+    /// Whether the vision model has been read.
+    pub fn vision_is_loaded(&self) -> bool {
+        self.vision_model.is_built()
     }
 
     /// Runs a forward pass `op` on the compute pool as one job ([`on_compute_pool`]),
@@ -234,41 +264,4 @@ pub fn itc_scores(image_embeds: &Tensor, text_embeds: &Tensor) -> Result<Tensor>
         .reshape((n * q, d))?
         .matmul(&text_embeds.t()?)?;
     sims.reshape((n, q, text_embeds.dim(0)?))?.max(D::Minus2)
-}
-
-/// The checkpoint's Q-Former with every linear layer packed for one [`Kernel`] (bf16):
-/// what ITM runs in bf16 mode. It is read from the checkpoint at the first ITM call
-/// (the files stay open from the load), so a process that never reranks never holds it
-/// (~2 bytes per Q-Former weight).
-struct ItmQFormer {
-    config: QFormerConfig,
-    /// `qformer.` of the checkpoint, in f32.
-    vb: VarBuilder<'static>,
-    kernel: Kernel,
-    model: OnceLock<QFormerModel>,
-    /// Held while `model` is built: concurrent first calls build it once.
-    building: Mutex<()>,
-}
-
-impl ItmQFormer {
-    fn get(&self) -> Result<&QFormerModel> {
-        if let Some(model) = self.model.get() {
-            return Ok(model);
-        }
-        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(model) = self.model.get() {
-            return Ok(model);
-        }
-        let model = QFormerModel::new(&self.config, self.vb.clone(), Some(self.kernel))?;
-        Ok(self.model.get_or_init(|| model))
-    }
-}
-
-impl std::fmt::Debug for ItmQFormer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ItmQFormer")
-            .field("kernel", &self.kernel)
-            .field("built", &self.model.get().is_some())
-            .finish_non_exhaustive()
-    }
 }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Shape, Tensor};
 
@@ -25,11 +26,12 @@ struct Entry {
     end: u64,
 }
 
-/// The tensors of one checkpoint (one or more safetensors files), read on demand.
-#[derive(Debug)]
+/// The tensors of one checkpoint (one or more safetensors files), read on demand. A
+/// clone shares the open files.
+#[derive(Debug, Clone)]
 pub struct SafetensorsFiles {
-    files: Vec<(PathBuf, File)>,
-    entries: HashMap<String, Entry>,
+    files: Arc<Vec<(PathBuf, File)>>,
+    entries: Arc<HashMap<String, Entry>>,
 }
 
 impl SafetensorsFiles {
@@ -48,7 +50,36 @@ impl SafetensorsFiles {
             }
             files.push((path.clone(), file));
         }
-        Ok(Self { files, entries })
+        Ok(Self {
+            files: Arc::new(files),
+            entries: Arc::new(entries),
+        })
+    }
+
+    /// A backend over the same headers that reads no data: each tensor it gives is a zero
+    /// broadcast to the tensor's shape (no memory), after the same checks as `get`
+    /// (present, of the asked shape). Building a module from it checks the checkpoint
+    /// against the module, with the module's own errors, without reading it.
+    pub fn shapes_only(&self) -> ShapesOnly {
+        ShapesOnly(self.clone())
+    }
+
+    /// The entry of `name`, checked to have `shape`.
+    fn entry(&self, name: &str, shape: &Shape) -> candle_core::Result<&Entry> {
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            })?;
+        if entry.shape.as_slice() != shape.dims() {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: shape.clone(),
+                got: entry.shape.clone().into(),
+            });
+        }
+        Ok(entry)
     }
 
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
@@ -94,15 +125,7 @@ impl candle_nn::var_builder::SimpleBackend for SafetensorsFiles {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        if let Some(entry) = self.entries.get(name) {
-            if entry.shape.as_slice() != shape.dims() {
-                return Err(candle_core::Error::UnexpectedShape {
-                    msg: format!("shape mismatch for {name}"),
-                    expected: shape,
-                    got: entry.shape.clone().into(),
-                });
-            }
-        }
+        self.entry(name, &shape)?;
         self.load(name, device)?.to_dtype(dtype)
     }
 
@@ -117,6 +140,45 @@ impl candle_nn::var_builder::SimpleBackend for SafetensorsFiles {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.entries.contains_key(name)
+    }
+}
+
+/// [`SafetensorsFiles::shapes_only`]: the checkpoint's names and shapes, no data.
+pub struct ShapesOnly(SafetensorsFiles);
+
+impl candle_nn::var_builder::SimpleBackend for ShapesOnly {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.0.entry(name, &shape)?;
+        Tensor::zeros((), dtype, device)?.broadcast_as(shape)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let shape = self
+            .0
+            .entries
+            .get(name)
+            .ok_or_else(|| candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            })?
+            .shape
+            .clone();
+        Tensor::zeros((), dtype, device)?.broadcast_as(shape)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.contains_tensor(name)
     }
 }
 

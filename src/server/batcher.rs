@@ -54,6 +54,18 @@ pub struct Batcher {
 impl Batcher {
     /// Starts the worker thread over the collection's model; `itm_batch` pairs per ITM call.
     pub fn start(collection: Arc<Collection>, itm_batch: usize) -> Self {
+        // The vision model is read at its first use; a server reads it now, beside the
+        // worker, so that text searches answer at once and the first image search does
+        // not wait for it (nor, on a small machine, for seconds of disk).
+        let c = collection.clone();
+        std::thread::Builder::new()
+            .name("qseek-vision-load".into())
+            .spawn(move || {
+                if let Err(e) = c.embedder.model().load_vision() {
+                    eprintln!("qseek: reading the vision model: {e}");
+                }
+            })
+            .expect("spawn the vision loader");
         let (jobs, rx) = channel();
         let c = collection.clone();
         std::thread::Builder::new()
