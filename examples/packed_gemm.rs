@@ -6,6 +6,7 @@
 //! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --rows 1028
 //! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --rows 1028 --f32
 //! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --qformer --rows 192
+//! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --rows 1028 --int8
 //! ```
 
 use std::time::Instant;
@@ -28,6 +29,9 @@ struct Args {
     /// ViT-g's shapes in f32 instead of bf16.
     #[arg(long)]
     f32: bool,
+    /// ViT-g's shapes in int8 (then bf16 too, to compare in the same run).
+    #[arg(long)]
+    int8: bool,
 }
 
 /// Deterministic values in [-1, 1).
@@ -58,9 +62,9 @@ fn main() -> candle_core::Result<()> {
     let args = Args::parse();
     // (name, k, n): ViT-g's qkv, projection, fc1, fc2, or the Q-Former's attention
     // projections, intermediate and output.
-    let (format, shapes) = if args.qformer {
+    let (formats, shapes) = if args.qformer {
         (
-            Format::F32,
+            vec![Format::F32],
             [
                 ("qkv", 768, 768),
                 ("intermediate", 768, 3072),
@@ -70,7 +74,13 @@ fn main() -> candle_core::Result<()> {
         )
     } else {
         (
-            if args.f32 { Format::F32 } else { Format::Bf16 },
+            if args.f32 {
+                vec![Format::F32]
+            } else if args.int8 {
+                vec![Format::Bf16, Format::Int8]
+            } else {
+                vec![Format::Bf16]
+            },
             [
                 ("qkv", 1408, 4224),
                 ("proj", 1408, 1408),
@@ -84,20 +94,25 @@ fn main() -> candle_core::Result<()> {
         let m = args.rows;
         let (x, w) = (values(m * k, 1), values(n * k, 2));
         let flop = 2.0 * (m * k * n) as f64;
-        let packed = PackedWeight::new(format, &w, None, k);
-        for kernel in Kernel::available(format) {
-            if matches!(kernel, Kernel::Portable | Kernel::PortableF32) {
-                continue;
+        for &format in &formats {
+            let packed = PackedWeight::new(format, &w, None, k);
+            for kernel in Kernel::available(format) {
+                if matches!(
+                    kernel,
+                    Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8
+                ) {
+                    continue;
+                }
+                let s = best_seconds(args.reps, || {
+                    std::hint::black_box(matmul_wt(kernel, &x, m, &packed, Epilogue::None));
+                });
+                let path = format!("{kernel:?}");
+                println!(
+                    "{}",
+                    serde_json::json!({"shape": name, "m": m, "k": k, "n": n, "path": path,
+                        "ms": s * 1e3, "gflops": flop / s / 1e9})
+                );
             }
-            let s = best_seconds(args.reps, || {
-                std::hint::black_box(matmul_wt(kernel, &x, m, &packed, Epilogue::None));
-            });
-            let path = format!("{kernel:?}");
-            println!(
-                "{}",
-                serde_json::json!({"shape": name, "m": m, "k": k, "n": n, "path": path,
-                    "ms": s * 1e3, "gflops": flop / s / 1e9})
-            );
         }
         let xt = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
         let wt = Tensor::from_vec(w, (n, k), &Device::Cpu)?;

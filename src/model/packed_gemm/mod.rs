@@ -15,6 +15,11 @@
 //!   and the sums, the bias and the output are f32. So the only precision given up is
 //!   the rounding of the two inputs to 8-bit mantissas; everything else (layer norms,
 //!   softmax, GELU, residuals) stays f32 (`vision.rs`, `retrieval.rs`).
+//! * **int8** (`--dtype int8` on AVX512-VNNI: the ViT's MLP): each weight column is
+//!   rounded to int8 with its own scale, each row of `x` at each call with its own;
+//!   `vpdpbusd` sums the products of the codes exactly in i32, which are then scaled back
+//!   to f32 and get the bias (`int8.rs`). What is given up: the two roundings, to a
+//!   step of 1/127 of the row's (or column's) largest magnitude.
 //! * **f32** (the Q-Former's image and text passes in every dtype; the ViT in f32): the
 //!   weights as they are, f32 FMAs. The result is within float rounding of candle's
 //!   (another summation order), not bit-identical.
@@ -42,8 +47,11 @@
 
 use rayon::prelude::*;
 
+mod int8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+use int8::Quad;
 
 /// Output columns per panel: four 16-lane f32 accumulators per row.
 const NR: usize = 64;
@@ -64,6 +72,9 @@ pub enum Format {
     Bf16,
     /// As they are.
     F32,
+    /// Rounded to int8, one scale per output column, in quads of k; each row of `x`
+    /// rounded to int8 at each call, one scale per row (`int8.rs`).
+    Int8,
 }
 
 impl Format {
@@ -72,6 +83,7 @@ impl Format {
         match self {
             Format::Bf16 => k.div_ceil(2),
             Format::F32 => k,
+            Format::Int8 => k.div_ceil(4),
         }
     }
 }
@@ -89,6 +101,10 @@ pub enum Kernel {
     Avx2F32,
     /// f32 in plain Rust, any CPU: the reference.
     PortableF32,
+    /// int8: `vpdpbusd` on 16 lanes (`avx512f` + `avx512vnni`).
+    Avx512Vnni,
+    /// int8 in plain Rust, any CPU: the reference.
+    PortableInt8,
 }
 
 impl Kernel {
@@ -97,6 +113,7 @@ impl Kernel {
         match self {
             Kernel::Avx512Bf16 | Kernel::Portable => Format::Bf16,
             Kernel::Avx512F32 | Kernel::Avx2F32 | Kernel::PortableF32 => Format::F32,
+            Kernel::Avx512Vnni | Kernel::PortableInt8 => Format::Int8,
         }
     }
 
@@ -105,6 +122,7 @@ impl Kernel {
         let all = match format {
             Format::Bf16 => &[Kernel::Avx512Bf16, Kernel::Portable][..],
             Format::F32 => &[Kernel::Avx512F32, Kernel::Avx2F32, Kernel::PortableF32][..],
+            Format::Int8 => &[Kernel::Avx512Vnni, Kernel::PortableInt8][..],
         };
         all.iter().copied().filter(|k| k.runs_here()).collect()
     }
@@ -118,11 +136,15 @@ impl Kernel {
                 Kernel::Avx512Bf16 => has!("avx512f") && has!("avx512bf16"),
                 Kernel::Avx512F32 => has!("avx512f"),
                 Kernel::Avx2F32 => has!("avx2") && has!("fma"),
-                Kernel::Portable | Kernel::PortableF32 => true,
+                Kernel::Avx512Vnni => has!("avx512f") && has!("avx512vnni"),
+                Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8 => true,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        matches!(self, Kernel::Portable | Kernel::PortableF32)
+        matches!(
+            self,
+            Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8
+        )
     }
 
     /// The kernel for `format` on the CPU: the fastest SIMD one this CPU runs, else `None`
@@ -132,8 +154,9 @@ impl Kernel {
     /// kernel), or a kernel's name (`avx512bf16`; `avx512`, `avx2`), ignored where the CPU
     /// lacks it.
     pub fn chosen(format: Format) -> Option<Kernel> {
-        static CHOSEN: std::sync::OnceLock<[Option<Kernel>; 2]> = std::sync::OnceLock::new();
-        let chosen = CHOSEN.get_or_init(|| [Format::Bf16, Format::F32].map(Kernel::choose));
+        static CHOSEN: std::sync::OnceLock<[Option<Kernel>; 3]> = std::sync::OnceLock::new();
+        let chosen =
+            CHOSEN.get_or_init(|| [Format::Bf16, Format::F32, Format::Int8].map(Kernel::choose));
         chosen[format as usize]
     }
 
@@ -141,6 +164,7 @@ impl Kernel {
         let (variable, portable) = match format {
             Format::Bf16 => ("QSEEK_BF16_GEMM", Kernel::Portable),
             Format::F32 => ("QSEEK_F32_GEMM", Kernel::PortableF32),
+            Format::Int8 => ("QSEEK_INT8_GEMM", Kernel::PortableInt8),
         };
         let available = Kernel::available(format);
         let fastest = available.first().copied().filter(|k| *k != portable);
@@ -169,6 +193,7 @@ enum Data {
     /// Pairs of bf16.
     Bf16(Vec<u32>),
     F32(Vec<f32>),
+    Int8(int8::Packed),
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -217,6 +242,11 @@ impl PackedWeight {
         let data = match format {
             Format::Bf16 => Data::Bf16(pack_panels(w, format.units(k), bf16_pair)),
             Format::F32 => Data::F32(pack_panels(w, k, |row, p| row[p])),
+            // The bias is applied after the scaling (`int8::matmul`); the tiles start
+            // from zero.
+            Format::Int8 => {
+                return Self::with_bias(n, k, Data::Int8(int8::pack_weight(w, bias)), None)
+            }
         };
         Self::with_bias(n, k, data, bias)
     }
@@ -248,6 +278,13 @@ impl PackedWeight {
             Format::F32 => Data::F32(pack_panels_transposed(n, k, |p, columns, out| {
                 out.copy_from_slice(&wt.row(p)[columns]);
             })),
+            Format::Int8 => {
+                // Each column's scale needs the whole column: transpose first.
+                let w: Vec<f32> = (0..n)
+                    .flat_map(|c| (0..k).map(move |p| wt.row(p)[c]))
+                    .collect();
+                return Self::from_rows(format, Rows::new(&w, n, k), None);
+            }
         };
         Self::with_bias(n, k, data, None)
     }
@@ -281,6 +318,7 @@ impl PackedWeight {
         match self.data {
             Data::Bf16(_) => Format::Bf16,
             Data::F32(_) => Format::F32,
+            Data::Int8(_) => Format::Int8,
         }
     }
 }
@@ -419,6 +457,7 @@ pub fn matmul_rows(kernel: Kernel, x: Rows, w: &PackedWeight, epilogue: Epilogue
             let a = pack_rows(x, w.k, |row, out| out.copy_from_slice(row));
             drive(kernel, rows, w, data, &a, epilogue)
         }
+        Data::Int8(packed) => int8::matmul(kernel, x, w, packed, epilogue),
     }
 }
 
@@ -541,6 +580,20 @@ impl Element for u32 {
     }
 }
 
+impl Element for Quad {
+    unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512Vnni => x86::tile_i8(tile),
+            _ => tile.portable(),
+        }
+    }
+
+    fn dot(acc: f32, a: Quad, b: Quad) -> f32 {
+        Quad::dot(acc, a, b)
+    }
+}
+
 impl Element for f32 {
     unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
         match kernel {
@@ -595,7 +648,7 @@ pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_wt` (or the caller) checked that the CPU runs this kernel.
-        Kernel::Avx512Bf16 | Kernel::Avx512F32 if kernel.runs_here() => unsafe {
+        Kernel::Avx512Bf16 | Kernel::Avx512F32 | Kernel::Avx512Vnni if kernel.runs_here() => unsafe {
             x86::gelu_in_place_avx512(xs)
         },
         #[cfg(target_arch = "x86_64")]
@@ -775,15 +828,16 @@ mod tests {
             .collect()
     }
 
-    /// What a format's kernels multiply: `x` rounded to bf16, or `x`.
+    /// What a format's kernels multiply: `x` rounded to bf16, or `x` (int8's codes
+    /// depend on their row: its own tests).
     fn input(format: Format, x: f32) -> f64 {
         match format {
             Format::Bf16 => half::bf16::from_f32(x).to_f64(),
-            Format::F32 => x as f64,
+            Format::F32 | Format::Int8 => x as f64,
         }
     }
 
-    /// Every kernel of both formats.
+    /// Every kernel of the bf16 and f32 formats.
     fn every_kernel() -> Vec<Kernel> {
         let mut kernels = Kernel::available(Format::Bf16);
         kernels.extend(Kernel::available(Format::F32));
@@ -994,6 +1048,74 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&got), bits(&expected), "{kernel:?}");
             }
+        }
+    }
+
+    #[test]
+    fn int8_kernels_match_a_float64_reference_of_their_codes() {
+        // (rows, n, k): one quad, a k not a multiple of 4, several panels, two k blocks.
+        for (rows, n, k) in [(1, 1, 4), (7, 19, 9), (13, 130, 88), (6, 64, 4100)] {
+            let x: Vec<f32> = values(rows * k, 1).iter().map(|v| v * 3.0).collect();
+            let w_rows = values(n * k, 2);
+            let b = values(n, 3);
+            let packed = PackedWeight::new(Format::Int8, &w_rows, Some(&b), k);
+            let Data::Int8(codes) = &packed.data else {
+                unreachable!()
+            };
+            let wq = int8::dequantized_weight(codes, n, k);
+            for kernel in Kernel::available(Format::Int8) {
+                let y = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
+                for r in 0..rows {
+                    let xq = int8::dequantized_row(&x[r * k..(r + 1) * k]);
+                    for c in 0..n {
+                        let w = &wq[c * k..(c + 1) * k];
+                        let want: f64 =
+                            xq.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() + f64::from(b[c]);
+                        let size: f64 = xq.iter().zip(w).map(|(a, b)| (a * b).abs()).sum();
+                        let err = (f64::from(y[r * n + c]) - want).abs();
+                        assert!(
+                            err <= 1e-5 * size.max(1.0),
+                            "{kernel:?} ({rows}, {n}, {k}) [{r}, {c}]: {} vs {want}",
+                            y[r * n + c]
+                        );
+                        // And within the two roundings (half a step each) of the product
+                        // of the inputs as they are.
+                        let (xr, wr) = (&x[r * k..(r + 1) * k], &w_rows[c * k..(c + 1) * k]);
+                        let exact: f64 = xr
+                            .iter()
+                            .zip(wr)
+                            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                            .sum::<f64>()
+                            + f64::from(b[c]);
+                        let max = |v: &[f32]| v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())));
+                        let bound = k as f64 * max(xr) * max(wr) / 127.0;
+                        assert!(
+                            (f64::from(y[r * n + c]) - exact).abs() <= bound,
+                            "{kernel:?} ({rows}, {n}, {k}) [{r}, {c}]: {} vs exact {exact}",
+                            y[r * n + c]
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_epilogues_give_the_bits_of_applying_them_afterwards() {
+        let (rows, n, k) = (7, 70, 40);
+        let (x, w, b) = (values(rows * k, 4), values(n * k, 5), values(n, 6));
+        let residual = values(rows * n, 7);
+        let packed = PackedWeight::new(Format::Int8, &w, Some(&b), k);
+        for kernel in Kernel::available(Format::Int8) {
+            let plain = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
+            let mut gelu = plain.clone();
+            gelu_in_place(kernel, &mut gelu);
+            let added: Vec<f32> = plain.iter().zip(&residual).map(|(y, r)| y + r).collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let fused = matmul_wt(kernel, &x, rows, &packed, Epilogue::Gelu);
+            assert_eq!(bits(&fused), bits(&gelu), "{kernel:?}");
+            let fused = matmul_wt(kernel, &x, rows, &packed, Epilogue::Residual(&residual));
+            assert_eq!(bits(&fused), bits(&added), "{kernel:?}");
         }
     }
 

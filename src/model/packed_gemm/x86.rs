@@ -2,7 +2,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Tile, MR, NR};
+use super::{Quad, Tile, MR, NR};
 
 // The AVX-512 kernels dispatch up to six rows and hold four 16-lane vectors per row; the
 // AVX2 one walks the panel in four chunks of 16 columns.
@@ -34,6 +34,13 @@ macro_rules! by_rows {
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn tile_bf16(t: &Tile<u32>) {
     by_rows!(rows_bf16, t)
+}
+
+/// # Safety
+/// As [`Tile::run`], on a CPU with `avx512f` and `avx512vnni`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn tile_i8(t: &Tile<Quad>) {
+    by_rows!(rows_i8, t)
 }
 
 /// # Safety
@@ -111,6 +118,37 @@ unsafe fn rows_bf16<const R: usize>(t: &Tile<u32>) {
         }
     }
     store_sums(t, &masks, &acc);
+}
+
+/// The block's sums of codes in i32 (exact), then converted and added to the tile's
+/// start (zero, or what `c` holds).
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn rows_i8<const R: usize>(t: &Tile<Quad>) {
+    let masks = masks(t.cols);
+    let mut acc = [[_mm512_setzero_si512(); 4]; R];
+    let (a, b) = (t.a.as_ptr().cast::<u32>(), t.b.as_ptr().cast::<u32>());
+    for p in 0..t.b.len() / NR {
+        let bp = b.add(p * NR).cast::<__m512i>();
+        let bv = [
+            _mm512_loadu_si512(bp),
+            _mm512_loadu_si512(bp.add(1)),
+            _mm512_loadu_si512(bp.add(2)),
+            _mm512_loadu_si512(bp.add(3)),
+        ];
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_epi32(*a.add(p * MR + r) as i32);
+            for (sum, bv) in row.iter_mut().zip(bv) {
+                *sum = _mm512_dpbusd_epi32(*sum, av, bv);
+            }
+        }
+    }
+    let mut sums = load_sums::<R, _>(t, &masks);
+    for (row, acc) in sums.iter_mut().zip(&acc) {
+        for (sum, acc) in row.iter_mut().zip(acc) {
+            *sum = _mm512_add_ps(*sum, _mm512_cvtepi32_ps(*acc));
+        }
+    }
+    store_sums(t, &masks, &sums);
 }
 
 #[target_feature(enable = "avx512f")]

@@ -1,0 +1,182 @@
+//! The int8 [`Format`](super::Format): weights rounded to int8 with one scale per output
+//! column, each row of `x` rounded to int8 with one scale per row at each call, the
+//! products of the codes summed exactly in i32 (`vpdpbusd`: four u8 × i8 products per
+//! lane), then scaled back to f32.
+//!
+//! `vpdpbusd` multiplies unsigned bytes by signed ones, so a row's codes `q ∈ [-127, 127]`
+//! are stored as `q + 128`; the extra `128 · Σ_k w_q` of each column is subtracted
+//! afterwards ([`Packed::offsets`]). The sums are exact (a block of 1024 units sums at most
+//! 4096 products of 255 × 127 < 2³¹); only the two roundings to int8 give precision up.
+
+use rayon::prelude::*;
+
+use super::{drive, gelu_in_place, pack_rows, Epilogue, Kernel, PackedWeight, Rows, NR};
+
+/// Four int8 values of k (a weight column's codes, or a row's codes + 128 as u8), low
+/// byte first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub(super) struct Quad(pub(super) u32);
+
+impl Quad {
+    /// The sum of the four products of `a`'s bytes (unsigned) by `b`'s (signed), added
+    /// to `acc`: what one lane of `vpdpbusd` adds.
+    pub(super) fn dot(acc: f32, a: Quad, b: Quad) -> f32 {
+        let sum: i32 = (0..4)
+            .map(|j| i32::from((a.0 >> (8 * j)) as u8) * i32::from((b.0 >> (8 * j)) as u8 as i8))
+            .sum();
+        acc + sum as f32
+    }
+}
+
+/// A weight in the int8 format, beside its panels of [`Quad`]s.
+pub(super) struct Packed {
+    pub(super) quads: Vec<Quad>,
+    /// Per column (padded to whole panels): the weight's scale.
+    scales: Vec<f32>,
+    /// Per column: `128 · Σ_k w_q`, what the +128 of the row codes adds to its sums.
+    offsets: Vec<f32>,
+    /// Per column: the bias (zero without one).
+    bias: Vec<f32>,
+}
+
+/// `|x|`'s maximum over 127: the step of a row (or column) of codes; 1 for a zero row,
+/// whose codes are then all 0.
+fn scale(xs: &[f32]) -> f32 {
+    let max = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if max > 0.0 {
+        max / 127.0
+    } else {
+        1.0
+    }
+}
+
+/// `x / step` rounded to the nearest integer (ties to even) in [-127, 127]. The magic
+/// constant rounds without a libm call, so that the loops over it vectorise.
+#[inline(always)]
+fn code(x: f32, inv_step: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    let v = (x * inv_step).clamp(-127.0, 127.0);
+    ((v + MAGIC) - MAGIC) as i32
+}
+
+/// Packs the weight (`w`'s rows are its n output columns) and `bias` in the int8 format.
+pub(super) fn pack_weight(w: Rows, bias: Option<&[f32]>) -> Packed {
+    let (n, k) = (w.rows, w.k);
+    let units = k.div_ceil(4);
+    let padded = n.div_ceil(NR) * NR;
+    let mut scales = vec![1f32; padded];
+    let mut offsets = vec![0f32; padded];
+    let mut codes = vec![0i8; n * units * 4];
+    for (c, (scale_c, (offset, codes))) in scales
+        .iter_mut()
+        .zip(offsets.iter_mut().zip(codes.chunks_exact_mut(units * 4)))
+        .enumerate()
+    {
+        let row = w.row(c);
+        *scale_c = scale(row);
+        let inv = 1.0 / *scale_c;
+        let mut sum = 0i64;
+        for (q, &x) in codes.iter_mut().zip(row) {
+            *q = code(x, inv) as i8;
+            sum += i64::from(*q);
+        }
+        *offset = 128.0 * sum as f32;
+    }
+    let mut quads = vec![Quad::default(); padded * units];
+    quads
+        .par_chunks_mut(units * NR)
+        .enumerate()
+        .for_each(|(j, panel)| {
+            for c in 0..NR.min(n - j * NR) {
+                let codes = &codes[(j * NR + c) * units * 4..(j * NR + c + 1) * units * 4];
+                for (p, quad) in codes.chunks_exact(4).enumerate() {
+                    let bytes = [quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8];
+                    panel[p * NR + c] = Quad(u32::from_le_bytes(bytes));
+                }
+            }
+        });
+    let mut padded_bias = vec![0f32; padded];
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias is not n");
+        padded_bias[..n].copy_from_slice(b);
+    }
+    Packed {
+        quads,
+        scales,
+        offsets,
+        bias: padded_bias,
+    }
+}
+
+/// A row's codes + 128, as [`Quad`]s (128, a zero, past the row's end).
+fn quantize_row(row: &[f32], out: &mut [Quad]) {
+    let inv = 1.0 / scale(row);
+    let byte = |i: usize| row.get(i).map_or(128u32, |&x| (code(x, inv) + 128) as u32);
+    for (p, quad) in out.iter_mut().enumerate() {
+        *quad = Quad(
+            byte(4 * p) | byte(4 * p + 1) << 8 | byte(4 * p + 2) << 16 | byte(4 * p + 3) << 24,
+        );
+    }
+}
+
+/// `x Wᵀ + b` in the int8 format, then `epilogue`.
+pub(super) fn matmul(
+    kernel: Kernel,
+    x: Rows,
+    w: &PackedWeight,
+    packed: &Packed,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    let (rows, n) = (x.rows, w.n);
+    let steps: Vec<f32> = (0..rows).into_par_iter().map(|r| scale(x.row(r))).collect();
+    let a = pack_rows(x, w.k.div_ceil(4), quantize_row);
+    // The sums of codes (w.bias is zero for this format), scaled back below.
+    let mut y = drive(kernel, rows, w, &packed.quads, &a, Epilogue::None);
+    if n == 0 {
+        return y;
+    }
+    y.par_chunks_mut(n)
+        .zip(steps.par_iter())
+        .enumerate()
+        .for_each(|(r, (row, &step))| {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = step * packed.scales[c] * (*v - packed.offsets[c]) + packed.bias[c];
+            }
+            match epilogue {
+                Epilogue::None => {}
+                Epilogue::Gelu => gelu_in_place(kernel, row),
+                Epilogue::Residual(residual) => {
+                    for (v, x) in row.iter_mut().zip(&residual[r * n..(r + 1) * n]) {
+                        *v += x;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// The weight's codes dequantized (n × k, row-major): what the int8 kernels multiply.
+#[cfg(test)]
+pub(super) fn dequantized_weight(packed: &Packed, n: usize, k: usize) -> Vec<f64> {
+    let units = k.div_ceil(4);
+    let mut out = vec![0f64; n * k];
+    for c in 0..n {
+        let (j, col) = (c / NR, c % NR);
+        for i in 0..k {
+            let quad = packed.quads[j * units * NR + (i / 4) * NR + col].0;
+            let q = (quad >> (8 * (i % 4))) as u8 as i8;
+            out[c * k + i] = f64::from(q) * f64::from(packed.scales[c]);
+        }
+    }
+    out
+}
+
+/// A row dequantized: what the int8 kernels multiply.
+#[cfg(test)]
+pub(super) fn dequantized_row(row: &[f32]) -> Vec<f64> {
+    let step = scale(row);
+    row.iter()
+        .map(|&x| f64::from(code(x, 1.0 / step)) * f64::from(step))
+        .collect()
+}
