@@ -84,7 +84,9 @@ def pytorch_worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    # int8 is a qseek mode; PyTorch's side runs its fastest CPU mode, bf16.
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16,
+             "int8": torch.bfloat16}[args.dtype]
     kw = {} if args.attn == "default" else {"attn_implementation": args.attn}
 
     dev = torch.device(args.device)
@@ -331,7 +333,8 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--dtype", choices=["f32", "f16", "bf16"], default="f32")
+    ap.add_argument("--dtype", choices=["f32", "f16", "bf16", "int8"], default="f32",
+                    help="both sides' precision; int8 (qseek's) runs PyTorch in bf16")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per phase (median)")
     ap.add_argument("--attn", default="default", choices=["default", "sdpa", "eager"],
                     help="transformers attention implementation (default: what from_pretrained picks)")

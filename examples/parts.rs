@@ -28,7 +28,7 @@ use clap::Parser;
 use qseek::embedder::parse_dtype;
 use qseek::model::ops::{multi_head_attention, Linear};
 use qseek::model::packed_gemm::{Format, Kernel};
-use qseek::model::ModelSource;
+use qseek::model::{ModelSource, Precision};
 use qseek::{Embedder, ModelOptions};
 use rayon::prelude::*;
 
@@ -40,7 +40,7 @@ struct Args {
     /// Images per batch.
     #[arg(long, default_value_t = 4)]
     batch: usize,
-    /// f32 or bf16 (the ViT's dtype, as `--dtype` of `qseek index`).
+    /// f32, bf16 or int8 (the ViT's precision, as `--dtype` of `qseek index`).
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Timed repetitions (the median is reported).
@@ -150,9 +150,10 @@ struct Part {
 fn main() -> qseek::Result<()> {
     qseek::model::use_one_thread_pool();
     let args = Args::parse();
-    let dtype = parse_dtype(&args.dtype)?;
+    let precision = parse_dtype(&args.dtype)?;
+    let dtype = precision.dtype();
     let mut opts = ModelOptions::new(ModelSource::Local(args.model.clone()));
-    opts.dtype = dtype;
+    opts.dtype = precision;
     let embedder = Embedder::load(&opts)?;
     let v = embedder.config.vision_config.clone();
     let (b, t, h, i) = (
@@ -173,22 +174,27 @@ fn main() -> qseek::Result<()> {
         .then(|| Kernel::chosen(Format::F32))
         .flatten();
     let packed = bf16.or(f32);
+    // int8: the MLP's kernel.
+    let mlp = (precision == Precision::Int8)
+        .then(|| Kernel::chosen(Format::Int8))
+        .flatten()
+        .or(packed);
     // The ViT's activations: f32 where `packed_gemm` computes its linear layers in bf16.
     let act = if bf16.is_some() { DType::F32 } else { dtype };
 
     let mut parts = Vec::new();
     let x = Tensor::randn(0f32, 1.0, (m, h), &dev)?.to_dtype(act)?;
     let x_wide = Tensor::randn(0f32, 1.0, (m, i), &dev)?.to_dtype(act)?;
-    for (name, k, n, input, gelu) in [
-        ("linear qkv", h, 3 * h, &x, false),
-        ("linear proj", h, h, &x, false),
-        ("linear fc1+gelu", h, i, &x, true),
-        ("linear fc2", i, h, &x_wide, false),
+    for (name, k, n, input, gelu, kernel) in [
+        ("linear qkv", h, 3 * h, &x, false, packed),
+        ("linear proj", h, h, &x, false, packed),
+        ("linear fc1+gelu", h, i, &x, true, mlp),
+        ("linear fc2", i, h, &x_wide, false, mlp),
     ] {
         let w = (Tensor::randn(0f32, 1.0, (n, k), &dev)? / (k as f64).sqrt())?;
         let bias = Tensor::zeros(n, DType::F32, &dev)?;
         let layer =
-            Linear::from_parts(w.to_dtype(act)?, Some(bias.to_dtype(act)?)).into_packed(packed);
+            Linear::from_parts(w.to_dtype(act)?, Some(bias.to_dtype(act)?)).into_packed(kernel);
         let s = seconds(args.reps, || {
             if gelu {
                 layer.forward_activation(input, candle_nn::Activation::Gelu)?;

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use crate::model::{Blip2Config, Blip2ForImageTextRetrieval, Checkpoint, ModelSource};
+use crate::model::packed_gemm::{Format, Kernel};
+use crate::model::{Blip2Config, Blip2ForImageTextRetrieval, Checkpoint, ModelSource, Precision};
 use crate::preprocess::image::{ImagePreprocessor, LoadOptions};
 use crate::preprocess::text::{TextTokenizer, DEFAULT_MAX_TOKENS};
 use crate::{Error, Result};
@@ -15,8 +16,8 @@ use crate::{Error, Result};
 pub struct ModelOptions {
     /// Where the checkpoint is.
     pub source: ModelSource,
-    /// Compute dtype of the vision model.
-    pub dtype: DType,
+    /// The precision of the vision model (`--dtype`).
+    pub dtype: Precision,
     /// Where to run.
     pub device: Device,
     /// Text truncation length, special tokens included.
@@ -30,7 +31,7 @@ impl ModelOptions {
     pub fn new(source: ModelSource) -> Self {
         Self {
             source,
-            dtype: DType::F32,
+            dtype: Precision::F32,
             device: Device::Cpu,
             max_tokens: DEFAULT_MAX_TOKENS,
             progress: false,
@@ -39,15 +40,12 @@ impl ModelOptions {
 }
 
 /// Parses `--dtype`.
-pub fn parse_dtype(name: &str) -> Result<DType> {
-    match name {
-        "f32" | "float32" => Ok(DType::F32),
-        "f16" | "float16" => Ok(DType::F16),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(Error::Usage(format!(
-            "unknown dtype `{other}`: use f32, f16 or bf16"
-        ))),
-    }
+pub fn parse_dtype(name: &str) -> Result<Precision> {
+    Precision::parse(name).ok_or_else(|| {
+        Error::Usage(format!(
+            "unknown dtype `{name}`: use f32, f16, bf16 or int8"
+        ))
+    })
 }
 
 /// Parses `--device`: `cpu`, `cuda` or `cuda:N`.
@@ -99,6 +97,16 @@ pub struct Embedder {
 impl Embedder {
     /// Resolves, checks and loads everything.
     pub fn load(opts: &ModelOptions) -> Result<Self> {
+        if opts.dtype == Precision::Int8 {
+            let cpu = opts.device.is_cpu();
+            let kernels = [Format::Int8, Format::Bf16].map(|f| Kernel::chosen(f).is_some());
+            if !cpu || kernels.contains(&false) {
+                return Err(Error::Usage(format!(
+                    "--dtype int8 needs a CPU with AVX512-BF16 and AVX512-VNNI (AMD Zen 4 and later; Intel Xeon from Cooper Lake on){}: use bf16 or f32",
+                    if cpu { ", which this one lacks" } else { ", not a GPU" }
+                )));
+            }
+        }
         let checkpoint = Checkpoint::resolve(&opts.source, opts.progress)?;
         let config = checkpoint.read_config()?;
         let images = ImagePreprocessor::from_file(&checkpoint.preprocessor)?;

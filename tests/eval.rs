@@ -8,10 +8,10 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use common::{fixtures, model_dir, qseek, stderr};
 use qseek::embedder::ModelOptions;
-use qseek::model::ModelSource;
+use qseek::model::{ModelSource, Precision};
 use qseek::pipeline::eval::cache_index_dir;
 use serde_json::Value;
 
@@ -165,7 +165,7 @@ fn recall_at_k_equals_the_reference_for_k_test_below_and_covering_the_dataset() 
     // What the cache feeds the protocol is what the reference computed: every ITC
     // score (the EXIF-rotated photo included: eval does not rotate it) and every ITM
     // logit over the stored f32 vision features.
-    let dir = cache_index_dir(&cache, DType::F32).unwrap();
+    let dir = cache_index_dir(&cache, Precision::F32).unwrap();
     let tiny = model_dir("tiny").display().to_string();
     let c = qseek::pipeline::Collection::open(
         &dir,
@@ -251,7 +251,7 @@ fn a_cache_keeps_one_index_per_precision_and_refuses_other_indexes() {
     // cache folder or where the f32 cache index would be: its "ITC exact" would be
     // quantised.
     let root = tmp.path().join("other");
-    let index = cache_index_dir(&root, DType::F32).unwrap();
+    let index = cache_index_dir(&root, Precision::F32).unwrap();
     let (photos, tiny) = (fixtures().join("photos"), model_dir("tiny"));
     let out = qseek(&[
         "index",
@@ -279,10 +279,35 @@ fn a_cache_keeps_one_index_per_precision_and_refuses_other_indexes() {
 /// tests candle's bf16) ranks every image and text as the f32 reference does.
 #[test]
 fn bf16_ranks_equal_the_f32_reference() {
+    ranks_equal_the_f32_reference("bf16");
+}
+
+/// int8 (the ViT's MLP through `packed_gemm`'s int8 kernel, the rest as bf16) ranks
+/// every image and text as the f32 reference does. Where the CPU lacks AVX512-VNNI or
+/// AVX512-BF16, `--dtype int8` is refused instead; `QSEEK_INT8_GEMM=portable` with
+/// `QSEEK_BF16_GEMM=portable` runs the reference kernels on any CPU (`.ci/run`).
+#[test]
+fn int8_ranks_equal_the_f32_reference() {
+    use qseek::model::packed_gemm::{Format, Kernel};
+    if [Format::Int8, Format::Bf16]
+        .iter()
+        .all(|f| Kernel::chosen(*f).is_some())
+    {
+        ranks_equal_the_f32_reference("int8");
+    } else {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = eval_args(&tmp.path().join("cache"), &["--dtype", "int8"]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains("AVX512-VNNI"), "{}", stderr(&out));
+        eprintln!("int8_ranks_equal_the_f32_reference: this CPU has no int8 kernel; checked the refusal only");
+    }
+}
+
+fn ranks_equal_the_f32_reference(dtype: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (r, expected) = (reference(), &reference()["rerank"][0]);
     assert_eq!(expected["k_test"], 3);
-    let report = eval_with(&tmp.path().join("cache"), 3, &["--dtype", "bf16"]);
+    let report = eval_with(&tmp.path().join("cache"), 3, &["--dtype", dtype]);
     let ranks = &report["ranks"];
     assert_eq!(ranks["itm_rerank"]["i2t"], expected["i2t_ranks"]);
     assert_eq!(ranks["itm_rerank"]["t2i"], expected["t2i_ranks"]);

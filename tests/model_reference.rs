@@ -9,7 +9,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{max_abs_diff, min_row_cosine, model_dir, Reference, MODELS};
-use qseek::model::ModelSource;
+use qseek::model::{ModelSource, Precision};
 use qseek::preprocess::image::LoadOptions;
 use qseek::{Embedder, ModelOptions};
 
@@ -30,9 +30,9 @@ fn cases() -> Vec<(&'static str, Device)> {
         .collect()
 }
 
-fn load(model: &str, dtype: DType, device: &Device) -> Embedder {
+fn load(model: &str, dtype: impl Into<Precision>, device: &Device) -> Embedder {
     let mut opts = ModelOptions::new(ModelSource::Local(model_dir(model)));
-    opts.dtype = dtype;
+    opts.dtype = dtype.into();
     opts.device = device.clone();
     Embedder::load(&opts).unwrap_or_else(|e| panic!("{model} on {device:?}: {e}"))
 }
@@ -216,18 +216,48 @@ fn half_precision_stays_close() {
 /// does.
 #[test]
 fn bf16_query_vectors_stay_within_cosine_0_995_of_f32() {
+    query_vectors_stay_within_cosine_0_995_of_f32(Precision::Bf16);
+}
+
+/// `--dtype int8` (the ViT's MLP in int8) against f32, as bf16 above, on a CPU with
+/// `packed_gemm`'s int8 and bf16 kernels (`QSEEK_INT8_GEMM=portable` and
+/// `QSEEK_BF16_GEMM=portable` give them on any CPU).
+#[test]
+fn int8_query_vectors_stay_within_cosine_0_995_of_f32() {
+    use qseek::model::packed_gemm::{Format, Kernel};
+    if [Format::Int8, Format::Bf16]
+        .iter()
+        .all(|f| Kernel::chosen(*f).is_some())
+    {
+        query_vectors_stay_within_cosine_0_995_of_f32(Precision::Int8);
+    } else {
+        let mut opts = ModelOptions::new(ModelSource::Local(model_dir("tiny")));
+        opts.dtype = Precision::Int8;
+        let err = match Embedder::load(&opts) {
+            Ok(_) => panic!("--dtype int8 loaded on a CPU without its kernels"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("AVX512-VNNI"), "{err}");
+        eprintln!("int8_query_vectors_stay_within_cosine_0_995_of_f32: no int8 kernel here; checked the refusal only");
+    }
+}
+
+fn query_vectors_stay_within_cosine_0_995_of_f32(precision: Precision) {
     for (model, device) in cases() {
+        if precision == Precision::Int8 && !device.is_cpu() {
+            continue; // a CPU mode
+        }
         let pixels = on(Reference::load(model).get("pixel_values"), &device);
         let (_, f32) = load(model, DType::F32, &device)
             .embed_pixels(&pixels)
             .unwrap();
-        let (_, bf16) = load(model, DType::BF16, &device)
+        let (_, other) = load(model, precision, &device)
             .embed_pixels(&pixels)
             .unwrap();
-        let cosine = min_row_cosine(&bf16, &f32);
+        let cosine = min_row_cosine(&other, &f32);
         assert!(
             cosine >= 0.995,
-            "{model}: bf16 query vector cosine {cosine}"
+            "{model}: {precision} query vector cosine {cosine}"
         );
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 
 use super::weights::SafetensorsFiles;
-use super::{Blip2Config, Blip2ForImageTextRetrieval};
+use super::{Blip2Config, Blip2ForImageTextRetrieval, Precision};
 use crate::{Error, Result};
 
 /// The hub id used when the user names no model.
@@ -198,16 +198,18 @@ impl Checkpoint {
     pub fn load_model(
         &self,
         config: &Blip2Config,
-        dtype: DType,
+        precision: Precision,
         device: &Device,
     ) -> Result<Blip2ForImageTextRetrieval> {
         let files = SafetensorsFiles::open(&self.weights)?;
         let shapes =
             VarBuilder::from_backend(Box::new(files.shapes_only()), DType::F32, device.clone());
         let vb = VarBuilder::from_backend(Box::new(files), DType::F32, device.clone());
-        Blip2ForImageTextRetrieval::new(config, vb, shapes, dtype).map_err(|e| Error::Checkpoint {
-            path: self.config.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            reason: format!("{}{}", root_message(&e), config.defaulted_note()),
+        Blip2ForImageTextRetrieval::new(config, vb, shapes, precision).map_err(|e| {
+            Error::Checkpoint {
+                path: self.config.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                reason: format!("{}{}", root_message(&e), config.defaulted_note()),
+            }
         })
     }
 }

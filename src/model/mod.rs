@@ -9,6 +9,7 @@ pub mod config;
 mod lazy;
 pub mod ops;
 pub mod packed_gemm;
+mod precision;
 pub mod qformer;
 pub mod retrieval;
 pub mod vision;
@@ -16,6 +17,7 @@ pub mod weights;
 
 pub use checkpoint::{Checkpoint, ModelSource};
 pub use config::Blip2Config;
+pub use precision::Precision;
 pub use retrieval::{itc_scores, Blip2ForImageTextRetrieval};
 
 /// One pool of compute threads for the process: call first thing in `main`, before any

@@ -12,6 +12,7 @@ use super::ops::{additive_mask, l2_normalize, Linear};
 use super::packed_gemm::{Format, Kernel};
 use super::qformer::{QFormerModel, TextEmbeddings};
 use super::vision::VisionModel;
+use super::Precision;
 
 /// The whole retrieval model, its fields named as the checkpoint's top-level keys.
 ///
@@ -41,6 +42,12 @@ use super::vision::VisionModel;
 /// embedding is f32's exactly, and a stored query vector differs from f32's only
 /// through the ViT.
 ///
+/// int8 ([`Precision::Int8`]) is bf16 with the ViT's MLP (`fc1`, `fc2`: two thirds of
+/// its work) through `packed_gemm`'s int8 format on a CPU with AVX512-VNNI: weights
+/// rounded to int8 per output channel, each token's activations to int8 per token, the
+/// products of the codes summed exactly in i32. The attention projections stay bf16:
+/// with them in int8 too, one ITM rank of the eval fixture moved.
+///
 /// On a CPU with AVX2 or AVX-512, every linear layer after the ViT (the Q-Former's, the
 /// projections, `itm_head`), and the ViT's own in f32, compute in f32 through
 /// [`packed_gemm`](super::packed_gemm) over weights packed once, at each layer's first
@@ -63,6 +70,8 @@ pub struct Blip2ForImageTextRetrieval {
     /// it (~2 bytes per Q-Former weight). `None` elsewhere (ITM then runs `qformer`).
     itm_qformer: Option<Arc<Lazy<QFormerModel>>>,
     /// The precision asked for.
+    precision: Precision,
+    /// Its dtype for the vision model's tensors.
     dtype: DType,
     /// The dtype of the ViT's activations: `dtype`, or f32 where `packed_gemm` computes
     /// the linear layers.
@@ -87,8 +96,9 @@ impl Blip2ForImageTextRetrieval {
         cfg: &Blip2Config,
         vb: VarBuilder<'static>,
         shapes: VarBuilder<'static>,
-        dtype: DType,
+        precision: Precision,
     ) -> Result<Self> {
+        let dtype = precision.dtype();
         let q = &cfg.qformer_config;
         let f32_vb = vb.clone().set_dtype(DType::F32);
         let cpu = vb.device().is_cpu();
@@ -103,15 +113,26 @@ impl Blip2ForImageTextRetrieval {
         // The ViT's linear layers: bf16-packed for bf16, f32-packed for f32 (its GELU
         // then fused into fc1), candle's for f16 and on a GPU.
         let vision_kernel = bf16.or(f32.filter(|_| dtype == DType::F32));
+        // int8: the MLP's kernel, on a CPU that has it (and bf16's for the rest).
+        let mlp_kernel = match precision {
+            Precision::Int8 => match (cpu, bf16, Kernel::chosen(Format::Int8)) {
+                (true, Some(_), Some(int8)) => Some(int8),
+                _ => candle_core::bail!(
+                    "int8 runs on a CPU with packed_gemm's int8 and bf16 kernels"
+                ),
+            },
+            _ => None,
+        };
         let vision_cfg = cfg.vision_config.clone();
         VisionModel::new(
             &vision_cfg,
             shapes.set_dtype(vision_dtype).pp("vision_model"),
             vision_kernel,
+            mlp_kernel,
         )?;
         let vision_vb = vb.set_dtype(vision_dtype).pp("vision_model");
         let vision_model = Lazy::new("vision_model", move || {
-            VisionModel::new(&vision_cfg, vision_vb.clone(), vision_kernel)
+            VisionModel::new(&vision_cfg, vision_vb.clone(), vision_kernel, mlp_kernel)
         });
         Ok(Self {
             vision_model: Arc::new(vision_model),
@@ -127,6 +148,7 @@ impl Blip2ForImageTextRetrieval {
                     QFormerModel::new(&q, vb.clone(), Some(kernel))
                 }))
             }),
+            precision,
             dtype,
             vision_dtype,
             num_query_tokens: cfg.num_query_tokens,
@@ -134,9 +156,14 @@ impl Blip2ForImageTextRetrieval {
         })
     }
 
-    /// The precision asked for the vision model (`--dtype`).
+    /// The dtype of the vision model's tensors (`--dtype`; int8's is bf16).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The precision asked for (`--dtype`).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The device the weights live on.

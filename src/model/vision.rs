@@ -149,12 +149,17 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
+    fn new(
+        cfg: &VisionConfig,
+        vb: VarBuilder,
+        packed: Option<Kernel>,
+        mlp: Option<Kernel>,
+    ) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             self_attn: Attention::new(cfg, vb.pp("self_attn"), packed)?,
             layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"), packed)?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), mlp.or(packed))?,
             layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
         })
     }
@@ -179,11 +184,17 @@ impl VisionModel {
     /// fc2) is computed by [`packed_gemm`](super::packed_gemm) with that kernel, fc1's
     /// GELU fused: a bf16 kernel rounds weights and inputs to bf16 and sums in f32. The
     /// attention's two products run in the same kernel (a bf16 one rounds q, k, v and the
-    /// probabilities); all else stays f32.
-    pub fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
+    /// probabilities); all else stays f32. `mlp`, where given, is the kernel of `fc1` and
+    /// `fc2` instead (int8: [`Precision::Int8`](super::Precision::Int8)).
+    pub fn new(
+        cfg: &VisionConfig,
+        vb: VarBuilder,
+        packed: Option<Kernel>,
+        mlp: Option<Kernel>,
+    ) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), packed))
+            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), packed, mlp))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"), packed)?,

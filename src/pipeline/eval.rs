@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use qseek_index::{ImageId, SearchParams, VectorDtype};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -37,6 +37,7 @@ use super::indexer::{index_files, IndexOptions};
 use super::texts::{add_texts, TextEntry};
 use super::{default_feature_dtype, progress_bar, Collection};
 use crate::error::BadRequest;
+use crate::model::Precision;
 use crate::preprocess::image::LoadOptions;
 use crate::preprocess::text::pre_caption;
 use crate::rerank::{itm_scores, ItmPair, ItmScore};
@@ -319,7 +320,7 @@ fn exact_itc(
 /// never reads embeddings that another precision made (a bf16 run and an f32 run on
 /// one folder each keep their own, and each reuses its own). Vectors are always f32 (ITC
 /// exact is exact); features follow [`default_feature_dtype`].
-pub fn cache_index_dir(root: &Path, compute: DType) -> Result<PathBuf> {
+pub fn cache_index_dir(root: &Path, compute: Precision) -> Result<PathBuf> {
     if root.join("manifest.json").exists() {
         return Err(BadRequest::NotAnEvalCache {
             path: root.to_path_buf(),
@@ -329,7 +330,7 @@ pub fn cache_index_dir(root: &Path, compute: DType) -> Result<PathBuf> {
     let name = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
     Ok(root.join(format!(
         "vision-{}.vectors-{}.features-{}",
-        name(&compute),
+        compute.name(),
         name(&VectorDtype::F32),
         name(&default_feature_dtype(compute))
     )))
@@ -339,7 +340,7 @@ pub fn cache_index_dir(root: &Path, compute: DType) -> Result<PathBuf> {
 /// collection's model needs (e.g. an index made by `qseek index --vectors int8`).
 fn check_cache(c: &Collection) -> Result<()> {
     let m = c.index.manifest();
-    let features = default_feature_dtype(c.embedder.model().dtype());
+    let features = default_feature_dtype(c.embedder.model().precision());
     if m.vector_dtype != VectorDtype::F32
         || !m.store_vision_features
         || m.vision_feature_dtype != features

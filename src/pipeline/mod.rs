@@ -14,12 +14,13 @@ pub mod walk;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use qseek_index::{FeatureDtype, Index, Manifest, ModelId, VectorDtype};
 
 use crate::embedder::{Embedder, ModelOptions};
 use crate::error::BadRequest;
+use crate::model::Precision;
 use crate::model::{Checkpoint, ModelSource};
 use crate::{Error, Result};
 
@@ -60,10 +61,10 @@ pub struct CreateOptions {
 /// computes in f32, so that reranking reads exactly what transformers would feed the
 /// ITM head; f16 after a half-precision vision model, whose outputs f16 holds (bf16's
 /// 8-bit mantissa fits in f16's 11) at half the disk.
-pub fn default_feature_dtype(compute: DType) -> FeatureDtype {
+pub fn default_feature_dtype(compute: Precision) -> FeatureDtype {
     match compute {
-        DType::F32 | DType::F64 => FeatureDtype::F32,
-        _ => FeatureDtype::F16,
+        Precision::F32 => FeatureDtype::F32,
+        Precision::F16 | Precision::Bf16 | Precision::Int8 => FeatureDtype::F16,
     }
 }
 

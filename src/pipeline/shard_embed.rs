@@ -35,6 +35,7 @@ use super::{default_feature_dtype, model_identity, progress_bar};
 use crate::embedder::{Embedder, ModelOptions};
 use crate::error::{BadRequest, NotFound};
 use crate::model::Checkpoint;
+use crate::model::Precision;
 use crate::preprocess::image::LoadOptions;
 use crate::{Error, Result};
 
@@ -91,7 +92,7 @@ pub struct ShardEmbedSummary {
 /// dtype (without loading its weights).
 fn shard_meta(
     checkpoint: &Checkpoint,
-    compute: candle_core::DType,
+    compute: Precision,
     opts: &ShardEmbedOptions,
 ) -> Result<ShardMeta> {
     let config = checkpoint.read_config()?;

@@ -31,7 +31,6 @@ use arrow_array::{
     UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use candle_core::DType;
 use half::f16;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
@@ -40,6 +39,7 @@ use parquet::file::properties::WriterProperties;
 use qseek_index::{FeatureDtype, ImageRecord, ModelId};
 
 use crate::error::BadRequest;
+use crate::model::Precision;
 use crate::{Error, Result};
 
 /// Version of the layout above, `qseek.format` in the metadata.
@@ -116,14 +116,9 @@ pub struct ShardMeta {
     pub shard: ShardSpec,
 }
 
-/// The name of a compute dtype, as `--dtype` spells it.
-pub fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        DType::F64 => "f64",
-        _ => "f32",
-    }
+/// The name of a compute precision, as `--dtype` spells it.
+pub fn dtype_name(precision: Precision) -> &'static str {
+    precision.name()
 }
 
 fn feature_dtype_name(d: FeatureDtype) -> &'static str {

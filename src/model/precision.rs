@@ -1,0 +1,68 @@
+//! `--dtype`: the precision a model computes in.
+
+use candle_core::DType;
+
+/// The precision of the image encoder (`--dtype`): see [`Blip2ForImageTextRetrieval`]
+/// (super::Blip2ForImageTextRetrieval) for what each computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// The reference.
+    F32,
+    /// The ViT in f16 (candle's half-precision path; for GPUs).
+    F16,
+    /// The ViT's linear layers and attention products in bf16 (on AVX512-BF16 CPUs;
+    /// candle's bf16 elsewhere), and ITM's Q-Former on those CPUs.
+    Bf16,
+    /// bf16, with the ViT's MLP (`fc1`, `fc2`: two thirds of its work) in int8: a CPU
+    /// mode, for CPUs with AVX512-BF16 and AVX512-VNNI.
+    Int8,
+}
+
+impl Precision {
+    /// Parses `--dtype`'s value.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "f32" | "float32" => Some(Self::F32),
+            "f16" | "float16" => Some(Self::F16),
+            "bf16" | "bfloat16" => Some(Self::Bf16),
+            "int8" => Some(Self::Int8),
+            _ => None,
+        }
+    }
+
+    /// The name `--dtype` takes, and that caches and shard files record.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
+        }
+    }
+
+    /// The dtype the vision model's tensors are converted to (int8's are bf16's).
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 | Self::Int8 => DType::BF16,
+        }
+    }
+}
+
+impl From<DType> for Precision {
+    /// The float dtypes' precision (f64 and the integer dtypes: f32).
+    fn from(dtype: DType) -> Self {
+        match dtype {
+            DType::F16 => Self::F16,
+            DType::BF16 => Self::Bf16,
+            _ => Self::F32,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
