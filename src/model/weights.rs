@@ -64,14 +64,18 @@ impl SafetensorsFiles {
         ShapesOnly(self.clone())
     }
 
-    /// The entry of `name`, checked to have `shape`.
-    fn entry(&self, name: &str, shape: &Shape) -> candle_core::Result<&Entry> {
-        let entry = self
-            .entries
+    /// The entry of `name`.
+    fn find(&self, name: &str) -> candle_core::Result<&Entry> {
+        self.entries
             .get(name)
             .ok_or_else(|| candle_core::Error::CannotFindTensor {
                 path: name.to_string(),
-            })?;
+            })
+    }
+
+    /// The entry of `name`, checked to have `shape`.
+    fn entry(&self, name: &str, shape: &Shape) -> candle_core::Result<&Entry> {
+        let entry = self.find(name)?;
         if entry.shape.as_slice() != shape.dims() {
             return Err(candle_core::Error::UnexpectedShape {
                 msg: format!("shape mismatch for {name}"),
@@ -83,12 +87,7 @@ impl SafetensorsFiles {
     }
 
     fn load(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
-        let entry = self
-            .entries
-            .get(name)
-            .ok_or_else(|| candle_core::Error::CannotFindTensor {
-                path: name.to_string(),
-            })?;
+        let entry = self.find(name)?;
         let (path, file) = &self.files[entry.file];
         let read_error = |e: std::io::Error| {
             candle_core::Error::Msg(format!("{}: reading `{name}`: {e}", path.display()))
@@ -165,15 +164,7 @@ impl candle_nn::var_builder::SimpleBackend for ShapesOnly {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let shape = self
-            .0
-            .entries
-            .get(name)
-            .ok_or_else(|| candle_core::Error::CannotFindTensor {
-                path: name.to_string(),
-            })?
-            .shape
-            .clone();
+        let shape = self.0.find(name)?.shape.clone();
         Tensor::zeros((), dtype, device)?.broadcast_as(shape)
     }
 

@@ -18,17 +18,6 @@ use super::{drive, gelu_in_place, pack_rows, Epilogue, Kernel, PackedWeight, Row
 #[repr(transparent)]
 pub(super) struct Quad(pub(super) u32);
 
-impl Quad {
-    /// The sum of the four products of `a`'s bytes (unsigned) by `b`'s (signed), added
-    /// to `acc`: what one lane of `vpdpbusd` adds.
-    pub(super) fn dot(acc: f32, a: Quad, b: Quad) -> f32 {
-        let sum: i32 = (0..4)
-            .map(|j| i32::from((a.0 >> (8 * j)) as u8) * i32::from((b.0 >> (8 * j)) as u8 as i8))
-            .sum();
-        acc + sum as f32
-    }
-}
-
 /// A weight in the int8 format, beside its panels of [`Quad`]s.
 pub(super) struct Packed {
     pub(super) quads: Vec<Quad>,
