@@ -32,7 +32,16 @@ pub(super) struct Packed {
 /// `|x|`'s maximum over 127: the step of a row (or column) of codes; 1 for a zero row,
 /// whose codes are then all 0.
 fn scale(xs: &[f32]) -> f32 {
-    let max = xs.iter().fold(0f32, |m, x| m.max(x.abs()));
+    // 16 running maxima, then theirs: the same maximum, in a loop that vectorises.
+    let mut lanes = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (lane, x) in lanes.iter_mut().zip(chunk) {
+            *lane = lane.max(x.abs());
+        }
+    }
+    let max = tail.iter().chain(&lanes).fold(0f32, |m, x| m.max(x.abs()));
     if max > 0.0 {
         max / 127.0
     } else {
@@ -40,13 +49,18 @@ fn scale(xs: &[f32]) -> f32 {
     }
 }
 
-/// `x / step` rounded to the nearest integer (ties to even) in [-127, 127]. The magic
-/// constant rounds without a libm call, so that the loops over it vectorise.
+/// `x / step` rounded to the nearest integer (ties to even) in [-127, 127] (a NaN gives
+/// -127). The magic constant rounds without a libm call, so that the loops over it
+/// vectorise.
 #[inline(always)]
 fn code(x: f32, inv_step: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
-    let v = (x * inv_step).clamp(-127.0, 127.0);
-    ((v + MAGIC) - MAGIC) as i32
+                                     // `max` and `min` return the other operand for a NaN, so `v` is a number in range
+                                     // (`clamp` would keep the NaN).
+    #[allow(clippy::manual_clamp)]
+    let v = (x * inv_step).max(-127.0).min(127.0);
+    // SAFETY: `v + MAGIC - MAGIC` is an integer in [-127, 127].
+    unsafe { ((v + MAGIC) - MAGIC).to_int_unchecked::<i32>() }
 }
 
 /// Packs the weight (`w`'s rows are its n output columns) and `bias` in the int8 format.
@@ -101,11 +115,16 @@ pub(super) fn pack_weight(w: Rows, bias: Option<&[f32]>) -> Packed {
 /// A row's codes + 128, as [`Quad`]s (128, a zero, past the row's end).
 fn quantize_row(row: &[f32], out: &mut [Quad]) {
     let inv = 1.0 / scale(row);
-    let byte = |i: usize| row.get(i).map_or(128u32, |&x| (code(x, inv) + 128) as u32);
-    for (p, quad) in out.iter_mut().enumerate() {
-        *quad = Quad(
-            byte(4 * p) | byte(4 * p + 1) << 8 | byte(4 * p + 2) << 16 | byte(4 * p + 3) << 24,
-        );
+    let byte = |x: f32| (code(x, inv) + 128) as u32;
+    let whole = row.len() / 4;
+    for (q, x) in out.iter_mut().zip(row.chunks_exact(4)) {
+        *q = Quad(byte(x[0]) | byte(x[1]) << 8 | byte(x[2]) << 16 | byte(x[3]) << 24);
+    }
+    // The last values, then zeros (codes of 128).
+    for (p, q) in out.iter_mut().enumerate().skip(whole) {
+        *q = Quad(u32::from_le_bytes(std::array::from_fn(|j| {
+            row.get(4 * p + j).map_or(128, |&x| byte(x) as u8)
+        })));
     }
 }
 
