@@ -101,9 +101,18 @@ impl Embedder {
             let cpu = opts.device.is_cpu();
             let kernels = [Format::Int8, Format::Bf16].map(|f| Kernel::chosen(f).is_some());
             if !cpu || kernels.contains(&false) {
+                let why = if !cpu {
+                    ", not a GPU"
+                } else if ["QSEEK_INT8_GEMM", "QSEEK_BF16_GEMM"]
+                    .iter()
+                    .any(|v| std::env::var(v).as_deref() == Ok("off"))
+                {
+                    " (QSEEK_INT8_GEMM or QSEEK_BF16_GEMM is off)"
+                } else {
+                    ", which this one lacks"
+                };
                 return Err(Error::Usage(format!(
-                    "--dtype int8 needs a CPU with AVX512-BF16 and AVX512-VNNI (AMD Zen 4 and later; Intel Xeon from Cooper Lake on){}: use bf16 or f32",
-                    if cpu { ", which this one lacks" } else { ", not a GPU" }
+                    "--dtype int8 needs a CPU with AVX512-BF16 and AVX512-VNNI (AMD Zen 4 and later; Intel Xeon from Cooper Lake on){why}: use bf16 or f32"
                 )));
             }
         }
