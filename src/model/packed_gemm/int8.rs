@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::{drive, gelu_in_place, pack_rows, Epilogue, Kernel, PackedWeight, Rows, NR};
+use super::{drive, pack_rows, Epilogue, Kernel, PackedWeight, Rows, NR};
 
 /// Four int8 values of k (a weight column's codes, or a row's codes + 128 as u8), low
 /// byte first.
@@ -136,32 +136,50 @@ pub(super) fn matmul(
     packed: &Packed,
     epilogue: Epilogue,
 ) -> Vec<f32> {
-    let (rows, n) = (x.rows, w.n);
-    let steps: Vec<f32> = (0..rows).into_par_iter().map(|r| scale(x.row(r))).collect();
+    let steps: Vec<f32> = (0..x.rows)
+        .into_par_iter()
+        .map(|r| scale(x.row(r)))
+        .collect();
     let a = pack_rows(x, w.k.div_ceil(4), quantize_row);
-    // The sums of codes (w.bias is zero for this format), scaled back below.
-    let mut y = drive(kernel, rows, w, &packed.quads, &a, Epilogue::None);
-    if n == 0 {
-        return y;
+    // The tiles sum codes (w.bias is zero for this format); each finished tile is scaled
+    // back, gets the bias, then the epilogue, while it is in L1.
+    let dequant = Dequant {
+        steps: &steps,
+        packed,
+    };
+    drive(
+        kernel,
+        x.rows,
+        w,
+        &packed.quads,
+        &a,
+        Some(&dequant),
+        epilogue,
+    )
+}
+
+/// What turns a finished tile's sums of codes back into `x Wᵀ + b`.
+pub(super) struct Dequant<'a> {
+    /// Each row's step.
+    steps: &'a [f32],
+    packed: &'a Packed,
+}
+
+impl Dequant<'_> {
+    /// Row `row`'s outputs from column `first` on, in place.
+    pub(super) fn apply(&self, row: usize, first: usize, ys: &mut [f32]) {
+        let step = self.steps[row];
+        let end = first + ys.len();
+        let p = self.packed;
+        for (((y, scale), offset), bias) in ys
+            .iter_mut()
+            .zip(&p.scales[first..end])
+            .zip(&p.offsets[first..end])
+            .zip(&p.bias[first..end])
+        {
+            *y = step * scale * (*y - offset) + bias;
+        }
     }
-    y.par_chunks_mut(n)
-        .zip(steps.par_iter())
-        .enumerate()
-        .for_each(|(r, (row, &step))| {
-            for (c, v) in row.iter_mut().enumerate() {
-                *v = step * packed.scales[c] * (*v - packed.offsets[c]) + packed.bias[c];
-            }
-            match epilogue {
-                Epilogue::None => {}
-                Epilogue::Gelu => gelu_in_place(kernel, row),
-                Epilogue::Residual(residual) => {
-                    for (v, x) in row.iter_mut().zip(&residual[r * n..(r + 1) * n]) {
-                        *v += x;
-                    }
-                }
-            }
-        });
-    y
 }
 
 /// The weight's codes dequantized (n × k, row-major): what the int8 kernels multiply.

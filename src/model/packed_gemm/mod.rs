@@ -451,11 +451,11 @@ pub fn matmul_rows(kernel: Kernel, x: Rows, w: &PackedWeight, epilogue: Epilogue
             let a = pack_rows(x, Format::Bf16.units(w.k), |row, out| {
                 to_bf16_pairs(kernel, row, out)
             });
-            drive(kernel, rows, w, data, &a, epilogue)
+            drive(kernel, rows, w, data, &a, None, epilogue)
         }
         Data::F32(data) => {
             let a = pack_rows(x, w.k, |row, out| out.copy_from_slice(row));
-            drive(kernel, rows, w, data, &a, epilogue)
+            drive(kernel, rows, w, data, &a, None, epilogue)
         }
         Data::Int8(packed) => int8::matmul(kernel, x, w, packed, epilogue),
     }
@@ -468,6 +468,7 @@ fn drive<E: Element>(
     w: &PackedWeight,
     data: &[E],
     a: &[E],
+    dequant: Option<&int8::Dequant>,
     epilogue: Epilogue,
 ) -> Vec<f32> {
     let n = w.n;
@@ -496,11 +497,14 @@ fn drive<E: Element>(
                 };
                 // SAFETY: the tile lies within `a`, `b` and `y` (see `Tile`).
                 unsafe { tile.run(kernel) };
-                if p0 + kc == units && epilogue != Epilogue::None {
+                if p0 + kc == units && (dequant.is_some() || epilogue != Epilogue::None) {
                     for r in 0..tile.rows {
                         // SAFETY: as for the tile: this task's columns of row i0 + r.
                         let row =
                             unsafe { std::slice::from_raw_parts_mut(tile.c.add(r * n), cols) };
+                        if let Some(dequant) = dequant {
+                            dequant.apply(i0 + r, j * NR, row);
+                        }
                         match epilogue {
                             Epilogue::Gelu => gelu_in_place(kernel, row),
                             Epilogue::Residual(residual) => {
