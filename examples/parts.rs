@@ -68,14 +68,15 @@ fn seconds(
     Ok(median(times))
 }
 
-/// GFLOP/s of independent FMA chains kept in registers, on every rayon thread.
-fn peak_gflops(bf16: bool) -> Option<f64> {
+/// GFLOP/s of independent FMA chains (or `vdpbf16ps`, or `vpdpbusd`: `kernel`'s
+/// instruction) kept in registers, on every rayon thread; int8 counted as the f32
+/// product it stands for.
+fn peak_gflops(kernel: Kernel) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
-        let runs = if bf16 {
-            Kernel::Avx512Bf16.runs_here()
-        } else {
-            Kernel::Avx512F32.runs_here()
+        let runs = match kernel {
+            Kernel::Avx512Bf16 | Kernel::Avx512Vnni => kernel.runs_here(),
+            _ => Kernel::Avx512F32.runs_here(),
         };
         if !runs {
             return None;
@@ -86,16 +87,21 @@ fn peak_gflops(bf16: bool) -> Option<f64> {
         let sink: f32 = (0..threads)
             .into_par_iter()
             // SAFETY: the CPU has the instructions (checked above).
-            .map(|i| unsafe { peak::run(bf16, ITERS, i as f32) })
+            .map(|i| unsafe { peak::run(kernel, ITERS, i as f32) })
             .sum();
         std::hint::black_box(sink);
-        // 12 chains × 16 lanes × 2 FLOP (bf16: pairs, so 4) per iteration.
-        let flop_per_iter = 12.0 * 16.0 * if bf16 { 4.0 } else { 2.0 };
+        // 12 chains × 16 lanes × 2 FLOP per product (bf16: pairs, int8: quads).
+        let per_lane = match kernel {
+            Kernel::Avx512Bf16 => 4.0,
+            Kernel::Avx512Vnni => 8.0,
+            _ => 2.0,
+        };
+        let flop_per_iter = 12.0 * 16.0 * per_lane;
         Some(flop_per_iter * ITERS as f64 * threads as f64 / t.elapsed().as_secs_f64() / 1e9)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = bf16;
+        let _ = kernel;
         None
     }
 }
@@ -104,16 +110,31 @@ fn peak_gflops(bf16: bool) -> Option<f64> {
 mod peak {
     use std::arch::x86_64::*;
 
-    /// `iters` rounds of 12 independent FMAs (or `vdpbf16ps`) on 16 lanes.
+    use qseek::model::packed_gemm::Kernel;
+
+    /// `iters` rounds of 12 independent FMAs (or `kernel`'s `vdpbf16ps` or `vpdpbusd`)
+    /// on 16 lanes.
     ///
     /// # Safety
-    /// The CPU must have `avx512f` (and `avx512bf16` for `bf16`).
-    pub unsafe fn run(bf16: bool, iters: u64, seed: f32) -> f32 {
-        if bf16 {
-            dpbf16(iters, seed)
-        } else {
-            fma(iters, seed)
+    /// The CPU must have `avx512f` (and `avx512bf16` or `avx512vnni` for those).
+    pub unsafe fn run(kernel: Kernel, iters: u64, seed: f32) -> f32 {
+        match kernel {
+            Kernel::Avx512Bf16 => dpbf16(iters, seed),
+            Kernel::Avx512Vnni => dpbusd(iters, seed),
+            _ => fma(iters, seed),
         }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn dpbusd(iters: u64, seed: f32) -> f32 {
+        let mut acc = [_mm512_set1_epi32(seed as i32); 12];
+        let ab = _mm512_set1_epi32(0x0101_0101);
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm512_dpbusd_epi32(*x, ab, ab);
+            }
+        }
+        acc.iter().map(|x| _mm512_reduce_add_epi32(*x) as f32).sum()
     }
 
     #[target_feature(enable = "avx512f")]
@@ -145,6 +166,8 @@ struct Part {
     name: &'static str,
     seconds: f64,
     gflop: f64,
+    /// The instruction peak it is measured against.
+    peak: Option<f64>,
 }
 
 fn main() -> qseek::Result<()> {
@@ -182,6 +205,16 @@ fn main() -> qseek::Result<()> {
     // The ViT's activations: f32 where `packed_gemm` computes its linear layers in bf16.
     let act = if bf16.is_some() { DType::F32 } else { dtype };
 
+    // The instruction peaks the parts are measured against: the main kernel's, and
+    // int8's for int8's MLP.
+    let peak = peak_gflops(bf16.unwrap_or(Kernel::Avx512F32));
+    let int8_peak = (precision == Precision::Int8)
+        .then(|| peak_gflops(Kernel::Avx512Vnni))
+        .flatten();
+    let peak_of = |kernel: Option<Kernel>| match kernel.map(Kernel::format) {
+        Some(Format::Int8) => int8_peak,
+        _ => peak,
+    };
     let mut parts = Vec::new();
     let x = Tensor::randn(0f32, 1.0, (m, h), &dev)?.to_dtype(act)?;
     let x_wide = Tensor::randn(0f32, 1.0, (m, i), &dev)?.to_dtype(act)?;
@@ -207,6 +240,7 @@ fn main() -> qseek::Result<()> {
             name,
             seconds: s * layers,
             gflop: 2.0 * (m * k * n) as f64 * layers / 1e9,
+            peak: peak_of(kernel),
         });
     }
     let hd = h / heads;
@@ -234,6 +268,7 @@ fn main() -> qseek::Result<()> {
         name: "attention",
         seconds: s * layers,
         gflop: 4.0 * (b * heads * t * t * hd) as f64 * layers / 1e9,
+        peak,
     });
     let norm = candle_nn::LayerNorm::new(
         Tensor::ones(h, act, &dev)?,
@@ -249,6 +284,7 @@ fn main() -> qseek::Result<()> {
         name: "layer norms",
         seconds: 2.0 * s * layers,
         gflop: 2.0 * 8.0 * (m * h) as f64 * layers / 1e9,
+        peak,
     });
 
     // The whole ViT and the Q-Former on the loaded model.
@@ -270,17 +306,18 @@ fn main() -> qseek::Result<()> {
         name: "rest of the ViT",
         seconds: (vit - counted).max(0.0),
         gflop: 0.0,
+        peak: None,
     });
     parts.push(Part {
         name: "qformer (image)",
         seconds: qformer,
         gflop: 0.0,
+        peak: None,
     });
 
-    let peak = peak_gflops(bf16.is_some());
     let total = vit + qformer;
     let mut table = format!(
-        "{} images, {} threads, dtype {}: ViT {:.3} s ({:.1} GFLOP/s over its {:.0} GFLOP of parts), Q-Former {:.3} s; {:.3} images/s\npeak ({}): {}\n\n| part | s per batch | share | GFLOP | GFLOP/s | of peak |\n|---|---|---|---|---|---|\n",
+        "{} images, {} threads, dtype {}: ViT {:.3} s ({:.1} GFLOP/s over its {:.0} GFLOP of parts), Q-Former {:.3} s; {:.3} images/s\npeak ({}): {}{}\n\n| part | s per batch | share | GFLOP | GFLOP/s | of peak |\n|---|---|---|---|---|---|\n",
         b,
         rayon::current_num_threads(),
         args.dtype,
@@ -291,13 +328,16 @@ fn main() -> qseek::Result<()> {
         b as f64 / total,
         if bf16.is_some() { "vdpbf16ps" } else { "f32 FMA" },
         peak.map_or("not measured (no AVX-512 here)".into(), |p| format!("{p:.0} GFLOP/s")),
+        int8_peak.map_or(String::new(), |p| format!(
+            "; int8's MLP against vpdpbusd's {p:.0} GFLOP/s (as the f32 products)"
+        )),
     );
     for p in &parts {
         let rate = (p.gflop > 0.0).then(|| p.gflop / p.seconds);
         println!(
             "{}",
             serde_json::json!({"part": p.name, "seconds": p.seconds, "share": p.seconds / total,
-                "gflop": p.gflop, "gflops": rate, "peak_gflops": peak})
+                "gflop": p.gflop, "gflops": rate, "peak_gflops": p.peak})
         );
         table += &format!(
             "| {} | {:.3} | {:.1}% | {} | {} | {} |\n",
@@ -310,7 +350,7 @@ fn main() -> qseek::Result<()> {
                 "".into()
             },
             rate.map_or(String::new(), |r| format!("{r:.1}")),
-            match (rate, peak) {
+            match (rate, p.peak) {
                 (Some(r), Some(pk)) => format!("{:.0}%", 100.0 * r / pk),
                 _ => String::new(),
             },
