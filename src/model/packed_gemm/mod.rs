@@ -17,8 +17,8 @@
 //!   softmax, GELU, residuals) stays f32 (`vision.rs`, `retrieval.rs`).
 //! * **int8** (`--dtype int8` on AVX512-VNNI: the ViT's MLP): each weight column is
 //!   rounded to int8 with its own scale, each row of `x` at each call with its own;
-//!   `vpdpbusd` sums the products of the codes exactly in i32, which are then scaled back
-//!   to f32 and get the bias (`int8.rs`). What is given up: the two roundings, to a
+//!   `vpdpbusd` sums the products of the codes exactly in i32; each finished tile is
+//!   then scaled back to f32 and gets the bias, before its epilogue (`int8.rs`). What is given up: the two roundings, to a
 //!   step of 1/127 of the row's (or column's) largest magnitude.
 //! * **f32** (the Q-Former's image and text passes in every dtype; the ViT in f32): the
 //!   weights as they are, f32 FMAs. The result is within float rounding of candle's
