@@ -197,8 +197,8 @@ fn main() -> qseek::Result<()> {
         .then(|| Kernel::chosen(Format::F32))
         .flatten();
     let packed = bf16.or(f32);
-    // int8: the MLP's kernel.
-    let mlp = (precision == Precision::Int8)
+    // int8: the encoder layers' linear kernel.
+    let linear = (precision == Precision::Int8)
         .then(|| Kernel::chosen(Format::Int8))
         .flatten()
         .or(packed);
@@ -206,7 +206,7 @@ fn main() -> qseek::Result<()> {
     let act = if bf16.is_some() { DType::F32 } else { dtype };
 
     // The instruction peaks the parts are measured against: the main kernel's, and
-    // int8's for int8's MLP.
+    // int8's for int8's encoder-layer linear layers.
     let peak = peak_gflops(bf16.unwrap_or(Kernel::Avx512F32));
     let int8_peak = (precision == Precision::Int8)
         .then(|| peak_gflops(Kernel::Avx512Vnni))
@@ -219,10 +219,10 @@ fn main() -> qseek::Result<()> {
     let x = Tensor::randn(0f32, 1.0, (m, h), &dev)?.to_dtype(act)?;
     let x_wide = Tensor::randn(0f32, 1.0, (m, i), &dev)?.to_dtype(act)?;
     for (name, k, n, input, gelu, kernel) in [
-        ("linear qkv", h, 3 * h, &x, false, packed),
-        ("linear proj", h, h, &x, false, packed),
-        ("linear fc1+gelu", h, i, &x, true, mlp),
-        ("linear fc2", i, h, &x_wide, false, mlp),
+        ("linear qkv", h, 3 * h, &x, false, linear),
+        ("linear proj", h, h, &x, false, linear),
+        ("linear fc1+gelu", h, i, &x, true, linear),
+        ("linear fc2", i, h, &x_wide, false, linear),
     ] {
         let w = (Tensor::randn(0f32, 1.0, (n, k), &dev)? / (k as f64).sqrt())?;
         let bias = Tensor::zeros(n, DType::F32, &dev)?;
@@ -329,7 +329,7 @@ fn main() -> qseek::Result<()> {
         if bf16.is_some() { "vdpbf16ps" } else { "f32 FMA" },
         peak.map_or("not measured (no AVX-512 here)".into(), |p| format!("{p:.0} GFLOP/s")),
         int8_peak.map_or(String::new(), |p| format!(
-            "; int8's MLP against vpdpbusd's {p:.0} GFLOP/s (as the f32 products)"
+            "; int8's layers against vpdpbusd's {p:.0} GFLOP/s (as the f32 products)"
         )),
     );
     for p in &parts {

@@ -282,7 +282,7 @@ fn bf16_ranks_equal_the_f32_reference() {
     ranks_equal_the_f32_reference("bf16");
 }
 
-/// int8 (the ViT's MLP through `packed_gemm`'s int8 kernel, the rest as bf16) ranks
+/// int8 (the ViT's encoder layers through `packed_gemm`'s int8 kernel, the rest as bf16) ranks
 /// every image and text as the f32 reference does. Where the CPU lacks AVX512-VNNI or
 /// AVX512-BF16, `--dtype int8` is refused instead; `QSEEK_INT8_GEMM=portable` with
 /// `QSEEK_BF16_GEMM=portable` runs the reference kernels on any CPU (`.ci/run`).

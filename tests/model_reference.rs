@@ -219,7 +219,7 @@ fn bf16_query_vectors_stay_within_cosine_0_995_of_f32() {
     query_vectors_stay_within_cosine_0_995_of_f32(Precision::Bf16);
 }
 
-/// `--dtype int8` (the ViT's MLP in int8) against f32, as bf16 above, on a CPU with
+/// `--dtype int8` (the ViT's encoder layers in int8) against f32, as bf16 above, on a CPU with
 /// `packed_gemm`'s int8 and bf16 kernels (`QSEEK_INT8_GEMM=portable` and
 /// `QSEEK_BF16_GEMM=portable` give them on any CPU).
 #[test]

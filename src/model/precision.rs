@@ -13,8 +13,8 @@ pub enum Precision {
     /// The ViT's linear layers and attention products in bf16 (on AVX512-BF16 CPUs;
     /// candle's bf16 elsewhere), and ITM's Q-Former on those CPUs.
     Bf16,
-    /// bf16, with the ViT's MLP (`fc1`, `fc2`: two thirds of its work) in int8: a CPU
-    /// mode, for CPUs with AVX512-BF16 and AVX512-VNNI.
+    /// bf16, with the ViT encoder layers' linear layers (qkv, projection, fc1, fc2) in
+    /// int8: a CPU mode, for CPUs with AVX512-BF16 and AVX512-VNNI.
     Int8,
 }
 

@@ -42,11 +42,12 @@ use super::Precision;
 /// embedding is f32's exactly, and a stored query vector differs from f32's only
 /// through the ViT.
 ///
-/// int8 ([`Precision::Int8`]) is bf16 with the ViT's MLP (`fc1`, `fc2`: two thirds of
-/// its work) through `packed_gemm`'s int8 format on a CPU with AVX512-VNNI: weights
-/// rounded to int8 per output channel, each token's activations to int8 per token, the
-/// products of the codes summed exactly in i32. The attention projections stay bf16:
-/// with them in int8 too, one ITM rank of the eval fixture moved.
+/// int8 ([`Precision::Int8`]) is bf16 with the ViT encoder layers' linear layers (qkv,
+/// projection, fc1, fc2: all its linear work but the patch embedding) through
+/// `packed_gemm`'s int8 format on a CPU with AVX512-VNNI: weights rounded to int8 per
+/// output channel, each token's activations to int8 per token, the products of the
+/// codes summed exactly in i32. The patch embedding stays bf16: with it in int8 too,
+/// one ITM rank of the eval fixture moved.
 ///
 /// On a CPU with AVX2 or AVX-512, every linear layer after the ViT (the Q-Former's, the
 /// projections, `itm_head`), and the ViT's own in f32, compute in f32 through
@@ -113,8 +114,9 @@ impl Blip2ForImageTextRetrieval {
         // The ViT's linear layers: bf16-packed for bf16, f32-packed for f32 (its GELU
         // then fused into fc1), candle's for f16 and on a GPU.
         let vision_kernel = bf16.or(f32.filter(|_| dtype == DType::F32));
-        // int8: the MLP's kernel, on a CPU that has it (and bf16's for the rest).
-        let mlp_kernel = match precision {
+        // int8: the encoder layers' linear kernel, on a CPU that has it (and bf16's for
+        // the rest).
+        let layers_kernel = match precision {
             Precision::Int8 => match (cpu, bf16, Kernel::chosen(Format::Int8)) {
                 (true, Some(_), Some(int8)) => Some(int8),
                 _ => candle_core::bail!(
@@ -128,11 +130,11 @@ impl Blip2ForImageTextRetrieval {
             &vision_cfg,
             shapes.set_dtype(vision_dtype).pp("vision_model"),
             vision_kernel,
-            mlp_kernel,
+            layers_kernel,
         )?;
         let vision_vb = vb.set_dtype(vision_dtype).pp("vision_model");
         let vision_model = Lazy::new("vision_model", move || {
-            VisionModel::new(&vision_cfg, vision_vb.clone(), vision_kernel, mlp_kernel)
+            VisionModel::new(&vision_cfg, vision_vb.clone(), vision_kernel, layers_kernel)
         });
         Ok(Self {
             vision_model: Arc::new(vision_model),

@@ -61,15 +61,21 @@ impl VisionEmbeddings {
 pub struct Attention {
     qkv: Linear,
     projection: Linear,
-    /// The kernel of attention's two products: `qkv`'s and `projection`'s, or on the
-    /// CPU in f32 `packed_gemm`'s f32 one.
+    /// The kernel of attention's two products: the ViT's (bf16 under bf16 and int8), or
+    /// on the CPU in f32 `packed_gemm`'s f32 one.
     kernel: Option<Kernel>,
     num_heads: usize,
     scale: f64,
 }
 
 impl Attention {
-    fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
+    /// `linear`: the kernel of `qkv` and `projection`; `packed`: of attention's products.
+    fn new(
+        cfg: &VisionConfig,
+        vb: VarBuilder,
+        packed: Option<Kernel>,
+        linear: Option<Kernel>,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let qkv_vb = vb.pp("qkv");
         let weight = qkv_vb.get((3 * h, h), "weight")?;
@@ -88,8 +94,8 @@ impl Attention {
             None
         };
         Ok(Self {
-            qkv: Linear::from_parts(weight, bias).into_packed(packed),
-            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(packed),
+            qkv: Linear::from_parts(weight, bias).into_packed(linear),
+            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(linear),
             kernel: packed.or_else(|| Kernel::chosen(Format::F32)),
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
@@ -153,13 +159,13 @@ impl EncoderLayer {
         cfg: &VisionConfig,
         vb: VarBuilder,
         packed: Option<Kernel>,
-        mlp: Option<Kernel>,
+        linear: Option<Kernel>,
     ) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
-            self_attn: Attention::new(cfg, vb.pp("self_attn"), packed)?,
+            self_attn: Attention::new(cfg, vb.pp("self_attn"), packed, linear)?,
             layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"), mlp.or(packed))?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), linear)?,
             layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
         })
     }
@@ -184,17 +190,19 @@ impl VisionModel {
     /// fc2) is computed by [`packed_gemm`](super::packed_gemm) with that kernel, fc1's
     /// GELU fused: a bf16 kernel rounds weights and inputs to bf16 and sums in f32. The
     /// attention's two products run in the same kernel (a bf16 one rounds q, k, v and the
-    /// probabilities); all else stays f32. `mlp`, where given, is the kernel of `fc1` and
-    /// `fc2` instead (int8: [`Precision::Int8`](super::Precision::Int8)).
+    /// probabilities); all else stays f32. `layers`, where given, is the kernel of the
+    /// encoder layers' linear layers (qkv, projection, fc1, fc2; not the patch
+    /// embedding) instead: int8 ([`Precision::Int8`](super::Precision::Int8)).
     pub fn new(
         cfg: &VisionConfig,
         vb: VarBuilder,
         packed: Option<Kernel>,
-        mlp: Option<Kernel>,
+        layers: Option<Kernel>,
     ) -> Result<Self> {
+        let linear = layers.or(packed);
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), packed, mlp))
+            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), packed, linear))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"), packed)?,
