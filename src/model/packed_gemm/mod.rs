@@ -15,7 +15,7 @@
 //!   and the sums, the bias and the output are f32. So the only precision given up is
 //!   the rounding of the two inputs to 8-bit mantissas; everything else (layer norms,
 //!   softmax, GELU, residuals) stays f32 (`vision.rs`, `retrieval.rs`).
-//! * **int8** (`--dtype int8` on AVX512-VNNI: the ViT's MLP): each weight column is
+//! * **int8** (`--dtype int8` on AVX512-VNNI: the ViT's encoder layers): each weight column is
 //!   rounded to int8 with its own scale, each row of `x` at each call with its own;
 //!   `vpdpbusd` sums the products of the codes exactly in i32; each finished tile is
 //!   then scaled back to f32 and gets the bias, before its epilogue (`int8.rs`). What is given up: the two roundings, to a
