@@ -5,7 +5,6 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::model::packed_gemm::{Format, Kernel};
 use crate::model::{Blip2Config, Blip2ForImageTextRetrieval, Checkpoint, ModelSource, Precision};
 use crate::preprocess::image::{ImagePreprocessor, LoadOptions};
 use crate::preprocess::text::{TextTokenizer, DEFAULT_MAX_TOKENS};
@@ -97,24 +96,22 @@ pub struct Embedder {
 impl Embedder {
     /// Resolves, checks and loads everything.
     pub fn load(opts: &ModelOptions) -> Result<Self> {
-        if opts.dtype == Precision::Int8 {
-            let cpu = opts.device.is_cpu();
-            let kernels = [Format::Int8, Format::Bf16].map(|f| Kernel::chosen(f).is_some());
-            if !cpu || kernels.contains(&false) {
-                let why = if !cpu {
-                    ", not a GPU"
-                } else if ["QSEEK_INT8_GEMM", "QSEEK_BF16_GEMM"]
-                    .iter()
-                    .any(|v| std::env::var(v).as_deref() == Ok("off"))
-                {
-                    " (QSEEK_INT8_GEMM or QSEEK_BF16_GEMM is off)"
-                } else {
-                    ", which this one lacks"
-                };
-                return Err(Error::Usage(format!(
-                    "--dtype int8 needs a CPU with AVX512-BF16 and AVX512-VNNI (AMD Zen 4 and later; Intel Xeon from Cooper Lake on){why}: use bf16 or f32"
-                )));
-            }
+        if !opts.dtype.runs_on(&opts.device) {
+            // Only int8 fails to run somewhere.
+            let why = if !opts.device.is_cpu() {
+                ", not a GPU"
+            } else if ["QSEEK_INT8_GEMM", "QSEEK_BF16_GEMM"]
+                .iter()
+                .any(|v| std::env::var(v).as_deref() == Ok("off"))
+            {
+                " (QSEEK_INT8_GEMM or QSEEK_BF16_GEMM is off)"
+            } else {
+                ", which this one lacks"
+            };
+            return Err(Error::Usage(format!(
+                "--dtype {} needs a CPU with AVX512-BF16 and AVX512-VNNI (AMD Zen 4 and later; Intel Xeon from Cooper Lake on){why}: use bf16 or f32",
+                opts.dtype
+            )));
         }
         let checkpoint = Checkpoint::resolve(&opts.source, opts.progress)?;
         let config = checkpoint.read_config()?;

@@ -288,11 +288,7 @@ fn bf16_ranks_equal_the_f32_reference() {
 /// `QSEEK_BF16_GEMM=portable` runs the reference kernels on any CPU (`.ci/run`).
 #[test]
 fn int8_ranks_equal_the_f32_reference() {
-    use qseek::model::packed_gemm::{Format, Kernel};
-    if [Format::Int8, Format::Bf16]
-        .iter()
-        .all(|f| Kernel::chosen(*f).is_some())
-    {
+    if Precision::Int8.runs_on(&Device::Cpu) {
         ranks_equal_the_f32_reference("int8");
     } else {
         let tmp = tempfile::tempdir().unwrap();

@@ -224,11 +224,7 @@ fn bf16_query_vectors_stay_within_cosine_0_995_of_f32() {
 /// `QSEEK_BF16_GEMM=portable` give them on any CPU).
 #[test]
 fn int8_query_vectors_stay_within_cosine_0_995_of_f32() {
-    use qseek::model::packed_gemm::{Format, Kernel};
-    if [Format::Int8, Format::Bf16]
-        .iter()
-        .all(|f| Kernel::chosen(*f).is_some())
-    {
+    if Precision::Int8.runs_on(&Device::Cpu) {
         query_vectors_stay_within_cosine_0_995_of_f32(Precision::Int8);
     } else {
         let mut opts = ModelOptions::new(ModelSource::Local(model_dir("tiny")));

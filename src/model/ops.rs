@@ -296,7 +296,7 @@ fn attention_packed(
     with_cpu_f32_views(&tensors, |views| {
         let (q, k, v) = (views[0], views[1], views[2]);
         let mask = views.get(3).map(|m| m.data);
-        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let out_ptr = packed_gemm::OutPtr(out.as_mut_ptr());
         (0..b * heads).into_par_iter().for_each(|task| {
             let (bi, hi) = (task / heads, task % heads);
             let keys = PackedWeight::from_rows(format, k.rows(bi, hi * d, lk, d), None);
@@ -318,17 +318,6 @@ fn attention_packed(
         });
     })?;
     Tensor::from_vec(out, (b, lq, width), q.device())
-}
-
-/// A pointer that tasks writing disjoint parts of one buffer share.
-struct SyncPtr(*mut f32);
-// SAFETY: the tasks given it write disjoint elements (see each use).
-unsafe impl Sync for SyncPtr {}
-impl SyncPtr {
-    /// A method, so that closures capture the `Sync` wrapper and not the raw pointer.
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// A rank-3 f32 CPU tensor read in place: its storage from its first value, and its

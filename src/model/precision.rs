@@ -1,6 +1,8 @@
 //! `--dtype`: the precision a model computes in.
 
-use candle_core::DType;
+use candle_core::{DType, Device};
+
+use super::packed_gemm::{Format, Kernel};
 
 /// The precision of the image encoder (`--dtype`): see [`Blip2ForImageTextRetrieval`]
 /// (super::Blip2ForImageTextRetrieval) for what each computes.
@@ -37,6 +39,21 @@ impl Precision {
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
             Self::Int8 => "int8",
+        }
+    }
+
+    /// Whether it runs on `device` here: int8 needs a CPU and `packed_gemm`'s int8 and
+    /// bf16 kernels (AVX512-VNNI and AVX512-BF16, or the portable ones forced through
+    /// the environment); the others run anywhere.
+    pub fn runs_on(self, device: &Device) -> bool {
+        match self {
+            Self::Int8 => {
+                device.is_cpu()
+                    && [Format::Int8, Format::Bf16]
+                        .iter()
+                        .all(|f| Kernel::chosen(*f).is_some())
+            }
+            Self::F32 | Self::F16 | Self::Bf16 => true,
         }
     }
 

@@ -37,8 +37,8 @@ use super::Precision;
 /// whole ViT computes in bf16.
 ///
 /// There, ITM ([`itm_logits`](Self::itm_logits)) also runs the Q-Former's linear layers
-/// in bf16 the same way (a second copy of the Q-Former, read at the first ITM call): ITM is a query's cost, and its rerank score is a logit, not a
-/// stored vector. The image query pass and the text pass stay f32, so a text
+/// in bf16 the same way (a second copy of the Q-Former, read at the first ITM call):
+/// ITM is a query's cost, and its rerank score is a logit, not a stored vector. The image query pass and the text pass stay f32, so a text
 /// embedding is f32's exactly, and a stored query vector differs from f32's only
 /// through the ViT.
 ///
@@ -72,8 +72,6 @@ pub struct Blip2ForImageTextRetrieval {
     itm_qformer: Option<Arc<Lazy<QFormerModel>>>,
     /// The precision asked for.
     precision: Precision,
-    /// Its dtype for the vision model's tensors.
-    dtype: DType,
     /// The dtype of the ViT's activations: `dtype`, or f32 where `packed_gemm` computes
     /// the linear layers.
     vision_dtype: DType,
@@ -117,12 +115,10 @@ impl Blip2ForImageTextRetrieval {
         // int8: the encoder layers' linear kernel, on a CPU that has it (and bf16's for
         // the rest).
         let layers_kernel = match precision {
-            Precision::Int8 => match (cpu, bf16, Kernel::chosen(Format::Int8)) {
-                (true, Some(_), Some(int8)) => Some(int8),
-                _ => candle_core::bail!(
-                    "int8 runs on a CPU with packed_gemm's int8 and bf16 kernels"
-                ),
-            },
+            Precision::Int8 if !precision.runs_on(vb.device()) => {
+                candle_core::bail!("int8 runs on a CPU with packed_gemm's int8 and bf16 kernels")
+            }
+            Precision::Int8 => Kernel::chosen(Format::Int8),
             _ => None,
         };
         let vision_cfg = cfg.vision_config.clone();
@@ -151,16 +147,10 @@ impl Blip2ForImageTextRetrieval {
                 }))
             }),
             precision,
-            dtype,
             vision_dtype,
             num_query_tokens: cfg.num_query_tokens,
             image_text_hidden: cfg.image_text_hidden_size,
         })
-    }
-
-    /// The dtype of the vision model's tensors (`--dtype`; int8's is bf16).
-    pub fn dtype(&self) -> DType {
-        self.dtype
     }
 
     /// The precision asked for (`--dtype`).

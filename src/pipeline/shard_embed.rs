@@ -27,8 +27,7 @@ use serde::Serialize;
 
 use super::embedding::{embed_batch, failure_note, for_each_batch, notes, FileNote, SortedBatch};
 use super::shard_file::{
-    dtype_name, merge, ShardFeatures, ShardFileReader, ShardFileWriter, ShardMeta, ShardRow,
-    ShardSpec,
+    merge, ShardFeatures, ShardFileReader, ShardFileWriter, ShardMeta, ShardRow, ShardSpec,
 };
 use super::walk::{self, absolute, walk, FoundFile, Walk, WalkOptions};
 use super::{default_feature_dtype, model_identity, progress_bar};
@@ -100,7 +99,7 @@ fn shard_meta(
         model: model_identity(checkpoint)?,
         num_query_tokens: config.num_query_tokens,
         dim: config.image_text_hidden_size,
-        compute_dtype: dtype_name(compute).to_string(),
+        compute_dtype: compute.name().to_string(),
         features: opts.features.map(|dtype| ShardFeatures {
             dtype: dtype.unwrap_or_else(|| default_feature_dtype(compute)),
             tokens: config.vision_config.num_positions(),

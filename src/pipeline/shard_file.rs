@@ -39,7 +39,6 @@ use parquet::file::properties::WriterProperties;
 use qseek_index::{FeatureDtype, ImageRecord, ModelId};
 
 use crate::error::BadRequest;
-use crate::model::Precision;
 use crate::{Error, Result};
 
 /// Version of the layout above, `qseek.format` in the metadata.
@@ -107,18 +106,13 @@ pub struct ShardMeta {
     pub num_query_tokens: usize,
     /// D.
     pub dim: usize,
-    /// Compute dtype of the vision model (`f32`, `f16`, `bf16`): vectors computed in
-    /// another dtype differ slightly, so shards of one index should share it.
+    /// Compute precision of the vision model (`f32`, `f16`, `bf16`, `int8`): vectors
+    /// computed in another differ slightly, so shards of one index should share it.
     pub compute_dtype: String,
     /// Vision features, when stored.
     pub features: Option<ShardFeatures>,
     /// Which shard.
     pub shard: ShardSpec,
-}
-
-/// The name of a compute precision, as `--dtype` spells it.
-pub fn dtype_name(precision: Precision) -> &'static str {
-    precision.name()
 }
 
 fn feature_dtype_name(d: FeatureDtype) -> &'static str {

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use super::{drive, pack_rows, Epilogue, Kernel, PackedWeight, Rows, NR};
+use super::{drive, pack_rows, padded_bias, Epilogue, Kernel, PackedWeight, Rows, NR};
 
 /// Four int8 values of k (a weight column's codes, or a row's codes + 128 as u8), low
 /// byte first.
@@ -54,9 +54,10 @@ fn scale(xs: &[f32]) -> f32 {
 /// vectorise.
 #[inline(always)]
 fn code(x: f32, inv_step: f32) -> i32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
-                                     // `max` and `min` return the other operand for a NaN, so `v` is a number in range
-                                     // (`clamp` would keep the NaN).
+    // 1.5 · 2²³: adding it rounds to an integer.
+    const MAGIC: f32 = 12_582_912.0;
+    // `max` and `min` return the other operand for a NaN, so `v` is a number in range
+    // (`clamp` would keep the NaN).
     #[allow(clippy::manual_clamp)]
     let v = (x * inv_step).max(-127.0).min(127.0);
     // SAFETY: `v + MAGIC - MAGIC` is an integer in [-127, 127].
@@ -99,16 +100,11 @@ pub(super) fn pack_weight(w: Rows, bias: Option<&[f32]>) -> Packed {
                 }
             }
         });
-    let mut padded_bias = vec![0f32; padded];
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n, "bias is not n");
-        padded_bias[..n].copy_from_slice(b);
-    }
     Packed {
         quads,
         scales,
         offsets,
-        bias: padded_bias,
+        bias: padded_bias(n, bias),
     }
 }
 

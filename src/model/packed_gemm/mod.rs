@@ -208,6 +208,16 @@ impl std::fmt::Debug for PackedWeight {
     }
 }
 
+/// `bias` (n values; zeros without one), zero-padded to whole panels.
+fn padded_bias(n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut padded = vec![0f32; n.div_ceil(NR) * NR];
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias is not n");
+        padded[..n].copy_from_slice(b);
+    }
+    padded
+}
+
 /// The bf16 bits of `x`, rounded to nearest even: `half::bf16::from_f32`'s (a NaN stays
 /// a quiet NaN), without its branches, so that loops over it vectorise.
 #[inline(always)]
@@ -290,16 +300,11 @@ impl PackedWeight {
     }
 
     fn with_bias(n: usize, k: usize, data: Data, bias: Option<&[f32]>) -> Self {
-        let mut padded = vec![0f32; n.div_ceil(NR) * NR];
-        if let Some(b) = bias {
-            assert_eq!(b.len(), n, "bias is not n");
-            padded[..n].copy_from_slice(b);
-        }
         Self {
             n,
             k,
             data,
-            bias: padded,
+            bias: padded_bias(n, bias),
         }
     }
 
@@ -527,13 +532,14 @@ fn drive<E: Element>(
     y
 }
 
-/// `y`'s buffer, shared by the tasks that write its disjoint column panels.
-struct OutPtr(*mut f32);
-// SAFETY: the tasks of `drive` write disjoint columns through it.
+/// An output buffer shared by tasks that write disjoint parts of it: `drive`'s column
+/// panels, attention's heads (`ops`).
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: the tasks given it write disjoint elements (see each use).
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// A method, so that closures capture the `Sync` wrapper and not the raw pointer.
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }
