@@ -17,6 +17,12 @@ and prints both sides and the ratio qseek/pytorch.
 * qseek runs `examples/throughput.rs` (built first with
   `cargo build --release --example throughput`; CARGO_TARGET_DIR is honoured).
 * Both sides get RAYON_NUM_THREADS=OMP_NUM_THREADS=MKL_NUM_THREADS=N.
+* `--isa avx2` runs qseek on its AVX2-class kernels only (`QSEEK_F32_GEMM=avx2`,
+  `QSEEK_INT8_GEMM=avx2`, `QSEEK_BF16_GEMM=off`), as on a CPU without AVX-512: on an
+  AVX-512 CPU, a stand-in for one (same code, not the same hardware).
+* `--against qseek-f32` compares with qseek's own f32 (on the same kernels) instead of
+  PyTorch: issue 13's "≥ 2× qseek f32" on an AVX2-only CPU is
+  `--dtype int8 --isa avx2 --against qseek-f32`.
 
 What is timed is the same on both sides: image = ViT + Q-Former query pass +
 projection + L2 norm on pre-processed pixels (random values); text = embeddings +
@@ -265,6 +271,12 @@ def run_pytorch(args) -> dict:
     return last_json(out.stdout)
 
 
+ISA_ENV = {
+    "native": {},
+    "avx2": {"QSEEK_F32_GEMM": "avx2", "QSEEK_INT8_GEMM": "avx2", "QSEEK_BF16_GEMM": "off"},
+}
+
+
 def run_qseek(args) -> dict:
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     if not target.is_absolute():
@@ -274,7 +286,8 @@ def run_qseek(args) -> dict:
         subprocess.run(["cargo", "build", "--release", "--example", "throughput"], cwd=ROOT, check=True)
     cmd = [str(exe)] + common_args(args)
     print("qseek:", " ".join(cmd), file=sys.stderr, flush=True)
-    out = subprocess.run(cmd, env=thread_env(args.threads), stdout=subprocess.PIPE, check=True, text=True)
+    env = thread_env(args.threads) | ISA_ENV[args.isa]
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, check=True, text=True)
     return last_json(out.stdout)
 
 
@@ -295,7 +308,7 @@ def fmt(v, unit=""):
     return f"{v:.3g}{unit}" if isinstance(v, float) else f"{v}{unit}"
 
 
-def table(pt: dict, qs: dict) -> str:
+def table(pt: dict, qs: dict, base: str = "pytorch") -> str:
     gib = 1024**3
     rows = [
         ("images/s", "images_per_s", 1),
@@ -309,7 +322,7 @@ def table(pt: dict, qs: dict) -> str:
         ("peak RSS GiB", "peak_rss_bytes", gib),
         ("RSS after load GiB", "rss_after_load_bytes", gib),
     ]
-    lines = [f"{'metric':<22}{'pytorch':>12}{'qseek':>12}{'qseek/pytorch':>16}"]
+    lines = [f"{'metric':<22}{base:>12}{'qseek':>12}{'qseek/' + base:>16}"]
     for name, key, scale in rows:
         a, b = pt.get(key), qs.get(key)
         a = a / scale if isinstance(a, (int, float)) else None
@@ -347,6 +360,10 @@ def main() -> None:
                     "cuda build); every timed run ends with a GPU synchronisation")
     ap.add_argument("--only", choices=["pytorch", "qseek"], help="run one side only")
     ap.add_argument("--json", action="store_true", help="also print both sides' raw JSON")
+    ap.add_argument("--isa", choices=list(ISA_ENV), default="native",
+                    help="qseek's kernels: the CPU's best, or its AVX2-class ones only")
+    ap.add_argument("--against", choices=["pytorch", "qseek-f32"], default="pytorch",
+                    help="the baseline: PyTorch in --dtype (bf16 for int8), or qseek f32 on the same kernels")
     ap.add_argument("--pytorch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.model = args.model.resolve()
@@ -357,14 +374,20 @@ def main() -> None:
 
     ensure_checkpoint(args.model)
     print(f"model {args.model}, {args.device}, {args.threads} threads, batch {args.batch}, dtype {args.dtype}, "
-          f"{args.images} images, {args.texts} texts, {args.pairs} pairs, median of {args.reps}",
+          f"{args.images} images, {args.texts} texts, {args.pairs} pairs, median of {args.reps}, "
+          f"qseek kernels {args.isa}, against {args.against}",
           flush=True)
-    pt = run_pytorch(args) if args.only != "qseek" else {}
+    if args.against == "qseek-f32":
+        base = "qseek-f32"
+        pt = run_qseek(argparse.Namespace(**{**vars(args), "dtype": "f32"})) if args.only != "qseek" else {}
+    else:
+        base = "pytorch"
+        pt = run_pytorch(args) if args.only != "qseek" else {}
     qs = run_qseek(args) if args.only != "pytorch" else {}
     if args.json:
-        print("pytorch", json.dumps(pt))
+        print(base, json.dumps(pt))
         print("qseek  ", json.dumps(qs))
-    print(table(pt, qs))
+    print(table(pt, qs, base))
 
 
 if __name__ == "__main__":

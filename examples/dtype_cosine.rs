@@ -112,6 +112,7 @@ fn main() -> qseek::Result<()> {
         serde_json::json!({"model": args.model, "dtype": args.dtype, "images": images.len(),
             "query_vectors": cosines.len(), "min_cosine": min, "mean_cosine": mean,
             "bf16_gemm": format!("{:?}", Kernel::chosen(Format::Bf16)),
+            "int8_gemm": format!("{:?}", Kernel::chosen(Format::Int8)),
             "f32_gemm": format!("{:?}", Kernel::chosen(Format::F32))})
     );
     Ok(())

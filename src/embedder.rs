@@ -100,16 +100,13 @@ impl Embedder {
             // Only int8 fails to run somewhere.
             let why = if !opts.device.is_cpu() {
                 ", not a GPU"
-            } else if ["QSEEK_INT8_GEMM", "QSEEK_BF16_GEMM"]
-                .iter()
-                .any(|v| std::env::var(v).as_deref() == Ok("off"))
-            {
-                " (QSEEK_INT8_GEMM or QSEEK_BF16_GEMM is off)"
+            } else if std::env::var("QSEEK_INT8_GEMM").as_deref() == Ok("off") {
+                " (QSEEK_INT8_GEMM is off)"
             } else {
                 ", which this one lacks"
             };
             return Err(Error::Usage(format!(
-                "--dtype {} needs a CPU with AVX512-BF16 and AVX512-VNNI (AMD Zen 4 and later; Intel Xeon from Cooper Lake on){why}: use bf16 or f32",
+                "--dtype {} needs a CPU with int8 dot products: AVX512-VNNI (AMD Zen 4 and later; Intel Xeon from Cascade Lake on) or AVX-VNNI (Intel Core from Alder Lake on){why}: use bf16 or f32",
                 opts.dtype
             )));
         }

@@ -282,10 +282,10 @@ fn bf16_ranks_equal_the_f32_reference() {
     ranks_equal_the_f32_reference("bf16");
 }
 
-/// int8 (the ViT's encoder layers through `packed_gemm`'s int8 kernel, the rest as bf16) ranks
-/// every image and text as the f32 reference does. Where the CPU lacks AVX512-VNNI or
-/// AVX512-BF16, `--dtype int8` is refused instead; `QSEEK_INT8_GEMM=portable` with
-/// `QSEEK_BF16_GEMM=portable` runs the reference kernels on any CPU (`.ci/run`).
+/// int8 (the ViT's encoder layers through `packed_gemm`'s int8 kernel, the rest as bf16 with
+/// a bf16 kernel, else f32) ranks every image and text as the f32 reference does. Where the
+/// CPU has no int8 kernel (neither AVX512-VNNI nor AVX-VNNI), `--dtype int8` is refused
+/// instead; `QSEEK_INT8_GEMM=portable` runs the reference kernel on any CPU (`.ci/run`).
 #[test]
 fn int8_ranks_equal_the_f32_reference() {
     if Precision::Int8.runs_on(&Device::Cpu) {

@@ -220,8 +220,8 @@ fn bf16_query_vectors_stay_within_cosine_0_995_of_f32() {
 }
 
 /// `--dtype int8` (the ViT's encoder layers in int8) against f32, as bf16 above, on a CPU with
-/// `packed_gemm`'s int8 and bf16 kernels (`QSEEK_INT8_GEMM=portable` and
-/// `QSEEK_BF16_GEMM=portable` give them on any CPU).
+/// a `packed_gemm` int8 kernel (`QSEEK_INT8_GEMM=portable` gives one on any CPU; the rest
+/// of the ViT is bf16 with a bf16 kernel, else f32: `.ci/run` runs both).
 #[test]
 fn int8_query_vectors_stay_within_cosine_0_995_of_f32() {
     if Precision::Int8.runs_on(&Device::Cpu) {

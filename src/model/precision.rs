@@ -15,8 +15,9 @@ pub enum Precision {
     /// The ViT's linear layers and attention products in bf16 (on AVX512-BF16 CPUs;
     /// candle's bf16 elsewhere), and ITM's Q-Former on those CPUs.
     Bf16,
-    /// bf16, with the ViT encoder layers' linear layers (qkv, projection, fc1, fc2) in
-    /// int8: a CPU mode, for CPUs with AVX512-BF16 and AVX512-VNNI.
+    /// The ViT encoder layers' linear layers (qkv, projection, fc1, fc2) in int8, the
+    /// rest of the ViT as bf16 on a CPU with AVX512-BF16, else as f32: a CPU mode, for
+    /// CPUs with VNNI (AVX512-VNNI, or AVX-VNNI with AVX2).
     Int8,
 }
 
@@ -42,22 +43,19 @@ impl Precision {
         }
     }
 
-    /// Whether it runs on `device` here: int8 needs a CPU and `packed_gemm`'s int8 and
-    /// bf16 kernels (AVX512-VNNI and AVX512-BF16, or the portable ones forced through
-    /// the environment); the others run anywhere.
+    /// Whether it runs on `device` here: int8 needs a CPU and an int8 kernel of
+    /// `packed_gemm` (AVX512-VNNI or AVX-VNNI, or the portable one forced through the
+    /// environment); the others run anywhere.
     pub fn runs_on(self, device: &Device) -> bool {
         match self {
-            Self::Int8 => {
-                device.is_cpu()
-                    && [Format::Int8, Format::Bf16]
-                        .iter()
-                        .all(|f| Kernel::chosen(*f).is_some())
-            }
+            Self::Int8 => device.is_cpu() && Kernel::chosen(Format::Int8).is_some(),
             Self::F32 | Self::F16 | Self::Bf16 => true,
         }
     }
 
-    /// The dtype the vision model's tensors are converted to (int8's are bf16's).
+    /// The dtype the vision model's tensors are converted to (int8's are bf16's; where
+    /// `packed_gemm` computes the linear layers they are f32 instead: see
+    /// [`Blip2ForImageTextRetrieval::new`](super::Blip2ForImageTextRetrieval::new)).
     pub fn dtype(self) -> DType {
         match self {
             Self::F32 => DType::F32,

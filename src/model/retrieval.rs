@@ -42,12 +42,14 @@ use super::Precision;
 /// embedding is f32's exactly, and a stored query vector differs from f32's only
 /// through the ViT.
 ///
-/// int8 ([`Precision::Int8`]) is bf16 with the ViT encoder layers' linear layers (qkv,
+/// int8 ([`Precision::Int8`]) computes the ViT encoder layers' linear layers (qkv,
 /// projection, fc1, fc2: all its linear work but the patch embedding) through
-/// `packed_gemm`'s int8 format on a CPU with AVX512-VNNI: weights rounded to int8 per
-/// output channel, each token's activations to int8 per token, the products of the
-/// codes summed exactly in i32. The patch embedding stays bf16: with it in int8 too,
-/// one ITM rank of the eval fixture moved.
+/// `packed_gemm`'s int8 format on a CPU with VNNI (AVX512-VNNI, or AVX-VNNI beside AVX2):
+/// weights rounded to int8 per output channel, each token's activations to int8 per
+/// token, the products of the codes summed exactly in i32. The rest is bf16's where the
+/// CPU has AVX512-BF16 (ITM included), else f32's: the patch embedding, attention's
+/// products and ITM in f32, through `packed_gemm`'s f32 kernel. The patch embedding is
+/// never int8: with it in int8 too, one ITM rank of the eval fixture moved.
 ///
 /// On a CPU with AVX2 or AVX-512, every linear layer after the ViT (the Q-Former's, the
 /// projections, `itm_head`), and the ViT's own in f32, compute in f32 through
@@ -108,19 +110,23 @@ impl Blip2ForImageTextRetrieval {
         let proj = |name: &str, out: usize| {
             Linear::new(q.hidden_size, out, f32_vb.pp(name)).map(|l| l.into_packed(f32))
         };
-        let vision_dtype = if bf16.is_some() { DType::F32 } else { dtype };
-        // The ViT's linear layers: bf16-packed for bf16, f32-packed for f32 (its GELU
-        // then fused into fc1), candle's for f16 and on a GPU.
-        let vision_kernel = bf16.or(f32.filter(|_| dtype == DType::F32));
-        // int8: the encoder layers' linear kernel, on a CPU that has it (and bf16's for
-        // the rest).
+        // int8: the encoder layers' linear kernel, on a CPU that has it; the rest as bf16
+        // with a bf16 kernel, else as f32.
         let layers_kernel = match precision {
             Precision::Int8 if !precision.runs_on(vb.device()) => {
-                candle_core::bail!("int8 runs on a CPU with packed_gemm's int8 and bf16 kernels")
+                candle_core::bail!("int8 runs on a CPU with a packed_gemm int8 kernel")
             }
             Precision::Int8 => Kernel::chosen(Format::Int8),
             _ => None,
         };
+        let vision_dtype = if bf16.is_some() || layers_kernel.is_some() {
+            DType::F32
+        } else {
+            dtype
+        };
+        // The ViT's linear layers: bf16-packed for bf16, f32-packed for f32 (its GELU
+        // then fused into fc1) and for int8 without bf16, candle's for f16 and on a GPU.
+        let vision_kernel = bf16.or(f32.filter(|_| vision_dtype == DType::F32));
         let vision_cfg = cfg.vision_config.clone();
         VisionModel::new(
             &vision_cfg,

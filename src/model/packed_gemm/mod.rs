@@ -15,7 +15,7 @@
 //!   and the sums, the bias and the output are f32. So the only precision given up is
 //!   the rounding of the two inputs to 8-bit mantissas; everything else (layer norms,
 //!   softmax, GELU, residuals) stays f32 (`vision.rs`, `retrieval.rs`).
-//! * **int8** (`--dtype int8` on AVX512-VNNI: the ViT's encoder layers): each weight column is
+//! * **int8** (`--dtype int8` on AVX512-VNNI or AVX-VNNI: the ViT's encoder layers): each weight column is
 //!   rounded to int8 with its own scale, each row of `x` at each call with its own;
 //!   `vpdpbusd` sums the products of the codes exactly in i32; each finished tile is
 //!   then scaled back to f32 and gets the bias, before its epilogue (`int8.rs`). What is given up: the two roundings, to a
@@ -38,7 +38,8 @@
 //! a broadcast pair of `x` and adds to 16 f32 sums; an f32 unit is one `vfmadd` per 16
 //! columns.
 //!
-//! Kernels ([`Kernel`]): AVX512-BF16 for bf16; AVX-512F and AVX2+FMA for f32; each
+//! Kernels ([`Kernel`]): AVX512-BF16 for bf16; AVX-512F and AVX2+FMA for f32;
+//! AVX512-VNNI and 256-bit VNNI (AVX-VNNI, for CPUs without AVX-512) for int8; each
 //! chosen at run time, and a portable one per format that is the reference in the tests
 //! (not a fallback: without the instructions the model keeps candle's GEMM). The kernels
 //! of one format compute the same products; the summation order differs (the hardware's
@@ -103,6 +104,9 @@ pub enum Kernel {
     PortableF32,
     /// int8: `vpdpbusd` on 16 lanes (`avx512f` + `avx512vnni`).
     Avx512Vnni,
+    /// int8: `vpdpbusd` on 8 lanes (`avx2` + `avxvnni`, as Intel's Core CPUs from Alder
+    /// Lake on have; or `avx512vnni` + `avx512vl`, where it is tested).
+    Avx2Vnni,
     /// int8 in plain Rust, any CPU: the reference.
     PortableInt8,
 }
@@ -113,7 +117,7 @@ impl Kernel {
         match self {
             Kernel::Avx512Bf16 | Kernel::Portable => Format::Bf16,
             Kernel::Avx512F32 | Kernel::Avx2F32 | Kernel::PortableF32 => Format::F32,
-            Kernel::Avx512Vnni | Kernel::PortableInt8 => Format::Int8,
+            Kernel::Avx512Vnni | Kernel::Avx2Vnni | Kernel::PortableInt8 => Format::Int8,
         }
     }
 
@@ -122,7 +126,7 @@ impl Kernel {
         let all = match format {
             Format::Bf16 => &[Kernel::Avx512Bf16, Kernel::Portable][..],
             Format::F32 => &[Kernel::Avx512F32, Kernel::Avx2F32, Kernel::PortableF32][..],
-            Format::Int8 => &[Kernel::Avx512Vnni, Kernel::PortableInt8][..],
+            Format::Int8 => &[Kernel::Avx512Vnni, Kernel::Avx2Vnni, Kernel::PortableInt8][..],
         };
         all.iter().copied().filter(|k| k.runs_here()).collect()
     }
@@ -137,6 +141,11 @@ impl Kernel {
                 Kernel::Avx512F32 => has!("avx512f"),
                 Kernel::Avx2F32 => has!("avx2") && has!("fma"),
                 Kernel::Avx512Vnni => has!("avx512f") && has!("avx512vnni"),
+                Kernel::Avx2Vnni => {
+                    has!("avx2")
+                        && has!("fma")
+                        && (has!("avxvnni") || (has!("avx512vnni") && has!("avx512vl")))
+                }
                 Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8 => true,
             }
         }
@@ -150,9 +159,9 @@ impl Kernel {
     /// The kernel for `format` on the CPU: the fastest SIMD one this CPU runs, else `None`
     /// (candle's GEMM, as before this module). An environment variable overrides it for
     /// benchmarks and for testing every path end to end: `QSEEK_BF16_GEMM` (bf16) or
-    /// `QSEEK_F32_GEMM` (f32) set to `off` (`None`), `portable` (slow, the reference
-    /// kernel), or a kernel's name (`avx512bf16`; `avx512`, `avx2`), ignored where the CPU
-    /// lacks it.
+    /// `QSEEK_F32_GEMM` (f32) or `QSEEK_INT8_GEMM` (int8) set to `off` (`None`),
+    /// `portable` (slow, the reference kernel), or a kernel's [`name`](Self::name)
+    /// (`avx512`, `avx2`), ignored where the CPU lacks it.
     pub fn chosen(format: Format) -> Option<Kernel> {
         static CHOSEN: std::sync::OnceLock<[Option<Kernel>; 3]> = std::sync::OnceLock::new();
         let chosen =
@@ -171,9 +180,22 @@ impl Kernel {
         match std::env::var(variable).as_deref() {
             Ok("off") => None,
             Ok("portable") => Some(portable),
-            Ok("avx512") if available.contains(&Kernel::Avx512F32) => Some(Kernel::Avx512F32),
-            Ok("avx2") if available.contains(&Kernel::Avx2F32) => Some(Kernel::Avx2F32),
-            _ => fastest,
+            Ok(name) => available
+                .iter()
+                .copied()
+                .find(|k| k.name() == name)
+                .or(fastest),
+            Err(_) => fastest,
+        }
+    }
+
+    /// The name the environment variables of [`chosen`](Self::chosen) give it: the
+    /// instruction set's width (`avx512`, `avx2`), or `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512Bf16 | Kernel::Avx512F32 | Kernel::Avx512Vnni => "avx512",
+            Kernel::Avx2F32 | Kernel::Avx2Vnni => "avx2",
+            Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8 => "portable",
         }
     }
 }
@@ -595,6 +617,8 @@ impl Element for Quad {
         match kernel {
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Vnni => x86::tile_i8(tile),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Vnni => x86::tile_i8_ymm(tile),
             _ => tile.portable(),
         }
     }
@@ -668,7 +692,9 @@ pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx2F32 if kernel.runs_here() => unsafe { x86::gelu_in_place_avx2(xs) },
+        Kernel::Avx2F32 | Kernel::Avx2Vnni if kernel.runs_here() => unsafe {
+            x86::gelu_in_place_avx2(xs)
+        },
         _ => xs.iter_mut().for_each(|x| *x = gelu(*x)),
     }
 }
@@ -1001,11 +1027,16 @@ mod tests {
 
     #[test]
     fn the_environment_picks_a_kernel_of_the_format() {
-        for format in [Format::Bf16, Format::F32] {
+        for format in [Format::Bf16, Format::F32, Format::Int8] {
             if let Some(kernel) = Kernel::chosen(format) {
                 assert_eq!(kernel.format(), format);
                 assert!(kernel.runs_here());
             }
+            // Each format's kernels have names of their own, which `chosen` looks up.
+            let names: Vec<_> = Kernel::available(format).iter().map(|k| k.name()).collect();
+            let mut unique = names.clone();
+            unique.dedup();
+            assert_eq!(names, unique, "{format:?}");
         }
     }
 
@@ -1068,8 +1099,15 @@ mod tests {
 
     #[test]
     fn int8_kernels_match_a_float64_reference_of_their_codes() {
-        // (rows, n, k): one quad, a k not a multiple of 4, several panels, two k blocks.
-        for (rows, n, k) in [(1, 1, 4), (7, 19, 9), (13, 130, 88), (6, 64, 4100)] {
+        // (rows, n, k): one quad, a k not a multiple of 4, several panels, two k blocks,
+        // and a panel's tail of columns over several of the 256-bit kernel's passes of k.
+        for (rows, n, k) in [
+            (1, 1, 4),
+            (7, 19, 9),
+            (13, 130, 88),
+            (6, 64, 4100),
+            (5, 70, 2100),
+        ] {
             let x: Vec<f32> = values(rows * k, 1).iter().map(|v| v * 3.0).collect();
             let w_rows = values(n * k, 2);
             let b = values(n, 3);

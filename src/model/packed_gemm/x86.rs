@@ -1,4 +1,5 @@
-//! The SIMD tile kernels of [`super`]: AVX512-BF16 (bf16), AVX-512F and AVX2+FMA (f32).
+//! The SIMD tile kernels of [`super`]: AVX512-BF16 (bf16), AVX-512F and AVX2+FMA (f32),
+//! AVX512-VNNI and 256-bit VNNI (int8).
 
 use std::arch::x86_64::*;
 
@@ -29,6 +30,21 @@ macro_rules! by_rows {
     };
 }
 
+/// As [`by_rows`], for a macro `$rows!(R, tile)`: a closure's intrinsic must be called
+/// inside the function that enables its target feature, so the row count is spelled out.
+macro_rules! by_rows_literal {
+    ($rows:ident, $tile:expr) => {
+        match $tile.rows {
+            6 => $rows!(6, $tile),
+            5 => $rows!(5, $tile),
+            4 => $rows!(4, $tile),
+            3 => $rows!(3, $tile),
+            2 => $rows!(2, $tile),
+            _ => $rows!(1, $tile),
+        }
+    };
+}
+
 /// # Safety
 /// As [`Tile::run`], on a CPU with `avx512f` and `avx512bf16`.
 #[target_feature(enable = "avx512f,avx512bf16")]
@@ -41,6 +57,43 @@ pub(super) unsafe fn tile_bf16(t: &Tile<u32>) {
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) unsafe fn tile_i8(t: &Tile<Quad>) {
     by_rows!(rows_i8, t)
+}
+
+/// The int8 tile in 256-bit vectors, for CPUs with AVX2 and VNNI but no AVX-512 (Intel
+/// Core from Alder Lake on: AVX-VNNI, `vpdpbusd` in its VEX encoding), or with
+/// AVX512-VNNI and AVX512-VL (the EVEX encoding of the same instruction on ymm, with which
+/// the same code is tested on AVX-512 CPUs). Both give the same bits: the sums of codes are
+/// exact.
+///
+/// # Safety
+/// As [`Tile::run`], on a CPU with `avx2` and either `avxvnni` or `avx512vnni` +
+/// `avx512vl`.
+pub(super) unsafe fn tile_i8_ymm(t: &Tile<Quad>) {
+    if std::arch::is_x86_feature_detected!("avxvnni") {
+        tile_i8_avxvnni(t)
+    } else {
+        tile_i8_avx512vl(t)
+    }
+}
+
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn tile_i8_avxvnni(t: &Tile<Quad>) {
+    macro_rules! rows {
+        ($r:literal, $t:expr) => {
+            rows_i8_ymm::<$r, _>($t, |acc, a, b| _mm256_dpbusd_avx_epi32(acc, a, b))
+        };
+    }
+    by_rows_literal!(rows, t)
+}
+
+#[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+unsafe fn tile_i8_avx512vl(t: &Tile<Quad>) {
+    macro_rules! rows {
+        ($r:literal, $t:expr) => {
+            rows_i8_ymm::<$r, _>($t, |acc, a, b| _mm256_dpbusd_epi32(acc, a, b))
+        };
+    }
+    by_rows_literal!(rows, t)
 }
 
 /// # Safety
@@ -184,38 +237,128 @@ unsafe fn lanes8(n: usize) -> __m256i {
     )
 }
 
+/// `n` (≥ 1) floats at `p` as 8 lanes, the lanes from `n` on zero: a plain load when all 8
+/// are there (a masked one is microcoded on AMD's cores, several times slower).
+#[target_feature(enable = "avx2")]
+unsafe fn load8(p: *const f32, n: usize) -> __m256 {
+    if n >= 8 {
+        _mm256_loadu_ps(p)
+    } else {
+        _mm256_maskload_ps(p, lanes8(n))
+    }
+}
+
+/// Stores the first `n` (≥ 1) lanes of `v` at `p`, as [`load8`].
+#[target_feature(enable = "avx2")]
+unsafe fn store8(p: *mut f32, n: usize, v: __m256) {
+    if n >= 8 {
+        _mm256_storeu_ps(p, v)
+    } else {
+        _mm256_maskstore_ps(p, lanes8(n), v)
+    }
+}
+
+/// Units of k per pass of the 256-bit kernels: their four 16-column passes over a tile
+/// re-read its rows of `x`, which must stay in L1 beside the panel's lines the passes
+/// stream: 256 units are 6 KB of `x` (6 rows) and 16 KB of the panel per pass. With the
+/// whole block (1024 units: 24 KB of `x`) the streamed lines evicted `x`, whose
+/// broadcasts then waited on L2.
+const SUB: usize = 256;
+
 /// 16 columns at a time (2 × 8 lanes × `R` rows: at most 12 accumulators of the 16 ymm
-/// registers), the panel's 64 in four passes over the block; `a` is re-read from L1.
+/// registers), the panel's 64 in four passes over each [`SUB`] units of the block; the
+/// sums go through `c` between them (the same additions in the same order).
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
     let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
-    for c0 in (0..t.cols).step_by(16) {
-        let masks = [lanes8(t.cols - c0), lanes8((t.cols - c0).saturating_sub(8))];
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        for (r, row) in acc.iter_mut().enumerate() {
-            for (v, sum) in row.iter_mut().enumerate() {
-                let col = c0 + 8 * v;
-                *sum = match t.init {
-                    Some(bias) => _mm256_loadu_ps(bias.as_ptr().add(col)),
-                    None => _mm256_maskload_ps(t.c.wrapping_add(r * t.ldc + col), masks[v]),
-                };
-            }
-        }
-        for p in 0..t.b.len() / NR {
-            let bp = b.add(p * NR + c0);
-            let bv = [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))];
+    let units = t.b.len() / NR;
+    for p0 in (0..units).step_by(SUB) {
+        let p1 = units.min(p0 + SUB);
+        for c0 in (0..t.cols).step_by(16) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; R];
             for (r, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_ps(*a.add(p * MR + r));
-                for (sum, bv) in row.iter_mut().zip(bv) {
-                    *sum = _mm256_fmadd_ps(av, bv, *sum);
+                for (v, sum) in row.iter_mut().enumerate() {
+                    let col = c0 + 8 * v;
+                    *sum = match t.init {
+                        Some(bias) if p0 == 0 => _mm256_loadu_ps(bias.as_ptr().add(col)),
+                        _ if col < t.cols => load8(t.c.add(r * t.ldc + col), t.cols - col),
+                        _ => _mm256_setzero_ps(),
+                    };
+                }
+            }
+            for p in p0..p1 {
+                let bp = b.add(p * NR + c0);
+                let bv = [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))];
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_ps(*a.add(p * MR + r));
+                    for (sum, bv) in row.iter_mut().zip(bv) {
+                        *sum = _mm256_fmadd_ps(av, bv, *sum);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (v, sum) in row.iter().enumerate() {
+                    let col = c0 + 8 * v;
+                    if col < t.cols {
+                        store8(t.c.add(r * t.ldc + col), t.cols - col, *sum);
+                    }
                 }
             }
         }
-        for (r, row) in acc.iter().enumerate() {
-            for (v, sum) in row.iter().enumerate() {
-                let col = c0 + 8 * v;
-                _mm256_maskstore_ps(t.c.wrapping_add(r * t.ldc + col), masks[v], *sum);
+    }
+}
+
+/// As [`rows_f32_avx2`] (16 columns at a time, four passes over each [`SUB`] units),
+/// summing the block's codes in i32 with `dot` (a `vpdpbusd`), kept exact between the
+/// passes in `partial`; then adding them, converted, to the tile's start (the zero
+/// bias, or what `c` holds).
+#[inline(always)]
+unsafe fn rows_i8_ymm<const R: usize, D>(t: &Tile<Quad>, dot: D)
+where
+    D: Fn(__m256i, __m256i, __m256i) -> __m256i,
+{
+    let (a, b) = (t.a.as_ptr().cast::<u32>(), t.b.as_ptr().cast::<u32>());
+    let units = t.b.len() / NR;
+    // The tile's sums of codes: row r, column c at r · NR + c.
+    let mut partial = [0i32; MR * NR];
+    let sums = partial.as_mut_ptr().cast::<__m256i>();
+    for p0 in (0..units).step_by(SUB) {
+        let p1 = units.min(p0 + SUB);
+        for c0 in (0..t.cols).step_by(16) {
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
+            if p0 > 0 {
+                for (r, row) in acc.iter_mut().enumerate() {
+                    for (v, sum) in row.iter_mut().enumerate() {
+                        *sum = _mm256_loadu_si256(sums.add((r * NR + c0) / 8 + v));
+                    }
+                }
             }
+            for p in p0..p1 {
+                let bp = b.add(p * NR + c0).cast::<__m256i>();
+                let bv = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_epi32(*a.add(p * MR + r) as i32);
+                    for (sum, bv) in row.iter_mut().zip(bv) {
+                        *sum = dot(*sum, av, bv);
+                    }
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                for (v, sum) in row.iter().enumerate() {
+                    _mm256_storeu_si256(sums.add((r * NR + c0) / 8 + v), *sum);
+                }
+            }
+        }
+    }
+    for c0 in (0..t.cols).step_by(8) {
+        for r in 0..R {
+            let c = t.c.wrapping_add(r * t.ldc + c0);
+            let start = match t.init {
+                Some(bias) => _mm256_loadu_ps(bias.as_ptr().add(c0)),
+                None => load8(c, t.cols - c0),
+            };
+            let sum = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums.add((r * NR + c0) / 8)));
+            store8(c, t.cols - c0, _mm256_add_ps(start, sum));
         }
     }
 }
