@@ -258,11 +258,11 @@ unsafe fn store8(p: *mut f32, n: usize, v: __m256) {
     }
 }
 
-/// Units of k per pass of the 256-bit kernels: their four 16-column passes over a tile
-/// re-read its rows of `x`, which must stay in L1 beside the panel's lines the passes
-/// stream: 256 units are 6 KB of `x` (6 rows) and 16 KB of the panel per pass. With the
-/// whole block (1024 units: 24 KB of `x`) the streamed lines evicted `x`, whose
-/// broadcasts then waited on L2.
+/// Units of k per pass of the f32 256-bit kernel: its four 16-column passes over a tile
+/// re-read the tile's rows of `x`, which then stay in L1 beside the panel's lines the
+/// passes stream (256 units: 6 KB of `x`, 16 KB of the panel; a whole block of 1024 is
+/// 24 KB of `x` and 64 KB of the panel). With [`store8`]'s plain stores, ViT-g's shapes
+/// at 1028 rows went from 126–176 to 141–189 GFLOP/s in three alternating pairs on Zen 4.
 const SUB: usize = 256;
 
 /// 16 columns at a time (2 × 8 lanes × `R` rows: at most 12 accumulators of the 16 ymm
@@ -308,57 +308,46 @@ unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
     }
 }
 
-/// As [`rows_f32_avx2`] (16 columns at a time, four passes over each [`SUB`] units),
-/// summing the block's codes in i32 with `dot` (a `vpdpbusd`), kept exact between the
-/// passes in `partial`; then adding them, converted, to the tile's start (the zero
-/// bias, or what `c` holds).
+/// 16 columns at a time (2 × 8 lanes × `R` rows, as [`rows_f32_avx2`]) over the whole
+/// block, summing its codes in i32 with `dot` (a `vpdpbusd`), then adding them,
+/// converted, to the tile's start (the zero bias, or what `c` holds). (Passes of [`SUB`]
+/// units, as the f32 kernel's, were no faster here: a unit is four values of k, so the
+/// tile's `x` is read a quarter as often.)
 #[inline(always)]
 unsafe fn rows_i8_ymm<const R: usize, D>(t: &Tile<Quad>, dot: D)
 where
     D: Fn(__m256i, __m256i, __m256i) -> __m256i,
 {
     let (a, b) = (t.a.as_ptr().cast::<u32>(), t.b.as_ptr().cast::<u32>());
-    let units = t.b.len() / NR;
-    // The tile's sums of codes: row r, column c at r · NR + c.
-    let mut partial = [0i32; MR * NR];
-    let sums = partial.as_mut_ptr().cast::<__m256i>();
-    for p0 in (0..units).step_by(SUB) {
-        let p1 = units.min(p0 + SUB);
-        for c0 in (0..t.cols).step_by(16) {
-            let mut acc = [[_mm256_setzero_si256(); 2]; R];
-            if p0 > 0 {
-                for (r, row) in acc.iter_mut().enumerate() {
-                    for (v, sum) in row.iter_mut().enumerate() {
-                        *sum = _mm256_loadu_si256(sums.add((r * NR + c0) / 8 + v));
-                    }
-                }
-            }
-            for p in p0..p1 {
-                let bp = b.add(p * NR + c0).cast::<__m256i>();
-                let bv = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_epi32(*a.add(p * MR + r) as i32);
-                    for (sum, bv) in row.iter_mut().zip(bv) {
-                        *sum = dot(*sum, av, bv);
-                    }
-                }
-            }
-            for (r, row) in acc.iter().enumerate() {
-                for (v, sum) in row.iter().enumerate() {
-                    _mm256_storeu_si256(sums.add((r * NR + c0) / 8 + v), *sum);
+    for c0 in (0..t.cols).step_by(16) {
+        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        for p in 0..t.b.len() / NR {
+            let bp = b.add(p * NR + c0).cast::<__m256i>();
+            let bv = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
+            for (r, row) in acc.iter_mut().enumerate() {
+                let av = _mm256_set1_epi32(*a.add(p * MR + r) as i32);
+                for (sum, bv) in row.iter_mut().zip(bv) {
+                    *sum = dot(*sum, av, bv);
                 }
             }
         }
-    }
-    for c0 in (0..t.cols).step_by(8) {
-        for r in 0..R {
-            let c = t.c.wrapping_add(r * t.ldc + c0);
-            let start = match t.init {
-                Some(bias) => _mm256_loadu_ps(bias.as_ptr().add(c0)),
-                None => load8(c, t.cols - c0),
-            };
-            let sum = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums.add((r * NR + c0) / 8)));
-            store8(c, t.cols - c0, _mm256_add_ps(start, sum));
+        for (r, row) in acc.iter().enumerate() {
+            for (v, sum) in row.iter().enumerate() {
+                let col = c0 + 8 * v;
+                if col >= t.cols {
+                    continue;
+                }
+                let c = t.c.add(r * t.ldc + col);
+                let start = match t.init {
+                    Some(bias) => _mm256_loadu_ps(bias.as_ptr().add(col)),
+                    None => load8(c, t.cols - col),
+                };
+                store8(
+                    c,
+                    t.cols - col,
+                    _mm256_add_ps(start, _mm256_cvtepi32_ps(*sum)),
+                );
+            }
         }
     }
 }
