@@ -108,9 +108,10 @@ pub(super) fn pack_weight(w: Rows, bias: Option<&[f32]>) -> Packed {
     }
 }
 
-/// A row's codes + 128, as [`Quad`]s (128, a zero, past the row's end).
-fn quantize_row(row: &[f32], out: &mut [Quad]) {
-    let inv = 1.0 / scale(row);
+/// A row's codes + 128 at `step` (its [`scale`]), as [`Quad`]s (128, a zero, past the
+/// row's end).
+fn quantize_row(row: &[f32], step: f32, out: &mut [Quad]) {
+    let inv = 1.0 / step;
     let byte = |x: f32| (code(x, inv) + 128) as u32;
     let whole = row.len() / 4;
     for (q, x) in out.iter_mut().zip(row.chunks_exact(4)) {
@@ -136,7 +137,9 @@ pub(super) fn matmul(
         .into_par_iter()
         .map(|r| scale(x.row(r)))
         .collect();
-    let a = pack_rows(x, w.k.div_ceil(4), quantize_row);
+    let a = pack_rows(x, w.k.div_ceil(4), |r, row, out| {
+        quantize_row(row, steps[r], out)
+    });
     // The tiles sum codes (w.bias is zero for this format); each finished tile is scaled
     // back, gets the bias, then the epilogue, while it is in L1.
     let dequant = Dequant {

@@ -475,13 +475,13 @@ pub fn matmul_rows(kernel: Kernel, x: Rows, w: &PackedWeight, epilogue: Epilogue
     assert_eq!(x.k, w.k, "x's rows are not k wide");
     match &w.data {
         Data::Bf16(data) => {
-            let a = pack_rows(x, Format::Bf16.units(w.k), |row, out| {
+            let a = pack_rows(x, Format::Bf16.units(w.k), |_, row, out| {
                 to_bf16_pairs(kernel, row, out)
             });
             drive(kernel, rows, w, data, &a, None, epilogue)
         }
         Data::F32(data) => {
-            let a = pack_rows(x, w.k, |row, out| out.copy_from_slice(row));
+            let a = pack_rows(x, w.k, |_, row, out| out.copy_from_slice(row));
             drive(kernel, rows, w, data, &a, None, epilogue)
         }
         Data::Int8(packed) => int8::matmul(kernel, x, w, packed, epilogue),
@@ -814,13 +814,13 @@ fn to_bf16_pairs(kernel: Kernel, row: &[f32], out: &mut [u32]) {
     }
 }
 
-/// The rows of `x` (rows × k) as units (`convert` writes one row's), in tiles of [`MR`]
+/// The rows of `x` (rows × k) as units (`convert(i, row, out)` writes row `i`'s), in tiles of [`MR`]
 /// rows: tile `t`, unit `p`, row `r` at `(t · units + p) · MR + r` (rows past the last are
 /// zero). A tile's units for a block of k are then one sequential stream.
 fn pack_rows<E: Copy + Default + Send + Sync>(
     x: Rows,
     units: usize,
-    convert: impl Fn(&[f32], &mut [E]) + Sync,
+    convert: impl Fn(usize, &[f32], &mut [E]) + Sync,
 ) -> Vec<E> {
     let len = x.rows.div_ceil(MR) * MR * units;
     // Not zeroed first: every element is written below, once (a memset of the whole
@@ -835,7 +835,7 @@ fn pack_rows<E: Copy + Default + Send + Sync>(
                 // The tile's rows, converted, one after the other (zero past the last).
                 let n = MR.min(x.rows - t * MR);
                 for (r, row) in converted.chunks_exact_mut(units).take(n).enumerate() {
-                    convert(x.row(t * MR + r), row);
+                    convert(t * MR + r, x.row(t * MR + r), row);
                 }
                 converted[n * units..].fill(E::default());
                 // Then interleaved, unit by unit: one sequential pass over the tile.
