@@ -61,8 +61,8 @@ impl VisionEmbeddings {
 pub struct Attention {
     qkv: Linear,
     projection: Linear,
-    /// The kernel of attention's two products: the ViT's (bf16 under bf16 and int8), or
-    /// on the CPU in f32 `packed_gemm`'s f32 one.
+    /// The kernel of attention's two products: the ViT's (bf16 under bf16, and under int8
+    /// on a CPU with AVX512-BF16), or on the CPU in f32 `packed_gemm`'s f32 one.
     kernel: Option<Kernel>,
     num_heads: usize,
     scale: f64,
