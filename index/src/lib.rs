@@ -22,7 +22,7 @@ pub use export::{ExportedImage, ExportedText, ImageExport, TextExport};
 pub use graph::point_map::{PointMap, PointTarget};
 pub use index::{ImageInfo, Index, IndexStats, TextInfo};
 pub use search::max_sim;
-pub use search::{Filter, ImageHit, SearchParams, TextHit};
+pub use search::{default_ef, Filter, ImageHit, SearchParams, TextHit};
 pub use storage::manifest::{FeatureDtype, Manifest, ModelId, VectorDtype, FORMAT_VERSION};
 pub use storage::metadata_store::{ImageId, ImageRecord, PathEntry, TextId};
 pub use verify::VerifyReport;

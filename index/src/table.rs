@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::graph::ann_graph::AnnGraph;
 use crate::graph::graph_cache::GraphSource;
-use crate::search::{hit_order, sort_hits, SearchParams};
+use crate::search::{default_ef, hit_order, sort_hits, SearchParams};
 use crate::storage::vector_store::{ManyScratch, VectorStoreReader};
 
 /// An entry of a table: it knows its vector row.
@@ -322,10 +322,11 @@ impl<E: TableEntry> Table<E> {
         graph: &AnnGraph,
         probes: &[&[f32]],
         want: usize,
-        ef: usize,
+        ef: Option<usize>,
         allowed: Option<&HashSet<u64>>,
     ) -> Vec<u64> {
         let total_points = graph.points().len();
+        let ef = ef.unwrap_or_else(|| default_ef(total_points));
         let per_row = total_points / self.rows.graph_rows.max(1);
         let mut depth = want * per_row.max(1);
         loop {
