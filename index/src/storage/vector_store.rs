@@ -18,7 +18,7 @@
 //! f32 at 100 000 images: see ARCHITECTURE.md) for 2·D more bytes per row.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -210,6 +210,39 @@ impl VectorStoreReader {
         out
     }
 
+    /// Loads the rows of the first `len` bytes of `file` (whole rows) into this
+    /// empty reader.
+    ///
+    /// Each chunk is read and decoded by its own task, in parallel: on a large index
+    /// opening is mostly the kernel handing out (and zeroing) the pages of the decoded
+    /// rows, which one thread did at ~1 GB/s. A task reads one chunk's bytes at a time,
+    /// so that the file is never in memory twice.
+    fn load(&mut self, file: &File, len: u64) -> std::io::Result<()> {
+        use rayon::prelude::*;
+        use std::os::unix::fs::FileExt;
+        assert_eq!(self.rows, 0, "loading into a reader that has rows");
+        let row_bytes = self.row_bytes();
+        let rows = (len / row_bytes as u64) as usize;
+        let starts: Vec<usize> = (0..rows).step_by(CHUNK_ROWS).collect();
+        self.chunks = starts
+            .into_par_iter()
+            .map_init(Vec::new, |buf, first| {
+                buf.resize(CHUNK_ROWS.min(rows - first) * row_bytes, 0);
+                file.read_exact_at(buf, (first * row_bytes) as u64)?;
+                let mut part = VectorStoreReader {
+                    rows: 0,
+                    chunks: Vec::new(),
+                    ..self.clone()
+                };
+                buf.chunks_exact(row_bytes)
+                    .for_each(|row| part.push_encoded(row));
+                Ok(part.chunks.pop().expect("a chunk of rows"))
+            })
+            .collect::<std::io::Result<_>>()?;
+        self.rows = rows;
+        Ok(())
+    }
+
     /// Appends one encoded row.
     pub(crate) fn push_encoded(&mut self, bytes: &[u8]) {
         debug_assert_eq!(bytes.len(), self.row_bytes());
@@ -388,7 +421,7 @@ impl VectorFileWriter {
         committed_len: u64,
         reader: Option<&mut VectorStoreReader>,
     ) -> Result<Self> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -421,17 +454,7 @@ impl VectorFileWriter {
                 reason: format!("committed length {committed_len} is not a multiple of the row size {row_bytes}"),
             });
         }
-        // Read in blocks of rows: the whole file at once would double peak memory.
-        let mut buf = vec![0u8; row_bytes as usize * 256];
-        let mut left = committed_len;
-        while left > 0 {
-            let take = left.min(buf.len() as u64) as usize;
-            file.read_exact(&mut buf[..take]).map_err(io_err(path))?;
-            for row in buf[..take].chunks_exact(row_bytes as usize) {
-                reader.push_encoded(row);
-            }
-            left -= take as u64;
-        }
+        reader.load(&file, committed_len).map_err(io_err(path))?;
         Ok(VectorFileWriter {
             path: path.to_path_buf(),
             file,
@@ -531,5 +554,34 @@ mod tests {
             .iter()
             .zip(row(9999))
             .all(|(a, b)| (a - b).abs() < 1e-2));
+    }
+
+    #[test]
+    fn opening_a_file_loads_every_row_as_pushed() {
+        let dim = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.bin");
+        for (dtype, per_row) in [(VectorDtype::Int8, 2), (VectorDtype::F16, 1)] {
+            let mut pushed = VectorStoreReader::new(dtype, dim, per_row, true);
+            let mut writer = VectorFileWriter::open(&path, 0, None).unwrap();
+            // Two full chunks and part of a third.
+            let n = 2 * CHUNK_ROWS + 5;
+            for i in 0..n {
+                let row: Vec<f32> = (0..per_row).flat_map(|s| unit(dim, 3 * i + s)).collect();
+                let bytes = pushed.encode_row(&row);
+                writer.append(&bytes).unwrap();
+                pushed.push_encoded(&bytes);
+            }
+            writer.sync().unwrap();
+            let len = writer.len();
+            drop(writer);
+            let mut loaded = VectorStoreReader::new(dtype, dim, per_row, true);
+            VectorFileWriter::open(&path, len, Some(&mut loaded)).unwrap();
+            assert_eq!(loaded.rows(), n, "{dtype:?}");
+            for i in [0, 1, CHUNK_ROWS - 1, CHUNK_ROWS, 2 * CHUNK_ROWS, n - 1] {
+                assert_eq!(loaded.row_f32(i), pushed.row_f32(i), "{dtype:?} row {i}");
+            }
+            std::fs::remove_file(&path).unwrap();
+        }
     }
 }
