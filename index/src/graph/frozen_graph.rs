@@ -25,7 +25,7 @@ use hnsw_rs::prelude::{Distance, Hnsw};
 use serde::{Deserialize, Serialize};
 
 use crate::graph::point_map::{PointMap, PointTarget};
-use crate::search::max_sim::dot_f16;
+use crate::search::max_sim::{dot_f16, prefetch};
 
 const MAGIC: &[u8; 8] = b"QSKGRPH1";
 
@@ -148,13 +148,13 @@ impl FrozenGraph {
         &self.adjacency[at + 1..at + 1 + count]
     }
 
-    fn sim(&self, query: &[f32], p: u32, scratch: &mut [f32]) -> f32 {
+    fn vector(&self, p: u32) -> &[f16] {
         let p = p as usize;
-        dot_f16(
-            query,
-            &self.vectors[p * self.dim..(p + 1) * self.dim],
-            scratch,
-        )
+        &self.vectors[p * self.dim..(p + 1) * self.dim]
+    }
+
+    fn sim(&self, query: &[f32], p: u32, scratch: &mut [f32]) -> f32 {
+        dot_f16(query, self.vector(p), scratch)
     }
 
     /// The `n` points most similar to `query` (point id, similarity), most
@@ -190,15 +190,25 @@ impl FrozenGraph {
         visit(ep);
         let mut frontier = BinaryHeap::from([(Sim(ep_sim), ep)]);
         let mut best = BinaryHeap::from([Reverse((Sim(ep_sim), ep))]);
+        let mut fresh = Vec::new();
         while let Some((Sim(s), p)) = frontier.pop() {
             let worst = best.peek().map_or(f32::NEG_INFINITY, |r| (r.0).0 .0);
             if best.len() >= ef && s < worst {
                 break;
             }
-            for &nb in self.neighbours(p, 0) {
-                if !visit(nb) {
-                    continue;
-                }
+            // The unvisited neighbours' vectors lie anywhere in memory: ask for all of
+            // them before scoring the first, so that their cache misses overlap.
+            fresh.clear();
+            fresh.extend(
+                self.neighbours(p, 0)
+                    .iter()
+                    .copied()
+                    .filter(|&nb| visit(nb)),
+            );
+            for &nb in &fresh {
+                prefetch(self.vector(nb));
+            }
+            for &nb in &fresh {
                 let s = self.sim(query, nb, &mut scratch);
                 let worst = best.peek().map_or(f32::NEG_INFINITY, |r| (r.0).0 .0);
                 if best.len() < ef || s > worst {

@@ -20,6 +20,22 @@ enum Level {
     Base,
 }
 
+/// Asks the CPU to load `values` into L2, one request per 64-byte line (a hint; not L1,
+/// which holds the row being scored).
+pub(crate) fn prefetch<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let start = values.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(values)).step_by(64) {
+            // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(offset)) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = values;
+}
+
 /// Detected once. The kernels are the same Rust code compiled three ways: each lane
 /// sums in the same order and Rust never fuses a multiply and an add on its own, so
 /// every level gives bit-identical scores (a test checks it).

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use half::f16;
 
-use crate::search::max_sim;
+use crate::search::max_sim::{self, prefetch};
 use crate::storage::manifest::VectorDtype;
 use crate::{io_err, Error, Result};
 
@@ -44,22 +44,6 @@ enum RowData {
         scales: Vec<f32>,
         means: Vec<f16>,
     },
-}
-
-/// Asks the CPU to load `values` into L2, one request per 64-byte line (a hint; not L1,
-/// which holds the row being scored).
-fn prefetch<T>(values: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        let start = values.as_ptr().cast::<i8>();
-        for offset in (0..std::mem::size_of_val(values)).step_by(64) {
-            // SAFETY: SSE is part of x86-64, and a prefetch never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(offset)) };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
 }
 
 /// The `n` values of the row after `row` in `values`, or none past the last.
