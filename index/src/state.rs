@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex};
+
+use parking_lot::{RwLock, RwLockReadGuard};
 
 use crate::graph::graph_cache::GraphSource;
 use crate::storage::feature_store::{FeatureStoreReader, FeatureStoreWriter};
@@ -51,6 +53,7 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub manifest: Manifest,
     pub meta: MetadataStore,
+    /// parking_lot's lock, read with `read_recursive`: see [`Shared::state`].
     pub state: RwLock<State>,
     pub files: Mutex<Files>,
     pub lexical: Mutex<LexicalIndex>,
@@ -154,8 +157,18 @@ impl Shared {
         })
     }
 
+    /// The committed state, read-locked while the guard lives.
+    ///
+    /// A search holds this guard while rayon scores its rows, and a rayon worker
+    /// waiting inside that search may meanwhile run another task that reads the
+    /// state too (an indexing batch looking up hashes). A plain read lock blocks
+    /// behind a commit waiting to write, which waits for the search to release
+    /// its guard, which waits for that task: a deadlock (seen in `qseek serve`'s
+    /// index-while-searching test). `read_recursive` does not queue behind a
+    /// waiting writer, so readers always finish; the writer gets the lock once no
+    /// search holds it.
     pub(crate) fn state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().expect("index state lock poisoned")
+        self.state.read_recursive()
     }
 
     /// Makes sure the graph of `kind` is loaded or built, without holding the
@@ -207,7 +220,7 @@ impl Shared {
         }
         let graph = source.load_or_build();
         {
-            let mut state = self.state.write().expect("index state lock poisoned");
+            let mut state = self.state.write();
             let rows = state.rows_mut(kind);
             // A compaction during the build: other rows, a useless graph.
             if rows.vectors_file != source.vectors_file || rows.graph.is_some() {
@@ -246,7 +259,7 @@ impl Shared {
                 hook(kind);
             }
             graph.insert(&source.live_from(from), source.vectors.dim());
-            let mut state = self.state.write().expect("index state lock poisoned");
+            let mut state = self.state.write();
             let rows = state.rows_mut(kind);
             match &rows.graph {
                 Some(g) if Arc::ptr_eq(g, &graph) && rows.graph_rows == from => {

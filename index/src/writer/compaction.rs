@@ -81,7 +81,7 @@ impl IndexWriter {
         }
         sync_dir(dir)?;
         let (state, new_files) = load_state(dir, &shared.manifest, &shared.meta)?;
-        *shared.state.write().expect("index state lock poisoned") = state;
+        *shared.state.write() = state;
         *files = new_files;
         drop(files);
         // Ids did not change, only the generation the lexical index must carry.

@@ -79,7 +79,7 @@ impl IndexWriter {
         }
     }
 
-    pub(super) fn state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+    pub(super) fn state(&self) -> parking_lot::RwLockReadGuard<'_, State> {
         self.shared.state()
     }
 
@@ -391,11 +391,7 @@ impl IndexWriter {
     }
 
     fn publish(&self, pending: &Pending, commit: CommitState) {
-        let mut state = self
-            .shared
-            .state
-            .write()
-            .expect("index state lock poisoned");
+        let mut state = self.shared.state.write();
         let state = &mut *state;
         state.images.apply(&pending.images, &pending.image_rows);
         state.texts.apply(&pending.texts, &pending.text_rows);
