@@ -212,14 +212,12 @@ impl VectorStoreReader {
         let row_bytes = self.row_bytes();
         let rows = (len / row_bytes as u64) as usize;
         let starts: Vec<usize> = (0..rows).step_by(CHUNK_ROWS).collect();
+        // Each task fills a copy of this (still empty) reader with one chunk.
+        let empty = self.clone();
         self.chunks = starts
             .into_par_iter()
             .map_init(Vec::new, |buf, first| {
-                let mut part = VectorStoreReader {
-                    rows: 0,
-                    chunks: Vec::new(),
-                    ..self.clone()
-                };
+                let mut part = empty.clone();
                 let end = rows.min(first + CHUNK_ROWS);
                 for block in (first..end).step_by(READ_ROWS) {
                     buf.resize(READ_ROWS.min(end - block) * row_bytes, 0);
