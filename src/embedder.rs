@@ -106,7 +106,7 @@ impl Embedder {
                 ", which this one lacks"
             };
             return Err(Error::Usage(format!(
-                "--dtype {} needs a CPU with int8 dot products: AVX512-VNNI (AMD Zen 4 and later; Intel Xeon from Cascade Lake on) or AVX-VNNI (Intel Core from Alder Lake on){why}: use bf16 or f32",
+                "--dtype {} needs an x86-64 CPU with AVX2 (Intel from Haswell on, AMD from Zen on), fastest with int8 dot products (AVX512-VNNI or AVX-VNNI){why}: use bf16 or f32",
                 opts.dtype
             )));
         }

@@ -284,7 +284,7 @@ fn bf16_ranks_equal_the_f32_reference() {
 
 /// int8 (the ViT's encoder layers through `packed_gemm`'s int8 kernel, the rest as bf16 with
 /// a bf16 kernel, else f32) ranks every image and text as the f32 reference does. Where the
-/// CPU has no int8 kernel (neither AVX512-VNNI nor AVX-VNNI), `--dtype int8` is refused
+/// CPU has no int8 kernel (not even AVX2's), `--dtype int8` is refused
 /// instead; `QSEEK_INT8_GEMM=portable` runs the reference kernel on any CPU (`.ci/run`).
 #[test]
 fn int8_ranks_equal_the_f32_reference() {

@@ -17,7 +17,8 @@ pub enum Precision {
     Bf16,
     /// The ViT encoder layers' linear layers (qkv, projection, fc1, fc2) in int8, the
     /// rest of the ViT as bf16 on a CPU with AVX512-BF16, else as f32: a CPU mode, for
-    /// CPUs with VNNI (AVX512-VNNI, or AVX-VNNI with AVX2).
+    /// CPUs with VNNI (AVX512-VNNI, or AVX-VNNI with AVX2), or with AVX2 alone
+    /// (`vpmaddwd`, the same sums).
     Int8,
 }
 
@@ -44,7 +45,7 @@ impl Precision {
     }
 
     /// Whether it runs on `device` here: int8 needs a CPU and an int8 kernel of
-    /// `packed_gemm` (AVX512-VNNI or AVX-VNNI, or the portable one forced through the
+    /// `packed_gemm` (AVX512-VNNI, AVX-VNNI or AVX2, or the portable one forced through the
     /// environment); the others run anywhere.
     pub fn runs_on(self, device: &Device) -> bool {
         match self {

@@ -44,9 +44,10 @@ use super::Precision;
 ///
 /// int8 ([`Precision::Int8`]) computes the ViT encoder layers' linear layers (qkv,
 /// projection, fc1, fc2: all its linear work but the patch embedding) through
-/// `packed_gemm`'s int8 format on a CPU with VNNI (AVX512-VNNI, or AVX-VNNI beside AVX2):
-/// weights rounded to int8 per output channel, each token's activations to int8 per
-/// token, the products of the codes summed exactly in i32. The rest is bf16's where the
+/// `packed_gemm`'s int8 formats on a CPU with VNNI (AVX512-VNNI, or AVX-VNNI beside AVX2),
+/// or with AVX2 alone (the codes widened to i16, `vpmaddwd`): weights rounded to int8 per
+/// output channel, each token's activations to int8 per token, the products of the codes
+/// summed exactly in i32. The rest is bf16's where the
 /// CPU has AVX512-BF16 (ITM included), else f32's: the patch embedding, attention's
 /// products and ITM in f32, through `packed_gemm`'s f32 kernel. The patch embedding is
 /// never int8: with it in int8 too, one ITM rank of the eval fixture moved.

@@ -1,16 +1,22 @@
-//! The int8 [`Format`](super::Format): weights rounded to int8 with one scale per output
-//! column, each row of `x` rounded to int8 with one scale per row at each call, the
-//! products of the codes summed exactly in i32 (`vpdpbusd`: four u8 × i8 products per
-//! lane), then scaled back to f32.
+//! The int8 formats ([`Format::Int8`](super::Format::Int8) and
+//! [`Format::Int8Pairs`](super::Format::Int8Pairs)): weights rounded to int8 with one
+//! scale per output column, each row of `x` rounded to int8 with one scale per row at each
+//! call, the products of the codes summed exactly in i32, then scaled back to f32.
+//!
+//! The two formats hold the same codes in two layouts ([`Unit`]): [`Quad`]s of four
+//! bytes for `vpdpbusd` (VNNI: four u8 × i8 products per lane), and [`Pair`]s of two
+//! codes widened to i16 for `vpmaddwd` (AVX2 without VNNI: two i16 × i16 products per
+//! lane, exact, so no code is narrowed to keep `vpmaddubsw`'s i16 sums from saturating).
 //!
 //! `vpdpbusd` multiplies unsigned bytes by signed ones, so a row's codes `q ∈ [-127, 127]`
-//! are stored as `q + 128`; the extra `128 · Σ_k w_q` of each column is subtracted
-//! afterwards ([`Packed::offsets`]). The sums are exact (a block of 1024 units sums at most
-//! 4096 products of 255 × 127 < 2³¹); only the two roundings to int8 give precision up.
+//! are stored as `q + 128` (in both layouts, which then sum the same integers); the extra
+//! `128 · Σ_k w_q` of each column is subtracted afterwards ([`Packed::offsets`]). The sums
+//! are exact (a block of 1024 units sums at most 4096 products of 255 × 127 < 2³¹); only
+//! the two roundings to int8 give precision up.
 
 use rayon::prelude::*;
 
-use super::{drive, pack_rows, padded_bias, Epilogue, Kernel, PackedWeight, Rows, NR};
+use super::{drive, pack_rows, padded_bias, Element, Epilogue, Kernel, PackedWeight, Rows, NR};
 
 /// Four int8 values of k (a weight column's codes, or a row's codes + 128 as u8), low
 /// byte first.
@@ -18,9 +24,67 @@ use super::{drive, pack_rows, padded_bias, Epilogue, Kernel, PackedWeight, Rows,
 #[repr(transparent)]
 pub(super) struct Quad(pub(super) u32);
 
-/// A weight in the int8 format, beside its panels of [`Quad`]s.
-pub(super) struct Packed {
-    pub(super) quads: Vec<Quad>,
+/// Two int8 values of k widened to i16 (a weight column's codes, sign-extended, or a
+/// row's codes + 128), the lower k in the low half.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub(super) struct Pair(pub(super) u32);
+
+/// A unit of k of an int8 format: how its codes are laid out.
+pub(super) trait Unit: Element {
+    /// Values of k per unit.
+    const K: usize;
+    /// The unit of a weight column's codes (`K` of them).
+    fn weights(codes: &[i8]) -> Self;
+    /// A row's units: `out[p]` holds `code(row[K·p + j]) + 128` for each `j` (128, a
+    /// zero, past the row's end).
+    fn row(row: &[f32], inv_step: f32, out: &mut [Self]);
+}
+
+impl Unit for Quad {
+    const K: usize = 4;
+
+    fn weights(codes: &[i8]) -> Self {
+        Quad(u32::from_le_bytes(std::array::from_fn(|j| codes[j] as u8)))
+    }
+
+    fn row(row: &[f32], inv: f32, out: &mut [Self]) {
+        let byte = |x: f32| (code(x, inv) + 128) as u32;
+        let whole = row.len() / 4;
+        for (q, x) in out.iter_mut().zip(row.chunks_exact(4)) {
+            *q = Quad(byte(x[0]) | byte(x[1]) << 8 | byte(x[2]) << 16 | byte(x[3]) << 24);
+        }
+        // The last values, then zeros (codes of 128).
+        for (p, q) in out.iter_mut().enumerate().skip(whole) {
+            *q = Quad(u32::from_le_bytes(std::array::from_fn(|j| {
+                row.get(4 * p + j).map_or(128, |&x| byte(x) as u8)
+            })));
+        }
+    }
+}
+
+impl Unit for Pair {
+    const K: usize = 2;
+
+    fn weights(codes: &[i8]) -> Self {
+        Pair(u32::from(codes[0] as u16) | u32::from(codes[1] as u16) << 16)
+    }
+
+    fn row(row: &[f32], inv: f32, out: &mut [Self]) {
+        let half = |x: f32| (code(x, inv) + 128) as u32;
+        let whole = row.len() / 2;
+        for (q, x) in out.iter_mut().zip(row.chunks_exact(2)) {
+            *q = Pair(half(x[0]) | half(x[1]) << 16);
+        }
+        if let Some(q) = out.get_mut(whole) {
+            *q = Pair(row.get(2 * whole).map_or(128, |&x| half(x)) | 128 << 16);
+        }
+    }
+}
+
+/// A weight in an int8 format, beside its panels of units.
+pub(super) struct Packed<E> {
+    pub(super) units: Vec<E>,
     /// Per column (padded to whole panels): the weight's scale.
     scales: Vec<f32>,
     /// Per column: `128 · Σ_k w_q`, what the +128 of the row codes adds to its sums.
@@ -64,17 +128,18 @@ fn code(x: f32, inv_step: f32) -> i32 {
     unsafe { ((v + MAGIC) - MAGIC).to_int_unchecked::<i32>() }
 }
 
-/// Packs the weight (`w`'s rows are its n output columns) and `bias` in the int8 format.
-pub(super) fn pack_weight(w: Rows, bias: Option<&[f32]>) -> Packed {
+/// Packs the weight (`w`'s rows are its n output columns) and `bias` in the int8 format
+/// of `E`.
+pub(super) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>) -> Packed<E> {
     let (n, k) = (w.rows, w.k);
-    let units = k.div_ceil(4);
+    let units = k.div_ceil(E::K);
     let padded = n.div_ceil(NR) * NR;
     let mut scales = vec![1f32; padded];
     let mut offsets = vec![0f32; padded];
-    let mut codes = vec![0i8; n * units * 4];
+    let mut codes = vec![0i8; n * units * E::K];
     for (c, (scale_c, (offset, codes))) in scales
         .iter_mut()
-        .zip(offsets.iter_mut().zip(codes.chunks_exact_mut(units * 4)))
+        .zip(offsets.iter_mut().zip(codes.chunks_exact_mut(units * E::K)))
         .enumerate()
     {
         let row = w.row(c);
@@ -87,70 +152,55 @@ pub(super) fn pack_weight(w: Rows, bias: Option<&[f32]>) -> Packed {
         }
         *offset = 128.0 * sum as f32;
     }
-    let mut quads = vec![Quad::default(); padded * units];
-    quads
+    let mut packed = vec![E::default(); padded * units];
+    let per_column = units * E::K;
+    packed
         .par_chunks_mut(units * NR)
         .enumerate()
         .for_each(|(j, panel)| {
             for c in 0..NR.min(n - j * NR) {
-                let codes = &codes[(j * NR + c) * units * 4..(j * NR + c + 1) * units * 4];
-                for (p, quad) in codes.chunks_exact(4).enumerate() {
-                    let bytes = [quad[0] as u8, quad[1] as u8, quad[2] as u8, quad[3] as u8];
-                    panel[p * NR + c] = Quad(u32::from_le_bytes(bytes));
+                let codes = &codes[(j * NR + c) * per_column..(j * NR + c + 1) * per_column];
+                for (p, unit) in codes.chunks_exact(E::K).enumerate() {
+                    panel[p * NR + c] = E::weights(unit);
                 }
             }
         });
     Packed {
-        quads,
+        units: packed,
         scales,
         offsets,
         bias: padded_bias(n, bias),
     }
 }
 
-/// A row's codes + 128 at `step` (its [`scale`]), as [`Quad`]s (128, a zero, past the
-/// row's end).
-fn quantize_row(row: &[f32], step: f32, out: &mut [Quad]) {
-    let inv = 1.0 / step;
-    let byte = |x: f32| (code(x, inv) + 128) as u32;
-    let whole = row.len() / 4;
-    for (q, x) in out.iter_mut().zip(row.chunks_exact(4)) {
-        *q = Quad(byte(x[0]) | byte(x[1]) << 8 | byte(x[2]) << 16 | byte(x[3]) << 24);
-    }
-    // The last values, then zeros (codes of 128).
-    for (p, q) in out.iter_mut().enumerate().skip(whole) {
-        *q = Quad(u32::from_le_bytes(std::array::from_fn(|j| {
-            row.get(4 * p + j).map_or(128, |&x| byte(x) as u8)
-        })));
-    }
-}
-
-/// `x Wᵀ + b` in the int8 format, then `epilogue`.
-pub(super) fn matmul(
+/// `x Wᵀ + b` in the int8 format of `E`, then `epilogue`.
+pub(super) fn matmul<E: Unit>(
     kernel: Kernel,
     x: Rows,
     w: &PackedWeight,
-    packed: &Packed,
+    packed: &Packed<E>,
     epilogue: Epilogue,
 ) -> Vec<f32> {
     let steps: Vec<f32> = (0..x.rows)
         .into_par_iter()
         .map(|r| scale(x.row(r)))
         .collect();
-    let a = pack_rows(x, w.k.div_ceil(4), |r, row, out| {
-        quantize_row(row, steps[r], out)
+    let a = pack_rows(x, w.k.div_ceil(E::K), |r, row, out| {
+        E::row(row, 1.0 / steps[r], out)
     });
     // The tiles sum codes (w.bias is zero for this format); each finished tile is scaled
     // back, gets the bias, then the epilogue, while it is in L1.
     let dequant = Dequant {
         steps: &steps,
-        packed,
+        scales: &packed.scales,
+        offsets: &packed.offsets,
+        bias: &packed.bias,
     };
     drive(
         kernel,
         x.rows,
         w,
-        &packed.quads,
+        &packed.units,
         &a,
         Some(&dequant),
         epilogue,
@@ -161,7 +211,10 @@ pub(super) fn matmul(
 pub(super) struct Dequant<'a> {
     /// Each row's step.
     steps: &'a [f32],
-    packed: &'a Packed,
+    /// The weight's [`Packed::scales`], [`Packed::offsets`] and [`Packed::bias`].
+    scales: &'a [f32],
+    offsets: &'a [f32],
+    bias: &'a [f32],
 }
 
 impl Dequant<'_> {
@@ -169,12 +222,11 @@ impl Dequant<'_> {
     pub(super) fn apply(&self, row: usize, first: usize, ys: &mut [f32]) {
         let step = self.steps[row];
         let end = first + ys.len();
-        let p = self.packed;
         for (((y, scale), offset), bias) in ys
             .iter_mut()
-            .zip(&p.scales[first..end])
-            .zip(&p.offsets[first..end])
-            .zip(&p.bias[first..end])
+            .zip(&self.scales[first..end])
+            .zip(&self.offsets[first..end])
+            .zip(&self.bias[first..end])
         {
             *y = step * scale * (*y - offset) + bias;
         }
@@ -183,13 +235,13 @@ impl Dequant<'_> {
 
 /// The weight's codes dequantized (n × k, row-major): what the int8 kernels multiply.
 #[cfg(test)]
-pub(super) fn dequantized_weight(packed: &Packed, n: usize, k: usize) -> Vec<f64> {
+pub(super) fn dequantized_weight(packed: &Packed<Quad>, n: usize, k: usize) -> Vec<f64> {
     let units = k.div_ceil(4);
     let mut out = vec![0f64; n * k];
     for c in 0..n {
         let (j, col) = (c / NR, c % NR);
         for i in 0..k {
-            let quad = packed.quads[j * units * NR + (i / 4) * NR + col].0;
+            let quad = packed.units[j * units * NR + (i / 4) * NR + col].0;
             let q = (quad >> (8 * (i % 4))) as u8 as i8;
             out[c * k + i] = f64::from(q) * f64::from(packed.scales[c]);
         }

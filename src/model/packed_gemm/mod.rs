@@ -15,10 +15,12 @@
 //!   and the sums, the bias and the output are f32. So the only precision given up is
 //!   the rounding of the two inputs to 8-bit mantissas; everything else (layer norms,
 //!   softmax, GELU, residuals) stays f32 (`vision.rs`, `retrieval.rs`).
-//! * **int8** (`--dtype int8` on AVX512-VNNI or AVX-VNNI: the ViT's encoder layers): each weight column is
+//! * **int8** (`--dtype int8`: the ViT's encoder layers): each weight column is
 //!   rounded to int8 with its own scale, each row of `x` at each call with its own;
-//!   `vpdpbusd` sums the products of the codes exactly in i32; each finished tile is
-//!   then scaled back to f32 and gets the bias, before its epilogue (`int8.rs`). What is given up: the two roundings, to a
+//!   `vpdpbusd` (AVX512-VNNI or AVX-VNNI) sums the products of the codes exactly in i32,
+//!   or, on AVX2 CPUs without VNNI, `vpmaddwd` over the same codes widened to i16
+//!   ([`Format::Int8Pairs`]); each finished tile is then scaled back to f32 and gets the
+//!   bias, before its epilogue (`int8.rs`). What is given up: the two roundings, to a
 //!   step of 1/127 of the row's (or column's) largest magnitude.
 //! * **f32** (the Q-Former's image and text passes in every dtype; the ViT in f32): the
 //!   weights as they are, f32 FMAs. The result is within float rounding of candle's
@@ -39,7 +41,8 @@
 //! columns.
 //!
 //! Kernels ([`Kernel`]): AVX512-BF16 for bf16; AVX-512F and AVX2+FMA for f32;
-//! AVX512-VNNI and 256-bit VNNI (AVX-VNNI, for CPUs without AVX-512) for int8; each
+//! AVX512-VNNI and 256-bit VNNI (AVX-VNNI, for CPUs without AVX-512) for int8, and
+//! AVX2's `vpmaddwd` for int8 on CPUs without VNNI; each
 //! chosen at run time, and a portable one per format that is the reference in the tests
 //! (not a fallback: without the instructions the model keeps candle's GEMM). The kernels
 //! of one format compute the same products; the summation order differs (the hardware's
@@ -52,7 +55,7 @@ mod int8;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use int8::Quad;
+use int8::{Pair, Quad};
 
 /// Output columns per panel: four 16-lane f32 accumulators per row.
 const NR: usize = 64;
@@ -76,6 +79,9 @@ pub enum Format {
     /// Rounded to int8, one scale per output column, in quads of k; each row of `x`
     /// rounded to int8 at each call, one scale per row (`int8.rs`).
     Int8,
+    /// The codes of [`Format::Int8`] widened to i16, in pairs of k: for CPUs with AVX2 but
+    /// no VNNI (`vpmaddwd`), at twice the bytes per weight.
+    Int8Pairs,
 }
 
 impl Format {
@@ -85,6 +91,7 @@ impl Format {
             Format::Bf16 => k.div_ceil(2),
             Format::F32 => k,
             Format::Int8 => k.div_ceil(4),
+            Format::Int8Pairs => k.div_ceil(2),
         }
     }
 }
@@ -107,6 +114,9 @@ pub enum Kernel {
     /// int8: `vpdpbusd` on 8 lanes (`avx2` + `avxvnni`, as Intel's Core CPUs from Alder
     /// Lake on have; or `avx512vnni` + `avx512vl`, where it is tested).
     Avx2Vnni,
+    /// int8 without VNNI ([`Format::Int8Pairs`]): `vpmaddwd` + `vpaddd` on 8 lanes
+    /// (`avx2` + `fma`).
+    Avx2Madd,
     /// int8 in plain Rust, any CPU: the reference.
     PortableInt8,
 }
@@ -118,6 +128,7 @@ impl Kernel {
             Kernel::Avx512Bf16 | Kernel::Portable => Format::Bf16,
             Kernel::Avx512F32 | Kernel::Avx2F32 | Kernel::PortableF32 => Format::F32,
             Kernel::Avx512Vnni | Kernel::Avx2Vnni | Kernel::PortableInt8 => Format::Int8,
+            Kernel::Avx2Madd => Format::Int8Pairs,
         }
     }
 
@@ -127,6 +138,7 @@ impl Kernel {
             Format::Bf16 => &[Kernel::Avx512Bf16, Kernel::Portable][..],
             Format::F32 => &[Kernel::Avx512F32, Kernel::Avx2F32, Kernel::PortableF32][..],
             Format::Int8 => &[Kernel::Avx512Vnni, Kernel::Avx2Vnni, Kernel::PortableInt8][..],
+            Format::Int8Pairs => &[Kernel::Avx2Madd][..],
         };
         all.iter().copied().filter(|k| k.runs_here()).collect()
     }
@@ -139,7 +151,7 @@ impl Kernel {
             match self {
                 Kernel::Avx512Bf16 => has!("avx512f") && has!("avx512bf16"),
                 Kernel::Avx512F32 => has!("avx512f"),
-                Kernel::Avx2F32 => has!("avx2") && has!("fma"),
+                Kernel::Avx2F32 | Kernel::Avx2Madd => has!("avx2") && has!("fma"),
                 Kernel::Avx512Vnni => has!("avx512f") && has!("avx512vnni"),
                 Kernel::Avx2Vnni => {
                     has!("avx2")
@@ -157,25 +169,35 @@ impl Kernel {
     }
 
     /// The kernel for `format` on the CPU: the fastest SIMD one this CPU runs, else `None`
-    /// (candle's GEMM, as before this module). An environment variable overrides it for
-    /// benchmarks and for testing every path end to end: `QSEEK_BF16_GEMM` (bf16) or
-    /// `QSEEK_F32_GEMM` (f32) or `QSEEK_INT8_GEMM` (int8) set to `off` (`None`),
-    /// `portable` (slow, the reference kernel), or a kernel's [`name`](Self::name)
-    /// (`avx512`, `avx2`), ignored where the CPU lacks it.
+    /// (candle's GEMM, as before this module). For int8 ([`Format::Int8`] or
+    /// [`Format::Int8Pairs`]: one choice) that is a kernel of either layout, which its
+    /// [`format`](Self::format) tells: the VNNI ones, else [`Kernel::Avx2Madd`]. An
+    /// environment variable overrides it for benchmarks and for testing every path end to
+    /// end: `QSEEK_BF16_GEMM` (bf16) or `QSEEK_F32_GEMM` (f32) or `QSEEK_INT8_GEMM` (int8)
+    /// set to `off` (`None`), `portable` (slow, the reference kernel), or a kernel's
+    /// [`name`](Self::name) (`avx512`, `avx2`, `madd`), ignored where the CPU lacks it.
     pub fn chosen(format: Format) -> Option<Kernel> {
         static CHOSEN: std::sync::OnceLock<[Option<Kernel>; 3]> = std::sync::OnceLock::new();
         let chosen =
             CHOSEN.get_or_init(|| [Format::Bf16, Format::F32, Format::Int8].map(Kernel::choose));
-        chosen[format as usize]
+        chosen[match format {
+            Format::Int8Pairs => Format::Int8,
+            format => format,
+        } as usize]
     }
 
     fn choose(format: Format) -> Option<Kernel> {
         let (variable, portable) = match format {
             Format::Bf16 => ("QSEEK_BF16_GEMM", Kernel::Portable),
             Format::F32 => ("QSEEK_F32_GEMM", Kernel::PortableF32),
-            Format::Int8 => ("QSEEK_INT8_GEMM", Kernel::PortableInt8),
+            Format::Int8 | Format::Int8Pairs => ("QSEEK_INT8_GEMM", Kernel::PortableInt8),
         };
-        let available = Kernel::available(format);
+        let mut available = Kernel::available(format);
+        if format == Format::Int8 {
+            // Without VNNI, the pairs; before the portable kernel, the slowest.
+            let at = available.len() - 1;
+            available.splice(at..at, Kernel::available(Format::Int8Pairs));
+        }
         let fastest = available.first().copied().filter(|k| *k != portable);
         match std::env::var(variable).as_deref() {
             Ok("off") => None,
@@ -190,11 +212,13 @@ impl Kernel {
     }
 
     /// The name the environment variables of [`chosen`](Self::chosen) give it: the
-    /// instruction set's width (`avx512`, `avx2`), or `portable`.
+    /// instruction set's width (`avx512`, `avx2`), `madd` for [`Kernel::Avx2Madd`], or
+    /// `portable`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512Bf16 | Kernel::Avx512F32 | Kernel::Avx512Vnni => "avx512",
             Kernel::Avx2F32 | Kernel::Avx2Vnni => "avx2",
+            Kernel::Avx2Madd => "madd",
             Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8 => "portable",
         }
     }
@@ -215,7 +239,8 @@ enum Data {
     /// Pairs of bf16.
     Bf16(Vec<u32>),
     F32(Vec<f32>),
-    Int8(int8::Packed),
+    Int8(int8::Packed<Quad>),
+    Int8Pairs(int8::Packed<Pair>),
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -279,6 +304,9 @@ impl PackedWeight {
             Format::Int8 => {
                 return Self::with_bias(n, k, Data::Int8(int8::pack_weight(w, bias)), None)
             }
+            Format::Int8Pairs => {
+                return Self::with_bias(n, k, Data::Int8Pairs(int8::pack_weight(w, bias)), None)
+            }
         };
         Self::with_bias(n, k, data, bias)
     }
@@ -310,7 +338,7 @@ impl PackedWeight {
             Format::F32 => Data::F32(pack_panels_transposed(n, k, |p, columns, out| {
                 out.copy_from_slice(&wt.row(p)[columns]);
             })),
-            Format::Int8 => {
+            Format::Int8 | Format::Int8Pairs => {
                 // Each column's scale needs the whole column: transpose first.
                 let w: Vec<f32> = (0..n)
                     .flat_map(|c| (0..k).map(move |p| wt.row(p)[c]))
@@ -346,6 +374,7 @@ impl PackedWeight {
             Data::Bf16(_) => Format::Bf16,
             Data::F32(_) => Format::F32,
             Data::Int8(_) => Format::Int8,
+            Data::Int8Pairs(_) => Format::Int8Pairs,
         }
     }
 }
@@ -485,6 +514,7 @@ pub fn matmul_rows(kernel: Kernel, x: Rows, w: &PackedWeight, epilogue: Epilogue
             drive(kernel, rows, w, data, &a, None, epilogue)
         }
         Data::Int8(packed) => int8::matmul(kernel, x, w, packed, epilogue),
+        Data::Int8Pairs(packed) => int8::matmul(kernel, x, w, packed, epilogue),
     }
 }
 
@@ -633,6 +663,25 @@ impl Element for Quad {
     }
 }
 
+impl Element for Pair {
+    unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Madd => x86::tile_i8_madd(tile),
+            _ => tile.portable(),
+        }
+    }
+
+    /// The two products of `a`'s halves by `b`'s (i16): what one lane of `vpmaddwd`
+    /// gives (exactly; here rounded to f32 once per unit).
+    fn dot(acc: f32, a: Pair, b: Pair) -> f32 {
+        let sum: i32 = (0..2)
+            .map(|j| i32::from((a.0 >> (16 * j)) as i16) * i32::from((b.0 >> (16 * j)) as i16))
+            .sum();
+        acc + sum as f32
+    }
+}
+
 impl Element for f32 {
     unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
         match kernel {
@@ -692,7 +741,7 @@ pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx2F32 | Kernel::Avx2Vnni if kernel.runs_here() => unsafe {
+        Kernel::Avx2F32 | Kernel::Avx2Vnni | Kernel::Avx2Madd if kernel.runs_here() => unsafe {
             x86::gelu_in_place_avx2(xs)
         },
         _ => xs.iter_mut().for_each(|x| *x = gelu(*x)),
@@ -874,7 +923,7 @@ mod tests {
     fn input(format: Format, x: f32) -> f64 {
         match format {
             Format::Bf16 => half::bf16::from_f32(x).to_f64(),
-            Format::F32 | Format::Int8 => x as f64,
+            Format::F32 | Format::Int8 | Format::Int8Pairs => x as f64,
         }
     }
 
@@ -1025,11 +1074,25 @@ mod tests {
         }
     }
 
+    /// Every int8 kernel this CPU runs, of both layouts.
+    fn int8_kernels() -> Vec<Kernel> {
+        let mut kernels = Kernel::available(Format::Int8);
+        kernels.extend(Kernel::available(Format::Int8Pairs));
+        kernels
+    }
+
     #[test]
     fn the_environment_picks_a_kernel_of_the_format() {
-        for format in [Format::Bf16, Format::F32, Format::Int8] {
+        for format in [Format::Bf16, Format::F32, Format::Int8, Format::Int8Pairs] {
             if let Some(kernel) = Kernel::chosen(format) {
-                assert_eq!(kernel.format(), format);
+                // int8's one choice may be of either layout.
+                let int8 = [Format::Int8, Format::Int8Pairs];
+                if int8.contains(&format) {
+                    assert!(int8.contains(&kernel.format()), "{kernel:?}");
+                    assert_eq!(Kernel::chosen(Format::Int8), Some(kernel));
+                } else {
+                    assert_eq!(kernel.format(), format);
+                }
                 assert!(kernel.runs_here());
             }
             // Each format's kernels have names of their own, which `chosen` looks up.
@@ -1112,12 +1175,14 @@ mod tests {
             let x: Vec<f32> = values(rows * k, 1).iter().map(|v| v * 3.0).collect();
             let w_rows = values(n * k, 2);
             let b = values(n, 3);
-            let packed = PackedWeight::new(Format::Int8, &w_rows, Some(&b), k);
-            let Data::Int8(codes) = &packed.data else {
+            let quads = PackedWeight::new(Format::Int8, &w_rows, Some(&b), k);
+            let Data::Int8(codes) = &quads.data else {
                 unreachable!()
             };
+            // What both layouts hold.
             let wq = int8::dequantized_weight(codes, n, k);
-            for kernel in Kernel::available(Format::Int8) {
+            for kernel in int8_kernels() {
+                let packed = PackedWeight::new(kernel.format(), &w_rows, Some(&b), k);
                 let y = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
                 for r in 0..rows {
                     let xq = int8::dequantized_row(&x[r * k..(r + 1) * k]);
@@ -1155,12 +1220,43 @@ mod tests {
     }
 
     #[test]
+    fn int8_kernels_of_both_layouts_give_the_same_bits_within_a_block() {
+        // Within one k block of the pairs (1024 units: k ≤ 2048) and of the quads, every
+        // SIMD kernel sums the same integers, converted and scaled alike. The portable
+        // kernel rounds its running sum to f32 at each unit, which is exact only while the
+        // sums stay below 2²⁴ (k · 255 · 127 < 2²⁴: k ≤ 518), so it joins only there.
+        for (rows, n, k) in [(7, 19, 9), (13, 130, 301), (6, 70, 2048)] {
+            let (x, w, b) = (values(rows * k, 8), values(n * k, 9), values(n, 10));
+            let x: Vec<f32> = x.iter().map(|v| v * 5.0).collect();
+            let kernels: Vec<Kernel> = int8_kernels()
+                .into_iter()
+                .filter(|kernel| *kernel != Kernel::PortableInt8 || k <= 518)
+                .collect();
+            let outputs: Vec<Vec<u32>> = kernels
+                .iter()
+                .map(|&kernel| {
+                    let packed = PackedWeight::new(kernel.format(), &w, Some(&b), k);
+                    let y = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
+                    y.iter().map(|v| v.to_bits()).collect()
+                })
+                .collect();
+            for (kernel, y) in kernels.iter().zip(&outputs) {
+                assert_eq!(
+                    y, &outputs[0],
+                    "{kernel:?} vs {:?} ({rows}, {n}, {k})",
+                    kernels[0]
+                );
+            }
+        }
+    }
+
+    #[test]
     fn int8_epilogues_give_the_bits_of_applying_them_afterwards() {
         let (rows, n, k) = (7, 70, 40);
         let (x, w, b) = (values(rows * k, 4), values(n * k, 5), values(n, 6));
         let residual = values(rows * n, 7);
-        let packed = PackedWeight::new(Format::Int8, &w, Some(&b), k);
-        for kernel in Kernel::available(Format::Int8) {
+        for kernel in int8_kernels() {
+            let packed = PackedWeight::new(kernel.format(), &w, Some(&b), k);
             let plain = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
             let mut gelu = plain.clone();
             gelu_in_place(kernel, &mut gelu);

@@ -1,9 +1,9 @@
 //! The SIMD tile kernels of [`super`]: AVX512-BF16 (bf16), AVX-512F and AVX2+FMA (f32),
-//! AVX512-VNNI and 256-bit VNNI (int8).
+//! AVX512-VNNI, 256-bit VNNI and AVX2's `vpmaddwd` (int8).
 
 use std::arch::x86_64::*;
 
-use super::{Quad, Tile, MR, NR};
+use super::{Pair, Quad, Tile, MR, NR};
 
 // The AVX-512 kernels dispatch up to six rows and hold four 16-lane vectors per row; the
 // AVX2 one walks the panel in four chunks of 16 columns.
@@ -80,7 +80,7 @@ pub(super) unsafe fn tile_i8_ymm(t: &Tile<Quad>) {
 unsafe fn tile_i8_avxvnni(t: &Tile<Quad>) {
     macro_rules! rows {
         ($r:literal, $t:expr) => {
-            rows_i8_ymm::<$r, _>($t, |acc, a, b| _mm256_dpbusd_avx_epi32(acc, a, b))
+            rows_i8_ymm::<$r, _, _>($t, |acc, a, b| _mm256_dpbusd_avx_epi32(acc, a, b))
         };
     }
     by_rows_literal!(rows, t)
@@ -90,7 +90,26 @@ unsafe fn tile_i8_avxvnni(t: &Tile<Quad>) {
 unsafe fn tile_i8_avx512vl(t: &Tile<Quad>) {
     macro_rules! rows {
         ($r:literal, $t:expr) => {
-            rows_i8_ymm::<$r, _>($t, |acc, a, b| _mm256_dpbusd_epi32(acc, a, b))
+            rows_i8_ymm::<$r, _, _>($t, |acc, a, b| _mm256_dpbusd_epi32(acc, a, b))
+        };
+    }
+    by_rows_literal!(rows, t)
+}
+
+/// The int8 tile on CPUs with AVX2 but no VNNI, over [`Pair`]s: `vpmaddwd` sums the two
+/// products of a lane's i16 codes exactly in i32, `vpaddd` adds them to the lane's sum.
+/// The same integers as `vpdpbusd`'s sums of the same codes; the blocks hold half the k
+/// of the quads' (1024 units of 2), so a sum over k beyond a block may round differently.
+///
+/// # Safety
+/// As [`Tile::run`], on a CPU with `avx2`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn tile_i8_madd(t: &Tile<Pair>) {
+    macro_rules! rows {
+        ($r:literal, $t:expr) => {
+            rows_i8_ymm::<$r, _, _>($t, |acc, a, b| {
+                _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+            })
         };
     }
     by_rows_literal!(rows, t)
@@ -309,15 +328,17 @@ unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
 }
 
 /// 16 columns at a time (2 × 8 lanes × `R` rows, as [`rows_f32_avx2`]) over the whole
-/// block, summing its codes in i32 with `dot` (a `vpdpbusd`), then adding them,
-/// converted, to the tile's start (the zero bias, or what `c` holds). (Passes of [`SUB`]
-/// units, as the f32 kernel's, were no faster here: a unit is four values of k, so the
-/// tile's `x` is read a quarter as often.)
+/// block, summing its codes in i32 with `dot` (a `vpdpbusd` on [`Quad`]s, or `vpmaddwd`
+/// and `vpaddd` on [`Pair`]s: units of 32 bits), then adding them, converted, to the
+/// tile's start (the zero bias, or what `c` holds). (Passes of [`SUB`] units, as the f32
+/// kernel's, were no faster for quads: a unit is four values of k, so the tile's `x` is
+/// read a quarter as often.)
 #[inline(always)]
-unsafe fn rows_i8_ymm<const R: usize, D>(t: &Tile<Quad>, dot: D)
+unsafe fn rows_i8_ymm<const R: usize, E, D>(t: &Tile<E>, dot: D)
 where
     D: Fn(__m256i, __m256i, __m256i) -> __m256i,
 {
+    const { assert!(std::mem::size_of::<E>() == 4) };
     let (a, b) = (t.a.as_ptr().cast::<u32>(), t.b.as_ptr().cast::<u32>());
     for c0 in (0..t.cols).step_by(16) {
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
