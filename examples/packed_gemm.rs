@@ -29,7 +29,7 @@ struct Args {
     /// ViT-g's shapes in f32 instead of bf16.
     #[arg(long)]
     f32: bool,
-    /// ViT-g's shapes in int8 (then bf16 too, to compare in the same run).
+    /// ViT-g's shapes in int8, both layouts (then bf16 too, to compare in the same run).
     #[arg(long)]
     int8: bool,
 }
@@ -77,7 +77,7 @@ fn main() -> candle_core::Result<()> {
             if args.f32 {
                 vec![Format::F32]
             } else if args.int8 {
-                vec![Format::Bf16, Format::Int8]
+                vec![Format::Bf16, Format::Int8, Format::Int8Pairs]
             } else {
                 vec![Format::Bf16]
             },

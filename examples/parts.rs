@@ -17,8 +17,10 @@
 //!   copies, the patch embedding, thread-pool barriers);
 //! * `qformer (image)`: the Q-Former query pass and `vision_projection`.
 //!
-//! Peaks: a register-only loop of independent FMAs (f32) and of `vdpbf16ps` (bf16,
-//! where the CPU has it) on every rayon thread: what the cores can do at most.
+//! Peaks: a register-only loop of independent FMAs (f32; 16 lanes with AVX-512, else 8),
+//! of `vdpbf16ps` (bf16, where the CPU has it) and of int8's instruction (`vpdpbusd`, or
+//! `vpmaddwd` + `vpaddd` without VNNI) on every rayon thread: what the cores can do at
+//! most.
 //! One JSON line per part, then a table on stderr.
 
 use std::time::Instant;
@@ -74,9 +76,15 @@ fn seconds(
 fn peak_gflops(kernel: Kernel) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
-        let runs = match kernel {
-            Kernel::Avx512Bf16 | Kernel::Avx512Vnni => kernel.runs_here(),
-            _ => Kernel::Avx512F32.runs_here(),
+        // (FLOP per instruction: lanes × products per lane × 2; whether it runs here).
+        let (per_op, runs) = match kernel {
+            Kernel::Avx512Bf16 => (16.0 * 2.0 * 2.0, kernel.runs_here()),
+            Kernel::Avx512Vnni => (16.0 * 4.0 * 2.0, kernel.runs_here()),
+            Kernel::Avx512F32 => (16.0 * 2.0, kernel.runs_here()),
+            Kernel::Avx2F32 => (8.0 * 2.0, kernel.runs_here()),
+            // `vpmaddwd` and the `vpaddd` that adds it: 8 lanes × 2 products.
+            Kernel::Avx2Madd => (8.0 * 2.0 * 2.0, kernel.runs_here()),
+            _ => (0.0, false),
         };
         if !runs {
             return None;
@@ -90,13 +98,8 @@ fn peak_gflops(kernel: Kernel) -> Option<f64> {
             .map(|i| unsafe { peak::run(kernel, ITERS, i as f32) })
             .sum();
         std::hint::black_box(sink);
-        // 12 chains × 16 lanes × 2 FLOP per product (bf16: pairs, int8: quads).
-        let per_lane = match kernel {
-            Kernel::Avx512Bf16 => 4.0,
-            Kernel::Avx512Vnni => 8.0,
-            _ => 2.0,
-        };
-        let flop_per_iter = 12.0 * 16.0 * per_lane;
+        // 12 independent chains per iteration.
+        let flop_per_iter = 12.0 * per_op;
         Some(flop_per_iter * ITERS as f64 * threads as f64 / t.elapsed().as_secs_f64() / 1e9)
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -112,16 +115,18 @@ mod peak {
 
     use qseek::model::packed_gemm::Kernel;
 
-    /// `iters` rounds of 12 independent FMAs (or `kernel`'s `vdpbf16ps` or `vpdpbusd`)
-    /// on 16 lanes.
+    /// `iters` rounds of 12 independent FMAs (or `kernel`'s `vdpbf16ps`, `vpdpbusd` or
+    /// `vpmaddwd` + `vpaddd`).
     ///
     /// # Safety
-    /// The CPU must have `avx512f` (and `avx512bf16` or `avx512vnni` for those).
+    /// The CPU must run `kernel` ([`Kernel::runs_here`]).
     pub unsafe fn run(kernel: Kernel, iters: u64, seed: f32) -> f32 {
         match kernel {
             Kernel::Avx512Bf16 => dpbf16(iters, seed),
             Kernel::Avx512Vnni => dpbusd(iters, seed),
-            _ => fma(iters, seed),
+            Kernel::Avx512F32 => fma(iters, seed),
+            Kernel::Avx2Madd => madd(iters, seed),
+            _ => fma_ymm(iters, seed),
         }
     }
 
@@ -137,6 +142,38 @@ mod peak {
         acc.iter().map(|x| _mm512_reduce_add_epi32(*x) as f32).sum()
     }
 
+    /// 8 chains (a chain waits only on `vpaddd`'s one cycle), 12 per round as the others.
+    #[target_feature(enable = "avx2")]
+    unsafe fn madd(iters: u64, seed: f32) -> f32 {
+        let mut acc = [_mm256_set1_epi32(seed as i32); 8];
+        // The products' operands are read from memory at each round, as the kernel's are
+        // (volatile: the products cannot be hoisted out of the loop); eight distinct
+        // pairs of the four (12 registers of the 16 with the sums).
+        let ops = [_mm256_set1_epi32(0x0001_0001); 4];
+        const PAIRS: [(usize, usize); 8] = [
+            (0, 1),
+            (1, 2),
+            (2, 3),
+            (3, 0),
+            (0, 2),
+            (1, 3),
+            (0, 0),
+            (1, 1),
+        ];
+        for _ in 0..iters * 3 / 2 {
+            let ab: [__m256i; 4] = std::array::from_fn(|j| std::ptr::read_volatile(&ops[j]));
+            for (x, &(a, b)) in acc.iter_mut().zip(&PAIRS) {
+                *x = _mm256_add_epi32(*x, _mm256_madd_epi16(ab[a], ab[b]));
+            }
+        }
+        let mut out = [0i32; 8];
+        let sum = acc
+            .iter()
+            .fold(_mm256_setzero_si256(), |s, x| _mm256_add_epi32(s, *x));
+        _mm256_storeu_si256(out.as_mut_ptr().cast(), sum);
+        out.iter().map(|&x| x as f32).sum()
+    }
+
     #[target_feature(enable = "avx512f")]
     unsafe fn fma(iters: u64, seed: f32) -> f32 {
         let mut acc = [_mm512_set1_ps(seed); 12];
@@ -147,6 +184,23 @@ mod peak {
             }
         }
         acc.iter().map(|x| _mm512_reduce_add_ps(*x)).sum()
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn fma_ymm(iters: u64, seed: f32) -> f32 {
+        let mut acc = [_mm256_set1_ps(seed); 12];
+        let (a, b) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-7));
+        for _ in 0..iters {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut out = [0f32; 8];
+        let sum = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, x| _mm256_add_ps(s, *x));
+        _mm256_storeu_ps(out.as_mut_ptr(), sum);
+        out.iter().sum()
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
@@ -198,21 +252,25 @@ fn main() -> qseek::Result<()> {
         .flatten();
     let packed = bf16.or(f32);
     // int8: the encoder layers' linear kernel.
-    let linear = (precision == Precision::Int8)
+    let int8 = (precision == Precision::Int8)
         .then(|| Kernel::chosen(Format::Int8))
-        .flatten()
-        .or(packed);
-    // The ViT's activations: f32 where `packed_gemm` computes its linear layers in bf16.
-    let act = if bf16.is_some() { DType::F32 } else { dtype };
+        .flatten();
+    let linear = int8.or(packed);
+    // The ViT's activations: f32 where `packed_gemm` computes its linear layers in bf16
+    // or int8.
+    let act = if bf16.is_some() || int8.is_some() {
+        DType::F32
+    } else {
+        dtype
+    };
 
     // The instruction peaks the parts are measured against: the main kernel's, and
     // int8's for int8's encoder-layer linear layers.
-    let peak = peak_gflops(bf16.unwrap_or(Kernel::Avx512F32));
-    let int8_peak = (precision == Precision::Int8)
-        .then(|| peak_gflops(Kernel::Avx512Vnni))
-        .flatten();
+    let main_kernel = bf16.or_else(|| Kernel::chosen(Format::F32));
+    let peak = main_kernel.and_then(peak_gflops);
+    let int8_peak = int8.and_then(peak_gflops);
     let peak_of = |kernel: Option<Kernel>| match kernel.map(Kernel::format) {
-        Some(Format::Int8) => int8_peak,
+        Some(Format::Int8 | Format::Int8Pairs) => int8_peak,
         _ => peak,
     };
     let mut parts = Vec::new();
@@ -327,9 +385,10 @@ fn main() -> qseek::Result<()> {
         qformer,
         b as f64 / total,
         if bf16.is_some() { "vdpbf16ps" } else { "f32 FMA" },
-        peak.map_or("not measured (no AVX-512 here)".into(), |p| format!("{p:.0} GFLOP/s")),
+        peak.map_or("not measured".into(), |p| format!("{p:.0} GFLOP/s")),
         int8_peak.map_or(String::new(), |p| format!(
-            "; int8's layers against vpdpbusd's {p:.0} GFLOP/s (as the f32 products)"
+            "; int8's layers against {}'s {p:.0} GFLOP/s (as the f32 products)",
+            if int8 == Some(Kernel::Avx2Madd) { "vpmaddwd + vpaddd" } else { "vpdpbusd" }
         )),
     );
     for p in &parts {
