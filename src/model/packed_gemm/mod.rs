@@ -42,8 +42,8 @@
 //!
 //! Kernels ([`Kernel`]): AVX512-BF16 for bf16; AVX-512F and AVX2+FMA for f32;
 //! AVX512-VNNI and 256-bit VNNI (AVX-VNNI, for CPUs without AVX-512) for int8, and
-//! AVX2's `vpmaddwd` for int8 on CPUs without VNNI; each
-//! chosen at run time, and a portable one per format that is the reference in the tests
+//! AVX2's `vpmaddwd` for int8 on CPUs without VNNI; each chosen at run time, and a
+//! portable one per format that is the reference in the tests
 //! (not a fallback: without the instructions the model keeps candle's GEMM). The kernels
 //! of one format compute the same products; the summation order differs (the hardware's
 //! rounding of the pair sum, flushed denormals, FMA), so results agree to float
@@ -1095,8 +1095,13 @@ mod tests {
                 }
                 assert!(kernel.runs_here());
             }
-            // Each format's kernels have names of their own, which `chosen` looks up.
-            let names: Vec<_> = Kernel::available(format).iter().map(|k| k.name()).collect();
+            // Each format's kernels (int8's of both layouts) have names of their own, which
+            // `chosen` looks up.
+            let kernels = match format {
+                Format::Int8 | Format::Int8Pairs => int8_kernels(),
+                _ => Kernel::available(format),
+            };
+            let names: Vec<_> = kernels.iter().map(|k| k.name()).collect();
             let mut unique = names.clone();
             unique.sort_unstable();
             unique.dedup();
