@@ -279,10 +279,14 @@ unsafe fn store8(p: *mut f32, n: usize, v: __m256) {
 
 /// Units of k per pass of the f32 256-bit kernel: its four 16-column passes over a tile
 /// re-read the tile's rows of `x`, which then stay in L1 beside the panel's lines the
-/// passes stream (256 units: 6 KB of `x`, 16 KB of the panel; a whole block of 1024 is
-/// 24 KB of `x` and 64 KB of the panel). With [`store8`]'s plain stores, ViT-g's shapes
-/// at 1028 rows went from 126–176 to 141–189 GFLOP/s in three alternating pairs on Zen 4.
-const SUB: usize = 256;
+/// passes stream (64 units: 1.5 KB of `x`, 4 KB of the panel; a whole block of 1024 is
+/// 24 KB of `x` and 64 KB of the panel). With [`store8`]'s plain stores and 256 units,
+/// ViT-g's shapes at 1028 rows went from 126–176 to 141–189 GFLOP/s in three alternating
+/// pairs on Zen 4 (an AVX-512 CPU, which runs this kernel only when told to). On a Zen 3
+/// (AVX2 only, where it is the default) 64 units beat 256 (and 32, 128, 1024): the four
+/// shapes took 390–441 ms (`packed_gemm --f32 --reps 3`) against 426–457 in four
+/// alternating runs. The sums are the same either way (`c` carries them in order).
+const SUB: usize = 64;
 
 /// 16 columns at a time (2 × 8 lanes × `R` rows: at most 12 accumulators of the 16 ymm
 /// registers), the panel's 64 in four passes over each [`SUB`] units of the block; the
