@@ -336,7 +336,8 @@ unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
 /// and `vpaddd` on [`Pair`]s: units of 32 bits), then adding them, converted, to the
 /// tile's start (the zero bias, or what `c` holds). (Passes of [`SUB`] units, as the f32
 /// kernel's, were no faster for quads: a unit is four values of k, so the tile's `x` is
-/// read a quarter as often.)
+/// read a quarter as often; nor, on a Zen 3, for pairs, with the i32 sums kept between
+/// passes.)
 #[inline(always)]
 unsafe fn rows_i8_ymm<const R: usize, E, D>(t: &Tile<E>, dot: D)
 where
