@@ -205,8 +205,9 @@ fn max_sim_i8_body(query: &[f32], codes: &[i8], scales: &[f32]) -> (f32, usize) 
 /// AVX-512, 4 queries meet 4 rows at a time: 16 independent sums hide the adds'
 /// latency, each chunk loaded serves 4 products, the block's rows and all the queries
 /// stay in L1, and the 16 lane folds are one register transpose then 16 vertical adds
-/// in [`dot`]'s order. A server's batch of text searches is this case; elsewhere it is
-/// one [`dot`] per pair.
+/// in [`dot`]'s order. With AVX2, 2 queries meet 4 rows: 8 sums, each folded from lanes
+/// 0–7 then 8–15 (two passes over k, 8 accumulators each). A server's batch of text
+/// searches is this case; at the baseline it is one [`dot`] per pair.
 pub fn dots_many(queries: &[&[f32]], rows: &[f32], dots: &mut [f32]) {
     dots_many_warming(queries, rows, &[], dots)
 }
@@ -215,12 +216,27 @@ pub fn dots_many(queries: &[&[f32]], rows: &[f32], dots: &mut [f32]) {
 /// into cache, a few lines per query, so that the loads from memory overlap the
 /// arithmetic (a hint: the results do not depend on it).
 pub fn dots_many_warming(queries: &[&[f32]], rows: &[f32], next: &[f32], dots: &mut [f32]) {
+    // SAFETY: `level` is the CPU's.
+    unsafe { dots_many_at(level(), queries, rows, next, dots) }
+}
+
+/// [`dots_many_warming`] at `level`.
+///
+/// # Safety
+/// The CPU has `level`'s features.
+unsafe fn dots_many_at(
+    level: Level,
+    queries: &[&[f32]],
+    rows: &[f32],
+    next: &[f32],
+    dots: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx512 {
-        // SAFETY: `level` found AVX-512F.
-        return unsafe { x86::dots_many(queries, rows, next, dots) };
+    if level != Level::Base {
+        // SAFETY: the caller's CPU has `level`.
+        return unsafe { x86::dots_many(level, queries, rows, next, dots) };
     }
-    let _ = next;
+    let _ = (level, next);
     dots_many_body(queries, rows, dots)
 }
 
@@ -240,25 +256,106 @@ fn dots_many_body(queries: &[&[f32]], rows: &[f32], dots: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{dot_body, LANES};
+    use super::{dot_body, Level, LANES};
 
-    /// Queries and rows met at a time: 4 × 4 = 16 sums, one register each.
-    const QB: usize = 4;
-    const RB: usize = 4;
     /// How far past the block being scored its prefetches run, in rows: two blocks,
     /// about a microsecond ahead (criterion `exact_scan_10k_f32_top10/16_texts`: 1 to 4
     /// blocks within noise of each other, none 1.8× slower).
     const AHEAD: usize = 8;
 
-    /// [`super::dots_many`] with AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn dots_many(queries: &[&[f32]], rows: &[f32], next: &[f32], dots: &mut [f32]) {
+    /// A register width the block kernels run at: `QB` queries meet `RB` rows at a
+    /// time, `QB · RB` sums, each one of [`dot_body`]'s bit for bit.
+    trait Width {
+        /// Queries per block.
+        const QB: usize;
+        /// Rows per block.
+        const RB: usize;
+
+        /// `acc.iter().sum()` of [`dot_body`]'s 16 lanes for each of `QB` queries
+        /// against each of `RB` rows (`dim` apart), over the first `main` values (a
+        /// multiple of 16): entry `i · RB + r` is query `i` with row `r`.
+        ///
+        /// # Safety
+        /// The CPU has the width's features; `queries` holds `QB` pointers to `main`
+        /// values each, `rows` points to `RB` rows of `dim ≥ main` values.
+        unsafe fn lane_sums(
+            queries: &[*const f32],
+            rows: *const f32,
+            dim: usize,
+            main: usize,
+        ) -> [f32; LANES];
+    }
+
+    /// AVX-512F: 4 queries × 4 rows, 16 sums, one register each.
+    struct Zmm;
+    /// AVX2: 2 queries × 4 rows, 8 sums. A sum's 16 lanes take two registers, so the
+    /// block runs lanes 0–7 of every chunk, then lanes 8–15: 8 accumulators at a time.
+    struct Ymm;
+
+    /// [`super::dots_many`] at the CPU's width (AVX-512F or AVX2).
+    ///
+    /// # Safety
+    /// `level` is the CPU's (not [`Level::Base`]).
+    pub(super) unsafe fn dots_many(
+        level: Level,
+        queries: &[&[f32]],
+        rows: &[f32],
+        next: &[f32],
+        dots: &mut [f32],
+    ) {
+        #[target_feature(enable = "avx512f")]
+        fn zmm(queries: &[&[f32]], rows: &[f32], next: &[f32], dots: &mut [f32]) {
+            dots_many_at::<Zmm>(queries, rows, next, dots)
+        }
+        #[target_feature(enable = "avx2")]
+        fn ymm(queries: &[&[f32]], rows: &[f32], next: &[f32], dots: &mut [f32]) {
+            dots_many_at::<Ymm>(queries, rows, next, dots)
+        }
+        match level {
+            // SAFETY: the caller's CPU has the features.
+            Level::Avx512 => unsafe { zmm(queries, rows, next, dots) },
+            Level::Avx2 => unsafe { ymm(queries, rows, next, dots) },
+            Level::Base => unreachable!("no block kernel at the baseline"),
+        }
+    }
+
+    /// [`super::max_sim_many`] at the CPU's width: [`walk`]'s sums go straight into a
+    /// running first maximum per query, with no matrix of dots in between.
+    ///
+    /// # Safety
+    /// `level` is the CPU's (not [`Level::Base`]).
+    pub(super) unsafe fn max_sim_many(
+        level: Level,
+        queries: &[&[f32]],
+        rows: &[f32],
+        next: &[f32],
+        state: &mut Vec<f32>,
+        out: &mut [(f32, usize)],
+    ) {
+        #[target_feature(enable = "avx512f")]
+        fn zmm(q: &[&[f32]], r: &[f32], n: &[f32], s: &mut Vec<f32>, o: &mut [(f32, usize)]) {
+            max_sim_many_at::<Zmm>(q, r, n, s, o)
+        }
+        #[target_feature(enable = "avx2")]
+        fn ymm(q: &[&[f32]], r: &[f32], n: &[f32], s: &mut Vec<f32>, o: &mut [(f32, usize)]) {
+            max_sim_many_at::<Ymm>(q, r, n, s, o)
+        }
+        match level {
+            // SAFETY: the caller's CPU has the features.
+            Level::Avx512 => unsafe { zmm(queries, rows, next, state, out) },
+            Level::Avx2 => unsafe { ymm(queries, rows, next, state, out) },
+            Level::Base => unreachable!("no block kernel at the baseline"),
+        }
+    }
+
+    #[inline(always)]
+    fn dots_many_at<W: Width>(queries: &[&[f32]], rows: &[f32], next: &[f32], dots: &mut [f32]) {
         let Some(dim) = queries.first().map(|q| q.len()) else {
             return;
         };
         let n_rows = rows.len() / dim;
         debug_assert_eq!(dots.len(), queries.len() * n_rows);
-        let first = walk(queries, rows, next, &mut Sink::Dots(dots));
+        let first = walk::<W>(queries, rows, next, &mut Sink::Dots(dots));
         for (q, query) in queries.iter().enumerate() {
             for r in first..n_rows {
                 dots[q * n_rows + r] = dot_body(query, &rows[r * dim..(r + 1) * dim]);
@@ -266,10 +363,8 @@ mod x86 {
         }
     }
 
-    /// [`super::max_sim_many`] with AVX-512F: [`walk`]'s sums go straight into a
-    /// running first maximum per query, with no matrix of dots in between.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn max_sim_many(
+    #[inline(always)]
+    fn max_sim_many_at<W: Width>(
         queries: &[&[f32]],
         rows: &[f32],
         next: &[f32],
@@ -279,22 +374,22 @@ mod x86 {
         let Some(dim) = queries.first().map(|q| q.len()) else {
             return;
         };
-        let n_rows = rows.len() / dim;
+        let (n_rows, sums) = (rows.len() / dim, W::QB * W::RB);
         state.clear();
-        state.resize(queries.len().div_ceil(QB) * 2 * LANES, 0.0);
-        for group in state.chunks_exact_mut(2 * LANES) {
+        state.resize(queries.len().div_ceil(W::QB) * 2 * sums, 0.0);
+        for group in state.chunks_exact_mut(2 * sums) {
             // Every lane's best so far is -inf (what `first_max` starts from), found in
             // the block at row 0.
-            group[..LANES].fill(f32::NEG_INFINITY);
+            group[..sums].fill(f32::NEG_INFINITY);
         }
-        let first = walk(queries, rows, next, &mut Sink::Best(state));
+        let first = walk::<W>(queries, rows, next, &mut Sink::Best(state));
         for (q, (query, best)) in queries.iter().zip(out.iter_mut()).enumerate() {
-            let group = &state[(q / QB) * 2 * LANES..][..2 * LANES];
+            let group = &state[(q / W::QB) * 2 * sums..][..2 * sums];
             // The blocks' first maximum: the largest lane, the earliest row among equals.
             *best = (f32::NEG_INFINITY, 0);
-            for r in 0..RB {
-                let lane = (q % QB) * RB + r;
-                let (score, row) = (group[lane], group[LANES + lane].to_bits() as usize + r);
+            for r in 0..W::RB {
+                let lane = (q % W::QB) * W::RB + r;
+                let (score, row) = (group[lane], group[sums + lane].to_bits() as usize + r);
                 if score > best.0 || (score == best.0 && row < best.1) {
                     *best = (score, row);
                 }
@@ -309,61 +404,64 @@ mod x86 {
         }
     }
 
-    /// Where [`walk`] puts each block's 16 sums (query `g · QB + i` with row
+    /// Where [`walk`] puts each block's `QB · RB` sums (query `g · QB + i` with row
     /// `first + r` in lane `i · RB + r`).
     enum Sink<'a> {
         /// Every dot: `dots[q * n_rows + row]`.
         Dots(&'a mut [f32]),
-        /// Per group of QB queries, 2 × 16 values: each lane's greatest sum so far,
-        /// then (as bits) the `first` of the block where it was first reached. A sum
-        /// replaces the best only when greater, as in `first_max`, so NaN never does.
+        /// Per group of QB queries, 2 × QB · RB values: each lane's greatest sum so
+        /// far, then (as bits) the `first` of the block where it was first reached. A
+        /// sum replaces the best only when greater, as in `first_max`, so NaN never does.
         Best(&'a mut [f32]),
     }
 
     /// The blocks of RB rows of `rows` (the first `first` rows, returned; the caller
-    /// scores the rest), each met by every group of QB queries: 16 sums in
-    /// [`dot_body`]'s bits, handed to `sink`.
-    #[target_feature(enable = "avx512f")]
-    fn walk(queries: &[&[f32]], rows: &[f32], next: &[f32], sink: &mut Sink) -> usize {
+    /// scores the rest), each met by every group of QB queries: sums in [`dot_body`]'s
+    /// bits, handed to `sink`.
+    #[inline(always)]
+    fn walk<W: Width>(queries: &[&[f32]], rows: &[f32], next: &[f32], sink: &mut Sink) -> usize {
         let dim = queries[0].len();
         debug_assert!(dim > 0 && rows.len().is_multiple_of(dim));
         assert!(queries.iter().all(|q| q.len() == dim));
+        let (qb, rb) = (W::QB, W::RB);
         let n_rows = rows.len() / dim;
         let main = dim - dim % LANES;
-        let groups = queries.len().div_ceil(QB);
+        let groups = queries.len().div_ceil(qb);
         let mut first = 0;
         if main == 0 {
             return 0;
         }
-        while first + RB <= n_rows {
+        while first + rb <= n_rows {
             // The rows `AHEAD` past this block, in `rows` then `next`.
             let ahead = (first + AHEAD) * dim;
             let ahead: &[f32] = if ahead < rows.len() {
-                &rows[ahead..rows.len().min(ahead + RB * dim)]
+                &rows[ahead..rows.len().min(ahead + rb * dim)]
             } else {
                 let at = (ahead - rows.len()).min(next.len());
-                &next[at..next.len().min(at + RB * dim)]
+                &next[at..next.len().min(at + rb * dim)]
             };
             let lines = (ahead.len() * 4).div_ceil(64);
-            let block = &rows[first * dim..(first + RB) * dim];
+            // Each group of queries asks for its share of the lines.
+            let share = lines.div_ceil(groups);
+            let block = &rows[first * dim..(first + rb) * dim];
             for g in 0..groups {
                 let base = ahead.as_ptr().cast::<i8>();
-                for line in g * lines / groups..(g + 1) * lines / groups {
-                    // A hint; the line is inside `ahead` (and a prefetch never faults).
-                    _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line * 64));
+                for line in (g * share).min(lines)..((g + 1) * share).min(lines) {
+                    // SAFETY: SSE is part of x86-64; the line is inside `ahead` (and a
+                    // prefetch never faults).
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line * 64)) };
                 }
                 // The last group repeats its last query when the count is not a
                 // multiple of QB (its sums are dropped).
-                let q_of = |i: usize| (g * QB + i).min(queries.len() - 1);
-                let ptrs: [*const f32; QB] = std::array::from_fn(|i| queries[q_of(i)].as_ptr());
-                // SAFETY: each query holds `main` values, `block` RB rows of `dim ≥ main`.
-                let mut sums = unsafe { lane_sums(ptrs, block.as_ptr(), dim, main) };
+                let q_of = |i: usize| (g * qb + i).min(queries.len() - 1);
+                let ptrs: [*const f32; 4] = std::array::from_fn(|i| queries[q_of(i)].as_ptr());
+                // SAFETY: the caller runs at W's features; each query holds `main`
+                // values, `block` RB rows of `dim ≥ main`.
+                let mut sums = unsafe { W::lane_sums(&ptrs[..qb], block.as_ptr(), dim, main) };
+                let sums = &mut sums[..qb * rb];
                 if main < dim {
-                    let mut lanes = [0f32; LANES];
-                    // SAFETY: 16 floats.
-                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums) };
-                    for (lane, sum) in lanes.iter_mut().enumerate() {
-                        let (query, r) = (queries[q_of(lane / RB)], lane % RB);
+                    for (lane, sum) in sums.iter_mut().enumerate() {
+                        let (query, r) = (queries[q_of(lane / rb)], lane % rb);
                         let row = &block[r * dim..(r + 1) * dim];
                         let tail: f32 = query[main..]
                             .iter()
@@ -372,85 +470,124 @@ mod x86 {
                             .sum();
                         *sum += tail;
                     }
-                    // SAFETY: 16 floats.
-                    sums = unsafe { _mm512_loadu_ps(lanes.as_ptr()) };
                 }
                 match sink {
                     Sink::Dots(dots) => {
-                        let mut lanes = [0f32; LANES];
-                        // SAFETY: 16 floats.
-                        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums) };
-                        for i in 0..QB.min(queries.len() - g * QB) {
-                            let at = (g * QB + i) * n_rows + first;
-                            dots[at..at + RB].copy_from_slice(&lanes[i * RB..(i + 1) * RB]);
+                        for i in 0..qb.min(queries.len() - g * qb) {
+                            let at = (g * qb + i) * n_rows + first;
+                            dots[at..at + rb].copy_from_slice(&sums[i * rb..(i + 1) * rb]);
                         }
                     }
                     Sink::Best(state) => {
-                        let group = &mut state[g * 2 * LANES..(g + 1) * 2 * LANES];
-                        let (best, found) = group.split_at_mut(LANES);
-                        // SAFETY: 16 floats each.
-                        unsafe {
-                            let old = _mm512_loadu_ps(best.as_ptr());
-                            let greater = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(sums, old);
-                            _mm512_storeu_ps(
-                                best.as_mut_ptr(),
-                                _mm512_mask_blend_ps(greater, old, sums),
-                            );
-                            let at = _mm512_loadu_ps(found.as_ptr());
-                            let here = _mm512_castsi512_ps(_mm512_set1_epi32(first as i32));
-                            _mm512_storeu_ps(
-                                found.as_mut_ptr(),
-                                _mm512_mask_blend_ps(greater, at, here),
-                            );
+                        let group = &mut state[g * 2 * sums.len()..(g + 1) * 2 * sums.len()];
+                        let (best, found) = group.split_at_mut(sums.len());
+                        for ((sum, best), found) in sums.iter().zip(best).zip(found) {
+                            if *sum > *best {
+                                *best = *sum;
+                                *found = f32::from_bits(first as u32);
+                            }
                         }
                     }
                 }
             }
-            first += RB;
+            first += rb;
         }
         first
     }
 
-    /// `acc.iter().sum()` of [`dot_body`]'s 16 lanes for each of `QB` queries against
-    /// each of `RB` rows (`dim` apart), over the first `main` values (a multiple of 16):
-    /// lane `i * RB + r` is query `i` with row `r`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn lane_sums(
-        queries: [*const f32; QB],
-        rows: *const f32,
-        dim: usize,
-        main: usize,
-    ) -> __m512 {
-        let mut acc = [_mm512_setzero_ps(); 16];
-        let mut k = 0;
-        while k < main {
-            // SAFETY: k + 16 ≤ main ≤ dim, for each query and each row.
-            unsafe {
-                let x: [__m512; QB] = std::array::from_fn(|i| _mm512_loadu_ps(queries[i].add(k)));
-                let y: [__m512; RB] =
-                    std::array::from_fn(|r| _mm512_loadu_ps(rows.add(r * dim + k)));
-                for i in 0..QB {
-                    for r in 0..RB {
-                        // Multiply, then add: what `dot_body` does (no fused multiply-add).
-                        acc[i * RB + r] = _mm512_add_ps(acc[i * RB + r], _mm512_mul_ps(x[i], y[r]));
+    impl Width for Zmm {
+        const QB: usize = 4;
+        const RB: usize = 4;
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn lane_sums(
+            queries: &[*const f32],
+            rows: *const f32,
+            dim: usize,
+            main: usize,
+        ) -> [f32; LANES] {
+            const QB: usize = Zmm::QB;
+            const RB: usize = Zmm::RB;
+            let mut acc = [_mm512_setzero_ps(); QB * RB];
+            let mut k = 0;
+            while k < main {
+                // SAFETY: k + 16 ≤ main ≤ dim, for each query and each row.
+                unsafe {
+                    let x: [__m512; QB] =
+                        std::array::from_fn(|i| _mm512_loadu_ps(queries[i].add(k)));
+                    let y: [__m512; RB] =
+                        std::array::from_fn(|r| _mm512_loadu_ps(rows.add(r * dim + k)));
+                    for i in 0..QB {
+                        for r in 0..RB {
+                            // Multiply, then add: what `dot_body` does (no fused multiply-add).
+                            acc[i * RB + r] =
+                                _mm512_add_ps(acc[i * RB + r], _mm512_mul_ps(x[i], y[r]));
+                        }
                     }
                 }
+                k += 16;
             }
-            k += 16;
+            // Sum j's lane l is acc[j][l]; after the transpose, lane j of t[l]. Folding
+            // t[0], t[1], … from -0.0 is `acc[j].iter().sum()` for all 16 sums at once.
+            let mut sums = _mm512_set1_ps(-0.0);
+            for column in transpose16(acc) {
+                sums = _mm512_add_ps(sums, column);
+            }
+            let mut out = [0f32; LANES];
+            // SAFETY: 16 floats.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums) };
+            out
         }
-        // Sum j's lane l is acc[j][l]; after the transpose, lane j of t[l]. Folding
-        // t[0], t[1], … from -0.0 is `acc[j].iter().sum()` for all 16 sums at once.
-        let t = transpose(acc);
-        let mut sums = _mm512_set1_ps(-0.0);
-        for column in t {
-            sums = _mm512_add_ps(sums, column);
+    }
+
+    impl Width for Ymm {
+        const QB: usize = 2;
+        const RB: usize = 4;
+
+        #[target_feature(enable = "avx2")]
+        unsafe fn lane_sums(
+            queries: &[*const f32],
+            rows: *const f32,
+            dim: usize,
+            main: usize,
+        ) -> [f32; LANES] {
+            const QB: usize = Ymm::QB;
+            const RB: usize = Ymm::RB;
+            let mut sums = _mm256_set1_ps(-0.0);
+            // Lanes 0–7 of each sum, then lanes 8–15: `dot_body`'s fold order.
+            for half in [0, 8] {
+                let mut acc = [_mm256_setzero_ps(); QB * RB];
+                let mut k = half;
+                while k < main {
+                    // SAFETY: k + 8 ≤ main ≤ dim, for each query and each row.
+                    unsafe {
+                        let x: [__m256; QB] =
+                            std::array::from_fn(|i| _mm256_loadu_ps(queries[i].add(k)));
+                        let y: [__m256; RB] =
+                            std::array::from_fn(|r| _mm256_loadu_ps(rows.add(r * dim + k)));
+                        for i in 0..QB {
+                            for r in 0..RB {
+                                acc[i * RB + r] =
+                                    _mm256_add_ps(acc[i * RB + r], _mm256_mul_ps(x[i], y[r]));
+                            }
+                        }
+                    }
+                    k += 16;
+                }
+                for column in transpose8(acc) {
+                    sums = _mm256_add_ps(sums, column);
+                }
+            }
+            let mut out = [0f32; LANES];
+            // SAFETY: 8 floats.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
+            out
         }
-        sums
     }
 
     /// A 16 × 16 transpose: lane j of `out[i]` is lane i of `r[j]`.
     #[target_feature(enable = "avx512f")]
-    fn transpose(r: [__m512; 16]) -> [__m512; 16] {
+    fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
         // Within each 128-bit lane: pairs of rows, then groups of four.
         let mut u = [_mm512_setzero_ps(); 16];
         for g in 0..4 {
@@ -477,6 +614,28 @@ mod x86 {
         }
         out
     }
+
+    /// An 8 × 8 transpose: lane j of `out[i]` is lane i of `r[j]`.
+    #[target_feature(enable = "avx2")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        // Within each 128-bit half: pairs of rows, then groups of four.
+        let mut u = [_mm256_setzero_ps(); 8];
+        for g in 0..2 {
+            let (a, b, c, d) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+            let (t0, t1) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+            let (t2, t3) = (_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+            // u[4g + c], half H: rows 4g..4g+4 of column 4H + c.
+            u[4 * g] = _mm256_shuffle_ps::<0x44>(t0, t2);
+            u[4 * g + 1] = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            u[4 * g + 2] = _mm256_shuffle_ps::<0x44>(t1, t3);
+            u[4 * g + 3] = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        }
+        // Then the two groups' halves.
+        std::array::from_fn(|c| match c {
+            0..4 => _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]),
+            _ => _mm256_permute2f128_ps::<0x31>(u[c - 4], u[c]),
+        })
+    }
 }
 
 /// The first maximum of `scores` with its index: the slot every max-sim kernel reports
@@ -496,11 +655,27 @@ pub fn first_max(scores: impl IntoIterator<Item = f32>) -> (f32, usize) {
 }
 
 /// [`max_sim`] of several queries against the same rows, bit for bit:
-/// `out[q] = max_sim(queries[q], rows)`, slot included. With AVX-512 the sums of
-/// [`dots_many`]'s blocks go straight into a running first maximum per query; elsewhere
-/// it is [`dots_many`] then [`first_max`]. `dots` is scratch; `next` as in
+/// `out[q] = max_sim(queries[q], rows)`, slot included. With AVX-512 or AVX2 the sums
+/// of [`dots_many`]'s blocks go straight into a running first maximum per query; at the
+/// baseline it is [`dots_many`] then [`first_max`]. `dots` is scratch; `next` as in
 /// [`dots_many_warming`].
 pub fn max_sim_many(
+    queries: &[&[f32]],
+    rows: &[f32],
+    next: &[f32],
+    dots: &mut Vec<f32>,
+    out: &mut [(f32, usize)],
+) {
+    // SAFETY: `level` is the CPU's.
+    unsafe { max_sim_many_at(level(), queries, rows, next, dots, out) }
+}
+
+/// [`max_sim_many`] at `level`.
+///
+/// # Safety
+/// The CPU has `level`'s features.
+unsafe fn max_sim_many_at(
+    level: Level,
     queries: &[&[f32]],
     rows: &[f32],
     next: &[f32],
@@ -511,10 +686,11 @@ pub fn max_sim_many(
         return;
     };
     #[cfg(target_arch = "x86_64")]
-    if level() == Level::Avx512 {
-        // SAFETY: `level` found AVX-512F.
-        return unsafe { x86::max_sim_many(queries, rows, next, dots, out) };
+    if level != Level::Base {
+        // SAFETY: the caller's CPU has `level`.
+        return unsafe { x86::max_sim_many(level, queries, rows, next, dots, out) };
     }
+    let _ = (level, next);
     let n_rows = rows.len() / dim;
     dots.clear();
     dots.resize(queries.len() * n_rows, 0.0);
@@ -622,6 +798,24 @@ mod tests {
         }
     }
 
+    /// Every level this CPU runs, the baseline first.
+    fn cpu_levels() -> Vec<Level> {
+        let mut levels = vec![Level::Base];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                levels.push(Level::Avx2);
+            }
+            if level() == Level::Avx512 {
+                levels.push(Level::Avx512);
+            }
+        }
+        levels
+    }
+
+    /// Every block kernel the CPU runs gives [`dot`]'s bits and [`max_sim`]'s first
+    /// maximum, for query and row counts around the block sizes (4 × 4 with AVX-512,
+    /// 2 × 4 with AVX2).
     #[test]
     fn many_queries_give_dots_bits() {
         let values = |n: usize, seed: f32| -> Vec<f32> {
@@ -654,22 +848,28 @@ mod tests {
                 let refs: Vec<&[f32]> = queries.iter().map(|q| q.as_slice()).collect();
                 let mut base = vec![0f32; refs.len() * n_rows];
                 dots_many_body(&refs, &rows, &mut base);
-                let mut dispatched = vec![0f32; refs.len() * n_rows];
-                dots_many(&refs, &rows, &mut dispatched);
-                let mut best = vec![(0f32, 0); refs.len()];
-                max_sim_many(&refs, &rows, &[], &mut dots, &mut best);
-                for (q, query) in refs.iter().enumerate() {
-                    for (r, row) in rows.chunks_exact(dim).enumerate() {
-                        let one = dot_body(query, row).to_bits();
-                        assert_eq!(base[q * n_rows + r].to_bits(), one, "baseline");
-                        assert_eq!(dispatched[q * n_rows + r].to_bits(), one, "dispatched");
+                for level in cpu_levels() {
+                    let mut at_level = vec![0f32; refs.len() * n_rows];
+                    let mut best = vec![(0f32, 0); refs.len()];
+                    // SAFETY: the CPU has the level.
+                    unsafe {
+                        dots_many_at(level, &refs, &rows, &[], &mut at_level);
+                        max_sim_many_at(level, &refs, &rows, &[], &mut dots, &mut best);
                     }
-                    let one = max_sim_body(query, &rows);
-                    assert_eq!(
-                        (best[q].0.to_bits(), best[q].1),
-                        (one.0.to_bits(), one.1),
-                        "dim {dim}, {n_rows} rows, query {q}"
-                    );
+                    let case = format!("{level:?}, dim {dim}, {n_rows} rows");
+                    for (q, query) in refs.iter().enumerate() {
+                        for (r, row) in rows.chunks_exact(dim).enumerate() {
+                            let one = dot_body(query, row).to_bits();
+                            assert_eq!(base[q * n_rows + r].to_bits(), one, "baseline");
+                            assert_eq!(at_level[q * n_rows + r].to_bits(), one, "{case}");
+                        }
+                        let one = max_sim_body(query, &rows);
+                        assert_eq!(
+                            (best[q].0.to_bits(), best[q].1),
+                            (one.0.to_bits(), one.1),
+                            "{case}, query {q}"
+                        );
+                    }
                 }
             }
         }
