@@ -121,9 +121,10 @@ impl ModelCalls for Batcher {
 }
 
 fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
-    // The sizes of the last rounds, newest last.
-    let mut recent = [0; RECENT_ROUNDS];
-    while let Ok(first) = rx.recv() {
+    let mut waves = Waves::default();
+    // Jobs that came while the last round's model calls ran: they start the next one.
+    let mut early: Vec<Job> = Vec::new();
+    loop {
         let mut texts = Vec::new();
         let mut searches = Vec::new();
         let mut itm = Vec::new();
@@ -132,10 +133,24 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
             Job::Search(s, reply) => searches.push((s, reply)),
             Job::Itm(p, reply) => itm.push((p, reply)),
         };
-        sort(first);
-        let expected = recent.iter().copied().max().unwrap_or(0);
-        recent.rotate_left(1);
-        recent[RECENT_ROUNDS - 1] = gather(rx, expected, &mut sort);
+        let mut n = early.len();
+        if early.is_empty() {
+            match rx.recv() {
+                Ok(first) => sort(first),
+                Err(_) => return,
+            }
+            n = 1;
+        }
+        early.drain(..).for_each(&mut sort);
+        let n = gather(
+            rx,
+            n,
+            waves.expected(),
+            waves.window(),
+            GATHER_QUIET,
+            &mut sort,
+        );
+        let start = Instant::now();
         if !texts.is_empty() || !searches.is_empty() {
             // One text-encoder batch for the plain texts and the searches' texts.
             let strings: Vec<String> = texts
@@ -143,7 +158,9 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
                 .map(|(t, _)| t.clone())
                 .chain(searches.iter().map(|(s, _)| s.text.clone()))
                 .collect();
-            match embed_texts(c, &strings) {
+            let embeds = embed_texts(c, &strings);
+            take_queued(rx, &mut early);
+            match embeds {
                 Ok(mut embeds) => {
                     let for_searches = embeds.split_off(texts.len());
                     answer(texts, Ok(embeds));
@@ -159,6 +176,7 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
         if !itm.is_empty() {
             let all: Vec<ItmPair> = itm.iter().flat_map(|(p, _)| p.iter().cloned()).collect();
             let scores = itm_scores(&c.embedder, &all, itm_batch);
+            take_queued(rx, &mut early);
             let sizes: Vec<usize> = itm.iter().map(|(p, _)| p.len()).collect();
             let split = scores.map(|scores| {
                 let mut rest = scores.into_iter();
@@ -169,38 +187,98 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
             });
             answer(itm, split);
         }
+        waves.record(n, early.len(), start.elapsed());
+    }
+}
+
+/// What the last rounds tell the next one: how many jobs to expect and how long to wait
+/// for them.
+#[derive(Debug, Default)]
+struct Waves {
+    /// The waves of the last rounds, newest last: each round's jobs and those that came
+    /// while its model calls ran (see [`gather`]).
+    recent: [usize; RECENT_ROUNDS],
+    /// What the last round cost.
+    last_cost: Duration,
+}
+
+impl Waves {
+    /// The jobs the next round expects: the largest recent wave.
+    fn expected(&self) -> usize {
+        self.recent.iter().copied().max().unwrap_or(0)
+    }
+
+    /// How long the next round may wait for them: a share of the last round's cost.
+    fn window(&self) -> Duration {
+        (self.last_cost / GATHER_SHARE).clamp(GATHER_MIN, GATHER_MAX)
+    }
+
+    /// A round of `jobs`, during whose model calls `early` more came, took `cost`.
+    fn record(&mut self, jobs: usize, early: usize, cost: Duration) {
+        self.recent.rotate_left(1);
+        self.recent[RECENT_ROUNDS - 1] = jobs + early;
+        self.last_cost = cost;
+    }
+}
+
+/// Moves the jobs that came while a round's model call ran into `early`, before the
+/// round answers: jobs sent after its answers may come from its own clients, who are
+/// the next wave, not late members of this one.
+fn take_queued(rx: &Receiver<Job>, early: &mut Vec<Job>) {
+    while early.len() < MAX_JOBS_PER_ROUND {
+        match rx.try_recv() {
+            Ok(job) => early.push(job),
+            Err(_) => break,
+        }
     }
 }
 
 /// How long a round waits for the next job once one of the clients it expects is back:
-/// under concurrent load they return close together (at 16 clients within ~3 ms).
-const GATHER_QUIET: Duration = Duration::from_millis(1);
-/// The most a round waits after its first job, against a round of 16 texts that costs
-/// ~220 ms of model time on two cores (one text ~20 ms).
-const GATHER_MAX: Duration = Duration::from_millis(5);
-/// How many past rounds tell how many clients are concurrent (the largest of them).
+/// under concurrent load they return close together (at 16 clients on two cores, which
+/// also run the clients' HTTP, within ~5 ms).
+const GATHER_QUIET: Duration = Duration::from_millis(3);
+/// A round waits for its jobs at most this share of what the last round cost (a round
+/// of 16 texts costs ~200–300 ms on two cores: up to ~25–40 ms)...
+const GATHER_SHARE: u32 = 8;
+/// ... but at least this long ...
+const GATHER_MIN: Duration = Duration::from_millis(2);
+/// ... and at most this long.
+const GATHER_MAX: Duration = Duration::from_millis(50);
+/// How many past rounds tell how many clients are concurrent (the largest wave).
 const RECENT_ROUNDS: usize = 4;
 
-/// Takes the round's other jobs (the first is taken): everything queued; and when
-/// recent rounds had several jobs (clients are concurrent), also the jobs that arrive
-/// until `expected` (the largest recent round) are in, no further job came for
-/// [`GATHER_QUIET`] after one did, or [`GATHER_MAX`] passed. Without the wait a round
-/// would start with the first client back and leave the rest to a second round, paying
-/// the text encoder's weight reads twice. A lone client never waits. Returns the
-/// round's size.
-fn gather(rx: &Receiver<Job>, expected: usize, sort: &mut impl FnMut(Job)) -> usize {
+/// Takes the round's other jobs (`n` are taken): everything queued; and when recent
+/// waves had several jobs (clients are concurrent), also the jobs that arrive until
+/// `expected` (the largest recent wave) are in, no further job came for `quiet` after
+/// one did ([`GATHER_QUIET`]), or `window` passed. Returns the round's size.
+///
+/// A wave is a round's jobs plus those that came while it ran: clients that were
+/// answered together come back together, but not all before a round starts. Without
+/// the wait a round would start with the first client back and leave the rest to a
+/// second round, paying the text encoder's weight reads twice; counting only a round's
+/// own jobs, a wave split in two (12 + 4 at 16 clients on two cores) would stay split,
+/// each part expecting no more than itself. A lone client never waits.
+fn gather(
+    rx: &Receiver<Job>,
+    mut n: usize,
+    expected: usize,
+    window: Duration,
+    quiet: Duration,
+    sort: &mut impl FnMut(Job),
+) -> usize {
     let start = Instant::now();
-    let mut n = 1;
+    // Whether a job came since the round began (the `n` taken may have come earlier).
+    let mut arrived = false;
     while n < MAX_JOBS_PER_ROUND {
         let job = match rx.try_recv() {
             Ok(job) => job,
             Err(_) if expected > 1 && n < expected => {
-                let left = GATHER_MAX.saturating_sub(start.elapsed());
+                let left = window.saturating_sub(start.elapsed());
                 if left.is_zero() {
                     break;
                 }
                 // Until the first of them is back, the whole window; then a quiet gap.
-                let wait = if n > 1 { GATHER_QUIET.min(left) } else { left };
+                let wait = if arrived { quiet.min(left) } else { left };
                 match rx.recv_timeout(wait) {
                     Ok(job) => job,
                     Err(_) => break,
@@ -209,6 +287,7 @@ fn gather(rx: &Receiver<Job>, expected: usize, sort: &mut impl FnMut(Job)) -> us
             Err(_) => break,
         };
         sort(job);
+        arrived = true;
         n += 1;
     }
     n
@@ -269,5 +348,89 @@ fn answer<J, T>(jobs: Vec<(J, Reply<T>)>, result: Result<Vec<T>>) {
                 let _ = reply.send(Err(Error::Internal(message.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_job() -> Job {
+        // The reply's receiver is dropped: these jobs are only counted.
+        Job::Text("a cat".into(), channel().0)
+    }
+
+    #[test]
+    fn a_split_wave_is_expected_whole_by_the_next_rounds() {
+        let ms = Duration::from_millis;
+        // (rounds, then the next round's expected jobs and window)
+        // A round: (jobs, early, cost in ms).
+        type Round = (usize, usize, u64);
+        let cases: [(&[Round], usize, Duration); 6] = [
+            (&[], 0, GATHER_MIN),
+            // A lone client: each round one job, none early.
+            (&[(1, 0, 40), (1, 0, 40)], 1, ms(5)),
+            (&[(1, 0, 8)], 1, GATHER_MIN),
+            // 16 clients answered together, 4 of them back while the next round ran.
+            (&[(12, 4, 300)], 16, ms(300) / GATHER_SHARE),
+            // The largest of the last RECENT_ROUNDS waves, then forgotten.
+            (
+                &[(16, 0, 300), (2, 0, 40), (2, 0, 40), (2, 0, 40)],
+                16,
+                ms(5),
+            ),
+            (
+                &[
+                    (16, 0, 300),
+                    (2, 0, 40),
+                    (2, 0, 40),
+                    (2, 0, 40),
+                    (2, 0, 4000),
+                ],
+                2,
+                GATHER_MAX,
+            ),
+        ];
+        for (rounds, expected, window) in cases {
+            let mut waves = Waves::default();
+            for &(jobs, early, cost) in rounds {
+                waves.record(jobs, early, ms(cost));
+            }
+            assert_eq!(
+                (waves.expected(), waves.window()),
+                (expected, window),
+                "{rounds:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gather_waits_for_the_expected_jobs_and_a_lone_client_never_waits() {
+        let sort = &mut |_: Job| {};
+        // Expected 4, one taken (say, early in the last round), the other three back
+        // 5 ms later: all four, long before the (generous) window ends.
+        let (tx, rx) = channel();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(5));
+            for _ in 0..3 {
+                tx.send(text_job()).unwrap();
+            }
+            tx
+        });
+        let (window, quiet) = (Duration::from_secs(20), Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(gather(&rx, 1, 4, window, quiet, sort), 4);
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let tx = late.join().unwrap();
+        // Expected 1 (a lone client): what is queued, and no wait for a job 200 ms away.
+        tx.send(text_job()).unwrap();
+        let later = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            tx.send(text_job()).unwrap();
+        });
+        assert_eq!(gather(&rx, 1, 1, window, quiet, sort), 2);
+        later.join().unwrap();
+        // The window ends the wait when the expected jobs never come.
+        assert_eq!(gather(&rx, 1, 8, Duration::from_millis(1), quiet, sort), 2);
     }
 }
