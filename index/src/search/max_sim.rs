@@ -266,7 +266,7 @@ mod x86 {
     /// A register width the block kernels run at: `QB` queries meet `RB` rows at a
     /// time, `QB · RB` sums, each one of [`dot_body`]'s bit for bit.
     trait Width {
-        /// Queries per block.
+        /// Queries per block, at most [`MAX_QB`].
         const QB: usize;
         /// Rows per block.
         const RB: usize;
@@ -285,6 +285,9 @@ mod x86 {
             main: usize,
         ) -> [f32; LANES];
     }
+
+    /// The most queries a block of any width meets.
+    const MAX_QB: usize = 4;
 
     /// AVX-512F: 4 queries × 4 rows, 16 sums, one register each.
     struct Zmm;
@@ -454,7 +457,7 @@ mod x86 {
                 // The last group repeats its last query when the count is not a
                 // multiple of QB (its sums are dropped).
                 let q_of = |i: usize| (g * qb + i).min(queries.len() - 1);
-                let ptrs: [*const f32; 4] = std::array::from_fn(|i| queries[q_of(i)].as_ptr());
+                let ptrs: [*const f32; MAX_QB] = std::array::from_fn(|i| queries[q_of(i)].as_ptr());
                 // SAFETY: the caller runs at W's features; each query holds `main`
                 // values, `block` RB rows of `dim ≥ main`.
                 let mut sums = unsafe { W::lane_sums(&ptrs[..qb], block.as_ptr(), dim, main) };
