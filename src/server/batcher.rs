@@ -133,14 +133,13 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
             Job::Search(s, reply) => searches.push((s, reply)),
             Job::Itm(p, reply) => itm.push((p, reply)),
         };
-        let mut n = early.len();
         if early.is_empty() {
             match rx.recv() {
-                Ok(first) => sort(first),
+                Ok(first) => early.push(first),
                 Err(_) => return,
             }
-            n = 1;
         }
+        let n = early.len();
         early.drain(..).for_each(&mut sort);
         let n = gather(
             rx,
