@@ -77,7 +77,7 @@ fn main() -> candle_core::Result<()> {
             if args.f32 {
                 vec![Format::F32]
             } else if args.int8 {
-                vec![Format::Bf16, Format::Int8, Format::Int8Pairs]
+                vec![Format::Bf16, Format::Int8, Format::Int8Pairs, Format::Int7]
             } else {
                 vec![Format::Bf16]
             },
@@ -99,7 +99,10 @@ fn main() -> candle_core::Result<()> {
             for kernel in Kernel::available(format) {
                 if matches!(
                     kernel,
-                    Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8
+                    Kernel::Portable
+                        | Kernel::PortableF32
+                        | Kernel::PortableInt8
+                        | Kernel::PortableInt7
                 ) {
                     continue;
                 }

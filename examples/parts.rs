@@ -84,6 +84,8 @@ fn peak_gflops(kernel: Kernel) -> Option<f64> {
             Kernel::Avx2F32 => (8.0 * 2.0, kernel.runs_here()),
             // `vpmaddwd` and the `vpaddd` that adds it: 8 lanes × 2 products.
             Kernel::Avx2Madd => (8.0 * 2.0 * 2.0, kernel.runs_here()),
+            // `vpmaddubsw`, the `vpmaddwd` by ones and the `vpaddd`: 8 lanes × 4 products.
+            Kernel::Avx2Maddubs => (8.0 * 4.0 * 2.0, kernel.runs_here()),
             _ => (0.0, false),
         };
         if !runs {
@@ -125,7 +127,8 @@ mod peak {
             Kernel::Avx512Bf16 => dpbf16(iters, seed),
             Kernel::Avx512Vnni => dpbusd(iters, seed),
             Kernel::Avx512F32 => fma(iters, seed),
-            Kernel::Avx2Madd => madd(iters, seed),
+            Kernel::Avx2Madd => madd(iters, seed, false),
+            Kernel::Avx2Maddubs => madd(iters, seed, true),
             _ => fma_ymm(iters, seed),
         }
     }
@@ -142,9 +145,11 @@ mod peak {
         acc.iter().map(|x| _mm512_reduce_add_epi32(*x) as f32).sum()
     }
 
-    /// 8 chains (a chain waits only on `vpaddd`'s one cycle), 12 per round as the others.
+    /// 8 chains (a chain waits only on `vpaddd`'s one cycle), 12 per round as the others;
+    /// with `bytes`, each product a `vpmaddubsw` then a `vpmaddwd` by ones.
     #[target_feature(enable = "avx2")]
-    unsafe fn madd(iters: u64, seed: f32) -> f32 {
+    unsafe fn madd(iters: u64, seed: f32, bytes: bool) -> f32 {
+        let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_set1_epi32(seed as i32); 8];
         // The products' operands are read from memory at each round, as the kernel's are
         // (volatile: the products cannot be hoisted out of the loop); eight distinct
@@ -163,7 +168,12 @@ mod peak {
         for _ in 0..iters * 3 / 2 {
             let ab: [__m256i; 4] = std::array::from_fn(|j| std::ptr::read_volatile(&ops[j]));
             for (x, &(a, b)) in acc.iter_mut().zip(&PAIRS) {
-                *x = _mm256_add_epi32(*x, _mm256_madd_epi16(ab[a], ab[b]));
+                let product = if bytes {
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(ab[a], ab[b]), ones)
+                } else {
+                    _mm256_madd_epi16(ab[a], ab[b])
+                };
+                *x = _mm256_add_epi32(*x, product);
             }
         }
         let mut out = [0i32; 8];
@@ -270,7 +280,7 @@ fn main() -> qseek::Result<()> {
     let peak = main_kernel.and_then(peak_gflops);
     let int8_peak = int8.and_then(peak_gflops);
     let peak_of = |kernel: Option<Kernel>| match kernel.map(Kernel::format) {
-        Some(Format::Int8 | Format::Int8Pairs) => int8_peak,
+        Some(Format::Int8 | Format::Int8Pairs | Format::Int7) => int8_peak,
         _ => peak,
     };
     let mut parts = Vec::new();
@@ -388,7 +398,11 @@ fn main() -> qseek::Result<()> {
         peak.map_or("not measured".into(), |p| format!("{p:.0} GFLOP/s")),
         int8_peak.map_or(String::new(), |p| format!(
             "; int8's layers against {}'s {p:.0} GFLOP/s (as the f32 products)",
-            if int8 == Some(Kernel::Avx2Madd) { "vpmaddwd + vpaddd" } else { "vpdpbusd" }
+            match int8 {
+                Some(Kernel::Avx2Madd) => "vpmaddwd + vpaddd",
+                Some(Kernel::Avx2Maddubs) => "vpmaddubsw + vpmaddwd + vpaddd",
+                _ => "vpdpbusd",
+            }
         )),
     );
     for p in &parts {

@@ -7,6 +7,10 @@
 //! bytes for `vpdpbusd` (VNNI: four u8 × i8 products per lane), and [`Pair`]s of two
 //! codes widened to i16 for `vpmaddwd` (AVX2 without VNNI: two i16 × i16 products per
 //! lane, exact, so no code is narrowed to keep `vpmaddubsw`'s i16 sums from saturating).
+//! A third format, [`Format::Int7`](super::Format::Int7), is the quads' layout with the
+//! weights' codes in [-64, 64] ([`WEIGHT_LEVELS_INT7`]: half the step), for
+//! `vpmaddubsw` on AVX2 CPUs without VNNI: two products of a u8 and such a code sum to
+//! at most 2 · 255 · 64 < 2¹⁵, so its i16 sums are exact too.
 //!
 //! `vpdpbusd` multiplies unsigned bytes by signed ones, so a row's codes `q ∈ [-127, 127]`
 //! are stored as `q + 128` (in both layouts, which then sum the same integers); the extra
@@ -93,9 +97,15 @@ pub(super) struct Packed<E> {
     bias: Vec<f32>,
 }
 
-/// `|x|`'s maximum over 127: the step of a row (or column) of codes; 1 for a zero row,
-/// whose codes are then all 0.
-fn scale(xs: &[f32]) -> f32 {
+/// The largest weight code of [`Format::Int8`](super::Format::Int8) and
+/// [`Format::Int8Pairs`](super::Format::Int8Pairs), and of every row's codes.
+pub(super) const LEVELS: f32 = 127.0;
+/// The largest weight code of [`Format::Int7`](super::Format::Int7).
+pub(super) const WEIGHT_LEVELS_INT7: f32 = 64.0;
+
+/// `|x|`'s maximum over `levels`: the step of a row (or column) of codes in
+/// [-`levels`, `levels`]; 1 for a zero row, whose codes are then all 0.
+fn scale(xs: &[f32], levels: f32) -> f32 {
     // 16 running maxima, then theirs: the same maximum, in a loop that vectorises.
     let mut lanes = [0f32; 16];
     let chunks = xs.chunks_exact(16);
@@ -107,7 +117,7 @@ fn scale(xs: &[f32]) -> f32 {
     }
     let max = tail.iter().chain(&lanes).fold(0f32, |m, x| m.max(x.abs()));
     if max > 0.0 {
-        max / 127.0
+        max / levels
     } else {
         1.0
     }
@@ -128,9 +138,10 @@ fn code(x: f32, inv_step: f32) -> i32 {
     unsafe { ((v + MAGIC) - MAGIC).to_int_unchecked::<i32>() }
 }
 
-/// Packs the weight (`w`'s rows are its n output columns) and `bias` in the int8 format
-/// of `E`.
-pub(super) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>) -> Packed<E> {
+/// Packs the weight (`w`'s rows are its n output columns) and `bias` in the layout of
+/// `E`, each column's codes in [-`levels`, `levels`] ([`LEVELS`] or
+/// [`WEIGHT_LEVELS_INT7`]).
+pub(super) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>, levels: f32) -> Packed<E> {
     let (n, k) = (w.rows, w.k);
     let units = k.div_ceil(E::K);
     let padded = n.div_ceil(NR) * NR;
@@ -143,7 +154,7 @@ pub(super) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>) -> Packed<E> {
         .enumerate()
     {
         let row = w.row(c);
-        *scale_c = scale(row);
+        *scale_c = scale(row, levels);
         let inv = 1.0 / *scale_c;
         let mut sum = 0i64;
         for (q, &x) in codes.iter_mut().zip(row) {
@@ -183,7 +194,7 @@ pub(super) fn matmul<E: Unit>(
 ) -> Vec<f32> {
     let steps: Vec<f32> = (0..x.rows)
         .into_par_iter()
-        .map(|r| scale(x.row(r)))
+        .map(|r| scale(x.row(r), LEVELS))
         .collect();
     let a = pack_rows(x, w.k.div_ceil(E::K), |r, row, out| {
         E::row(row, 1.0 / steps[r], out)
@@ -252,7 +263,7 @@ pub(super) fn dequantized_weight(packed: &Packed<Quad>, n: usize, k: usize) -> V
 /// A row dequantized: what the int8 kernels multiply.
 #[cfg(test)]
 pub(super) fn dequantized_row(row: &[f32]) -> Vec<f64> {
-    let step = scale(row);
+    let step = scale(row, LEVELS);
     row.iter()
         .map(|&x| f64::from(code(x, 1.0 / step)) * f64::from(step))
         .collect()

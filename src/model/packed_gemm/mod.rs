@@ -82,6 +82,10 @@ pub enum Format {
     /// The codes of [`Format::Int8`] widened to i16, in pairs of k: for CPUs with AVX2 but
     /// no VNNI (`vpmaddwd`), at twice the bytes per weight.
     Int8Pairs,
+    /// As [`Format::Int8`], with each weight column's codes in [-64, 64] (half the step):
+    /// for CPUs with AVX2 but no VNNI, whose `vpmaddubsw` sums two products of a row's u8
+    /// and such a code in i16 without saturating. The rows' codes are int8's.
+    Int7,
 }
 
 impl Format {
@@ -90,7 +94,7 @@ impl Format {
         match self {
             Format::Bf16 => k.div_ceil(2),
             Format::F32 => k,
-            Format::Int8 => k.div_ceil(4),
+            Format::Int8 | Format::Int7 => k.div_ceil(4),
             Format::Int8Pairs => k.div_ceil(2),
         }
     }
@@ -119,6 +123,11 @@ pub enum Kernel {
     Avx2Madd,
     /// int8 in plain Rust, any CPU: the reference.
     PortableInt8,
+    /// int8 rows by 7-bit weights ([`Format::Int7`]): `vpmaddubsw` + `vpmaddwd` (by ones)
+    /// + `vpaddd` on 8 lanes (`avx2`), the fastest int8 on AVX2 CPUs without VNNI.
+    Avx2Maddubs,
+    /// [`Format::Int7`] in plain Rust, any CPU: the reference.
+    PortableInt7,
 }
 
 impl Kernel {
@@ -129,6 +138,7 @@ impl Kernel {
             Kernel::Avx512F32 | Kernel::Avx2F32 | Kernel::PortableF32 => Format::F32,
             Kernel::Avx512Vnni | Kernel::Avx2Vnni | Kernel::PortableInt8 => Format::Int8,
             Kernel::Avx2Madd => Format::Int8Pairs,
+            Kernel::Avx2Maddubs | Kernel::PortableInt7 => Format::Int7,
         }
     }
 
@@ -139,6 +149,7 @@ impl Kernel {
             Format::F32 => &[Kernel::Avx512F32, Kernel::Avx2F32, Kernel::PortableF32][..],
             Format::Int8 => &[Kernel::Avx512Vnni, Kernel::Avx2Vnni, Kernel::PortableInt8][..],
             Format::Int8Pairs => &[Kernel::Avx2Madd][..],
+            Format::Int7 => &[Kernel::Avx2Maddubs, Kernel::PortableInt7][..],
         };
         all.iter().copied().filter(|k| k.runs_here()).collect()
     }
@@ -151,37 +162,43 @@ impl Kernel {
             match self {
                 Kernel::Avx512Bf16 => has!("avx512f") && has!("avx512bf16"),
                 Kernel::Avx512F32 => has!("avx512f"),
-                Kernel::Avx2F32 | Kernel::Avx2Madd => has!("avx2") && has!("fma"),
+                Kernel::Avx2F32 | Kernel::Avx2Madd | Kernel::Avx2Maddubs => {
+                    has!("avx2") && has!("fma")
+                }
                 Kernel::Avx512Vnni => has!("avx512f") && has!("avx512vnni"),
                 Kernel::Avx2Vnni => {
                     has!("avx2")
                         && has!("fma")
                         && (has!("avxvnni") || (has!("avx512vnni") && has!("avx512vl")))
                 }
-                Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8 => true,
+                Kernel::Portable
+                | Kernel::PortableF32
+                | Kernel::PortableInt8
+                | Kernel::PortableInt7 => true,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
         matches!(
             self,
-            Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8
+            Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8 | Kernel::PortableInt7
         )
     }
 
     /// The kernel for `format` on the CPU: the fastest SIMD one this CPU runs, else `None`
-    /// (candle's GEMM, as before this module). For int8 ([`Format::Int8`] or
-    /// [`Format::Int8Pairs`]: one choice) that is a kernel of either layout, which its
-    /// [`format`](Self::format) tells: the VNNI ones, else [`Kernel::Avx2Madd`]. An
-    /// environment variable overrides it for benchmarks and for testing every path end to
-    /// end: `QSEEK_BF16_GEMM` (bf16) or `QSEEK_F32_GEMM` (f32) or `QSEEK_INT8_GEMM` (int8)
-    /// set to `off` (`None`), `portable` (slow, the reference kernel), or a kernel's
-    /// [`name`](Self::name) (`avx512`, `avx2`, `madd`), ignored where the CPU lacks it.
+    /// (candle's GEMM, as before this module). For int8 ([`Format::Int8`],
+    /// [`Format::Int8Pairs`] or [`Format::Int7`]: one choice) that is a kernel of any of
+    /// the three, which its [`format`](Self::format) tells: the VNNI ones, else
+    /// [`Kernel::Avx2Maddubs`] (7-bit weights). An environment variable overrides it for
+    /// benchmarks and for testing every path end to end: `QSEEK_BF16_GEMM` (bf16) or
+    /// `QSEEK_F32_GEMM` (f32) or `QSEEK_INT8_GEMM` (int8) set to `off` (`None`),
+    /// `portable` (slow, the reference kernel), or a kernel's [`name`](Self::name)
+    /// (`avx512`, `avx2`, `maddubs`, `madd`, `portable7`), ignored where the CPU lacks it.
     pub fn chosen(format: Format) -> Option<Kernel> {
         static CHOSEN: std::sync::OnceLock<[Option<Kernel>; 3]> = std::sync::OnceLock::new();
         let chosen =
             CHOSEN.get_or_init(|| [Format::Bf16, Format::F32, Format::Int8].map(Kernel::choose));
         chosen[match format {
-            Format::Int8Pairs => Format::Int8,
+            Format::Int8Pairs | Format::Int7 => Format::Int8,
             format => format,
         } as usize]
     }
@@ -190,15 +207,19 @@ impl Kernel {
         let (variable, portable) = match format {
             Format::Bf16 => ("QSEEK_BF16_GEMM", Kernel::Portable),
             Format::F32 => ("QSEEK_F32_GEMM", Kernel::PortableF32),
-            Format::Int8 | Format::Int8Pairs => ("QSEEK_INT8_GEMM", Kernel::PortableInt8),
+            Format::Int8 | Format::Int8Pairs | Format::Int7 => {
+                ("QSEEK_INT8_GEMM", Kernel::PortableInt8)
+            }
         };
-        let mut available = Kernel::available(format);
-        if format == Format::Int8 {
-            // Without VNNI, the pairs; before the portable kernel, the slowest.
-            let at = available.len() - 1;
-            available.splice(at..at, Kernel::available(Format::Int8Pairs));
-        }
-        let fastest = available.first().copied().filter(|k| *k != portable);
+        let available = match format {
+            // Fastest first: VNNI, else 7-bit weights, else the pairs; then the portable
+            // kernels.
+            Format::Int8 | Format::Int8Pairs | Format::Int7 => Kernel::int8_family(),
+            _ => Kernel::available(format),
+        };
+        let fastest = available.first().copied().filter(|k| {
+            !matches!(k, Kernel::PortableInt8 | Kernel::PortableInt7) && *k != portable
+        });
         match std::env::var(variable).as_deref() {
             Ok("off") => None,
             Ok("portable") => Some(portable),
@@ -211,17 +232,59 @@ impl Kernel {
         }
     }
 
+    /// The vector instructions the kernel's code around its tiles (GELU) is compiled for.
+    fn vectors(self) -> Vectors {
+        match self {
+            Kernel::Avx512Bf16 | Kernel::Avx512F32 | Kernel::Avx512Vnni => Vectors::Avx512,
+            Kernel::Avx2F32 | Kernel::Avx2Vnni | Kernel::Avx2Madd | Kernel::Avx2Maddubs => {
+                Vectors::Avx2
+            }
+            Kernel::Portable
+            | Kernel::PortableF32
+            | Kernel::PortableInt8
+            | Kernel::PortableInt7 => Vectors::Baseline,
+        }
+    }
+
+    /// The int8 kernels of the three int8 formats this CPU runs, fastest first, the
+    /// portable ones last.
+    pub fn int8_family() -> Vec<Kernel> {
+        let mut kernels = Kernel::available(Format::Int8);
+        let portable = kernels.pop();
+        kernels.extend(
+            [Format::Int7, Format::Int8Pairs]
+                .into_iter()
+                .flat_map(Kernel::available)
+                .filter(|k| *k != Kernel::PortableInt7),
+        );
+        kernels.extend(portable);
+        kernels.push(Kernel::PortableInt7);
+        kernels
+    }
+
     /// The name the environment variables of [`chosen`](Self::chosen) give it: the
-    /// instruction set's width (`avx512`, `avx2`), `madd` for [`Kernel::Avx2Madd`], or
-    /// `portable`.
+    /// instruction set's width (`avx512`, `avx2`), the instruction for the AVX2 int8
+    /// kernels without VNNI (`maddubs`, `madd`), or `portable` (`portable7` for
+    /// [`Format::Int7`]'s).
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512Bf16 | Kernel::Avx512F32 | Kernel::Avx512Vnni => "avx512",
             Kernel::Avx2F32 | Kernel::Avx2Vnni => "avx2",
             Kernel::Avx2Madd => "madd",
+            Kernel::Avx2Maddubs => "maddubs",
             Kernel::Portable | Kernel::PortableF32 | Kernel::PortableInt8 => "portable",
+            Kernel::PortableInt7 => "portable7",
         }
     }
+}
+
+/// What a [`Kernel`]'s code beside its tiles is compiled for: AVX-512, AVX2 + FMA, or the
+/// build's baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Vectors {
+    Avx512,
+    Avx2,
+    Baseline,
 }
 
 /// A weight (n × k, as `nn.Linear` stores it) and its bias, packed for [`matmul_wt`] in
@@ -241,6 +304,7 @@ enum Data {
     F32(Vec<f32>),
     Int8(int8::Packed<Quad>),
     Int8Pairs(int8::Packed<Pair>),
+    Int7(int8::Packed<Quad>),
 }
 
 impl std::fmt::Debug for PackedWeight {
@@ -301,14 +365,15 @@ impl PackedWeight {
             Format::F32 => Data::F32(pack_panels(w, k, |row, p| row[p])),
             // The bias is applied after the scaling (`int8::matmul`); the tiles start
             // from zero.
-            Format::Int8 => {
-                return Self::with_bias(n, k, Data::Int8(int8::pack_weight(w, bias)), None)
-            }
-            Format::Int8Pairs => {
-                return Self::with_bias(n, k, Data::Int8Pairs(int8::pack_weight(w, bias)), None)
-            }
+            Format::Int8 => Data::Int8(int8::pack_weight(w, bias, int8::LEVELS)),
+            Format::Int8Pairs => Data::Int8Pairs(int8::pack_weight(w, bias, int8::LEVELS)),
+            Format::Int7 => Data::Int7(int8::pack_weight(w, bias, int8::WEIGHT_LEVELS_INT7)),
         };
-        Self::with_bias(n, k, data, bias)
+        let tiles_start_from = match format {
+            Format::Bf16 | Format::F32 => bias,
+            Format::Int8 | Format::Int8Pairs | Format::Int7 => None,
+        };
+        Self::with_bias(n, k, data, tiles_start_from)
     }
 
     /// Packs the weight `wtᵀ` (no bias) in `format`: `wt`'s rows are the weight's
@@ -338,7 +403,7 @@ impl PackedWeight {
             Format::F32 => Data::F32(pack_panels_transposed(n, k, |p, columns, out| {
                 out.copy_from_slice(&wt.row(p)[columns]);
             })),
-            Format::Int8 | Format::Int8Pairs => {
+            Format::Int8 | Format::Int8Pairs | Format::Int7 => {
                 // Each column's scale needs the whole column: transpose first.
                 let w: Vec<f32> = (0..n)
                     .flat_map(|c| (0..k).map(move |p| wt.row(p)[c]))
@@ -375,6 +440,7 @@ impl PackedWeight {
             Data::F32(_) => Format::F32,
             Data::Int8(_) => Format::Int8,
             Data::Int8Pairs(_) => Format::Int8Pairs,
+            Data::Int7(_) => Format::Int7,
         }
     }
 }
@@ -515,6 +581,7 @@ pub fn matmul_rows(kernel: Kernel, x: Rows, w: &PackedWeight, epilogue: Epilogue
         }
         Data::Int8(packed) => int8::matmul(kernel, x, w, packed, epilogue),
         Data::Int8Pairs(packed) => int8::matmul(kernel, x, w, packed, epilogue),
+        Data::Int7(packed) => int8::matmul(kernel, x, w, packed, epilogue),
     }
 }
 
@@ -649,6 +716,8 @@ impl Element for Quad {
             Kernel::Avx512Vnni => x86::tile_i8(tile),
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2Vnni => x86::tile_i8_ymm(tile),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Maddubs => x86::tile_i8_maddubs(tile),
             _ => tile.portable(),
         }
     }
@@ -733,17 +802,13 @@ impl<E: Element> Tile<'_, E> {
 /// a degree-7 polynomial: within ~2e-7 · max(1, |x|) of the exact GELU. Plain code, which
 /// the compiler vectorises for the kernel's instruction set.
 pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
-    match kernel {
+    match kernel.vectors() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `matmul_wt` (or the caller) checked that the CPU runs this kernel.
-        Kernel::Avx512Bf16 | Kernel::Avx512F32 | Kernel::Avx512Vnni if kernel.runs_here() => unsafe {
-            x86::gelu_in_place_avx512(xs)
-        },
+        Vectors::Avx512 if kernel.runs_here() => unsafe { x86::gelu_in_place_avx512(xs) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx2F32 | Kernel::Avx2Vnni | Kernel::Avx2Madd if kernel.runs_here() => unsafe {
-            x86::gelu_in_place_avx2(xs)
-        },
+        Vectors::Avx2 if kernel.runs_here() => unsafe { x86::gelu_in_place_avx2(xs) },
         _ => xs.iter_mut().for_each(|x| *x = gelu(*x)),
     }
 }
@@ -923,7 +988,7 @@ mod tests {
     fn input(format: Format, x: f32) -> f64 {
         match format {
             Format::Bf16 => half::bf16::from_f32(x).to_f64(),
-            Format::F32 | Format::Int8 | Format::Int8Pairs => x as f64,
+            Format::F32 | Format::Int8 | Format::Int8Pairs | Format::Int7 => x as f64,
         }
     }
 
@@ -1074,19 +1139,37 @@ mod tests {
         }
     }
 
-    /// Every int8 kernel this CPU runs, of both layouts.
+    /// Every int8 kernel this CPU runs, of the three formats.
     fn int8_kernels() -> Vec<Kernel> {
-        let mut kernels = Kernel::available(Format::Int8);
-        kernels.extend(Kernel::available(Format::Int8Pairs));
-        kernels
+        Kernel::int8_family()
+    }
+
+    #[test]
+    fn the_int8_family_is_every_int8_kernel_once_the_simd_ones_first() {
+        let family = Kernel::int8_family();
+        let mut every: Vec<Kernel> = [Format::Int8, Format::Int8Pairs, Format::Int7]
+            .into_iter()
+            .flat_map(Kernel::available)
+            .collect();
+        assert_eq!(family.len(), every.len(), "{family:?}");
+        every.retain(|k| !family.contains(k));
+        assert!(every.is_empty(), "{every:?}");
+        let portable = [Kernel::PortableInt8, Kernel::PortableInt7];
+        assert_eq!(&family[family.len() - 2..], &portable);
     }
 
     #[test]
     fn the_environment_picks_a_kernel_of_the_format() {
-        for format in [Format::Bf16, Format::F32, Format::Int8, Format::Int8Pairs] {
+        for format in [
+            Format::Bf16,
+            Format::F32,
+            Format::Int8,
+            Format::Int8Pairs,
+            Format::Int7,
+        ] {
             if let Some(kernel) = Kernel::chosen(format) {
-                // int8's one choice may be of either layout.
-                let int8 = [Format::Int8, Format::Int8Pairs];
+                // int8's one choice may be of any of its formats.
+                let int8 = [Format::Int8, Format::Int8Pairs, Format::Int7];
                 if int8.contains(&format) {
                     assert!(int8.contains(&kernel.format()), "{kernel:?}");
                     assert_eq!(Kernel::chosen(Format::Int8), Some(kernel));
@@ -1098,7 +1181,7 @@ mod tests {
             // Each format's kernels (int8's of both layouts) have names of their own, which
             // `chosen` looks up.
             let kernels = match format {
-                Format::Int8 | Format::Int8Pairs => int8_kernels(),
+                Format::Int8 | Format::Int8Pairs | Format::Int7 => int8_kernels(),
                 _ => Kernel::available(format),
             };
             let names: Vec<_> = kernels.iter().map(|k| k.name()).collect();
@@ -1180,13 +1263,18 @@ mod tests {
             let x: Vec<f32> = values(rows * k, 1).iter().map(|v| v * 3.0).collect();
             let w_rows = values(n * k, 2);
             let b = values(n, 3);
-            let quads = PackedWeight::new(Format::Int8, &w_rows, Some(&b), k);
-            let Data::Int8(codes) = &quads.data else {
-                unreachable!()
-            };
-            // What both layouts hold.
-            let wq = int8::dequantized_weight(codes, n, k);
             for kernel in int8_kernels() {
+                // The codes of the kernel's format: int8's (both of its layouts hold them)
+                // or int7's.
+                let (quads, levels) = match kernel.format() {
+                    Format::Int7 => (Format::Int7, int8::WEIGHT_LEVELS_INT7),
+                    _ => (Format::Int8, int8::LEVELS),
+                };
+                let quads = PackedWeight::new(quads, &w_rows, Some(&b), k);
+                let (Data::Int8(codes) | Data::Int7(codes)) = &quads.data else {
+                    unreachable!()
+                };
+                let wq = int8::dequantized_weight(codes, n, k);
                 let packed = PackedWeight::new(kernel.format(), &w_rows, Some(&b), k);
                 let y = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
                 for r in 0..rows {
@@ -1202,8 +1290,9 @@ mod tests {
                             "{kernel:?} ({rows}, {n}, {k}) [{r}, {c}]: {} vs {want}",
                             y[r * n + c]
                         );
-                        // And within the two roundings (half a step each) of the product
-                        // of the inputs as they are.
+                        // And within the two roundings (half a step each: of the row's
+                        // largest value over 127, of the column's over `levels`) of the
+                        // product of the inputs as they are.
                         let (xr, wr) = (&x[r * k..(r + 1) * k], &w_rows[c * k..(c + 1) * k]);
                         let exact: f64 = xr
                             .iter()
@@ -1212,7 +1301,10 @@ mod tests {
                             .sum::<f64>()
                             + f64::from(b[c]);
                         let max = |v: &[f32]| v.iter().fold(0f64, |m, x| m.max(f64::from(x.abs())));
-                        let bound = k as f64 * max(xr) * max(wr) / 127.0;
+                        let bound = k as f64
+                            * max(xr)
+                            * max(wr)
+                            * (0.5 / f64::from(levels) + 0.5 / f64::from(int8::LEVELS));
                         assert!(
                             (f64::from(y[r * n + c]) - exact).abs() <= bound,
                             "{kernel:?} ({rows}, {n}, {k}) [{r}, {c}]: {} vs exact {exact}",
@@ -1225,17 +1317,31 @@ mod tests {
     }
 
     #[test]
-    fn int8_kernels_of_both_layouts_give_the_same_bits_within_a_block() {
+    fn int8_kernels_of_the_same_codes_give_the_same_bits_within_a_block() {
         // Within one k block of the pairs (1024 units: k ≤ 2048) and of the quads, every
-        // SIMD kernel sums the same integers, converted and scaled alike. The portable
-        // kernel rounds its running sum to f32 at each unit, which is exact only while the
-        // sums stay below 2²⁴ (k · 255 · 127 < 2²⁴: k ≤ 518), so it joins only there.
-        for (rows, n, k) in [(7, 19, 9), (13, 130, 301), (6, 70, 2048)] {
+        // SIMD kernel of int8's codes (both layouts) sums the same integers, converted and
+        // scaled alike; so do int7's. The portable kernels round their running sums to
+        // f32 at each unit, which is exact only while the sums stay below 2²⁴ (k · 255 ·
+        // 127 < 2²⁴: k ≤ 518; int7's k · 255 · 64: k ≤ 1028), so they join only there.
+        let int8 = |k: &Kernel| k.format() != Format::Int7;
+        for (rows, n, k, same_codes) in [
+            (7, 19, 9, int8 as fn(&Kernel) -> bool),
+            (13, 130, 301, int8),
+            (6, 70, 2048, int8),
+            (7, 19, 9, |k| k.format() == Format::Int7),
+            (13, 130, 1028, |k| k.format() == Format::Int7),
+            (6, 70, 4096, |k| k.format() == Format::Int7),
+        ] {
             let (x, w, b) = (values(rows * k, 8), values(n * k, 9), values(n, 10));
             let x: Vec<f32> = x.iter().map(|v| v * 5.0).collect();
             let kernels: Vec<Kernel> = int8_kernels()
                 .into_iter()
-                .filter(|kernel| *kernel != Kernel::PortableInt8 || k <= 518)
+                .filter(same_codes)
+                .filter(|kernel| match kernel {
+                    Kernel::PortableInt8 => k <= 518,
+                    Kernel::PortableInt7 => k <= 1028,
+                    _ => true,
+                })
                 .collect();
             let outputs: Vec<Vec<u32>> = kernels
                 .iter()

@@ -80,7 +80,7 @@ pub(super) unsafe fn tile_i8_ymm(t: &Tile<Quad>) {
 unsafe fn tile_i8_avxvnni(t: &Tile<Quad>) {
     macro_rules! rows {
         ($r:literal, $t:expr) => {
-            rows_i8_ymm::<$r, _, _>($t, |acc, a, b| _mm256_dpbusd_avx_epi32(acc, a, b))
+            rows_i8_ymm::<$r, false, _, _>($t, |acc, a, b| _mm256_dpbusd_avx_epi32(acc, a, b))
         };
     }
     by_rows_literal!(rows, t)
@@ -90,7 +90,7 @@ unsafe fn tile_i8_avxvnni(t: &Tile<Quad>) {
 unsafe fn tile_i8_avx512vl(t: &Tile<Quad>) {
     macro_rules! rows {
         ($r:literal, $t:expr) => {
-            rows_i8_ymm::<$r, _, _>($t, |acc, a, b| _mm256_dpbusd_epi32(acc, a, b))
+            rows_i8_ymm::<$r, false, _, _>($t, |acc, a, b| _mm256_dpbusd_epi32(acc, a, b))
         };
     }
     by_rows_literal!(rows, t)
@@ -107,8 +107,30 @@ unsafe fn tile_i8_avx512vl(t: &Tile<Quad>) {
 pub(super) unsafe fn tile_i8_madd(t: &Tile<Pair>) {
     macro_rules! rows {
         ($r:literal, $t:expr) => {
-            rows_i8_ymm::<$r, _, _>($t, |acc, a, b| {
+            rows_i8_ymm::<$r, false, _, _>($t, |acc, a, b| {
                 _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+            })
+        };
+    }
+    by_rows_literal!(rows, t)
+}
+
+/// The int8 tile on CPUs with AVX2 but no VNNI, over [`Quad`]s of
+/// [`Format::Int7`](super::Format::Int7) (weights in [-64, 64]): `vpmaddubsw` sums each
+/// two products of a row's u8 and a weight's code in i16, exactly (at most 2 · 255 · 64 <
+/// 2¹⁵), `vpmaddwd` by ones sums those two by two in i32, `vpaddd` adds them to the
+/// lane's sum. The same integers as `vpdpbusd`'s sums of the same codes, in three
+/// instructions per 32 products where [`tile_i8_madd`] takes two per 16.
+///
+/// # Safety
+/// As [`Tile::run`], on a CPU with `avx2`.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn tile_i8_maddubs(t: &Tile<Quad>) {
+    let ones = _mm256_set1_epi16(1);
+    macro_rules! rows {
+        ($r:literal, $t:expr) => {
+            rows_i8_ymm::<$r, true, _, _>($t, |acc, a, b| {
+                _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones))
             })
         };
     }
@@ -332,14 +354,21 @@ unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
 }
 
 /// 16 columns at a time (2 × 8 lanes × `R` rows, as [`rows_f32_avx2`]) over the whole
-/// block, summing its codes in i32 with `dot` (a `vpdpbusd` on [`Quad`]s, or `vpmaddwd`
-/// and `vpaddd` on [`Pair`]s: units of 32 bits), then adding them, converted, to the
-/// tile's start (the zero bias, or what `c` holds). (Passes of [`SUB`] units, as the f32
-/// kernel's, were no faster for quads: a unit is four values of k, so the tile's `x` is
-/// read a quarter as often; nor, on a Zen 3, for pairs, with the i32 sums kept between
-/// passes.)
+/// block, summing its codes in i32 with `dot` (a `vpdpbusd` on [`Quad`]s, `vpmaddubsw`,
+/// `vpmaddwd` by ones and `vpaddd` on int7's quads, or `vpmaddwd` and `vpaddd` on
+/// [`Pair`]s: units of 32 bits), then adding them, converted, to the tile's start (the
+/// zero bias, or what `c` holds). (Passes of [`SUB`] units, as the f32 kernel's, were no
+/// faster for quads: a unit is four values of k, so the tile's `x` is read a quarter as
+/// often; nor, on a Zen 3, for pairs, with the i32 sums kept between passes.)
+///
+/// With `RELOAD` each row reads the unit's two weight vectors again (from L1), which the
+/// compiler then folds into the product's instruction. `vpmaddubsw`'s kernel needs it:
+/// held in registers, as the compiler would hoist them, they left too few of the 16 for
+/// its 12 sums, the ones, a row's codes and the products, and a sum went through the
+/// stack at every unit (its GEMMs went from 1.3 to 1.4× `vpmaddwd`'s on a Zen 3).
+/// `vpmaddwd`'s, without the ones, fits either way and was 10–30% slower reloading.
 #[inline(always)]
-unsafe fn rows_i8_ymm<const R: usize, E, D>(t: &Tile<E>, dot: D)
+unsafe fn rows_i8_ymm<const R: usize, const RELOAD: bool, E, D>(t: &Tile<E>, dot: D)
 where
     D: Fn(__m256i, __m256i, __m256i) -> __m256i,
 {
@@ -349,10 +378,20 @@ where
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
         for p in 0..t.b.len() / NR {
             let bp = b.add(p * NR + c0).cast::<__m256i>();
-            let bv = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
+            let held = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
             for (r, row) in acc.iter_mut().enumerate() {
+                if RELOAD {
+                    // An empty asm that may write memory: the loads below are not merged
+                    // with the last row's.
+                    std::arch::asm!("", options(nostack, preserves_flags));
+                }
                 let av = _mm256_set1_epi32(*a.add(p * MR + r) as i32);
-                for (sum, bv) in row.iter_mut().zip(bv) {
+                for (v, sum) in row.iter_mut().enumerate() {
+                    let bv = if RELOAD {
+                        _mm256_loadu_si256(bp.add(v))
+                    } else {
+                        held[v]
+                    };
                     *sum = dot(*sum, av, bv);
                 }
             }
