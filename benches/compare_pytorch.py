@@ -22,7 +22,9 @@ and prints both sides and the ratio qseek/pytorch.
   AVX-512 CPU, a stand-in for one (same code, not the same hardware).
 * `--against qseek-f32` compares with qseek's own f32 (on the same kernels) instead of
   PyTorch: issue 13's "≥ 2× qseek f32" on an AVX2-only CPU is
-  `--dtype int8 --isa avx2 --against qseek-f32`.
+  `--dtype int8 --isa avx2 --against qseek-f32` (on an AVX2 CPU itself, `--isa native`).
+* The QSEEK_*_GEMM variables of the environment reach qseek: on an AVX2 CPU without
+  VNNI, `QSEEK_INT8_GEMM=madd` measures int8's own codes instead of the 7-bit weights.
 
 What is timed is the same on both sides: image = ViT + Q-Former query pass +
 projection + L2 norm on pre-processed pixels (random values); text = embeddings +

@@ -1,22 +1,22 @@
-//! The int8 formats ([`Format::Int8`](super::Format::Int8) and
-//! [`Format::Int8Pairs`](super::Format::Int8Pairs)): weights rounded to int8 with one
+//! The int8 formats ([`Format::Int8`](super::Format::Int8),
+//! [`Format::Int8Pairs`](super::Format::Int8Pairs) and
+//! [`Format::Int7`](super::Format::Int7)): weights rounded to int8 (or 7 bits) with one
 //! scale per output column, each row of `x` rounded to int8 with one scale per row at each
 //! call, the products of the codes summed exactly in i32, then scaled back to f32.
 //!
-//! The two formats hold the same codes in two layouts ([`Unit`]): [`Quad`]s of four
-//! bytes for `vpdpbusd` (VNNI: four u8 × i8 products per lane), and [`Pair`]s of two
-//! codes widened to i16 for `vpmaddwd` (AVX2 without VNNI: two i16 × i16 products per
-//! lane, exact, so no code is narrowed to keep `vpmaddubsw`'s i16 sums from saturating).
-//! A third format, [`Format::Int7`](super::Format::Int7), is the quads' layout with the
-//! weights' codes in [-64, 64] ([`WEIGHT_LEVELS_INT7`]: half the step), for
-//! `vpmaddubsw` on AVX2 CPUs without VNNI: two products of a u8 and such a code sum to
-//! at most 2 · 255 · 64 < 2¹⁵, so its i16 sums are exact too.
+//! Int8's codes come in two layouts ([`Unit`]): [`Quad`]s of four bytes for `vpdpbusd`
+//! (VNNI: four u8 × i8 products per lane), and [`Pair`]s of two codes widened to i16 for
+//! `vpmaddwd` (AVX2 without VNNI: two i16 × i16 products per lane, exact). AVX2's byte
+//! product, `vpmaddubsw`, sums two u8 × i8 products in i16, which int8's codes can
+//! saturate (2 · 255 · 127 > 2¹⁵); [`Format::Int7`](super::Format::Int7) is the quads'
+//! layout with the weights' codes in [-64, 64] ([`WEIGHT_LEVELS_INT7`]: twice the step),
+//! whose two products sum to at most 2 · 255 · 64 < 2¹⁵, so that its sums are exact too.
 //!
 //! `vpdpbusd` multiplies unsigned bytes by signed ones, so a row's codes `q ∈ [-127, 127]`
-//! are stored as `q + 128` (in both layouts, which then sum the same integers); the extra
+//! are stored as `q + 128` (in every layout, which then sum the same integers); the extra
 //! `128 · Σ_k w_q` of each column is subtracted afterwards ([`Packed::offsets`]). The sums
 //! are exact (a block of 1024 units sums at most 4096 products of 255 × 127 < 2³¹); only
-//! the two roundings to int8 give precision up.
+//! the two roundings give precision up.
 
 use rayon::prelude::*;
 

@@ -17,11 +17,14 @@
 //!   softmax, GELU, residuals) stays f32 (`vision.rs`, `retrieval.rs`).
 //! * **int8** (`--dtype int8`: the ViT's encoder layers): each weight column is
 //!   rounded to int8 with its own scale, each row of `x` at each call with its own;
-//!   `vpdpbusd` (AVX512-VNNI or AVX-VNNI) sums the products of the codes exactly in i32,
-//!   or, on AVX2 CPUs without VNNI, `vpmaddwd` over the same codes widened to i16
-//!   ([`Format::Int8Pairs`]); each finished tile is then scaled back to f32 and gets the
-//!   bias, before its epilogue (`int8.rs`). What is given up: the two roundings, to a
-//!   step of 1/127 of the row's (or column's) largest magnitude.
+//!   `vpdpbusd` (AVX512-VNNI or AVX-VNNI) sums the products of the codes exactly in i32;
+//!   each finished tile is then scaled back to f32 and gets the bias, before its
+//!   epilogue (`int8.rs`). What is given up: the two roundings, to a step of 1/127 of the
+//!   row's (or column's) largest magnitude. AVX2 CPUs without VNNI have two ways, both
+//!   exact sums: by default the weights rounded to 7 bits instead ([`Format::Int7`],
+//!   a step of 1/64), whose products `vpmaddubsw` sums without saturating; or
+//!   (`QSEEK_INT8_GEMM=madd`) int8's own codes widened to i16 ([`Format::Int8Pairs`])
+//!   for `vpmaddwd`, ~0.7× as fast.
 //! * **f32** (the Q-Former's image and text passes in every dtype; the ViT in f32): the
 //!   weights as they are, f32 FMAs. The result is within float rounding of candle's
 //!   (another summation order), not bit-identical.
@@ -42,9 +45,9 @@
 //!
 //! Kernels ([`Kernel`]): AVX512-BF16 for bf16; AVX-512F and AVX2+FMA for f32;
 //! AVX512-VNNI and 256-bit VNNI (AVX-VNNI, for CPUs without AVX-512) for int8, and
-//! AVX2's `vpmaddwd` for int8 on CPUs without VNNI; each chosen at run time, and a
-//! portable one per format that is the reference in the tests
-//! (not a fallback: without the instructions the model keeps candle's GEMM). The kernels
+//! AVX2's `vpmaddubsw` (7-bit weights) and `vpmaddwd` for int8 on CPUs without VNNI;
+//! each chosen at run time, and a portable one per format that is the reference in the
+//! tests (not a fallback: without the instructions the model keeps candle's GEMM). The kernels
 //! of one format compute the same products; the summation order differs (the hardware's
 //! rounding of the pair sum, flushed denormals, FMA), so results agree to float
 //! rounding, not bit for bit.
