@@ -119,8 +119,8 @@ pub struct ModelArgs {
     /// Precision of the image encoder: f32 (the reference), bf16 (fast on CPUs with
     /// AVX512-BF16), int8 (the ViT's layers in int8, the rest as bf16 or f32: CPUs with
     /// AVX2, fastest with AVX512-VNNI or AVX-VNNI; without VNNI the weights in 7 bits),
-    /// f16 (GPUs). The Q-Former computes in
-    /// f32 (ITM in bf16 under bf16 and int8 on CPUs with AVX512-BF16).
+    /// f16 (GPUs). The Q-Former computes in f32 (ITM in bf16 under bf16 and int8 on CPUs
+    /// with AVX512-BF16).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "int8"])]
     pub dtype: String,
     /// Where to run: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
