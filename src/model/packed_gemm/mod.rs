@@ -220,9 +220,10 @@ impl Kernel {
             Format::Int8 | Format::Int8Pairs | Format::Int7 => Kernel::int8_family(),
             _ => Kernel::available(format),
         };
-        let fastest = available.first().copied().filter(|k| {
-            !matches!(k, Kernel::PortableInt8 | Kernel::PortableInt7) && *k != portable
-        });
+        let fastest = available
+            .first()
+            .copied()
+            .filter(|k| k.vectors() != Vectors::Baseline);
         match std::env::var(variable).as_deref() {
             Ok("off") => None,
             Ok("portable") => Some(portable),
@@ -252,16 +253,13 @@ impl Kernel {
     /// The int8 kernels of the three int8 formats this CPU runs, fastest first, the
     /// portable ones last.
     pub fn int8_family() -> Vec<Kernel> {
-        let mut kernels = Kernel::available(Format::Int8);
-        let portable = kernels.pop();
-        kernels.extend(
-            [Format::Int7, Format::Int8Pairs]
-                .into_iter()
-                .flat_map(Kernel::available)
-                .filter(|k| *k != Kernel::PortableInt7),
-        );
-        kernels.extend(portable);
-        kernels.push(Kernel::PortableInt7);
+        let mut kernels: Vec<Kernel> = [Format::Int8, Format::Int7, Format::Int8Pairs]
+            .into_iter()
+            .flat_map(Kernel::available)
+            .collect();
+        // Stable: the SIMD ones keep their order (VNNI, 7-bit, pairs), then int8's
+        // portable kernel and int7's.
+        kernels.sort_by_key(|k| k.vectors() == Vectors::Baseline);
         kernels
     }
 
@@ -1142,11 +1140,6 @@ mod tests {
         }
     }
 
-    /// Every int8 kernel this CPU runs, of the three formats.
-    fn int8_kernels() -> Vec<Kernel> {
-        Kernel::int8_family()
-    }
-
     #[test]
     fn the_int8_family_is_every_int8_kernel_once_the_simd_ones_first() {
         let family = Kernel::int8_family();
@@ -1184,7 +1177,7 @@ mod tests {
             // Each format's kernels (int8's of both layouts) have names of their own, which
             // `chosen` looks up.
             let kernels = match format {
-                Format::Int8 | Format::Int8Pairs | Format::Int7 => int8_kernels(),
+                Format::Int8 | Format::Int8Pairs | Format::Int7 => Kernel::int8_family(),
                 _ => Kernel::available(format),
             };
             let names: Vec<_> = kernels.iter().map(|k| k.name()).collect();
@@ -1266,7 +1259,7 @@ mod tests {
             let x: Vec<f32> = values(rows * k, 1).iter().map(|v| v * 3.0).collect();
             let w_rows = values(n * k, 2);
             let b = values(n, 3);
-            for kernel in int8_kernels() {
+            for kernel in Kernel::int8_family() {
                 // The codes of the kernel's format: int8's (both of its layouts hold them)
                 // or int7's.
                 let (quads, levels) = match kernel.format() {
@@ -1337,7 +1330,7 @@ mod tests {
         ] {
             let (x, w, b) = (values(rows * k, 8), values(n * k, 9), values(n, 10));
             let x: Vec<f32> = x.iter().map(|v| v * 5.0).collect();
-            let kernels: Vec<Kernel> = int8_kernels()
+            let kernels: Vec<Kernel> = Kernel::int8_family()
                 .into_iter()
                 .filter(same_codes)
                 .filter(|kernel| match kernel {
@@ -1369,7 +1362,7 @@ mod tests {
         let (rows, n, k) = (7, 70, 40);
         let (x, w, b) = (values(rows * k, 4), values(n * k, 5), values(n, 6));
         let residual = values(rows * n, 7);
-        for kernel in int8_kernels() {
+        for kernel in Kernel::int8_family() {
             let packed = PackedWeight::new(kernel.format(), &w, Some(&b), k);
             let plain = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
             let mut gelu = plain.clone();
