@@ -600,6 +600,7 @@ fn drive<E: Element>(
     let units = data.len() / (n.div_ceil(NR) * NR);
     // Not zeroed: the first k block of every tile writes its part (bias + sums).
     let mut y: Vec<f32> = Vec::with_capacity(rows * n);
+    advise_huge_pages(&mut y);
     let out = OutPtr(y.as_mut_ptr());
     (0..n.div_ceil(NR)).into_par_iter().for_each(|j| {
         let cols = NR.min(n - j * NR);
@@ -941,6 +942,7 @@ fn pack_rows<E: Copy + Default + Send + Sync>(
     // Not zeroed first: every element is written below, once (a memset of the whole
     // buffer was ~0.7% of a batched text pass).
     let mut a: Vec<E> = Vec::with_capacity(len);
+    advise_huge_pages(&mut a);
     a.spare_capacity_mut()[..len]
         .par_chunks_mut(MR * units)
         .enumerate()
@@ -967,9 +969,51 @@ fn pack_rows<E: Copy + Default + Send + Sync>(
     a
 }
 
+/// Asks Linux to back a large buffer, before it is first written, with 2 MiB pages where
+/// it has transparent huge pages (`madvise` mode, the common default; a no-op elsewhere).
+///
+/// glibc gives every allocation of 32 MiB or more its own mapping and returns it at
+/// `free`, so such a buffer is new memory at every call: at batch 8 the ViT's qkv and
+/// fc1 outputs (35 and 50 MB, every layer) were faulted in 4 KiB at a time while the
+/// tiles wrote them, and those two GEMMs ran at ~62% of int8's peak where proj and fc2
+/// (11.6 MB outputs, reused heap memory) ran at ~86% (`examples/parts.rs`). Smaller
+/// buffers are left alone: they come from the heap, whose mapping this would split.
+fn advise_huge_pages<T>(buffer: &mut Vec<T>) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 2 << 20;
+        let bytes = buffer.capacity() * std::mem::size_of::<T>();
+        if bytes < 16 * PAGE {
+            return;
+        }
+        let start = buffer.as_mut_ptr() as usize;
+        let (first, end) = (start.next_multiple_of(PAGE), (start + bytes) / PAGE * PAGE);
+        // SAFETY: [first, end) lies within the buffer's allocation, which is ours; the
+        // advice changes how its pages are backed, not what they hold. An error (no
+        // transparent huge pages) leaves it as it was.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buffer;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_buffer_advised_huge_pages_keeps_its_capacity_and_what_is_written() {
+        // 40 MiB (advised, wherever it starts) and 1 MiB (too small: left alone).
+        for len in [10 << 20, 1 << 18] {
+            let mut buffer: Vec<f32> = Vec::with_capacity(len);
+            advise_huge_pages(&mut buffer);
+            assert!(buffer.capacity() >= len);
+            buffer.extend((0..len).map(|i| i as f32));
+            assert!(buffer.iter().enumerate().all(|(i, &x)| x == i as f32));
+        }
+    }
 
     /// Deterministic values in [-1, 1).
     fn values(len: usize, seed: u64) -> Vec<f32> {
