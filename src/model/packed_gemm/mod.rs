@@ -829,15 +829,16 @@ pub fn softmax_rows(kernel: Kernel, xs: &mut [f32], len: usize, scale: f32, mask
     if let Some(mask) = mask {
         assert_eq!(mask.len(), xs.len(), "the mask is not rows × len");
     }
-    match kernel {
+    // By the kernel's vectors, as `gelu_in_place`: every kernel of a width gets its build.
+    match kernel.vectors() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller's kernel runs here (checked by `Kernel::runs_here`).
-        Kernel::Avx512Bf16 | Kernel::Avx512F32 if kernel.runs_here() => unsafe {
+        Vectors::Avx512 if kernel.runs_here() => unsafe {
             x86::softmax_rows_avx512(xs, len, scale, mask)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Kernel::Avx2F32 if kernel.runs_here() => unsafe {
+        Vectors::Avx2 if kernel.runs_here() => unsafe {
             x86::softmax_rows_avx2(xs, len, scale, mask)
         },
         _ => softmax_rows_body(xs, len, scale, mask),
@@ -1109,7 +1110,17 @@ mod tests {
                         assert!((p as f64 - want).abs() < 1e-6, "({rows}, {len}) {j}");
                     }
                 }
-                for kernel in Kernel::available(Format::F32) {
+                // Every kernel of every format (attention takes the bf16 one too).
+                let kernels = [
+                    Format::Bf16,
+                    Format::F32,
+                    Format::Int8,
+                    Format::Int8Pairs,
+                    Format::Int7,
+                ]
+                .into_iter()
+                .flat_map(Kernel::available);
+                for kernel in kernels {
                     let mut y = x.clone();
                     softmax_rows(kernel, &mut y, len, 0.3, mask);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
