@@ -146,11 +146,7 @@ fn main() -> qseek::Result<()> {
         embedder: &collection.embedder,
         batch: 16,
     };
-    let settings = SearchSettings {
-        load: LoadOptions::default(),
-        max_query_chars: None,
-        engine: None,
-    };
+    let settings = SearchSettings::new(LoadOptions::default());
     let request = |text: &str, ann: bool| SearchRequest {
         rerank: Some(0),
         ann,

@@ -218,21 +218,19 @@ fn main() -> qseek::Result<()> {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let load = LoadOptions::default();
-    let opts = ServeOptions {
-        addr: addr.parse().expect("an address"),
-        token: None,
-        allow: Vec::new(),
-        max_upload_bytes: 1 << 20,
-        index: IndexOptions {
-            walk: WalkOptions { hidden: false },
-            load,
-            batch: 8,
-            commit_every: Duration::from_secs(10),
-            progress: false,
+    let index = IndexOptions {
+        walk: WalkOptions {
+            hidden: false,
+            confine: true,
         },
         load,
-        batch: 32,
-        engine: None,
+        batch: 8,
+        commit_every: Duration::from_secs(10),
+        progress: false,
+    };
+    let opts = ServeOptions {
+        max_upload_bytes: 1 << 20,
+        ..ServeOptions::new(addr.parse().expect("an address"), index, load, 32)
     };
     std::thread::spawn(move || serve(collection, opts));
     while get(&addr, "/api/health").is_err() {

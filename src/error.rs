@@ -21,8 +21,15 @@ pub enum ErrorKind {
     Unsupported,
     /// A file or image is over a size limit (HTTP 413).
     TooLarge,
-    /// The index is used by another process (HTTP 409).
+    /// The index is used by another process, or the work asked for is already going on
+    /// (HTTP 409).
     InUse,
+    /// The request may not see what it names: a file outside the folders the service
+    /// serves (HTTP 403).
+    Forbidden,
+    /// The service is at its limit of work in flight: try again shortly (HTTP 503 with
+    /// `Retry-After`).
+    Busy,
     /// The user stopped it (a terminal's Ctrl-C; exit status 130).
     Interrupted,
     /// Not the user's fault: a bug, a broken checkpoint, a disk or network failure (HTTP 500).
@@ -50,6 +57,16 @@ pub enum Param {
     CommitEvery,
     /// A text.
     Text,
+    /// Decoding limit of uploads.
+    MaxUploadMegapixels,
+    /// Seconds for a request's head.
+    HeaderTimeout,
+    /// Seconds a request body may pause.
+    BodyTimeout,
+    /// Connections served at once.
+    MaxConnections,
+    /// Images decoded at once.
+    MaxDecodes,
 }
 
 impl std::fmt::Display for Param {
@@ -63,6 +80,11 @@ impl std::fmt::Display for Param {
             Param::MaxMegapixels => "max_megapixels",
             Param::CommitEvery => "commit_every",
             Param::Text => "text",
+            Param::MaxUploadMegapixels => "max_upload_megapixels",
+            Param::HeaderTimeout => "header_timeout",
+            Param::BodyTimeout => "body_timeout",
+            Param::MaxConnections => "max_connections",
+            Param::MaxDecodes => "max_decodes",
         };
         f.write_str(name)
     }
@@ -86,6 +108,22 @@ pub enum BadRequest {
     QueryTooLong {
         /// Its length.
         chars: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A text to add is longer than the service takes.
+    #[error("a text has {chars} characters, more than the limit of {limit}")]
+    TextTooLong {
+        /// Its length.
+        chars: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// More candidates to rerank than the service takes.
+    #[error("rerank must be at most {limit} (asked for {rerank})")]
+    RerankTooLarge {
+        /// As asked.
+        rerank: usize,
         /// The limit.
         limit: usize,
     },
@@ -338,6 +376,30 @@ pub enum Error {
         limit_bytes: usize,
     },
 
+    /// More texts in one request than the service takes.
+    #[error("{count} texts in one request, more than the limit of {limit}: send them in parts")]
+    TooManyTexts {
+        /// How many were sent.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// An indexed file that now resolves (through a symbolic link) outside the folders
+    /// the service serves.
+    #[error("{path}: outside the folders this service serves")]
+    OutsideRoots {
+        /// The indexed path.
+        path: PathBuf,
+    },
+
+    /// Too much work of one kind in flight (image decodes): the client may retry.
+    #[error("the server is busy {what}: try again shortly")]
+    Busy {
+        /// What it is busy with, e.g. "decoding images".
+        what: &'static str,
+    },
+
     /// The model checkpoint is incomplete or inconsistent.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
@@ -424,11 +486,16 @@ impl Error {
     /// Who is at fault (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
+            Error::BadRequest(BadRequest::AlreadyIndexing) => ErrorKind::InUse,
             Error::BadRequest(_) | Error::Usage(_) => ErrorKind::BadRequest,
+            Error::OutsideRoots { .. } => ErrorKind::Forbidden,
+            Error::Busy { .. } => ErrorKind::Busy,
             Error::NotFound(_) => ErrorKind::NotFound,
             Error::Interrupted { .. } => ErrorKind::Interrupted,
             Error::ImageDecode { .. } => ErrorKind::Unsupported,
-            Error::ImageTooLarge { .. } | Error::UploadTooLarge { .. } => ErrorKind::TooLarge,
+            Error::ImageTooLarge { .. }
+            | Error::UploadTooLarge { .. }
+            | Error::TooManyTexts { .. } => ErrorKind::TooLarge,
             Error::Index(qseek_index::Error::InUse { .. } | qseek_index::Error::WriterBusy) => {
                 ErrorKind::InUse
             }

@@ -1,7 +1,10 @@
 //! The web page in headless Chromium (Debian's `chromium`; `.ci/run` installs it), driven
 //! over the DevTools protocol: search by a sentence, thumbnails loaded, a result opened,
 //! "more like this", a dropped photo; screenshots at desktop and phone width under
-//! `target/tmp/screenshots/`. Skipped, saying so, where no Chromium is installed.
+//! `target/tmp/screenshots/`. The server has a token: the page is opened once as
+//! `/?token=`, which leaves the address bar, and every request after it goes by the
+//! session cookie. Its Content-Security-Policy holds: no violation is reported. Skipped,
+//! saying so, where no Chromium is installed, except under `CI`, where that fails.
 
 mod common;
 
@@ -61,6 +64,8 @@ fn http_get(addr: &str, path: &str) -> String {
 struct DevTools {
     ws: tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// The text of every log entry and console message the page reported.
+    log: Vec<String>,
 }
 
 impl DevTools {
@@ -73,6 +78,11 @@ impl DevTools {
             let msg = self.ws.read().unwrap();
             let Ok(text) = msg.to_text() else { continue };
             let v: Value = serde_json::from_str(text).unwrap();
+            match v["method"].as_str() {
+                Some("Log.entryAdded") => self.log.push(v["params"]["entry"]["text"].to_string()),
+                Some("Runtime.consoleAPICalled") => self.log.push(v["params"]["args"].to_string()),
+                _ => {}
+            }
             if v["id"] == id {
                 assert!(v["error"].is_null(), "{method}: {v}");
                 return v["result"].clone();
@@ -143,9 +153,16 @@ const VISIBLE_LOADED: &str = "(() => { const imgs = [...document.querySelectorAl
     .filter(i => i.getBoundingClientRect().top < innerHeight); \
     return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); })()";
 
+/// The server's token: characters a URL must escape, to prove the page's round trip.
+const TOKEN: &str = "t0k+en/=x";
+
 #[test]
 fn the_page_searches_shows_photos_and_works_at_phone_width() {
     let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no chromium on PATH under CI: .ci/run installs it (apt-get install chromium)"
+        );
         eprintln!("SKIPPED: no chromium on PATH (apt-get install chromium; .ci/run does)");
         return;
     };
@@ -173,7 +190,7 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
         Command::new(env!("CARGO_BIN_EXE_qseek"))
             .args(["serve", "--index", &index_s, "--addr", "127.0.0.1:0", "-q"])
             .args(["--allow", &more_s, "--batch", "2"])
-            .env_remove("QSEEK_TOKEN")
+            .env("QSEEK_TOKEN", TOKEN)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
@@ -182,7 +199,7 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     let url = loop {
         let line = lines.next().expect("server exited").unwrap();
         if let Some(rest) = line.strip_prefix("qseek: serving ") {
-            break rest.to_string();
+            break format!("{rest}?token={}", TOKEN.replace('+', "%2B"));
         }
     };
     std::thread::spawn(move || for _ in lines {});
@@ -230,14 +247,33 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     }
-    let mut dt = DevTools { ws, next_id: 0 };
+    let mut dt = DevTools {
+        ws,
+        next_id: 0,
+        log: Vec::new(),
+    };
+    // Load the page again with the browser's log on and a listener for policy
+    // violations in place before any of its own script runs.
+    dt.call("Log.enable", json!({}));
+    dt.call("Runtime.enable", json!({}));
+    dt.call("Page.enable", json!({}));
+    dt.call(
+        "Page.addScriptToEvaluateOnNewDocument",
+        json!({"source": "window.cspViolations = []; document.addEventListener('securitypolicyviolation', \
+            e => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));"}),
+    );
+    dt.call("Page.reload", json!({}));
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
     std::fs::create_dir_all(&shots).unwrap();
 
     dt.wait_for(
         "the page",
-        "document.readyState === 'complete' && !!document.getElementById('q')",
+        "document.readyState === 'complete' && !!document.getElementById('q') \
+         && Array.isArray(window.cspViolations)",
     );
+    // The token went into an HttpOnly cookie: out of the address bar and of the script.
+    assert_eq!(dt.eval("location.search + location.hash"), json!(""));
+    assert_eq!(dt.eval("document.cookie"), json!(""));
     // Type a query and search.
     dt.eval("document.getElementById('q').focus()");
     dt.call("Input.insertText", json!({"text": "a cup of coffee"}));
@@ -337,4 +373,11 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     );
     dt.screenshot(&shots.join("phone.png"));
     eprintln!("screenshots in {}", shots.display());
+    assert_eq!(dt.eval("window.cspViolations"), json!([]));
+    let refused: Vec<&String> = dt
+        .log
+        .iter()
+        .filter(|l| l.contains("Content Security Policy") || l.contains("Refused to"))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
 }

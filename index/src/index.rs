@@ -235,6 +235,12 @@ impl Index {
         out
     }
 
+    /// The folders and files the collection was built from, as recorded by
+    /// [`IndexWriter::add_roots`] (empty for an index made before roots were kept).
+    pub fn roots(&self) -> Vec<String> {
+        self.state().commit.roots.clone()
+    }
+
     /// Every live path, sorted.
     pub fn paths(&self) -> Vec<String> {
         self.state().paths.keys().cloned().collect()

@@ -82,6 +82,7 @@ pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
     let opts = IndexOptions {
         walk: WalkOptions {
             hidden: args.hidden,
+            confine: false,
         },
         load: args.model.load_options()?,
         batch: args.model.batch as usize,

@@ -175,6 +175,11 @@ fn flag(param: Param) -> &'static str {
         Param::MaxMegapixels => "--max-megapixels",
         Param::CommitEvery => "--commit-every",
         Param::Text => "--text",
+        Param::MaxUploadMegapixels => "--max-upload-megapixels",
+        Param::HeaderTimeout => "--header-timeout",
+        Param::BodyTimeout => "--body-timeout",
+        Param::MaxConnections => "--max-connections",
+        Param::MaxDecodes => "--max-decodes",
     }
 }
 
@@ -236,6 +241,8 @@ pub fn exit_status(error: &Error) -> i32 {
         | ErrorKind::Unsupported
         | ErrorKind::TooLarge
         | ErrorKind::InUse
+        | ErrorKind::Forbidden
+        | ErrorKind::Busy
         | ErrorKind::Internal => 2,
     }
 }

@@ -84,9 +84,8 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         None => None,
     };
     let settings = SearchSettings {
-        load: args.model.load_options()?,
-        max_query_chars: None,
         engine,
+        ..SearchSettings::new(args.model.load_options()?)
     };
     let dir = args.index.dir()?;
     let collection = Collection::open(&dir, args.model.model.as_deref(), &args.model.options()?)?;

@@ -14,24 +14,52 @@ use crate::error::{BadRequest, Param};
 use crate::pipeline::indexer::IndexOptions;
 use crate::pipeline::walk::WalkOptions;
 use crate::pipeline::{Collection, CreateOptions};
-use crate::server::{serve, ServeOptions};
-use crate::Result;
+use crate::pipeline::walk::absolute;
+use crate::preprocess::image::LoadOptions;
+use crate::server::{
+    serve, ServeOptions, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_UPLOAD_MEGAPIXELS,
+};
+use crate::{Error, Result};
 
 #[derive(Debug, Args)]
 pub(super) struct ServeArgs {
     /// Address to listen on. Anything but localhost needs --token.
     #[arg(long, default_value = "127.0.0.1:7878")]
     addr: SocketAddr,
-    /// Every request must carry this token (`Authorization: Bearer TOKEN` or `?token=`).
+    /// Every request must carry this token (`Authorization: Bearer TOKEN`, or open the
+    /// page once as /?token=TOKEN). Prefer $QSEEK_TOKEN: a flag shows in `ps`.
     #[arg(long, env = "QSEEK_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// A folder the web page and the API may index (repeatable); folders already in the
-    /// index may always be indexed again.
+    /// Answer for this host name too (repeatable): the name a reverse proxy forwards.
+    /// Without it only localhost, 127.0.0.1, [::1] and the bound address are answered.
+    #[arg(long = "public-host", value_name = "NAME")]
+    public_host: Vec<String>,
+    /// A folder the web page and the API may index (repeatable); the folders `qseek
+    /// index` was given may always be indexed again.
     #[arg(long = "allow", value_name = "DIR")]
     allow: Vec<PathBuf>,
     /// Largest image upload, in megabytes.
     #[arg(long, default_value_t = 20)]
     max_upload_mb: usize,
+    /// Largest uploaded image, in megapixels (the default keeps one decode under
+    /// 256 MiB).
+    #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_MEGAPIXELS)]
+    max_upload_megapixels: f64,
+    /// Images decoded at once (uploads, thumbnails); as many uploads again may wait,
+    /// more get 503 [default: the number of CPU cores].
+    #[arg(long, value_name = "N")]
+    max_decodes: Option<usize>,
+    /// Connections served at once; more wait to be accepted.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's head; also how long an idle
+    /// kept-alive connection stays open.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEADER_TIMEOUT_S)]
+    header_timeout: f64,
+    /// Seconds a request body may pause before the connection is closed.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_BODY_TIMEOUT_S)]
+    body_timeout: f64,
     /// While indexing, commit at least every this many seconds (searches see new
     /// photos after each commit).
     #[arg(long, default_value_t = 10.0)]
@@ -48,14 +76,50 @@ pub(super) struct ServeArgs {
 }
 
 pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
-    if !(args.commit_every.is_finite() && args.commit_every > 0.0) {
+    let seconds = |param, value: f64| {
+        if value.is_finite() && value > 0.0 {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(BadRequest::OutOfRange {
+                param,
+                expected: "a positive number of seconds",
+            })
+        }
+    };
+    let commit_every = seconds(Param::CommitEvery, args.commit_every)?;
+    let header_timeout = seconds(Param::HeaderTimeout, args.header_timeout)?;
+    let body_timeout = seconds(Param::BodyTimeout, args.body_timeout)?;
+    let positive = |param, value: usize| {
+        if value > 0 {
+            Ok(value)
+        } else {
+            Err(BadRequest::OutOfRange {
+                param,
+                expected: "at least 1",
+            })
+        }
+    };
+    let max_connections = positive(Param::MaxConnections, args.max_connections)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max_decodes = positive(Param::MaxDecodes, args.max_decodes.unwrap_or(cores))?;
+    if !(args.max_upload_megapixels.is_finite() && args.max_upload_megapixels > 0.0) {
         return Err(BadRequest::OutOfRange {
-            param: Param::CommitEvery,
-            expected: "a positive number of seconds",
+            param: Param::MaxUploadMegapixels,
+            expected: "a positive number of megapixels",
         }
         .into());
     }
     let load = args.model.load_options()?;
+    let allow = args
+        .allow
+        .iter()
+        .map(|a| {
+            absolute(a).map_err(|source| Error::Io {
+                path: a.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     // Before loading the model: a malformed or unreachable engine, or one without the
     // collection, fails at once.
     let engine = match &args.engine {
@@ -67,13 +131,25 @@ pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
     let opts = ServeOptions {
         addr: args.addr,
         token: args.token,
-        allow: args.allow,
+        public_hosts: args.public_host,
+        allow,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1 << 20),
+        upload: LoadOptions {
+            max_megapixels: args.max_upload_megapixels,
+            ..load
+        },
+        max_decodes,
+        max_connections,
+        header_timeout,
+        body_timeout,
         index: IndexOptions {
-            walk: WalkOptions { hidden: false },
+            walk: WalkOptions {
+                hidden: false,
+                confine: true,
+            },
             load,
             batch: args.model.batch as usize,
-            commit_every: Duration::from_secs_f64(args.commit_every),
+            commit_every,
             progress: false,
         },
         load,

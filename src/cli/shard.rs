@@ -95,6 +95,7 @@ pub(super) fn shard_embed_run(args: ShardEmbedArgs) -> Result<Outcome> {
         shard: args.shard,
         walk: WalkOptions {
             hidden: args.hidden,
+            confine: false,
         },
         load: args.model.load_options()?,
         batch: args.model.batch as usize,

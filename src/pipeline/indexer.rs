@@ -21,7 +21,7 @@ use serde::Serialize;
 
 pub use super::embedding::{content_hash, FileNote};
 use super::embedding::{embed_batch, failure_note, for_each_batch, notes, Prepared, SortedBatch};
-use super::walk::{is_under, walk, FoundFile, Walk, WalkOptions};
+use super::walk::{absolute, is_under, walk, FoundFile, Walk, WalkOptions};
 use super::{progress_bar, Collection};
 use crate::embedder::Embedder;
 use crate::preprocess::image::LoadOptions;
@@ -141,6 +141,18 @@ fn index_found(
 ) -> Result<IndexSummary> {
     let start = Instant::now();
     let (embedder, index) = (&collection.embedder, &collection.index);
+    // The roots go with the first commit: the folders (or files) given, and where
+    // links inside them lead out of them.
+    let mut new_roots: Vec<String> = Vec::new();
+    if let Some(roots) = roots {
+        for root in roots {
+            if let Ok(abs) = absolute(root) {
+                new_roots.push(abs.to_string_lossy().into_owned());
+            }
+        }
+        let targets = found.link_targets.iter();
+        new_roots.extend(targets.map(|t| t.to_string_lossy().into_owned()));
+    }
     let mut summary = IndexSummary {
         skipped: notes(found.skipped),
         failed: notes(found.errors),
@@ -163,6 +175,7 @@ fn index_found(
     }
 
     let mut writer = index.writer()?;
+    writer.add_roots(&new_roots);
     progress.total.store(todo.len(), Ordering::Relaxed);
     progress
         .failed

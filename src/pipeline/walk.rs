@@ -33,6 +33,11 @@ fn skip_reason(ext: &str) -> String {
 pub struct WalkOptions {
     /// Enter hidden folders and take hidden files (names starting with `.`).
     pub hidden: bool,
+    /// Stay inside each root: a symbolic link whose target lies outside it is skipped,
+    /// not followed (the server's indexing runs, where the folder was not the person's
+    /// choice). Without it links are followed wherever they lead, and their targets
+    /// outside the root are reported in [`Walk::link_targets`].
+    pub confine: bool,
 }
 
 /// An image file found by the walk.
@@ -55,6 +60,9 @@ pub struct Walk {
     pub skipped: Vec<(PathBuf, String)>,
     /// Entries that could not be read (permissions, symlink loops, vanished), with the reason.
     pub errors: Vec<(PathBuf, String)>,
+    /// Where followed links lead out of their root (canonical paths, sorted, each once):
+    /// the folders and files the collection also comes from.
+    pub link_targets: Vec<PathBuf>,
 }
 
 /// Modification time of `meta` in whole seconds since the Unix epoch (0 if unknown).
@@ -136,7 +144,8 @@ pub fn classify(paths: Vec<PathBuf>) -> Walk {
 }
 
 /// Walks each root (a folder, or a single file) recursively, following symlinks (loops are
-/// detected and reported, not followed).
+/// detected and reported, not followed; with [`WalkOptions::confine`], links out of the
+/// root are skipped).
 pub fn walk(roots: &[PathBuf], opts: WalkOptions) -> Walk {
     let mut out = Walk::default();
     for root in roots {
@@ -147,12 +156,15 @@ pub fn walk(roots: &[PathBuf], opts: WalkOptions) -> Walk {
                 continue;
             }
         };
-        let walker = WalkDir::new(&root)
+        // What "inside the root" means for links: its canonical path (the root itself
+        // may be reached through links the person chose).
+        let canonical_root = root.canonicalize().ok();
+        let mut walker = WalkDir::new(&root)
             .follow_links(true)
             .sort_by_file_name()
             .into_iter()
             .filter_entry(|e| opts.hidden || e.depth() == 0 || !is_hidden(e.file_name()));
-        for entry in walker {
+        while let Some(entry) = walker.next() {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
@@ -167,6 +179,26 @@ pub fn walk(roots: &[PathBuf], opts: WalkOptions) -> Walk {
                     continue;
                 }
             };
+            if entry.depth() > 0 && entry.path_is_symlink() {
+                let target = entry.path().canonicalize().ok();
+                let inside = match (&target, &canonical_root) {
+                    (Some(t), Some(r)) => t.starts_with(r),
+                    _ => false,
+                };
+                if !inside && opts.confine {
+                    out.skipped.push((
+                        entry.path().to_path_buf(),
+                        "a symbolic link out of the folder: not followed".to_string(),
+                    ));
+                    if entry.file_type().is_dir() {
+                        walker.skip_current_dir();
+                    }
+                    continue;
+                }
+                if let (false, Some(t)) = (inside, target) {
+                    out.link_targets.push(t);
+                }
+            }
             if !entry.file_type().is_file() {
                 continue;
             }
@@ -175,6 +207,8 @@ pub fn walk(roots: &[PathBuf], opts: WalkOptions) -> Walk {
     }
     out.images.sort_by(|a, b| a.path.cmp(&b.path));
     out.images.dedup_by(|a, b| a.path == b.path);
+    out.link_targets.sort();
+    out.link_targets.dedup();
     out
 }
 
@@ -224,7 +258,7 @@ mod tests {
         assert_eq!(w.errors.len(), 1, "{:?}", w.errors);
         assert!(w.errors[0].1.contains("loop"));
 
-        let all = walk(&[d.to_path_buf()], WalkOptions { hidden: true });
+        let all = walk(&[d.to_path_buf()], WalkOptions { hidden: true, confine: false });
         assert_eq!(all.images.len(), 5);
     }
 

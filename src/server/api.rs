@@ -15,10 +15,10 @@ use serde_json::{json, Value};
 
 use super::error::{bad_request, not_found, ApiError};
 use super::files;
-use super::AppState;
+use super::{AppState, MAX_QUERY_CHARS, MAX_TEXTS_PER_REQUEST};
 use crate::error::{BadRequest, Param};
 use crate::pipeline::texts::TextEntry;
-use crate::service::search::{search, QueryInput, SearchRequest, SearchResponse};
+use crate::service::search::{read_roots, search, QueryInput, SearchRequest, SearchResponse};
 use crate::service::{manage, texts};
 use crate::Error;
 
@@ -151,8 +151,22 @@ fn served(response: SearchResponse) -> Json<Value> {
 }
 
 async fn run_search(state: &Shared, req: SearchRequest) -> ApiResult<Json<Value>> {
+    // A search that decodes images (an indexed query image, or candidates reranked
+    // without stored vision features) waits for a decode permit; text searches do not,
+    // so that the batcher can merge them.
+    let stored = state.collection.index.manifest().store_vision_features;
+    let decodes = match req.query {
+        QueryInput::Text(_) => !stored && req.rerank.is_some_and(|n| n > 0),
+        _ => true,
+    };
+    let permit = match decodes {
+        true => Some(state.decodes.permit().await),
+        false => None,
+    };
     let response = blocking(state, move |s| {
-        search(&s.collection, &s.model, &s.settings, &req)
+        let response = search(&s.collection, &s.model, &s.settings, &req);
+        drop(permit);
+        response
     })
     .await?;
     Ok(served(response))
@@ -179,18 +193,20 @@ async fn search_indexed_image(
     run_search(&state, req).await
 }
 
-/// The image is the raw body, or the first file field of a multipart form.
+/// The image is the raw body, or the first file field of a multipart form. The upload
+/// is admitted before its body is read (or refused with 503: [`super::limits`]).
 async fn search_uploaded_image(
     State(state): State<Shared>,
     q: Result<Query<SearchQuery>, QueryRejection>,
     request: Request,
 ) -> ApiResult<Json<Value>> {
     let q = query_params(q)?;
+    let _admission = state.decodes.admit()?;
     let bytes = upload(&state, request).await?;
     if bytes.is_empty() {
         return Err(bad_request("the upload is empty: send an image"));
     }
-    let req = q.request(QueryInput::ImageBytes(bytes.to_vec()))?;
+    let req = q.request(QueryInput::ImageBytes(bytes))?;
     run_search(&state, req).await
 }
 
@@ -257,11 +273,34 @@ async fn add_texts(
     body: Result<Json<AddTexts>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+    check_texts(&body.texts)?;
     let summary = blocking(&state, move |s| {
         texts::add(&s.collection, "request", &body.texts, s.batch, false)
     })
     .await?;
     Ok(Json(serde_json::to_value(summary).unwrap_or_default()))
+}
+
+/// Refuses more texts, or longer ones, than a request may add.
+fn check_texts(texts: &[TextEntry]) -> ApiResult<()> {
+    if texts.len() > MAX_TEXTS_PER_REQUEST {
+        return Err(Error::TooManyTexts {
+            count: texts.len(),
+            limit: MAX_TEXTS_PER_REQUEST,
+        }
+        .into());
+    }
+    for t in texts {
+        let chars = t.text.chars().count();
+        if chars > MAX_QUERY_CHARS {
+            return Err(BadRequest::TextTooLong {
+                chars,
+                limit: MAX_QUERY_CHARS,
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -290,15 +329,36 @@ async fn cancel_indexing(State(state): State<Shared>) -> Json<Value> {
 }
 
 async fn image(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Response> {
-    let (bytes, mime) = blocking(&state, move |s| files::full_image(&s.collection, id)).await?;
+    let (bytes, mime) = blocking(&state, move |s| {
+        files::full_image(&s.collection, id, read_roots(&s.collection, &s.settings).as_deref())
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
 }
 
 async fn thumbnail(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Response> {
-    let bytes = blocking(&state, move |s| {
-        files::thumbnail(&s.collection, &s.thumbnails, id, &s.settings.load)
+    let cached = blocking(&state, move |s| {
+        files::cached_thumbnail(&s.collection, &s.thumbnails, id, read_roots(&s.collection, &s.settings).as_deref())
     })
     .await?;
+    let bytes = match cached {
+        Some(bytes) => bytes,
+        None => {
+            let permit = state.decodes.permit().await;
+            blocking(&state, move |s| {
+                let made = files::thumbnail(
+                    &s.collection,
+                    &s.thumbnails,
+                    id,
+                    &s.settings.load,
+                    read_roots(&s.collection, &s.settings).as_deref(),
+                );
+                drop(permit);
+                made
+            })
+            .await?
+        }
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "image/jpeg"),

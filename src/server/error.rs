@@ -2,7 +2,7 @@
 //! body `{"error": {"kind", "message", "detail"}}` whose `detail` is the error's data
 //! where it has some.
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -27,6 +27,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::InUse => StatusCode::CONFLICT,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         // The server never stops a request midway; if it did, the client may retry.
         ErrorKind::Interrupted => StatusCode::SERVICE_UNAVAILABLE,
@@ -42,6 +44,9 @@ pub fn error_response(status: StatusCode, message: &str, detail: serde_json::Val
         StatusCode::PAYLOAD_TOO_LARGE => "too_large",
         StatusCode::CONFLICT => "in_use",
         StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::MISDIRECTED_REQUEST => "misdirected",
+        StatusCode::SERVICE_UNAVAILABLE => "busy",
         s if s.is_client_error() => "bad_request",
         _ => "internal",
     };
@@ -71,7 +76,13 @@ impl IntoResponse for ApiError {
             ErrorKind::Unsupported => "not an image qseek reads".to_string(),
             _ => self.0.to_string(),
         };
-        error_response(status, &message, detail)
+        let mut response = error_response(status, &message, detail);
+        if self.0.kind() == ErrorKind::Busy {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

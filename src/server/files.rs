@@ -1,9 +1,12 @@
 //! The photos themselves, served by image id only: the full file, and a JPEG thumbnail
 //! made once and cached beside the index, keyed by content hash (a changed file is a
 //! new hash, so a new thumbnail). A path from a request is never used to read a file:
-//! the path comes from the index, and the bytes must still hash to what was indexed.
+//! the path comes from the index, it must still lead inside the collection's roots
+//! (`roots`, see [`crate::service::search::read_roots`]), and the bytes must still hash
+//! to what was indexed.
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::{Path, PathBuf};
 
 use image::codecs::jpeg::JpegEncoder;
@@ -12,7 +15,7 @@ use qseek_index::ImageId;
 use crate::error::NotFound;
 use crate::pipeline::Collection;
 use crate::preprocess::image::{decode_rgb, LoadOptions};
-use crate::service::search::read_indexed;
+use crate::service::search::{confined, read_indexed};
 use crate::{Error, Result};
 
 /// Longest side of a thumbnail, in pixels.
@@ -24,9 +27,13 @@ pub fn thumbnail_dir(index_dir: &Path) -> PathBuf {
 }
 
 /// An indexed image's bytes and their MIME type.
-pub fn full_image(c: &Collection, id: ImageId) -> Result<(Vec<u8>, &'static str)> {
+pub fn full_image(
+    c: &Collection,
+    id: ImageId,
+    roots: Option<&[PathBuf]>,
+) -> Result<(Vec<u8>, &'static str)> {
     let info = c.index.image(id).ok_or(NotFound::Image { id })?;
-    let (_, bytes) = read_indexed(&info)?;
+    let (_, bytes) = read_indexed(&info, roots)?;
     let mime = match image::guess_format(&bytes) {
         Ok(image::ImageFormat::Jpeg) => "image/jpeg",
         Ok(image::ImageFormat::Png) => "image/png",
@@ -39,15 +46,45 @@ pub fn full_image(c: &Collection, id: ImageId) -> Result<(Vec<u8>, &'static str)
     Ok((bytes, mime))
 }
 
-/// An indexed image's JPEG thumbnail, from the cache or made (and cached) now.
-pub fn thumbnail(c: &Collection, dir: &Path, id: ImageId, load: &LoadOptions) -> Result<Vec<u8>> {
+/// An indexed image's JPEG thumbnail from the cache, if it is there (`None`: make it
+/// with [`thumbnail`]). A cached thumbnail is served only while one of the image's
+/// paths still lies inside `roots`.
+pub fn cached_thumbnail(
+    c: &Collection,
+    dir: &Path,
+    id: ImageId,
+    roots: Option<&[PathBuf]>,
+) -> Result<Option<Vec<u8>>> {
     let info = c.index.image(id).ok_or(NotFound::Image { id })?;
-    // The hash is hex from the index, never from the request.
-    let file = dir.join(format!("{}-{THUMBNAIL_SIZE}.jpg", info.content_hash));
-    if let Ok(bytes) = std::fs::read(&file) {
-        return Ok(bytes);
+    let Ok(bytes) = std::fs::read(thumbnail_file(dir, &info.content_hash)) else {
+        return Ok(None);
+    };
+    let mut last = None;
+    for p in &info.paths {
+        match confined(Path::new(&p.path), roots) {
+            Ok(_) => return Ok(Some(bytes)),
+            Err(e) => last = Some(e),
+        }
     }
-    let (path, bytes) = read_indexed(&info)?;
+    Err(last.unwrap_or(Error::NotFound(NotFound::Image { id })))
+}
+
+/// The cache file of a content hash (hex from the index, never from the request).
+fn thumbnail_file(dir: &Path, content_hash: &str) -> PathBuf {
+    dir.join(format!("{content_hash}-{THUMBNAIL_SIZE}.jpg"))
+}
+
+/// An indexed image's JPEG thumbnail, made (and cached) now: decoded from its file.
+pub fn thumbnail(
+    c: &Collection,
+    dir: &Path,
+    id: ImageId,
+    load: &LoadOptions,
+    roots: Option<&[PathBuf]>,
+) -> Result<Vec<u8>> {
+    let info = c.index.image(id).ok_or(NotFound::Image { id })?;
+    let file = thumbnail_file(dir, &info.content_hash);
+    let (path, bytes) = read_indexed(&info, roots)?;
     let rgb = decode_rgb(&bytes, &path, load)?;
     let (w, h) = scaled(rgb.width(), rgb.height());
     let small = image::imageops::thumbnail(&rgb, w, h);
@@ -60,15 +97,23 @@ pub fn thumbnail(c: &Collection, dir: &Path, id: ImageId, load: &LoadOptions) ->
         source,
     };
     std::fs::create_dir_all(dir).map_err(io)?;
-    // Temporary file + rename: a concurrent reader never sees half a thumbnail.
+    // A temporary file of this call's own + rename: a concurrent reader never sees half
+    // a thumbnail, and concurrent makers of the same one never share a file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let tmp = dir.join(format!(
-        "{}.{}.tmp",
+        "{}.{}.{}.tmp",
         info.content_hash,
-        std::process::id() as u64 * 1_000_003 + id
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::write(&tmp, &jpeg)
-        .and_then(|()| std::fs::rename(&tmp, &file))
-        .map_err(io)?;
+    let written = std::fs::write(&tmp, &jpeg).and_then(|()| std::fs::rename(&tmp, &file));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        // Another request made the same thumbnail meanwhile: it is there, all is well.
+        if !file.is_file() {
+            return Err(io(e));
+        }
+    }
     Ok(jpeg)
 }
 

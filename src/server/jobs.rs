@@ -1,6 +1,8 @@
 //! The server's indexing run: one at a time, on its own thread, while searches go on
 //! (they read the index's last commit, and see new photos after each commit). Only
-//! folders under `--allow` or under a folder already in the index may be indexed.
+//! folders under `--allow` or under the collection's recorded roots (the folders
+//! `qseek index` was given; a file root allows only itself, so no folder) may be
+//! indexed, and a run does not follow links out of its folder.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::error::{BadRequest, NotFound};
+use crate::error::BadRequest;
 use crate::pipeline::indexer::{index_folders_observed, IndexOptions, IndexProgress};
+use crate::pipeline::walk::absolute;
 use crate::pipeline::Collection;
 use crate::Result;
 
@@ -62,10 +65,10 @@ pub struct Indexing {
 }
 
 impl Indexing {
-    /// Runs may index folders under `allow` (and under folders already indexed).
+    /// Runs may index folders under `allow` (and under the collection's roots).
     pub fn new(allow: &[PathBuf], opts: IndexOptions) -> Self {
         Self {
-            allow: allow.iter().filter_map(|a| a.canonicalize().ok()).collect(),
+            allow: allow.to_vec(),
             opts,
             run: Mutex::new(None),
         }
@@ -110,7 +113,9 @@ impl Indexing {
         Ok(self.status())
     }
 
-    /// The folder, canonical, if it may be indexed.
+    /// The folder, canonical, if it may be indexed. Every refusal is the same 400
+    /// (`FolderNotAllowed`), whether the folder exists or not: first the path as given
+    /// must lie under a root (no file system call yet), then its canonical path too.
     fn check(&self, c: &Collection, folder: &str) -> Result<PathBuf> {
         let not_allowed = || BadRequest::FolderNotAllowed {
             path: folder.to_string(),
@@ -119,28 +124,27 @@ impl Indexing {
         if !given.is_absolute() {
             return Err(not_allowed().into());
         }
-        let path = given.canonicalize().map_err(|_| NotFound::Path {
-            path: given.to_path_buf(),
-        })?;
-        if !path.is_dir() {
-            return Err(not_allowed().into());
-        }
-        // The folders that hold indexed photos: the collection's own.
-        let indexed_dirs = c
-            .index
-            .paths()
-            .into_iter()
-            .filter_map(|p| Path::new(&p).parent().map(Path::to_path_buf));
-        let ok = self
+        let lexical = absolute(given).map_err(|_| not_allowed())?;
+        // Each root as recorded and as canonical: the folder may be named either way.
+        let recorded = c.index.roots().into_iter().map(PathBuf::from);
+        let roots: Vec<PathBuf> = self
             .allow
             .iter()
             .cloned()
-            .chain(indexed_dirs)
-            .any(|root| path.starts_with(&root));
-        if ok {
-            Ok(path)
-        } else {
-            Err(not_allowed().into())
+            .chain(recorded)
+            .flat_map(|r| {
+                let canonical = r.canonicalize().ok();
+                [Some(r), canonical]
+            })
+            .flatten()
+            .collect();
+        let inside = |p: &Path| roots.iter().any(|root| p.starts_with(root));
+        if !inside(&lexical) {
+            return Err(not_allowed().into());
+        }
+        match given.canonicalize() {
+            Ok(path) if path.is_dir() && inside(&path) => Ok(path),
+            _ => Err(not_allowed().into()),
         }
     }
 

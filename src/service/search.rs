@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use candle_core::Tensor;
 use qseek_index::{max_sim, Filter, ImageId, SearchParams};
 use serde::{Deserialize, Serialize};
@@ -43,8 +44,8 @@ pub enum QueryInput {
     Text(String),
     /// An image file the user names (the command line).
     ImageFile(PathBuf),
-    /// An image's bytes (an upload).
-    ImageBytes(Vec<u8>),
+    /// An image's bytes (an upload), shared with the request that carried them.
+    ImageBytes(Bytes),
     /// An image of the index, by id.
     IndexedImage(ImageId),
 }
@@ -104,6 +105,14 @@ impl SearchRequest {
 pub struct SearchSettings {
     /// Decoding limits (query images, and indexed images when reranking needs them).
     pub load: LoadOptions,
+    /// Decoding limits of uploaded query images ([`QueryInput::ImageBytes`]).
+    pub upload: LoadOptions,
+    /// Most candidates a request may rerank (`None`: any). Without stored vision
+    /// features each one runs the image encoder.
+    pub max_rerank: Option<usize>,
+    /// Read indexed files only inside the index's roots and these folders
+    /// ([`read_roots`]; `None`: anywhere, as the command line does).
+    pub confine_reads: Option<Vec<PathBuf>>,
     /// Longest sentence taken, in characters (`None`: any; the model truncates to 35
     /// tokens anyway).
     pub max_query_chars: Option<usize>,
@@ -111,6 +120,20 @@ pub struct SearchSettings {
     /// (which still gives stored vision features for the rerank, and image ids, when it
     /// holds the image).
     pub engine: Option<Arc<dyn VectorEngine>>,
+}
+
+impl SearchSettings {
+    /// Settings without limits: what the command line uses (the user chose the inputs).
+    pub fn new(load: LoadOptions) -> Self {
+        Self {
+            load,
+            upload: load,
+            max_rerank: None,
+            confine_reads: None,
+            max_query_chars: None,
+            engine: None,
+        }
+    }
 }
 
 /// The query as the response echoes it.
@@ -184,6 +207,11 @@ pub fn search(
     let rerank = req
         .rerank
         .unwrap_or(if stored { DEFAULT_RERANK } else { 0 });
+    if let Some(limit) = settings.max_rerank {
+        if rerank > limit {
+            return Err(BadRequest::RerankTooLarge { rerank, limit }.into());
+        }
+    }
     let opts = Options::check(req, rerank)?;
     if settings.engine.is_some() && opts.ann {
         // The engine's own index decides how exact its candidates are.
@@ -200,7 +228,7 @@ pub fn search(
             (Some(q.clone()), None, hits)
         }
         input => {
-            let (name, query) = query_image(c, input, &settings.load)?;
+            let (name, query) = query_image(c, input, settings)?;
             let hits = if req.texts {
                 image_to_texts(c, model, settings, &query, &opts)?
             } else {
@@ -418,7 +446,7 @@ fn text_to_images(
                 shape,
                 c.embedder.model().device(),
             )?),
-            None => recompute_vision(c, cand, &settings.load, notes)?,
+            None => recompute_vision(c, cand, settings, notes)?,
         };
         if let Some(vision) = vision {
             pairs.push(ItmPair {
@@ -439,12 +467,15 @@ fn text_to_images(
 fn recompute_vision(
     c: &Collection,
     cand: &Candidate,
-    load: &LoadOptions,
+    settings: &SearchSettings,
     notes: &mut Vec<String>,
 ) -> Result<Option<Tensor>> {
     let mut last_error = None;
+    let roots = read_roots(c, settings);
     for path in cand.path.iter().chain(&cand.copies) {
-        match c.embedder.pixel_values(Path::new(path), load) {
+        let pixels = confined(Path::new(path), roots.as_deref())
+            .and_then(|at| c.embedder.pixel_values(&at, &settings.load));
+        match pixels {
             Ok(pixels) => {
                 let batch = c.embedder.pixel_batch(&[pixels])?;
                 let vision = c.embedder.model().vision_features(&batch)?;
@@ -510,25 +541,31 @@ struct QueryImage {
 fn query_image(
     c: &Collection,
     input: &QueryInput,
-    load: &LoadOptions,
+    settings: &SearchSettings,
 ) -> Result<(String, QueryImage)> {
-    let (name, bytes, path) = match input {
+    let (name, bytes, path, load) = match input {
         QueryInput::ImageFile(path) => {
             let bytes = std::fs::read(path).map_err(|source| Error::Io {
                 path: path.clone(),
                 source,
             })?;
-            (path.display().to_string(), bytes, path.clone())
+            (
+                path.display().to_string(),
+                Bytes::from(bytes),
+                path.clone(),
+                &settings.load,
+            )
         }
         QueryInput::ImageBytes(bytes) => (
             "(uploaded)".to_string(),
             bytes.clone(),
             PathBuf::from("(uploaded)"),
+            &settings.upload,
         ),
         QueryInput::IndexedImage(id) => {
             let info = c.index.image(*id).ok_or(NotFound::Image { id: *id })?;
-            let (path, bytes) = read_indexed(&info)?;
-            (format!("id:{id}"), bytes, path)
+            let (path, bytes) = read_indexed(&info, read_roots(c, settings).as_deref())?;
+            (format!("id:{id}"), Bytes::from(bytes), path, &settings.load)
         }
         QueryInput::Text(_) => unreachable!("text queries take no image"),
     };
@@ -550,21 +587,60 @@ fn query_image(
     ))
 }
 
-/// The bytes of an indexed image, from the first of its paths that still holds them.
-pub fn read_indexed(info: &qseek_index::ImageInfo) -> Result<(PathBuf, Vec<u8>)> {
+/// The canonical folders and files that reads of indexed files must stay in: the
+/// index's recorded roots and [`SearchSettings::confine_reads`]'s folders. `None`
+/// (read anywhere): the command line, or an index that records no roots (made before
+/// qseek kept them).
+pub fn read_roots(c: &Collection, settings: &SearchSettings) -> Option<Vec<PathBuf>> {
+    let extra = settings.confine_reads.as_ref()?;
+    let recorded = c.index.roots();
+    if recorded.is_empty() {
+        return None;
+    }
+    let all = recorded.iter().map(PathBuf::from).chain(extra.iter().cloned());
+    Some(all.filter_map(|p| p.canonicalize().ok()).collect())
+}
+
+/// Where to read an indexed `path` from: itself, or, within `roots`, its canonical
+/// path if that lies inside one of them (a link swapped in after indexing may not
+/// lead out of them).
+pub fn confined(path: &Path, roots: Option<&[PathBuf]>) -> Result<PathBuf> {
+    let Some(roots) = roots else {
+        return Ok(path.to_path_buf());
+    };
+    let canonical = path.canonicalize().map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if roots.iter().any(|r| canonical.starts_with(r)) {
+        Ok(canonical)
+    } else {
+        Err(Error::OutsideRoots {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// The bytes of an indexed image, from the first of its paths that still holds them
+/// (and, with `roots`, lies inside them: [`confined`]).
+pub fn read_indexed(
+    info: &qseek_index::ImageInfo,
+    roots: Option<&[PathBuf]>,
+) -> Result<(PathBuf, Vec<u8>)> {
     let mut last = None;
     for p in &info.paths {
-        match std::fs::read(&p.path) {
+        let read = confined(Path::new(&p.path), roots).and_then(|at| {
+            std::fs::read(&at).map_err(|source| Error::Io {
+                path: PathBuf::from(&p.path),
+                source,
+            })
+        });
+        match read {
             Ok(bytes) if content_hash(&bytes) == info.content_hash => {
                 return Ok((PathBuf::from(&p.path), bytes))
             }
             Ok(_) => {}
-            Err(source) => {
-                last = Some(Error::Io {
-                    path: PathBuf::from(&p.path),
-                    source,
-                })
-            }
+            Err(e) => last = Some(e),
         }
     }
     Err(last.unwrap_or(Error::NotFound(NotFound::Image { id: info.image_id })))

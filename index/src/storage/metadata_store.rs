@@ -98,6 +98,10 @@ pub(crate) struct CommitState {
     pub features_len: u64,
     pub next_image_id: ImageId,
     pub next_text_id: TextId,
+    /// The folders and files the collection was built from (absolute paths), sorted;
+    /// empty in indexes older than this field.
+    #[serde(default)]
+    pub roots: Vec<String>,
 }
 
 impl CommitState {

@@ -46,6 +46,8 @@ struct Pending {
     lexical: Vec<LexOp>,
     next_image_id: Option<ImageId>,
     next_text_id: Option<TextId>,
+    /// The roots after this commit, when it adds some.
+    roots: Option<Vec<String>>,
 }
 
 enum LexOp {
@@ -61,6 +63,7 @@ impl Pending {
             && self.texts.is_empty()
             && self.paths.is_empty()
             && self.lexical.is_empty()
+            && self.roots.is_none()
     }
 }
 
@@ -300,6 +303,22 @@ impl IndexWriter {
         self.pending = Pending::default();
     }
 
+    /// Records folders or files the collection is built from (absolute paths), with
+    /// the next commit; a root already recorded is kept once.
+    pub fn add_roots(&mut self, roots: &[String]) {
+        let current = match &self.pending.roots {
+            Some(r) => r.clone(),
+            None => self.state().commit.roots.clone(),
+        };
+        let mut all = current.clone();
+        all.extend(roots.iter().cloned());
+        all.sort();
+        all.dedup();
+        if all != current {
+            self.pending.roots = Some(all);
+        }
+    }
+
     fn allocate_image_id(&mut self) -> ImageId {
         let next = self
             .pending
@@ -349,6 +368,9 @@ impl IndexWriter {
         }
         if let Some(next) = pending.next_text_id {
             new_commit.next_text_id = next;
+        }
+        if let Some(roots) = &pending.roots {
+            new_commit.roots = roots.clone();
         }
         // 2. The commit point.
         let result = append(&mut files).and_then(|()| {

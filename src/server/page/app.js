@@ -1,18 +1,13 @@
 "use strict";
 // The qseek page: plain DOM calls over the JSON API, no framework, no build step.
 const $ = (id) => document.getElementById(id);
-const token = new URLSearchParams(location.search).get("token");
 const PAGE = 24;
+const MAX_RERANK = 256; // the server's limit
 let last = null; // { kind: "text" | "id" | "upload", value, offset }
 let current = null; // the result shown in the dialog
 
-function withToken(url) {
-  if (!token) return url;
-  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
-}
-
 async function api(url, options) {
-  const response = await fetch(withToken(url), options);
+  const response = await fetch(url, options);
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error((body.error && body.error.message) || response.statusText);
   return body;
@@ -21,7 +16,7 @@ async function api(url, options) {
 function params(offset) {
   const p = new URLSearchParams({ k: PAGE, offset });
   const minProb = parseFloat($("min-prob").value);
-  if (minProb > 0) { p.set("min_prob", minProb); p.set("rerank", Math.max(16, offset + PAGE)); }
+  if (minProb > 0) { p.set("min_prob", minProb); p.set("rerank", Math.min(MAX_RERANK, Math.max(16, offset + PAGE))); }
   const under = $("under").value.trim();
   if (under) p.set("under", under);
   return p;
@@ -71,7 +66,7 @@ function show(doc, append) {
     card.dataset.id = hit.image_id;
     const img = document.createElement("img");
     img.loading = "lazy";
-    img.src = withToken(hit.thumbnail_url);
+    img.src = hit.thumbnail_url;
     img.alt = hit.path || "";
     const meta = document.createElement("div");
     meta.className = "meta";
@@ -95,7 +90,7 @@ function show(doc, append) {
 
 function open(hit) {
   current = hit;
-  $("detail-img").src = withToken(hit.image_url);
+  $("detail-img").src = hit.image_url;
   const rows = [
     ["Path", hit.path],
     ["Copies", hit.copies.length ? hit.copies.join("\n") : "none"],
