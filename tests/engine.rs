@@ -32,7 +32,12 @@ impl Milvus {
     /// Starts the server, or `None` (with a note) when this machine has none.
     fn start() -> Option<Milvus> {
         let Some(lib) = std::env::var_os("QSEEK_MILVUS_LITE").map(PathBuf::from) else {
-            // .ci/run installs it, and says so loudly when it cannot (as for chromium).
+            // .ci/run installs it and stops when it cannot: under CI a missing engine
+            // fails, never passes silently.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "no milvus-lite under CI: export QSEEK_MILVUS_LITE=$(scripts/milvus-lite.sh)"
+            );
             eprintln!(
                 "SKIPPED: no milvus-lite (export QSEEK_MILVUS_LITE=$(scripts/milvus-lite.sh))"
             );

@@ -12,9 +12,9 @@ use super::{IndexDir, ModelArgs, Outcome};
 use crate::engine::{self, EngineUri};
 use crate::error::{BadRequest, Param};
 use crate::pipeline::indexer::IndexOptions;
+use crate::pipeline::walk::absolute;
 use crate::pipeline::walk::WalkOptions;
 use crate::pipeline::{Collection, CreateOptions};
-use crate::pipeline::walk::absolute;
 use crate::preprocess::image::LoadOptions;
 use crate::server::{
     serve, ServeOptions, DEFAULT_BODY_TIMEOUT_S, DEFAULT_HEADER_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS,

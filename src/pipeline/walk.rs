@@ -258,7 +258,13 @@ mod tests {
         assert_eq!(w.errors.len(), 1, "{:?}", w.errors);
         assert!(w.errors[0].1.contains("loop"));
 
-        let all = walk(&[d.to_path_buf()], WalkOptions { hidden: true, confine: false });
+        let all = walk(
+            &[d.to_path_buf()],
+            WalkOptions {
+                hidden: true,
+                confine: false,
+            },
+        );
         assert_eq!(all.images.len(), 5);
     }
 

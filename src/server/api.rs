@@ -330,7 +330,11 @@ async fn cancel_indexing(State(state): State<Shared>) -> Json<Value> {
 
 async fn image(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Response> {
     let (bytes, mime) = blocking(&state, move |s| {
-        files::full_image(&s.collection, id, read_roots(&s.collection, &s.settings).as_deref())
+        files::full_image(
+            &s.collection,
+            id,
+            read_roots(&s.collection, &s.settings).as_deref(),
+        )
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
@@ -338,7 +342,12 @@ async fn image(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Re
 
 async fn thumbnail(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Response> {
     let cached = blocking(&state, move |s| {
-        files::cached_thumbnail(&s.collection, &s.thumbnails, id, read_roots(&s.collection, &s.settings).as_deref())
+        files::cached_thumbnail(
+            &s.collection,
+            &s.thumbnails,
+            id,
+            read_roots(&s.collection, &s.settings).as_deref(),
+        )
     })
     .await?;
     let bytes = match cached {

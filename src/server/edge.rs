@@ -88,7 +88,11 @@ impl Edge {
         if host == "localhost" || self.public_hosts.contains(&host) {
             return true;
         }
-        let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() else {
+        let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        else {
             return false;
         };
         // An address is no rebinding: a browser's page on it is of its own origin. On
@@ -277,7 +281,9 @@ fn credential(token: &Token, req: &Request) -> Option<Credential> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .any(|(k, v)| k == token.cookie_name && same_secret(v.as_bytes(), token.session.as_bytes()));
+        .any(|(k, v)| {
+            k == token.cookie_name && same_secret(v.as_bytes(), token.session.as_bytes())
+        });
     if cookie {
         return Some(Credential::Cookie);
     }

@@ -79,7 +79,7 @@ fn inline_hash(page: &str, open: &str, close: &str) -> String {
     use sha2::Digest as _;
     let start = page.find(open).expect("the page has the element") + open.len();
     let end = start + page[start..].find(close).expect("the element is closed");
-    let digest = sha2::Sha256::digest(page[start..end].as_bytes());
+    let digest = sha2::Sha256::digest(&page.as_bytes()[start..end]);
     format!(
         "'sha256-{}'",
         base64::engine::general_purpose::STANDARD.encode(digest)

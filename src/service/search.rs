@@ -597,7 +597,10 @@ pub fn read_roots(c: &Collection, settings: &SearchSettings) -> Option<Vec<PathB
     if recorded.is_empty() {
         return None;
     }
-    let all = recorded.iter().map(PathBuf::from).chain(extra.iter().cloned());
+    let all = recorded
+        .iter()
+        .map(PathBuf::from)
+        .chain(extra.iter().cloned());
     Some(all.filter_map(|p| p.canonicalize().ok()).collect())
 }
 

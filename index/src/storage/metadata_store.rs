@@ -5,7 +5,7 @@
 //!
 //! | key                | value                         |
 //! |--------------------|-------------------------------|
-//! | `m/state`          | [`CommitState`] (JSON)        |
+//! | `m/state`          | [`CommitState`] (JSON), roots |
 //! | `i/` + image id BE | [`ImageEntry`] (JSON)         |
 //! | `t/` + text id BE  | [`TextEntry`] (JSON)          |
 //! | `p/` + path        | image id BE                   |
