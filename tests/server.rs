@@ -7,8 +7,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::server::{encode, Server};
-use common::{fixtures, many_photos, model_dir, qseek, stderr};
+use common::server::{encode, multipart, Server};
+use common::{copy_photos, fixtures, many_photos, model_dir, qseek, stderr};
 use serde_json::Value;
 
 fn tiny() -> String {
@@ -35,11 +35,7 @@ impl Collection {
     fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let photos = tmp.path().join("photos");
-        std::fs::create_dir(&photos).unwrap();
-        for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, photos.join(p.file_name().unwrap())).unwrap();
-        }
+        copy_photos(&photos);
         std::fs::write(tmp.path().join("secret.txt"), SECRET).unwrap();
         let index = tmp.path().join("index");
         let c = Collection { tmp, photos, index };
@@ -109,17 +105,6 @@ fn assert_same(served: &Value, cli: &Value, what: &str) {
     }
     assert_eq!(served["query"]["mode"], cli["query"]["mode"], "{what}");
     assert_eq!(served["query"]["rerank"], cli["query"]["rerank"], "{what}");
-}
-
-fn multipart(file: &[u8]) -> (String, Vec<u8>) {
-    let boundary = "qseekboundary1234";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.png\"\r\nContent-Type: image/png\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend(file);
-    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 #[test]

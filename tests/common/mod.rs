@@ -128,6 +128,18 @@ pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Copies the fixture photos into `dir` (made if missing); how many.
+pub fn copy_photos(dir: &std::path::Path) -> usize {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        n += 1;
+    }
+    n
+}
+
 /// Photos whose bytes differ (a trailing byte pattern the decoders ignore).
 pub fn many_photos(dir: &std::path::Path, variants: usize) -> usize {
     std::fs::create_dir_all(dir).unwrap();

@@ -16,28 +16,73 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qseek"))
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with these environment variables set (after the user's QSEEK_*
+    /// settings are removed, so `QSEEK_TOKEN` may be one of them).
+    pub fn start_with_env(args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qseek"));
+        command
             .args(args)
             .env_remove("QSEEK_MODEL")
             .env_remove("QSEEK_INDEX")
-            .env_remove("QSEEK_TOKEN")
+            .env_remove("QSEEK_TOKEN");
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut said = Vec::new();
         let addr = loop {
-            let line = lines
-                .next()
-                .expect("the server exited before listening")
-                .unwrap();
+            let Some(line) = lines.next() else {
+                panic!("the server exited before listening: {}", said.join("\n"));
+            };
+            let line = line.unwrap();
             if let Some(rest) = line.strip_prefix("qseek: serving http://") {
                 break rest.trim_end_matches('/').to_string();
             }
+            said.push(line);
         };
         // Keep draining stderr so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server { child, addr }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit_once(':').unwrap().1.parse().unwrap()
+    }
+
+    /// The server's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .expect("VmHWM in /proc/PID/status")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kib * 1024
+    }
+
+    /// A fresh connection, nothing sent yet; reads time out after `read_timeout`.
+    pub fn connect(&self, read_timeout: Duration) -> TcpStream {
+        let stream = TcpStream::connect(&self.addr).unwrap();
+        stream.set_read_timeout(Some(read_timeout)).unwrap();
+        stream
     }
 
     /// One HTTP/1.1 request over a fresh connection; the path is sent as given (no
@@ -49,15 +94,27 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Reply {
-        let mut stream = TcpStream::connect(&self.addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
+        self.request_with_host(Some(&self.addr), method, path, headers, body)
+    }
+
+    /// [`Server::request`] with this `Host` line (`None`: no `Host` line at all).
+    pub fn request_with_host(
+        &self,
+        host: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Reply {
+        let mut stream = self.connect(Duration::from_secs(120));
+        let mut head = format!("{method} {path} HTTP/1.1\r\n");
+        if let Some(host) = host {
+            head.push_str(&format!("Host: {host}\r\n"));
+        }
+        head.push_str(&format!(
+            "Connection: close\r\nContent-Length: {}\r\n",
             body.len()
-        );
+        ));
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -92,6 +149,8 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub body: Vec<u8>,
+    /// Every header line, (name, value), in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -114,11 +173,28 @@ impl Reply {
         if header("transfer-encoding").eq_ignore_ascii_case("chunked") {
             body = dechunk(&body);
         }
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_string(), v.trim().to_string()))
+            })
+            .collect();
         Reply {
             status,
             content_type: header("content-type"),
             body,
+            headers,
         }
+    }
+
+    /// The first value of a header (the name in any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -127,6 +203,48 @@ impl Reply {
 
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.text()))
+    }
+}
+
+/// Reads one response from a connection, and returns once it is complete (its
+/// `Content-Length`, the last chunk, or the end of the stream), so a kept-alive
+/// connection can be read without waiting for it to close. `Ok(None)`: the server
+/// closed it without a byte; an error: the read timed out or failed.
+pub fn read_reply(stream: &mut TcpStream) -> std::io::Result<Option<Reply>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            let body = &raw[split + 4..];
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            let complete = match length {
+                Some(n) => body.len() >= n,
+                None if head.contains("transfer-encoding: chunked") => body.ends_with(b"0\r\n\r\n"),
+                // No length: the body ends with the connection (read below).
+                None => false,
+            };
+            if complete {
+                return Ok(Some(Reply::parse(&raw)));
+            }
+        }
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            if raw.is_empty() {
+                return Ok(None);
+            }
+            if !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("closed mid-response: {}", String::from_utf8_lossy(&raw)),
+                ));
+            }
+            return Ok(Some(Reply::parse(&raw)));
+        }
+        raw.extend_from_slice(&buf[..n]);
     }
 }
 
@@ -152,4 +270,17 @@ pub fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A multipart form holding `file` as its `image` field (a PNG named `q.png`): the body
+/// and its `Content-Type`.
+pub fn multipart(file: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "qseekboundary1234";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"q.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend(file);
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }
