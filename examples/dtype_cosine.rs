@@ -10,9 +10,12 @@
 //! `--random` images of random pixel values. Both models are loaded at once (the f32 one
 //! and the other), so memory is their sum.
 
+mod common;
+
 use std::path::PathBuf;
 
 use clap::Parser;
+use common::{photo_paths, random_pixels};
 use qseek::embedder::parse_dtype;
 use qseek::model::packed_gemm::{Format, Kernel};
 use qseek::model::ModelSource;
@@ -36,19 +39,6 @@ struct Args {
     /// Batch size.
     #[arg(long, default_value_t = 4)]
     batch: usize,
-}
-
-/// Deterministic pseudo-random pixel values in [-2, 2).
-fn random_pixels(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
 }
 
 /// The query vectors of `images` (batch, Q, D) as rows of D floats.
@@ -86,16 +76,7 @@ fn main() -> qseek::Result<()> {
 
     let mut images = Vec::new();
     if let Some(dir) = &args.photos {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|source| qseek::Error::Io {
-                path: dir.clone(),
-                source,
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        paths.sort();
-        for p in &paths {
+        for p in &photo_paths(dir)? {
             images.push(reference.pixel_values(p, &LoadOptions::default())?);
         }
     }

@@ -18,7 +18,7 @@
 //! * `same_top_k`: queries whose top-k images are the same set; `max_score_diff`: the
 //!   largest difference between the two ITC scores of one image.
 //!
-//! With `--similar`, image → images instead (`service::search::similar_through_engine`
+//! With `--similar`, image → images instead (`engine::similar::similar_through_engine`
 //! against the index's exact Chamfer scan, each query an indexed image, itself left
 //! out), over images shaped more like BLIP-2's: `--clusters C` groups of images whose
 //! slots lie near the group's direction, and `--shared-slots S` slots of every image
@@ -27,37 +27,18 @@
 //! `max_score_diff`, and the median and largest `scored` (images whose vectors were
 //! fetched) and `rounds`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
+use common::{median, synthetic_record, Rng};
+use qseek::engine::similar::similar_through_engine;
 use qseek::engine::{self, EngineUri, ExportMode, VectorEngine};
-use qseek::service::search::similar_through_engine;
-use qseek_index::{ImageRecord, Index, Manifest, ModelId, SearchParams, VectorDtype};
+use qseek_index::{Index, Manifest, ModelId, SearchParams, VectorDtype};
 
 const Q: usize = 32;
 const D: usize = 256;
-
-/// xorshift64*: seeded, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-
-    fn unit(&mut self, around: Option<&[f32]>, spread: f32) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..D)
-            .map(|i| around.map_or(0.0, |a| a[i]) + spread * self.next())
-            .collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-        v
-    }
-}
 
 /// How `--similar` shapes the images: groups, and slots every image shares.
 #[derive(Clone, Copy)]
@@ -76,18 +57,18 @@ fn synthetic_index(dir: &std::path::Path, items: usize, shape: Option<Shape>) ->
     let index = Index::create(dir, manifest).expect("create index");
     let mut writer = index.writer().expect("writer");
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let centres: Vec<Vec<f32>> = (0..shape.map_or(0, |s| s.clusters))
-        .map(|_| rng.unit(None, 1.0))
-        .collect();
-    let shared = rng.unit(None, 1.0);
+    let centres = rng.units(shape.map_or(0, |s| s.clusters), D);
+    let shared = rng.unit(None, D, 1.0);
     for i in 0..items {
         let vectors: Vec<f32> = match shape {
             None => {
-                let base = rng.unit(None, 1.0);
-                (0..Q).flat_map(|_| rng.unit(Some(&base), 0.05)).collect()
+                let base = rng.unit(None, D, 1.0);
+                (0..Q)
+                    .flat_map(|_| rng.unit(Some(&base), D, 0.05))
+                    .collect()
             }
             Some(s) => {
-                let base = rng.unit(Some(&centres[i % s.clusters]), 0.08);
+                let base = rng.unit(Some(&centres[i % s.clusters]), D, 0.08);
                 (0..Q)
                     .flat_map(|slot| {
                         let around = if slot < s.shared_slots {
@@ -95,19 +76,12 @@ fn synthetic_index(dir: &std::path::Path, items: usize, shape: Option<Shape>) ->
                         } else {
                             &base
                         };
-                        rng.unit(Some(around), 0.05)
+                        rng.unit(Some(around), D, 0.05)
                     })
                     .collect()
             }
         };
-        let record = ImageRecord {
-            path: format!("photos/{}/{i}.jpg", i % 100),
-            size: 1,
-            mtime: 0,
-            content_hash: format!("{i:016x}"),
-            width: 1,
-            height: 1,
-        };
+        let record = synthetic_record(format!("photos/{}/{i}.jpg", i % 100), i);
         writer.add_image(record, &vectors, None).expect("add image");
         if i % 5000 == 4999 {
             writer.commit().expect("commit");
@@ -115,11 +89,6 @@ fn synthetic_index(dir: &std::path::Path, items: usize, shape: Option<Shape>) ->
     }
     writer.commit().expect("commit");
     index
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Image → images for `queries` indexed images, through the engine and exactly.

@@ -9,10 +9,13 @@
 //! RAYON_NUM_THREADS=2 cargo run --release --example packed_gemm -- --rows 1028 --int8
 //! ```
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
+use common::random_values;
 use qseek::model::packed_gemm::{matmul_wt, Epilogue, Format, Kernel, PackedWeight};
 
 #[derive(Parser, Debug)]
@@ -32,19 +35,6 @@ struct Args {
     /// ViT-g's shapes in int8, both layouts (then bf16 too, to compare in the same run).
     #[arg(long)]
     int8: bool,
-}
-
-/// Deterministic values in [-1, 1).
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
 }
 
 fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
@@ -92,7 +82,7 @@ fn main() -> candle_core::Result<()> {
     };
     for &(name, k, n) in shapes {
         let m = args.rows;
-        let (x, w) = (values(m * k, 1), values(n * k, 2));
+        let (x, w) = (random_values(m * k, 1), random_values(n * k, 2));
         let flop = 2.0 * (m * k * n) as f64;
         for &format in &formats {
             let packed = PackedWeight::new(format, &w, None, k);

@@ -25,10 +25,13 @@
 //! int8 GEMMs can gain over `--dtype f32`'s on this CPU.
 //! One JSON line per part, then a table on stderr.
 
+mod common;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
 use clap::Parser;
+use common::median;
 use qseek::embedder::parse_dtype;
 use qseek::model::ops::{multi_head_attention, Linear};
 use qseek::model::packed_gemm::{Format, Kernel};
@@ -50,11 +53,6 @@ struct Args {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// Median seconds of `reps` runs of `f`, after one warm-up run.

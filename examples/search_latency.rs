@@ -24,18 +24,19 @@
 //! Medians over `--queries` queries (cycling through 8 captions), each mode after one
 //! warm-up query; the `--ann` warm-up builds the HNSW graph (`graph_build_s`).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use qseek::model::ModelSource;
+use common::{load_embedder, median, synthetic_record, temp_dir, Rng, SEARCH_CAPTIONS};
 use qseek::pipeline::{model_identity, Collection};
 use qseek::preprocess::image::LoadOptions;
-use qseek::rerank::Direct;
+use qseek::service::calls::Direct;
 use qseek::service::search::{search, QueryInput, SearchRequest, SearchSettings};
-use qseek::{Embedder, ModelOptions};
-use qseek_index::{ImageRecord, Index, Manifest, VectorDtype};
+use qseek_index::{Index, Manifest, VectorDtype};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -56,58 +57,15 @@ struct Args {
     vectors: String,
 }
 
-const CAPTIONS: [&str; 8] = [
-    "a cat lying on a bed next to a pillow",
-    "a cup of coffee on a saucer with a spoon",
-    "a rocket standing on the launch pad at night",
-    "a man holding a camera on a tripod in a field",
-    "stars and galaxies in the deep dark space",
-    "two dogs playing with a red ball in the park",
-    "a woman riding a bicycle down a busy city street",
-    "a small boat floating on a calm blue lake",
-];
-
-/// xorshift64*: seeded, dependency-free.
-struct Rng(u64);
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (v >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn unit(&mut self, centre: Option<&[f32]>, dim: usize, spread: f32) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..dim)
-            .map(|i| centre.map_or(0.0, |c| c[i]) + spread * self.next_f32())
-            .collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-        v
-    }
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 fn main() -> qseek::Result<()> {
     qseek::model::use_one_thread_pool();
     let args = Args::parse();
-    let tmp = tempfile::tempdir().map_err(|source| qseek::Error::Io {
-        path: "tmp".into(),
-        source,
-    })?;
+    let tmp = temp_dir()?;
     let dir = args
         .index
         .clone()
         .unwrap_or_else(|| tmp.path().join("index"));
-    let embedder = Embedder::load(&ModelOptions::new(ModelSource::Local(args.model.clone())))?;
-    let (q, d) = (
-        embedder.config.num_query_tokens,
-        embedder.config.image_text_hidden_size,
-    );
+    let (embedder, q, d) = load_embedder(&args.model)?;
     let start = Instant::now();
     {
         let mut manifest = Manifest::new(&model_identity(&embedder.checkpoint)?, q, d);
@@ -119,20 +77,10 @@ fn main() -> qseek::Result<()> {
         let index = Index::create(&dir, manifest)?;
         let mut writer = index.writer()?;
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let centres: Vec<Vec<f32>> = (0..64).map(|_| rng.unit(None, d, 1.0)).collect();
+        let centres = rng.units(64, d);
         for i in 0..args.items {
-            let centre = rng.unit(Some(&centres[i % centres.len()]), d, 0.6);
-            let vectors: Vec<f32> = (0..q)
-                .flat_map(|_| rng.unit(Some(&centre), d, 0.4))
-                .collect();
-            let record = ImageRecord {
-                path: format!("/photos/{}/{i}.jpg", i % 100),
-                size: 1,
-                mtime: 0,
-                content_hash: format!("{i:016x}"),
-                width: 1,
-                height: 1,
-            };
+            let vectors = rng.clustered_image(&centres[i % centres.len()], q, d);
+            let record = synthetic_record(format!("/photos/{}/{i}.jpg", i % 100), i);
             writer.add_image(record, &vectors, None)?;
         }
         writer.commit()?;
@@ -152,16 +100,13 @@ fn main() -> qseek::Result<()> {
         ann,
         ..SearchRequest::new(QueryInput::Text(text.to_string()))
     };
+    // Query i's text: the captions in turn.
+    let caption = |i: usize| SEARCH_CAPTIONS[i % SEARCH_CAPTIONS.len()];
     let time_queries = |ann: bool| -> qseek::Result<f64> {
         let mut ms = Vec::new();
         for i in 0..args.queries {
             let t = Instant::now();
-            let r = search(
-                &collection,
-                &model,
-                &settings,
-                &request(CAPTIONS[i % CAPTIONS.len()], ann),
-            )?;
+            let r = search(&collection, &model, &settings, &request(caption(i), ann))?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
             assert_eq!(r.results.len(), 10);
         }
@@ -176,9 +121,7 @@ fn main() -> qseek::Result<()> {
     let mut text = Vec::new();
     for i in 0..args.queries {
         let t = Instant::now();
-        let ids = collection
-            .embedder
-            .tokenize(&[CAPTIONS[i % CAPTIONS.len()].to_string()])?;
+        let ids = collection.embedder.tokenize(&[caption(i).to_string()])?;
         collection.embedder.embed_token_ids(&ids)?;
         text.push(t.elapsed().as_secs_f64() * 1e3);
     }
@@ -189,7 +132,7 @@ fn main() -> qseek::Result<()> {
     for i in 0..args.queries.clamp(1, 5) {
         let ids = collection
             .embedder
-            .tokenize(&vec![CAPTIONS[i % CAPTIONS.len()].to_string(); 16])?;
+            .tokenize(&vec![caption(i).to_string(); 16])?;
         let t = Instant::now();
         collection.embedder.itm_logits(&vision, &ids)?;
         itm.push(t.elapsed().as_secs_f64() * 1e3);

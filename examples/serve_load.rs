@@ -18,20 +18,21 @@
 //! one, alternate them in one process (`--clients 1,16,1,16,1,16`) and take medians:
 //! the machines here are noisy.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use qseek::model::ModelSource;
+use common::{load_embedder, peak_rss_bytes, synthetic_record, temp_dir, Rng, SEARCH_CAPTIONS};
 use qseek::pipeline::indexer::IndexOptions;
 use qseek::pipeline::walk::WalkOptions;
 use qseek::pipeline::{model_identity, Collection};
 use qseek::preprocess::image::LoadOptions;
 use qseek::server::{serve, ServeOptions};
-use qseek::{Embedder, ModelOptions};
-use qseek_index::{FeatureDtype, ImageRecord, Index, Manifest};
+use qseek_index::{FeatureDtype, Index, Manifest};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -59,17 +60,6 @@ struct Args {
     warmup: f64,
 }
 
-const CAPTIONS: [&str; 8] = [
-    "a cat lying on a bed next to a pillow",
-    "a cup of coffee on a saucer with a spoon",
-    "a rocket standing on the launch pad at night",
-    "a man holding a camera on a tripod in a field",
-    "stars and galaxies in the deep dark space",
-    "two dogs playing with a red ball in the park",
-    "a woman riding a bicycle down a busy city street",
-    "a small boat floating on a calm blue lake",
-];
-
 /// `clients` threads searching in a loop for `seconds`: the latencies (ms) of the
 /// answered requests, and how many failed.
 fn run_clients(addr: &str, clients: usize, rerank: usize, seconds: f64) -> (Vec<f64>, usize) {
@@ -81,7 +71,7 @@ fn run_clients(addr: &str, clients: usize, rerank: usize, seconds: f64) -> (Vec<
                 let (mut ms, mut errors) = (Vec::new(), 0usize);
                 let mut i = c;
                 while Instant::now() < deadline {
-                    let q = CAPTIONS[i % CAPTIONS.len()].replace(' ', "%20");
+                    let q = SEARCH_CAPTIONS[i % SEARCH_CAPTIONS.len()].replace(' ', "%20");
                     i += 1;
                     let t = Instant::now();
                     match get(&addr, &format!("/api/search?q={q}&k=10&rerank={rerank}")) {
@@ -102,35 +92,9 @@ fn run_clients(addr: &str, clients: usize, rerank: usize, seconds: f64) -> (Vec<
     (ms, errors)
 }
 
-/// xorshift64*: seeded, dependency-free.
-struct Rng(u64);
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (v >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-    fn unit(&mut self, centre: Option<&[f32]>, dim: usize, spread: f32) -> Vec<f32> {
-        let mut v: Vec<f32> = (0..dim)
-            .map(|i| centre.map_or(0.0, |c| c[i]) + spread * self.next_f32())
-            .collect();
-        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter_mut().for_each(|x| *x /= n);
-        v
-    }
-}
-
+/// `VmHWM` (peak resident set) of this process, in MiB; 0 where it cannot be read.
 fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
+    peak_rss_bytes() as f64 / (1024.0 * 1024.0)
 }
 
 fn get(addr: &str, path: &str) -> Result<u16, std::io::Error> {
@@ -159,16 +123,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() -> qseek::Result<()> {
     qseek::model::use_one_thread_pool();
     let args = Args::parse();
-    let tmp = tempfile::tempdir().map_err(|source| qseek::Error::Io {
-        path: "tmp".into(),
-        source,
-    })?;
+    let tmp = temp_dir()?;
     let dir = tmp.path().join("index");
-    let embedder = Embedder::load(&ModelOptions::new(ModelSource::Local(args.model.clone())))?;
-    let (q, d) = (
-        embedder.config.num_query_tokens,
-        embedder.config.image_text_hidden_size,
-    );
+    let (embedder, q, d) = load_embedder(&args.model)?;
     let v = &embedder.config.vision_config;
     let (tokens, hidden) = ((v.image_size / v.patch_size).pow(2) + 1, v.hidden_size);
     let start = Instant::now();
@@ -179,23 +136,13 @@ fn main() -> qseek::Result<()> {
         let index = Index::create(&dir, manifest)?;
         let mut writer = index.writer()?;
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let centres: Vec<Vec<f32>> = (0..64).map(|_| rng.unit(None, d, 1.0)).collect();
+        let centres = rng.units(64, d);
         let features: Vec<f32> = (0..tokens * hidden).map(|_| rng.next_f32()).collect();
         let every = (args.items / args.feature_images.max(1)).max(1);
         let shape = [tokens, hidden];
         for i in 0..args.items {
-            let centre = rng.unit(Some(&centres[i % centres.len()]), d, 0.6);
-            let vectors: Vec<f32> = (0..q)
-                .flat_map(|_| rng.unit(Some(&centre), d, 0.4))
-                .collect();
-            let record = ImageRecord {
-                path: format!("/photos/{}/{i}.jpg", i % 100),
-                size: 1,
-                mtime: 0,
-                content_hash: format!("{i:016x}"),
-                width: 1,
-                height: 1,
-            };
+            let vectors = rng.clustered_image(&centres[i % centres.len()], q, d);
+            let record = synthetic_record(format!("/photos/{}/{i}.jpg", i % 100), i);
             let f = (i % every == 0).then_some((features.as_slice(), &shape[..]));
             writer.add_image(record, &vectors, f)?;
             if i % 1000 == 999 {

@@ -12,36 +12,18 @@
 //! (`preprocess_ms_per_image`). `benches/compare_pytorch.py` runs this next to
 //! transformers and prints the ratios.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use clap::Parser;
+use common::{median_midpoint, peak_rss_bytes, photo_paths, random_pixels, CAPTIONS};
 use qseek::embedder::{parse_device, parse_dtype};
 use qseek::model::ModelSource;
 use qseek::preprocess::image::LoadOptions;
 use qseek::{Embedder, ModelOptions};
-
-/// COCO-style captions of 10 to 14 tokens (special tokens included), cycled to make
-/// `--texts` texts and `--pairs` pairs. `benches/compare_pytorch.py` uses the same list.
-const CAPTIONS: [&str; 16] = [
-    "a cat lying on a bed next to a pillow",
-    "a cup of coffee on a saucer with a spoon",
-    "a rocket standing on the launch pad at night",
-    "a man holding a camera on a tripod in a field",
-    "stars and galaxies in the deep dark space",
-    "a close up of the retina of an eye",
-    "a pile of old coins on a wooden table",
-    "two dogs playing with a red ball in the park",
-    "a woman riding a bicycle down a busy city street",
-    "a plate of pasta with tomato sauce and basil",
-    "a train passing over a bridge near the mountains",
-    "a group of people standing around a kitchen table",
-    "a small boat floating on a calm blue lake",
-    "a child flying a kite on a sunny beach",
-    "a bowl of fresh fruit on a marble counter",
-    "an old red car parked in front of a house",
-];
 
 #[derive(Parser, Debug)]
 #[command(about = "qseek throughput: images/s, texts/s, ITM pairs/s, load time, peak RSS")]
@@ -76,42 +58,6 @@ struct Args {
     device: String,
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
-}
-
-/// `VmHWM` (peak resident set) of this process, in bytes.
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Deterministic pseudo-random pixel values, roughly what normalised photos look like.
-fn random_pixels(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect()
-}
-
 /// Batch sizes that make `total` items in batches of at most `batch`.
 fn chunks(total: usize, batch: usize) -> Vec<usize> {
     let mut out = vec![batch; total / batch];
@@ -135,7 +81,7 @@ fn time_median(
         device.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
     }
-    Ok(median(times))
+    Ok(median_midpoint(times))
 }
 
 fn main() -> qseek::Result<()> {
@@ -263,15 +209,7 @@ fn main() -> qseek::Result<()> {
     // Optional: decoding + pre-processing of real photos, per image.
     let preprocess_ms = match &args.photos {
         Some(dir) => {
-            let entries = std::fs::read_dir(dir).map_err(|source| qseek::Error::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            let mut paths: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect();
-            paths.sort();
+            let paths = photo_paths(dir)?;
             let lo = LoadOptions::default();
             let mut per_image = Vec::new();
             for _ in 0..args.reps {
@@ -281,7 +219,7 @@ fn main() -> qseek::Result<()> {
                 }
                 per_image.push(t.elapsed().as_secs_f64() * 1e3 / paths.len().max(1) as f64);
             }
-            Some(median(per_image))
+            Some(median_midpoint(per_image))
         }
         None => None,
     };
@@ -296,8 +234,8 @@ fn main() -> qseek::Result<()> {
         "peak_rss_bytes": peak_rss_bytes(),
         "weights_bytes": weights_bytes,
         "rss_after_load_bytes": rss_after_load,
-        "vision_s_per_image": median(vision_s) / args.images as f64,
-        "qformer_s_per_image": median(qformer_s) / args.images as f64,
+        "vision_s_per_image": median_midpoint(vision_s) / args.images as f64,
+        "qformer_s_per_image": median_midpoint(qformer_s) / args.images as f64,
         "preprocess_ms_per_image": preprocess_ms,
         "mean_text_tokens": mean_tokens,
         "threads": candle_core::utils::get_num_threads(),

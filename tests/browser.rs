@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixtures, many_photos, model_dir, qseek, stderr};
+use common::{fixtures, many_photos, qseek, stderr, tiny};
 use serde_json::{json, Value};
 
 fn chromium() -> Option<PathBuf> {
@@ -169,7 +169,7 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     let tmp = tempfile::tempdir().unwrap();
     let (photos, index) = (fixtures().join("photos"), tmp.path().join("index"));
     let index_s = index.display().to_string();
-    let tiny = model_dir("tiny").display().to_string();
+    let tiny = tiny();
     let out = qseek(&[
         "index",
         &photos.display().to_string(),

@@ -5,7 +5,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{fixtures, model_dir, Reference};
+use common::{dot, fixtures, floats, model_dir, stderr, tiny, Reference};
 
 fn qseek(args: &[&str]) -> Output {
     qseek_env(args, &[])
@@ -29,28 +29,8 @@ fn stdout_lines(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn tiny() -> String {
-    model_dir("tiny").display().to_string()
-}
-
 fn photo(name: &str) -> String {
     fixtures().join("photos").join(name).display().to_string()
-}
-
-fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 #[test]

@@ -5,85 +5,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{fixtures, model_dir, qseek, stderr};
+use common::collection::Collection;
+use common::{
+    dot, fixture_photos, fixtures, floats, json, many_photos, model_dir, qseek, stderr, tiny,
+};
 use serde_json::Value;
-
-fn json(out: &Output) -> Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "not one JSON document ({e}):\n{text}\nstderr: {}",
-            stderr(out)
-        )
-    })
-}
-
-fn tiny() -> String {
-    model_dir("tiny").display().to_string()
-}
-
-fn photos() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures().join("photos"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
-}
-
-/// A temporary collection: a folder of photos and an index beside it.
-struct Collection {
-    _tmp: tempfile::TempDir,
-    photos: PathBuf,
-    index: PathBuf,
-}
-
-impl Collection {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let photos = tmp.path().join("photos");
-        std::fs::create_dir(&photos).unwrap();
-        for p in self::photos() {
-            std::fs::copy(&p, photos.join(p.file_name().unwrap())).unwrap();
-        }
-        let index = tmp.path().join("index");
-        Collection {
-            _tmp: tmp,
-            photos,
-            index,
-        }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.photos.join(name).display().to_string()
-    }
-
-    /// Runs `qseek <args> --index <index>`.
-    fn run(&self, args: &[&str]) -> Output {
-        let mut all: Vec<&str> = args.to_vec();
-        let index = self.index.display().to_string();
-        all.extend(["--index", &index]);
-        qseek(&all)
-    }
-
-    /// `qseek index <photos> --json` → the summary.
-    fn index(&self, extra: &[&str]) -> Value {
-        let photos = self.photos.display().to_string();
-        let tiny = tiny();
-        let mut args = vec!["index", &photos, "-m", &tiny, "--json", "-q"];
-        args.extend(extra);
-        let out = self.run(&args);
-        assert!(
-            out.status.code() == Some(0) || out.status.code() == Some(1),
-            "{}",
-            stderr(&out)
-        );
-        json(&out)
-    }
-}
 
 /// (embedded, reused, unchanged, removed) of an index summary.
 fn work(s: &Value) -> (u64, u64, u64, u64) {
@@ -93,7 +22,7 @@ fn work(s: &Value) -> (u64, u64, u64, u64) {
 
 #[test]
 fn bad_files_are_reported_with_their_reason_and_the_good_ones_indexed() {
-    let c = Collection::new();
+    let c = Collection::with_photos();
     let images = fixtures().join("images");
     let copy = |from: &str, to: &str| {
         std::fs::copy(images.join(from), c.photos.join(to)).unwrap();
@@ -125,7 +54,7 @@ fn bad_files_are_reported_with_their_reason_and_the_good_ones_indexed() {
         std::fs::remove_file(&locked).unwrap();
     }
 
-    let s = c.index(&[]);
+    let s = c.index_json(&[]);
     let failed: BTreeMap<String, String> = s["failed"]
         .as_array()
         .unwrap()
@@ -141,15 +70,15 @@ fn bad_files_are_reported_with_their_reason_and_the_good_ones_indexed() {
         match reason {
             Some(r) => {
                 let got = failed
-                    .get(&c.path(to))
+                    .get(&c.photo(to))
                     .unwrap_or_else(|| panic!("{to} not reported: {s}"));
                 assert!(got.contains(r), "{to}: reason {got:?} lacks {r:?}");
             }
-            None => assert!(!failed.contains_key(&c.path(to)), "{to} failed: {s}"),
+            None => assert!(!failed.contains_key(&c.photo(to)), "{to} failed: {s}"),
         }
     }
     if permissions_apply {
-        assert!(failed[&c.path("locked.jpg")].contains("ermission"), "{s}");
+        assert!(failed[&c.photo("locked.jpg")].contains("ermission"), "{s}");
     }
     let expected_failures =
         cases.iter().filter(|c| c.2.is_some()).count() + usize::from(permissions_apply);
@@ -177,8 +106,8 @@ fn bad_files_are_reported_with_their_reason_and_the_good_ones_indexed() {
 
 #[test]
 fn incremental_runs_do_exactly_the_minimum_work() {
-    let c = Collection::new();
-    assert_eq!(work(&c.index(&[])), (7, 0, 0, 0));
+    let c = Collection::with_photos();
+    assert_eq!(work(&c.index_json(&[])), (7, 0, 0, 0));
     let touch = |name: &str| {
         let f = std::fs::File::options()
             .append(true)
@@ -233,7 +162,7 @@ fn incremental_runs_do_exactly_the_minimum_work() {
     ];
     for (what, action, expected) in steps {
         action();
-        let s = c.index(&[]);
+        let s = c.index_json(&[]);
         assert_eq!(work(&s), *expected, "after {what}: {s}");
     }
     let info = json(&c.run(&["info", "--json"]));
@@ -243,24 +172,6 @@ fn incremental_runs_do_exactly_the_minimum_work() {
         "{info}"
     );
     assert!(c.run(&["verify"]).status.success());
-}
-
-/// Photos whose bytes differ (a trailing byte pattern, ignored by the decoders) so
-/// that each is a distinct image for the index.
-fn many_photos(dir: &Path, variants: usize) -> usize {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut n = 0;
-    for p in photos() {
-        let bytes = std::fs::read(&p).unwrap();
-        for v in 0..variants {
-            let mut b = bytes.clone();
-            b.extend(format!("variant {v}").as_bytes());
-            let name = format!("{v}-{}", p.file_name().unwrap().to_str().unwrap());
-            std::fs::write(dir.join(name), b).unwrap();
-            n += 1;
-        }
-    }
-    n
 }
 
 /// A folder of `7 × variants` distinct photos, an index path beside it, and the
@@ -390,18 +301,6 @@ fn vectors_len(index: &Path) -> u64 {
         .sum()
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap() as f32)
-        .collect()
-}
-
 /// `qseek embed image` for every photo: path → its Q vectors.
 fn embed_images(paths: &[String]) -> BTreeMap<String, Vec<Vec<f32>>> {
     let tiny = tiny();
@@ -476,11 +375,11 @@ fn assert_same_ranking(got: &[(String, f32)], expected: &[(String, f32)]) {
 
 #[test]
 fn search_ranks_match_the_lavis_formula_on_embed_and_score_outputs() {
-    let c = Collection::new();
-    c.index(&[]);
-    let paths: Vec<String> = photos()
+    let c = Collection::with_photos();
+    c.index_json(&[]);
+    let paths: Vec<String> = fixture_photos()
         .iter()
-        .map(|p| c.path(p.file_name().unwrap().to_str().unwrap()))
+        .map(|p| c.photo(p.file_name().unwrap().to_str().unwrap()))
         .collect();
     let embeds = embed_images(&paths);
     let query = "a cat lying on a bed";
@@ -525,7 +424,7 @@ fn search_ranks_match_the_lavis_formula_on_embed_and_score_outputs() {
     let out = c.run(&["texts", "add", file.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(json(&out)["added"], 4);
-    let image = c.path("chelsea.png");
+    let image = c.photo("chelsea.png");
     let vectors = &embeds[&image];
     let itc: Vec<(String, f32)> = texts
         .iter()
@@ -547,16 +446,16 @@ fn search_ranks_match_the_lavis_formula_on_embed_and_score_outputs() {
 
 #[test]
 fn search_output_formats_filters_and_probability_threshold() {
-    let c = Collection::new();
+    let c = Collection::with_photos();
     std::fs::create_dir(c.photos.join("sub")).unwrap();
     std::fs::rename(c.photos.join("rocket.jpg"), c.photos.join("sub/rocket.jpg")).unwrap();
-    c.index(&["--store-vision-features"]);
+    c.index_json(&["--store-vision-features"]);
     let sub = c.photos.join("sub").display().to_string();
     let out = c.run(&["search", "a rocket", "--under", &sub, "--paths"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        c.path("sub/rocket.jpg")
+        c.photo("sub/rocket.jpg")
     );
 
     // Stored features: reranking is on by default and needs no photo files.
@@ -598,7 +497,7 @@ fn search_output_formats_filters_and_probability_threshold() {
     assert!(table.lines().next().unwrap().contains("rank"), "{table}");
 
     // Photos like a photo: the photo itself is not its own result.
-    let me = c.path("coffee.png");
+    let me = c.photo("coffee.png");
     let doc = json(&c.run(&["search", "--image", &me, "--json", "-k", "6"]));
     let found: Vec<&str> = doc["results"]
         .as_array()
@@ -612,7 +511,7 @@ fn search_output_formats_filters_and_probability_threshold() {
 
 #[test]
 fn errors_are_one_clear_sentence_and_a_nonzero_exit() {
-    let c = Collection::new();
+    let c = Collection::with_photos();
     let tiny = tiny();
     let odd = model_dir("odd").display().to_string();
     // (what, command line, fragments the one-line message must contain)
@@ -659,11 +558,11 @@ fn errors_are_one_clear_sentence_and_a_nonzero_exit() {
             &["--rerank"],
         ),
     ];
-    let photo = c.path("coffee.png");
+    let photo = c.photo("coffee.png");
     let mut built = false;
     for (what, args, fragments) in cases {
         if !built && !what.starts_with("missing index") {
-            c.index(&[]);
+            c.index_json(&[]);
             built = true;
         }
         let args: Vec<&str> = args
@@ -730,13 +629,13 @@ fn ctrl_c_stops_after_a_commit_and_the_next_run_resumes() {
 
 #[test]
 fn rerank_recomputes_vision_features_from_the_files_and_says_when_one_is_gone() {
-    let c = Collection::new();
-    c.index(&[]);
+    let c = Collection::with_photos();
+    c.index_json(&[]);
     std::fs::remove_file(c.photos.join("coins.png")).unwrap();
     let out = c.run(&["search", "coins on a table", "--rerank", "7", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let doc = json(&out);
-    let coins = c.path("coins.png");
+    let coins = c.photo("coins.png");
     let results = doc["results"].as_array().unwrap();
     assert_eq!(results.len(), 7);
     for r in results {
@@ -768,7 +667,7 @@ fn reranking_over_stored_features_matches_the_reference_itm() {
         let reference = common::Reference::load(model);
         let itm = reference.get("itm_logits").to_vec3::<f32>().unwrap();
         let n = reference.photos.len().to_string();
-        let c = Collection::new();
+        let c = Collection::with_photos();
         let (photos, model_dir) = (
             c.photos.display().to_string(),
             model_dir(model).display().to_string(),

@@ -14,11 +14,12 @@ mod common;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::collection::Collection;
 use common::server::{encode, Server};
-use common::{fixtures, many_photos, model_dir, qseek, stderr};
+use common::{arg, fixture_photos, many_photos, qseek, stderr};
 use serde_json::Value;
 
 /// A milvus-lite server on a free port, killed on drop.
@@ -87,51 +88,38 @@ impl Drop for Milvus {
     }
 }
 
-fn json(out: &Output) -> Value {
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap()
+/// The 7 fixture photos (byte-identical variants would tie, and ties may come back in
+/// any order) indexed with the tiny model, stored vision features, and the fixture
+/// captions as texts.
+fn indexed() -> Collection {
+    indexed_of(|photos| assert_eq!(many_photos(photos, 1), 7))
 }
 
-/// The 7 fixture photos (byte-identical variants would tie, and ties may come back in any order) indexed with the tiny
-/// model, stored vision features, and the fixture captions as texts.
-struct Indexed {
-    _tmp: tempfile::TempDir,
-    photos: PathBuf,
-    index: String,
+/// [`indexed`] with the photos `make` writes into the (empty) photo folder.
+fn indexed_of(make: impl FnOnce(&Path)) -> Collection {
+    let c = Collection::empty();
+    make(&c.photos);
+    c.index(&[&c.photos], &["--store-vision-features"]);
+    c.add_fixture_texts();
+    c
 }
 
-impl Indexed {
-    fn new() -> Self {
-        Self::of(|photos| assert_eq!(many_photos(photos, 1), 7))
-    }
-
-    /// An index of the photos `make` writes into an empty folder.
-    fn of(make: impl FnOnce(&Path)) -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let photos = tmp.path().join("photos");
-        make(&photos);
-        let index = tmp.path().join("index").display().to_string();
-        let tiny = model_dir("tiny").display().to_string();
-        let p = photos.display().to_string();
-        let args = ["index", &p, "-m", &tiny, "--store-vision-features", "-q"];
-        let out = qseek(&[&args[..], &["--index", &index]].concat());
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        let captions = fixtures().join("captions.txt").display().to_string();
-        let out = qseek(&["texts", "add", &captions, "--index", &index]);
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        Indexed {
-            _tmp: tmp,
-            photos,
-            index,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        qseek(&[args, &["--index", &self.index]].concat())
+/// This file's commands on the fixture collection.
+impl Collection {
+    /// `qseek ARGS` on the index alone, then through the engine at `uri` (`--engine`):
+    /// both JSON answers.
+    fn local_and_engine(&self, args: &[&str], uri: &str) -> (Value, Value) {
+        let local = self.run_json(args);
+        let engine = self.run_json(&[args, &["--engine", uri]].concat());
+        (local, engine)
     }
 
     fn export(&self, uri: &str) -> Value {
-        json(&self.run(&["export", "--to", uri, "--json"]))
+        self.run_json(&["export", "--to", uri, "--json"])
+    }
+
+    fn export_replace(&self, uri: &str) -> Value {
+        self.run_json(&["export", "--to", uri, "--replace", "--json"])
     }
 }
 
@@ -188,7 +176,7 @@ fn text_to_images_through_the_engine_matches_the_exact_local_search() {
     let Some(milvus) = Milvus::start() else {
         return;
     };
-    let c = Indexed::new();
+    let c = indexed();
     let uri = milvus.uri("photos");
     let report = c.export(&uri);
     assert_eq!(report["images"], 7);
@@ -198,23 +186,20 @@ fn text_to_images_through_the_engine_matches_the_exact_local_search() {
         // ITC only: the top 5 of 7, then every image (the whole ranking).
         for k in ["5", "7"] {
             let args = ["search", sentence, "-k", k, "--rerank", "0", "--json"];
-            let local = json(&c.run(&args));
-            let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+            let (local, engine) = c.local_and_engine(&args, &uri);
             assert_same(&local, &engine, &format!("{sentence:?} top {k}, ITC"));
         }
         // Reranked: the top 8 candidates by ITM logit + ITC, from stored features.
         let args = ["search", sentence, "-k", "10", "--rerank", "8", "--json"];
-        let local = json(&c.run(&args));
-        let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+        let (local, engine) = c.local_and_engine(&args, &uri);
         assert_same(&local, &engine, &format!("{sentence:?} reranked"));
     }
     // The same images exported again (as two machines exporting overlapping parts
     // would): rows twice, results once, since an image is its content hash.
-    let again = json(&c.run(&["export", "--to", &uri, "--append", "--json"]));
+    let again = c.run_json(&["export", "--to", &uri, "--append", "--json"]);
     assert_eq!(again["images"], 7);
     let args = ["search", SENTENCES[0], "-k", "7", "--rerank", "0", "--json"];
-    let local = json(&c.run(&args));
-    let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+    let (local, engine) = c.local_and_engine(&args, &uri);
     assert_same(&local, &engine, "after --append of the same images");
 }
 
@@ -223,16 +208,15 @@ fn image_to_texts_through_the_engine_matches_the_exact_local_search() {
     let Some(milvus) = Milvus::start() else {
         return;
     };
-    let c = Indexed::new();
+    let c = indexed();
     let uri = milvus.uri("photos");
     c.export(&uri);
     for photo in ["0-coffee.png", "0-rocket.jpg", "0-chelsea.png"] {
-        let image = c.photos.join(photo).display().to_string();
+        let image = c.photo(photo);
         for rerank in ["0", "4"] {
             let args = ["search", "--image", &image, "--texts", "-k", "5"];
             let args = [&args[..], &["--rerank", rerank, "--json"]].concat();
-            let local = json(&c.run(&args));
-            let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+            let (local, engine) = c.local_and_engine(&args, &uri);
             assert_same(
                 &local,
                 &engine,
@@ -247,7 +231,7 @@ fn engine_refusals_say_whose_fault_they_are() {
     let Some(milvus) = Milvus::start() else {
         return;
     };
-    let c = Indexed::new();
+    let c = indexed();
     let uri = milvus.uri("photos");
     c.export(&uri);
     let fails = |args: &[&str], says: &str| {
@@ -327,8 +311,7 @@ fn assert_same_images(local: &Value, engine: &Value, what: &str) {
 /// differ, more than the engine's first search depth (16) per query vector.
 fn flipped_photos(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
-        let p = e.unwrap().path();
+    for p in fixture_photos() {
         let img = image::open(&p).unwrap();
         let stem = p.file_stem().unwrap().to_str().unwrap();
         img.save(dir.join(format!("{stem}.png"))).unwrap();
@@ -346,7 +329,7 @@ fn image_to_images_through_the_engine_matches_the_exact_local_search() {
     let Some(milvus) = Milvus::start() else {
         return;
     };
-    let c = Indexed::of(flipped_photos);
+    let c = indexed_of(flipped_photos);
     let uri = milvus.uri("photos");
     assert_eq!(c.export(&uri)["images"], 21);
     let mut photos: Vec<PathBuf> = std::fs::read_dir(&c.photos)
@@ -360,8 +343,7 @@ fn image_to_images_through_the_engine_matches_the_exact_local_search() {
         let image = photo.display().to_string();
         for k in ["1", "5", "20"] {
             let args = ["search", "--image", &image, "-k", k, "--json"];
-            let local = json(&c.run(&args));
-            let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+            let (local, engine) = c.local_and_engine(&args, &uri);
             let what = format!("{} → images, top {k}", photo.display());
             assert_same_images(&local, &engine, &what);
             assert_eq!(engine["notes"], serde_json::json!([]), "{what}");
@@ -381,8 +363,7 @@ fn image_to_images_through_the_engine_matches_the_exact_local_search() {
         "5",
         "--json",
     ];
-    let local = json(&c.run(&args));
-    let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+    let (local, engine) = c.local_and_engine(&args, &uri);
     assert_same_images(&local, &engine, "a copy of a photo");
     let first = &engine["results"][0];
     assert_eq!(first["path"], photos[4].display().to_string());
@@ -436,8 +417,7 @@ fn image_to_images_through_the_engine_matches_the_exact_local_search() {
 fn two_folders(dir: &Path) {
     assert_eq!(many_photos(&dir.join("a"), 1), 7);
     std::fs::create_dir_all(dir.join("b")).unwrap();
-    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
-        let p = e.unwrap().path();
+    for p in fixture_photos() {
         let stem = p.file_stem().unwrap().to_str().unwrap();
         let mirrored = image::open(&p).unwrap().fliph();
         mirrored
@@ -451,28 +431,25 @@ fn under_through_the_engine_matches_the_local_filter() {
     let Some(milvus) = Milvus::start() else {
         return;
     };
-    let c = Indexed::of(two_folders);
+    let c = indexed_of(two_folders);
     let uri = milvus.uri("photos");
     assert_eq!(c.export(&uri)["images"], 14);
-    let at = |p: &str| c.photos.join(p).display().to_string();
     // A folder; a path prefix; a prefix holding `_`, a LIKE wildcard in Milvus's filter.
-    for under in [at("b"), at("a/0-c"), at("a/0-hubble_d")] {
+    for under in [c.photo("b"), c.photo("a/0-c"), c.photo("a/0-hubble_d")] {
         for sentence in &SENTENCES[..3] {
             for rerank in ["0", "4"] {
                 let args = ["search", sentence, "-k", "5", "--rerank", rerank, "--json"];
                 let args = [&args[..], &["--under", &under]].concat();
-                let local = json(&c.run(&args));
-                let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+                let (local, engine) = c.local_and_engine(&args, &uri);
                 assert_same(&local, &engine, &format!("{sentence:?} under {under}"));
                 assert!(results(&engine).iter().all(|r| r.0.starts_with(&under)));
             }
         }
-        let image = at("b/coffee.png");
+        let image = c.photo("b/coffee.png");
         let args = [
             "search", "--image", &image, "-k", "5", "--json", "--under", &under,
         ];
-        let local = json(&c.run(&args));
-        let engine = json(&c.run(&[&args[..], &["--engine", &uri]].concat()));
+        let (local, engine) = c.local_and_engine(&args, &uri);
         let what = format!("coffee → images under {under}");
         if local["results"].as_array().unwrap().is_empty() {
             assert_eq!(engine["results"], local["results"], "{what}");
@@ -487,21 +464,21 @@ fn serve_with_an_engine_answers_as_search_with_it() {
     let Some(milvus) = Milvus::start() else {
         return;
     };
-    let c = Indexed::new();
+    let c = indexed();
     let uri = milvus.uri("photos");
     c.export(&uri);
     // The CLI's answers first: while the server runs, it owns the index.
     let sentence = SENTENCES[0];
     let coffee = c.photos.join("0-coffee.png");
-    let image = coffee.display().to_string();
+    let image = arg(&coffee);
     let engine = ["--engine", uri.as_str(), "--json"];
-    let search = |args: &[&str]| json(&c.run(&[args, &engine[..]].concat()));
+    let search = |args: &[&str]| c.run_json(&[args, &engine[..]].concat());
     let to_images = search(&["search", sentence, "-k", "5", "--rerank", "3"]);
     let to_texts = search(&[
         "search", "--image", &image, "--texts", "-k", "4", "--rerank", "2",
     ]);
     let like = search(&["search", "--image", &image, "-k", "4"]);
-    let all = json(&c.run(&["search", sentence, "-k", "7", "--rerank", "0", "--json"]));
+    let all = c.run_json(&["search", sentence, "-k", "7", "--rerank", "0", "--json"]);
     let id = all["results"]
         .as_array()
         .unwrap()
@@ -512,7 +489,8 @@ fn serve_with_an_engine_answers_as_search_with_it() {
         .unwrap();
 
     // An engine that cannot be used stops the server before it listens.
-    let index = c.index.as_str();
+    let index = arg(&c.index);
+    let index = index.as_str();
     let serve = |engine: &str| {
         let out = qseek(&[
             "serve",
@@ -564,10 +542,4 @@ fn serve_with_an_engine_answers_as_search_with_it() {
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_same_images(&like, &reply.json(), "image → images uploaded, served");
-}
-
-impl Indexed {
-    fn export_replace(&self, uri: &str) -> Value {
-        json(&self.run(&["export", "--to", uri, "--replace", "--json"]))
-    }
 }

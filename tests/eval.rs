@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use common::{fixtures, model_dir, qseek, stderr};
+use common::{dot, fixtures, json_rows, model_dir, qseek, stderr, tiny};
 use qseek::embedder::ModelOptions;
 use qseek::model::{ModelSource, Precision};
 use qseek::pipeline::eval::cache_index_dir;
@@ -78,23 +78,13 @@ fn assert_metrics_equal(got: &Value, expected: &Value, what: &str) {
 }
 
 fn matrix(v: &Value) -> Vec<Vec<f32>> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
+    json_rows(v, |x| x.as_f64().unwrap() as f32)
 }
 
 fn max_sim(vectors: &[f32], text: &[f32]) -> f32 {
     vectors
         .chunks(text.len())
-        .map(|q| q.iter().zip(text).map(|(a, b)| a * b).sum::<f32>())
+        .map(|q| dot(q, text))
         .fold(f32::MIN, f32::max)
 }
 
@@ -166,7 +156,7 @@ fn recall_at_k_equals_the_reference_for_k_test_below_and_covering_the_dataset() 
     // score (the EXIF-rotated photo included: eval does not rotate it) and every ITM
     // logit over the stored f32 vision features.
     let dir = cache_index_dir(&cache, Precision::F32).unwrap();
-    let tiny = model_dir("tiny").display().to_string();
+    let tiny = tiny();
     let c = qseek::pipeline::Collection::open(
         &dir,
         None,

@@ -4,16 +4,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::server::{encode, multipart, Server};
-use common::{copy_photos, fixtures, many_photos, model_dir, qseek, stderr};
+use common::collection::Collection;
+use common::server::{encode, index_body, multipart};
+use common::{arg, fixtures, many_photos, stderr};
 use serde_json::Value;
-
-fn tiny() -> String {
-    model_dir("tiny").display().to_string()
-}
 
 /// Request headers of a table row.
 type Headers<'a> = &'a [(&'a str, &'a str)];
@@ -24,62 +20,14 @@ type Case<'a> = (&'a str, &'a str, String, Headers<'a>, Vec<u8>, u16);
 /// A marker no served byte may contain: it is in a file beside the photos, never indexed.
 const SECRET: &str = "qseek-test-secret-7f3a9c";
 
-/// Photos (copied), an index of them with vision features and texts, and a secret file.
-struct Collection {
-    tmp: tempfile::TempDir,
-    photos: PathBuf,
-    index: PathBuf,
-}
-
-impl Collection {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let photos = tmp.path().join("photos");
-        copy_photos(&photos);
-        std::fs::write(tmp.path().join("secret.txt"), SECRET).unwrap();
-        let index = tmp.path().join("index");
-        let c = Collection { tmp, photos, index };
-        let photos = c.photos.display().to_string();
-        let tiny = tiny();
-        let out = c.cli(&[
-            "index",
-            &photos,
-            "-m",
-            &tiny,
-            "-q",
-            "--store-vision-features",
-        ]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let texts = c.tmp.path().join("texts.txt");
-        std::fs::copy(fixtures().join("captions.txt"), &texts).unwrap();
-        let out = c.cli(&["texts", "add", &texts.display().to_string(), "-q"]);
-        assert!(out.status.success(), "{}", stderr(&out));
-        c
-    }
-
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        let mut all = args.to_vec();
-        let index = self.index.display().to_string();
-        all.extend(["--index", &index]);
-        qseek(&all)
-    }
-
-    fn cli_json(&self, args: &[&str]) -> Value {
-        let out = self.cli(args);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn photo(&self, name: &str) -> String {
-        self.photos.join(name).display().to_string()
-    }
-
-    fn serve(&self, extra: &[&str]) -> Server {
-        let index = self.index.display().to_string();
-        let mut args = vec!["serve", "--index", &index, "--addr", "127.0.0.1:0", "-q"];
-        args.extend(extra);
-        Server::start(&args)
-    }
+/// The fixture photos indexed with their vision features, the fixture captions as
+/// texts, and a secret file beside the photos.
+fn collection() -> Collection {
+    let c = Collection::with_photos();
+    std::fs::write(c.path("secret.txt"), SECRET).unwrap();
+    c.index(&[&c.photos], &["--store-vision-features"]);
+    c.add_fixture_texts();
+    c
 }
 
 /// The (path or text, score) pairs of a search document, and checks every image result
@@ -109,7 +57,7 @@ fn assert_same(served: &Value, cli: &Value, what: &str) {
 
 #[test]
 fn every_endpoint_answers_as_the_cli_does() {
-    let c = Collection::new();
+    let c = collection();
     // The CLI's answers first: while the server runs, it owns the index.
     let (q, qe) = ("a cup of coffee", encode("a cup of coffee"));
     let under = c.photo("");
@@ -132,7 +80,7 @@ fn every_endpoint_answers_as_the_cli_does() {
     ]
     .map(|(api, mut cli)| {
         cli.push("--json");
-        (api, c.cli_json(&cli))
+        (api, c.run_json(&cli))
     });
     let photo = c.photo("coffee.png");
     let image_cases = [false, true].map(|texts| {
@@ -140,10 +88,10 @@ fn every_endpoint_answers_as_the_cli_does() {
         if texts {
             cli.push("--texts");
         }
-        (texts, c.cli_json(&cli))
+        (texts, c.run_json(&cli))
     });
-    let cli_info = c.cli_json(&["info", "--json"]);
-    let cli_texts: Vec<Value> = String::from_utf8_lossy(&c.cli(&["texts", "list"]).stdout)
+    let cli_info = c.run_json(&["info", "--json"]);
+    let cli_texts: Vec<Value> = String::from_utf8_lossy(&c.run(&["texts", "list"]).stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -255,14 +203,13 @@ fn every_endpoint_answers_as_the_cli_does() {
 
 #[test]
 fn bad_input_gets_a_4xx_json_error_and_no_byte_outside_the_index() {
-    let c = Collection::new();
+    let c = collection();
     let server = c.serve(&["--max-upload-mb", "1", "--allow", &c.photo("")]);
     let images = fixtures().join("images");
     let read = |name: &str| std::fs::read(images.join(name)).unwrap();
     let long = "a".repeat(1001);
-    let secret = c.tmp.path().join("secret.txt").display().to_string();
+    let secret = arg(&c.path("secret.txt"));
     let json = [("Content-Type", "application/json")];
-    let index_body = |folder: &str| format!(r#"{{"folder": {folder:?}}}"#).into_bytes();
     let cases: Vec<Case> = vec![
         (
             "empty query",
@@ -509,7 +456,7 @@ fn bad_input_gets_a_4xx_json_error_and_no_byte_outside_the_index() {
             "POST",
             "/api/index".into(),
             &json,
-            index_body(&format!("{}/..", c.photo(""))),
+            index_body(format!("{}/..", c.photo(""))),
             400,
         ),
         (
@@ -566,8 +513,8 @@ fn bad_input_gets_a_4xx_json_error_and_no_byte_outside_the_index() {
 
 #[test]
 fn a_token_guards_every_route_and_is_required_beyond_localhost() {
-    let c = Collection::new();
-    let out = c.cli(&["serve", "--addr", "0.0.0.0:0", "-q"]);
+    let c = collection();
+    let out = c.run(&["serve", "--addr", "0.0.0.0:0", "-q"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--token"), "{}", stderr(&out));
 
@@ -602,24 +549,14 @@ fn a_token_guards_every_route_and_is_required_beyond_localhost() {
 
 #[test]
 fn searches_keep_answering_while_indexing_and_then_see_the_new_photos() {
-    let c = Collection::new();
-    let new = c.tmp.path().join("new");
+    let c = collection();
+    let new = c.path("new");
     let total = many_photos(&new, 6);
-    let new_s = new.display().to_string();
+    let new_s = arg(&new);
     let server = c.serve(&["--allow", &new_s, "--commit-every", "0.2", "--batch", "2"]);
-    let started = server.request(
-        "POST",
-        "/api/index",
-        &[("Content-Type", "application/json")],
-        format!(r#"{{"folder": {new_s:?}}}"#).as_bytes(),
-    );
+    let started = server.start_indexing(&new);
     assert_eq!(started.status, 202, "{}", started.text());
-    let again = server.request(
-        "POST",
-        "/api/index",
-        &[("Content-Type", "application/json")],
-        format!(r#"{{"folder": {new_s:?}}}"#).as_bytes(),
-    );
+    let again = server.start_indexing(&new);
     assert_eq!(again.status, 409, "a second run at once: {}", again.text());
 
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -654,30 +591,13 @@ fn searches_keep_answering_while_indexing_and_then_see_the_new_photos() {
 
 #[test]
 fn a_cancelled_run_keeps_what_it_committed_and_a_new_run_finishes_it() {
-    let c = Collection::new();
-    let new = c.tmp.path().join("new");
+    let c = collection();
+    let new = c.path("new");
     let total = many_photos(&new, 8);
-    let new_s = new.display().to_string();
+    let new_s = arg(&new);
     let server = c.serve(&["--allow", &new_s, "--batch", "2"]);
-    let start = || {
-        server.request(
-            "POST",
-            "/api/index",
-            &[("Content-Type", "application/json")],
-            format!(r#"{{"folder": {new_s:?}}}"#).as_bytes(),
-        )
-    };
-    let wait = |what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let status = server.get_json("/api/index");
-            if status["state"] != "running" {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{what}: still running: {status}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
+    let start = || server.start_indexing(&new);
+    let wait = || server.wait_for_indexing(Duration::from_secs(300), Duration::from_millis(20));
     assert_eq!(start().status, 202);
     // Cancel as soon as the run has made some progress.
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -687,7 +607,7 @@ fn a_cancelled_run_keeps_what_it_committed_and_a_new_run_finishes_it() {
     }
     let cancel = server.request("DELETE", "/api/index", &[], b"");
     assert_eq!(cancel.status, 200, "{}", cancel.text());
-    let status = wait("cancelled run");
+    let status = wait();
     assert_eq!(status["state"], "cancelled", "{status}");
     let done = status["done"].as_u64().unwrap() as usize;
     assert!(done < total, "cancelled after the end: {status}");
@@ -697,7 +617,7 @@ fn a_cancelled_run_keeps_what_it_committed_and_a_new_run_finishes_it() {
     assert_eq!(doc["results"].as_array().unwrap().len(), 7 + done);
     // A new run over the same folder indexes the rest.
     assert_eq!(start().status, 202);
-    let status = wait("second run");
+    let status = wait();
     assert_eq!(status["state"], "done", "{status}");
     assert_eq!(server.get_json("/api/info")["images"], 7 + total);
 }

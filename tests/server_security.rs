@@ -22,90 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use common::server::{multipart, read_reply, Reply, Server};
-use common::{copy_photos, many_photos, model_dir, qseek, stderr};
+use common::collection::Collection;
+use common::server::{index_body, multipart, read_reply, Reply, Server};
+use common::{arg, copy_photos, many_photos, qseek, stderr};
 use serde_json::Value;
 
 /// A request body that adds one text.
 const ONE_TEXT: &[u8] = br#"{"texts": [{"text": "x"}]}"#;
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
-
-/// A temporary folder: `photos/` (the fixture photos, unless made empty) and the index
-/// of what was indexed there (`index/`).
-struct Collection {
-    tmp: tempfile::TempDir,
-    photos: PathBuf,
-    index: PathBuf,
-}
-
-impl Collection {
-    /// The fixture photos, indexed with their vision features.
-    fn new() -> Self {
-        let c = Self::empty();
-        copy_photos(&c.photos);
-        c.index(&[&c.photos], &["--store-vision-features"]);
-        c
-    }
-
-    /// An empty `photos/`, no index yet.
-    fn empty() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let photos = tmp.path().join("photos");
-        std::fs::create_dir(&photos).unwrap();
-        let index = tmp.path().join("index");
-        Collection { tmp, photos, index }
-    }
-
-    /// A path in the temporary folder.
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    /// `qseek index INPUTS... -m tiny`, into this collection's index.
-    fn index(&self, inputs: &[&Path], extra: &[&str]) {
-        let (inputs, tiny, index): (Vec<String>, _, _) = (
-            inputs.iter().map(|p| s(p)).collect(),
-            tiny(),
-            s(&self.index),
-        );
-        let mut args = vec!["index"];
-        args.extend(inputs.iter().map(String::as_str));
-        args.extend(["-m", &tiny, "--index", &index, "-q"]);
-        args.extend(extra);
-        let out = qseek(&args);
-        assert!(out.status.success(), "{}", stderr(&out));
-    }
-
-    fn serve(&self, extra: &[&str]) -> Server {
-        self.serve_with_env(extra, &[])
-    }
-
-    fn serve_with_env(&self, extra: &[&str], envs: &[(&str, &str)]) -> Server {
-        let (index, tiny) = (s(&self.index), tiny());
-        let mut args = vec!["serve", "--index", &index, "--addr", "127.0.0.1:0", "-q"];
-        if !self.index.exists() {
-            args.extend(["-m", &tiny]);
-        }
-        args.extend(extra);
-        Server::start_with_env(&args, envs)
-    }
-}
-
-fn tiny() -> String {
-    s(&model_dir("tiny"))
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// The body of `POST /api/index` for a folder.
-fn index_body(folder: &Path) -> Vec<u8> {
-    serde_json::json!({ "folder": s(folder) })
-        .to_string()
-        .into_bytes()
-}
 
 /// (image id, path) of every indexed image, as a text search lists them.
 fn images(server: &Server) -> Vec<(u64, String)> {
@@ -134,19 +59,6 @@ fn texts(server: &Server) -> Vec<Value> {
         .as_array()
         .unwrap()
         .clone()
-}
-
-/// Waits for the indexing run to end; its status.
-fn wait_for_indexing(server: &Server) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = server.get_json("/api/index");
-        if status["state"] != "running" {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "still running: {status}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// A reply's body for a message: text as it is (cut short), anything else by size.
@@ -205,7 +117,7 @@ fn photo_bytes(name: &str) -> Vec<u8> {
 
 #[test]
 fn a_foreign_host_is_refused_on_every_route_and_changes_nothing() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&[]);
     let port = server.port();
     let id = images(&server)[0].0;
@@ -286,7 +198,7 @@ fn a_foreign_host_is_refused_on_every_route_and_changes_nothing() {
 
 #[test]
 fn a_public_host_is_served_and_other_names_are_still_refused() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&[
         "--public-host",
         "photos.example.org",
@@ -335,7 +247,7 @@ fn a_public_host_is_served_and_other_names_are_still_refused() {
 
 #[test]
 fn a_cross_site_request_is_refused_and_changes_nothing() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&[]);
     let id = images(&server)[0].0;
     let own = format!("http://{}", server.addr);
@@ -575,10 +487,10 @@ fn allowed_with_a_link_out(c: &Collection) -> (PathBuf, PathBuf) {
 fn the_server_never_follows_a_link_out_of_an_allowed_folder() {
     let c = Collection::empty();
     let (allowed, _) = allowed_with_a_link_out(&c);
-    let server = c.serve(&["--allow", &s(&allowed)]);
-    let r = server.request("POST", "/api/index", &[JSON], &index_body(&allowed));
+    let server = c.serve(&["--allow", &arg(&allowed)]);
+    let r = server.start_indexing(&allowed);
     assert_eq!(r.status, 202, "{}", brief(&r));
-    let status = wait_for_indexing(&server);
+    let status = server.wait_for_indexing(Duration::from_secs(60), Duration::from_millis(50));
     assert_eq!(status["state"], "done", "{status}");
     assert_eq!(server.get_json("/api/info")["images"], 1);
     let found = images(&server);
@@ -593,7 +505,7 @@ fn the_server_never_follows_a_link_out_of_an_allowed_folder() {
 
 #[test]
 fn a_photo_swapped_for_a_link_after_indexing_is_not_served() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let private = c.path("private");
     std::fs::create_dir(&private).unwrap();
     // Same bytes elsewhere: the content hash still matches through the link.
@@ -625,7 +537,7 @@ fn the_cli_still_follows_links_when_indexing() {
     let c = Collection::empty();
     let (allowed, _) = allowed_with_a_link_out(&c);
     c.index(&[&allowed], &[]);
-    let out = qseek(&["info", "--json", "--index", &s(&c.index)]);
+    let out = qseek(&["info", "--json", "--index", &arg(&c.index)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["images"], 3, "{info}");
@@ -645,8 +557,8 @@ fn indexing_one_file_does_not_open_its_folder() {
 
     let server = c.serve(&[]);
     for folder in [&sub, &lone] {
-        let r = server.request("POST", "/api/index", &[JSON], &index_body(folder));
-        assert_error(&r, 400, "bad_request", &s(folder));
+        let r = server.start_indexing(folder);
+        assert_error(&r, 400, "bad_request", &arg(folder));
     }
     assert_eq!(server.get_json("/api/index")["state"], "idle");
 }
@@ -661,15 +573,18 @@ fn a_subfolder_of_an_indexed_folder_may_be_indexed_again() {
     c.index(&[&c.photos], &[]);
 
     let server = c.serve(&[]);
-    let r = server.request("POST", "/api/index", &[JSON], &index_body(&sub));
+    let r = server.start_indexing(&sub);
     assert_eq!(r.status, 202, "{}", brief(&r));
-    assert_eq!(wait_for_indexing(&server)["state"], "done");
+    assert_eq!(
+        server.wait_for_indexing(Duration::from_secs(60), Duration::from_millis(50))["state"],
+        "done"
+    );
 }
 
 #[test]
 fn a_refused_folder_does_not_say_whether_it_exists() {
-    let c = Collection::new();
-    let server = c.serve(&["--allow", &s(&c.photos)]);
+    let c = Collection::indexed();
+    let server = c.serve(&["--allow", &arg(&c.photos)]);
     let answers: Vec<(String, Value)> = ["/root/.ssh", "/no-such-dir-qseek", "/etc"]
         .iter()
         .map(|folder| {
@@ -863,7 +778,7 @@ const MIB: u64 = 1 << 20;
 
 #[test]
 fn an_image_declaring_a_huge_size_is_refused_from_its_header() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&[]);
     warm_up(&server);
     let bomb = zero_png(10_000, 10_000);
@@ -892,7 +807,7 @@ fn an_image_declaring_a_huge_size_is_refused_from_its_header() {
 
 #[test]
 fn decodes_at_once_are_limited_and_beyond_the_queue_get_503() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&["--max-upload-megapixels", "16", "--max-decodes", "2"]);
     warm_up(&server);
     // 15.9 megapixels, 16-bit RGBA: 127 MB decoded, ~11 bytes a pixel with its RGB copy.
@@ -978,7 +893,7 @@ fn wait_for_close(
 
 #[test]
 fn slow_and_idle_connections_are_closed() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&["--header-timeout", "2", "--body-timeout", "2"]);
     let limit = Duration::from_secs(6);
     let host = &server.addr;
@@ -1012,7 +927,7 @@ fn slow_and_idle_connections_are_closed() {
 
 #[test]
 fn connections_beyond_the_limit_wait_for_a_free_one() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&["--max-connections", "3", "--header-timeout", "5"]);
     let host = &server.addr;
     let held: Vec<TcpStream> = (0..3)
@@ -1052,7 +967,7 @@ fn connections_beyond_the_limit_wait_for_a_free_one() {
 
 #[test]
 fn a_declared_body_over_the_limit_gets_413_before_it_is_sent() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&[]);
     let host = &server.addr;
     for (path, content_type, length) in [
@@ -1076,7 +991,7 @@ fn a_declared_body_over_the_limit_gets_413_before_it_is_sent() {
 
 #[test]
 fn rerank_is_capped_at_256() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&[]);
     let id = images(&server)[0].0;
     let coffee = photo_bytes("coffee.png");
@@ -1124,7 +1039,7 @@ fn text_of(chars: usize) -> String {
 
 #[test]
 fn texts_are_limited_in_length_and_number() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&[]);
     let one = |t: String| serde_json::json!({"texts": [{"text": t}]}).to_string();
     let many =
@@ -1155,13 +1070,12 @@ fn texts_are_limited_in_length_and_number() {
 
 #[test]
 fn a_second_indexing_run_while_one_runs_gets_409() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let new = c.path("new");
     many_photos(&new, 8);
-    let server = c.serve(&["--allow", &s(&new), "--batch", "2"]);
-    let body = index_body(&new);
-    let first = server.request("POST", "/api/index", &[JSON], &body);
-    let second = server.request("POST", "/api/index", &[JSON], &body);
+    let server = c.serve(&["--allow", &arg(&new), "--batch", "2"]);
+    let first = server.start_indexing(&new);
+    let second = server.start_indexing(&new);
     assert_eq!(first.status, 202, "{}", brief(&first));
     assert_error(&second, 409, "in_use", "a second run");
     server.request("DELETE", "/api/index", &[], b"");
@@ -1218,7 +1132,7 @@ fn new_thumbnails_asked_for_by_many_requests_at_once_all_arrive() {
 
 #[test]
 fn every_response_carries_the_hardening_headers() {
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve(&[]);
     let id = images(&server)[0].0;
     let foreign = format!("attacker.example:{}", server.port());
@@ -1287,7 +1201,7 @@ fn every_response_carries_the_hardening_headers() {
 fn the_token_works_encoded_as_a_header_and_as_a_cookie_and_stays_off_the_command_line() {
     const TOKEN: &str = "a+b/c=d%e";
     const ENCODED: &str = "a%2Bb%2Fc%3Dd%25e";
-    let c = Collection::new();
+    let c = Collection::indexed();
     let server = c.serve_with_env(&[], &[("QSEEK_TOKEN", TOKEN)]);
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.pid())).unwrap();
     assert!(

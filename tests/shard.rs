@@ -7,66 +7,22 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use common::{fixtures, model_dir, qseek, stderr};
+use common::collection::Collection;
+use common::{arg, fixtures, many_photos, model_dir, qseek, qseek_json, stderr, tiny};
 use qseek_index::Index;
 use serde_json::Value;
 
-fn json(out: &Output) -> Value {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "not one JSON document ({e}):\n{text}\nstderr: {}",
-            stderr(out)
-        )
-    })
-}
-
-fn model(name: &str) -> String {
-    model_dir(name).display().to_string()
-}
-
-/// The fixture photos copied into a temporary folder, with room for shards and indexes.
-struct Workspace {
-    tmp: tempfile::TempDir,
-    photos: PathBuf,
-}
-
-impl Workspace {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let photos = tmp.path().join("photos");
-        std::fs::create_dir(&photos).unwrap();
-        for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
-            let p = e.unwrap().path();
-            std::fs::copy(&p, photos.join(p.file_name().unwrap())).unwrap();
-        }
-        Workspace { tmp, photos }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    /// Runs qseek and returns its JSON summary, checking the exit status.
-    fn run(&self, args: &[&str], status: i32) -> Value {
-        let out = qseek(args);
-        assert_eq!(
-            out.status.code(),
-            Some(status),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-        json(&out)
-    }
-
+/// This file's commands on the fixture collection ([`Collection::with_photos`]), whose
+/// temporary folder holds the shards and the indexes made here.
+impl Collection {
     /// `qseek shard-embed INPUT --shard spec --out out` with the tiny model, one image
     /// per model call (see [`BATCH`]).
     fn shard(&self, input: &Path, spec: &str, out: &Path, extra: &[&str]) -> Value {
         self.shard_status(input, spec, out, extra, 0)
     }
 
+    /// [`Collection::shard`], exiting with `status`.
     fn shard_status(
         &self,
         input: &Path,
@@ -75,46 +31,56 @@ impl Workspace {
         extra: &[&str],
         status: i32,
     ) -> Value {
-        let (input, out, tiny) = (s(input), s(out), model("tiny"));
-        let mut args = vec![
-            "shard-embed",
-            &input,
-            "--shard",
-            spec,
-            "--out",
-            &out,
-            "-m",
-            &tiny,
-            "-q",
-            "--json",
-            "--batch",
-            BATCH,
-        ];
-        args.extend(extra);
-        self.run(&args, status)
+        let args = shard_args(input, spec, out, extra);
+        qseek_json(&args.iter().map(String::as_str).collect::<Vec<_>>(), status)
     }
 
     fn import(&self, shards: &[PathBuf], index: &Path) -> Value {
-        let index = s(index);
-        let shards: Vec<String> = shards.iter().map(|p| s(p)).collect();
+        let index = arg(index);
+        let shards: Vec<String> = shards.iter().map(|p| arg(p)).collect();
         let mut args = vec!["import", "--index", &index, "-q", "--json"];
         args.extend(shards.iter().map(String::as_str));
-        self.run(&args, 0)
+        qseek_json(&args, 0)
     }
 
-    /// `qseek index` of the photos: the reference.
-    fn index(&self, index: &Path, extra: &[&str]) {
-        self.index_status(index, extra, 0);
+    /// `qseek index` of the photos into `index`: the reference.
+    fn index_into(&self, index: &Path, extra: &[&str]) {
+        self.index_into_status(index, extra, 0);
     }
 
-    fn index_status(&self, index: &Path, extra: &[&str], status: i32) {
-        let (photos, index, tiny) = (s(&self.photos), s(index), model("tiny"));
+    /// [`Collection::index_into`], exiting with `status`.
+    fn index_into_status(&self, index: &Path, extra: &[&str], status: i32) {
+        let (photos, index, tiny) = (arg(&self.photos), arg(index), tiny());
         let mut args = vec![
             "index", &photos, "--index", &index, "-m", &tiny, "-q", "--json", "--batch", BATCH,
         ];
         args.extend(extra);
-        self.run(&args, status);
+        qseek_json(&args, status);
     }
+}
+
+/// The command line of `qseek shard-embed INPUT --shard spec --out out` with the tiny
+/// model, one image per model call (see [`BATCH`]), JSON summary, and `extra`.
+fn shard_args(input: &Path, spec: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let (input, out) = (arg(input), arg(out));
+    let mut args: Vec<String> = [
+        "shard-embed",
+        &input,
+        "--shard",
+        spec,
+        "--out",
+        &out,
+        "-m",
+        &tiny(),
+        "-q",
+        "--json",
+        "--batch",
+        BATCH,
+    ]
+    .map(String::from)
+    .into();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 /// Images per model call, in every run here. The CPU GEMM's blocking depends on the
@@ -122,10 +88,6 @@ impl Workspace {
 /// bits; one image per call makes every run compute each image alike, so that what is
 /// compared is what the shards carry, bit for bit.
 const BATCH: &str = "1";
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// An index's images by content hash: (paths with size and mtime, width, height, vector
 /// bits, vision feature bits and shape).
@@ -183,7 +145,7 @@ fn assert_same(got: &Content, expected: &Content) {
 
 #[test]
 fn three_shards_imported_make_the_index_qseek_index_makes_bit_for_bit() {
-    let w = Workspace::new();
+    let w = Collection::with_photos();
     for features in [false, true] {
         let flags: &[&str] = if features { &["--features"] } else { &[] };
         let shards: Vec<PathBuf> = (0..3)
@@ -205,7 +167,7 @@ fn three_shards_imported_make_the_index_qseek_index_makes_bit_for_bit() {
             "{s}"
         );
         let reference = w.path(&format!("reference-{features}"));
-        w.index(
+        w.index_into(
             &reference,
             if features {
                 &["--store-vision-features"]
@@ -240,7 +202,7 @@ fn three_shards_imported_make_the_index_qseek_index_makes_bit_for_bit() {
 
 #[test]
 fn an_interrupted_shard_goes_on_from_its_parts() {
-    let w = Workspace::new();
+    let w = Collection::with_photos();
     // What a crash leaves: one complete part (here: the first three photos, listed in a
     // file, as one shard) and a part that was being written.
     let mut names: Vec<String> = std::fs::read_dir(&w.photos)
@@ -295,46 +257,19 @@ fn an_interrupted_shard_goes_on_from_its_parts() {
 
     let (imported, reference) = (w.path("imported"), w.path("reference"));
     w.import(&[out], &imported);
-    w.index_status(&reference, &[], 1);
+    w.index_into_status(&reference, &[], 1);
     assert_same(&content(&imported), &content(&reference));
 }
 
 #[test]
 fn a_shard_killed_mid_run_completes_on_the_next_run_without_redoing_work() {
-    let w = Workspace::new();
+    let w = Collection::with_photos();
     // Twice the photos, each copy with other bytes (a trailing pattern the decoders
     // ignore), so that the run lasts long enough to be killed.
-    let mut total = 0;
-    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
-        let p = e.unwrap().path();
-        let mut bytes = std::fs::read(&p).unwrap();
-        bytes.extend(b"variant");
-        std::fs::write(
-            w.photos
-                .join(format!("v-{}", p.file_name().unwrap().to_str().unwrap())),
-            bytes,
-        )
-        .unwrap();
-        total += 2;
-    }
+    let copies = many_photos(&w.photos, 1);
+    let total = (2 * copies) as u64;
     let (out, partial) = (w.path("s.parquet"), w.path("s.parquet.partial"));
-    let (photos, out_s, tiny) = (s(&w.photos), s(&out), model("tiny"));
-    let args = [
-        "shard-embed",
-        &photos,
-        "--shard",
-        "0/1",
-        "--out",
-        &out_s,
-        "-m",
-        &tiny,
-        "-q",
-        "--json",
-        "--batch",
-        BATCH,
-        "--commit-every",
-        "0.001",
-    ];
+    let args = shard_args(&w.photos, "0/1", &out, &["--commit-every", "0.001"]);
     let parts = || {
         std::fs::read_dir(&partial)
             .into_iter()
@@ -344,7 +279,7 @@ fn a_shard_killed_mid_run_completes_on_the_next_run_without_redoing_work() {
             .count()
     };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qseek"))
-        .args(args)
+        .args(&args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -361,7 +296,7 @@ fn a_shard_killed_mid_run_completes_on_the_next_run_without_redoing_work() {
         "the run finished before it was killed: nothing proved"
     );
 
-    let s = w.run(&args, 0);
+    let s = qseek_json(&args.iter().map(String::as_str).collect::<Vec<_>>(), 0);
     let n = |k: &str| s[k].as_u64().unwrap();
     assert_eq!((n("files"), n("rows")), (total, total), "{s}");
     assert!(n("resumed") >= kept as u64, "{s}");
@@ -374,17 +309,17 @@ fn a_shard_killed_mid_run_completes_on_the_next_run_without_redoing_work() {
 
     let (imported, reference) = (w.path("imported"), w.path("reference"));
     w.import(&[out], &imported);
-    w.index(&reference, &[]);
+    w.index_into(&reference, &[]);
     assert_same(&content(&imported), &content(&reference));
 }
 
 #[test]
 fn shards_that_do_not_fit_are_refused_in_one_sentence() {
-    let w = Workspace::new();
+    let w = Collection::with_photos();
     let (tiny, odd) = (w.path("tiny.parquet"), w.path("odd.parquet"));
     w.shard(&w.photos, "0/2", &tiny, &[]);
-    let (photos, odd_s, odd_model) = (s(&w.photos), s(&odd), model("odd"));
-    w.run(
+    let (photos, odd_s, odd_model) = (arg(&w.photos), arg(&odd), arg(&model_dir("odd")));
+    qseek_json(
         &[
             "shard-embed",
             &photos,
@@ -401,9 +336,9 @@ fn shards_that_do_not_fit_are_refused_in_one_sentence() {
     );
     let index = w.path("index");
     let refuse = |files: &[&Path], index: &Path, expect: &str| {
-        let index = s(index);
+        let index = arg(index);
         let mut args = vec!["import".to_string(), "--index".into(), index];
-        args.extend(files.iter().map(|f| s(f)));
+        args.extend(files.iter().map(|f| arg(f)));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = qseek(&args);
         let err = stderr(&out);
@@ -423,7 +358,7 @@ fn shards_that_do_not_fit_are_refused_in_one_sentence() {
     refuse(&[&junk], &index, "not a qseek shard file");
     // No vision features for an index that stores them.
     let with_features = w.path("with-features");
-    w.index(&with_features, &["--store-vision-features"]);
+    w.index_into(&with_features, &["--store-vision-features"]);
     refuse(&[&tiny], &with_features, "no vision features");
     // Features coarser than the index's (f16 for an index of f32 features).
     let half = w.path("half.parquet");
@@ -435,7 +370,7 @@ fn shards_that_do_not_fit_are_refused_in_one_sentence() {
     );
     refuse(&[&half], &with_features, "holds f16 vision features");
     // A shard file made with other settings is not overwritten.
-    let (photos, tiny_s, tiny_model) = (s(&w.photos), s(&tiny), model("tiny"));
+    let (photos, tiny_s, tiny_model) = (arg(&w.photos), arg(&tiny), common::tiny());
     let out = qseek(&[
         "shard-embed",
         &photos,

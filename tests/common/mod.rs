@@ -1,12 +1,17 @@
-//! Shared by the integration tests: fixture paths and reference outputs.
+//! Shared by the integration tests: fixture paths and reference outputs, the `qseek`
+//! binary, a fixture collection ([`collection`]) and a running server ([`server`]).
+//! Every test file uses only some of it, hence `allow(dead_code)`.
 #![allow(dead_code)]
 
+pub mod collection;
 pub mod server;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use candle_core::{Device, Tensor};
+use serde_json::Value;
 
 /// The committed fixture models.
 pub const MODELS: [&str; 2] = ["tiny", "odd"];
@@ -19,6 +24,26 @@ pub fn fixtures() -> PathBuf {
 
 pub fn model_dir(name: &str) -> PathBuf {
     fixtures().join("models").join(name)
+}
+
+/// The tiny fixture model's folder, as a command-line argument.
+pub fn tiny() -> String {
+    arg(&model_dir("tiny"))
+}
+
+/// A path as a command-line argument.
+pub fn arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// The fixture photos (`tests/fixtures/photos`), sorted.
+pub fn fixture_photos() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(fixtures().join("photos"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
 }
 
 /// What `make_fixtures.py` recorded for one model.
@@ -50,18 +75,7 @@ impl Reference {
             .iter()
             .map(|p| fixtures().join("photos").join(p))
             .collect();
-        let input_ids = meta["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect();
+        let input_ids = json_rows(&meta["input_ids"], |x| x.as_u64().unwrap() as u32);
         Self {
             tensors,
             photos,
@@ -73,6 +87,29 @@ impl Reference {
     pub fn get(&self, name: &str) -> &Tensor {
         &self.tensors[name]
     }
+}
+
+/// A JSON array of arrays, each value read by `item`.
+pub fn json_rows<T>(v: &Value, item: impl Fn(&Value) -> T) -> Vec<Vec<T>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.as_array().unwrap().iter().map(&item).collect())
+        .collect()
+}
+
+/// A JSON array of numbers, as f32.
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+/// The dot product of two vectors.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Largest absolute difference between two tensors of the same shape.
@@ -114,7 +151,7 @@ fn flat(t: &Tensor) -> Vec<f32> {
 }
 
 /// Runs the `qseek` binary with `args`, without the user's QSEEK_* settings.
-pub fn qseek(args: &[&str]) -> std::process::Output {
+pub fn qseek(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_qseek"))
         .args(args)
         .env_remove("QSEEK_MODEL")
@@ -124,37 +161,56 @@ pub fn qseek(args: &[&str]) -> std::process::Output {
 }
 
 /// A command's stderr, as text.
-pub fn stderr(out: &std::process::Output) -> String {
+pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Copies the fixture photos into `dir` (made if missing); how many.
-pub fn copy_photos(dir: &std::path::Path) -> usize {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut n = 0;
-    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
-        let p = e.unwrap().path();
-        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
-        n += 1;
-    }
-    n
+/// A command's stdout as one JSON document (a panic showing both outputs if it is not).
+pub fn json(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "not one JSON document ({e}):\n{text}\nstderr: {}",
+            stderr(out)
+        )
+    })
 }
 
-/// Photos whose bytes differ (a trailing byte pattern the decoders ignore).
-pub fn many_photos(dir: &std::path::Path, variants: usize) -> usize {
+/// Runs `qseek ARGS`, which must exit with `status`: the JSON document it prints.
+pub fn qseek_json(args: &[&str], status: i32) -> Value {
+    let out = qseek(args);
+    assert_eq!(
+        out.status.code(),
+        Some(status),
+        "{args:?}: {}",
+        stderr(&out)
+    );
+    json(&out)
+}
+
+/// Copies the fixture photos into `dir` (made if missing); how many.
+pub fn copy_photos(dir: &Path) -> usize {
+    std::fs::create_dir_all(dir).unwrap();
+    let photos = fixture_photos();
+    for p in &photos {
+        std::fs::copy(p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    photos.len()
+}
+
+/// `variants` copies of each fixture photo in `dir` (made if missing), named
+/// `{variant}-{name}`, whose bytes differ (a trailing byte pattern the decoders ignore)
+/// so that each is a distinct image for the index; how many.
+pub fn many_photos(dir: &Path, variants: usize) -> usize {
     std::fs::create_dir_all(dir).unwrap();
     let mut n = 0;
-    for e in std::fs::read_dir(fixtures().join("photos")).unwrap() {
-        let p = e.unwrap().path();
+    for p in fixture_photos() {
         let bytes = std::fs::read(&p).unwrap();
         for v in 0..variants {
             let mut b = bytes.clone();
             b.extend(format!("variant {v}").as_bytes());
-            std::fs::write(
-                dir.join(format!("{v}-{}", p.file_name().unwrap().to_str().unwrap())),
-                b,
-            )
-            .unwrap();
+            let name = format!("{v}-{}", p.file_name().unwrap().to_str().unwrap());
+            std::fs::write(dir.join(name), b).unwrap();
             n += 1;
         }
     }

@@ -1,10 +1,11 @@
 //! A running `qseek serve` for the tests that talk to it over HTTP (`server.rs`,
-//! `engine.rs`).
+//! `server_security.rs`, `engine.rs`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -136,6 +137,33 @@ impl Server {
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         r.json()
     }
+
+    /// `POST /api/index` of `folder`: starts an indexing run (202) or says why not.
+    pub fn start_indexing(&self, folder: impl AsRef<Path>) -> Reply {
+        let json = [("Content-Type", "application/json")];
+        self.request("POST", "/api/index", &json, &index_body(folder))
+    }
+
+    /// Waits for the indexing run to end, asking every `every` and for at most `within`:
+    /// its status.
+    pub fn wait_for_indexing(&self, within: Duration, every: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.get_json("/api/index");
+            if status["state"] != "running" {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running: {status}");
+            std::thread::sleep(every);
+        }
+    }
+}
+
+/// The body of `POST /api/index` for a folder.
+pub fn index_body(folder: impl AsRef<Path>) -> Vec<u8> {
+    serde_json::json!({ "folder": folder.as_ref().display().to_string() })
+        .to_string()
+        .into_bytes()
 }
 
 impl Drop for Server {
