@@ -341,7 +341,20 @@ fn megapixel_limit_applies_to_normal_images_too() {
 
 #[test]
 fn damaged_files_give_errors_not_panics() {
-    // Cuts and byte flips of every good fixture: each must decode or fail cleanly.
+    // Cuts and byte flips of every good fixture: each must decode or fail cleanly, with
+    // an error of its own, never by a panic. `decode_rgb` catches a decoder's panic and
+    // says "the ... decoder crashed on this file": no message may say that, and no
+    // panic may start while decoding (libjpeg's errors leave its decoder by
+    // `resume_unwind`, which the panic hook does not see; a panic does).
+    thread_local! {
+        static PANICS: Cell<usize> = const { Cell::new(0) };
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.with(|p| p.set(p.get() + 1));
+        previous(info);
+    }));
+    let decode = |bytes: &[u8]| decode_rgb(bytes, Path::new("damaged"), &LoadOptions::default());
     let mut seed = 0x2545_f491_u32;
     let mut next = move || {
         seed ^= seed << 13;
@@ -349,20 +362,47 @@ fn damaged_files_give_errors_not_panics() {
         seed ^= seed << 5;
         seed as usize
     };
+    let mut wrong = Vec::new();
+    // What `bytes` decode to, if anything; a panic or a crashed decoder put on `wrong`.
+    let check = |what: &str, bytes: &[u8], wrong: &mut Vec<String>| {
+        let panics = PANICS.with(Cell::get);
+        let result = decode(bytes);
+        if PANICS.with(Cell::get) != panics {
+            wrong.push(format!("{what}: panicked"));
+        }
+        match result {
+            Err(e) if e.to_string().contains("decoder crashed") => {
+                wrong.push(format!("{what}: {e}"));
+                None
+            }
+            result => result.ok(),
+        }
+    };
     for &(name, _, _) in GOOD {
         let bytes = std::fs::read(fixture(name)).unwrap();
+        let whole = decode(&bytes).unwrap();
+        // A file cut short is an error: it ends before the image does. Only an
+        // animation cut after its first frame, which is all that is decoded, still
+        // holds the image: then it is exactly the whole file's.
         for cut in (1..8).map(|k| bytes.len() * k / 8) {
-            let _ = decode_rgb(&bytes[..cut], Path::new(name), &LoadOptions::default());
+            let what = format!("{name} cut at {cut} of {} bytes", bytes.len());
+            if let Some(image) = check(&what, &bytes[..cut], &mut wrong) {
+                if image != whole {
+                    wrong.push(format!("{what}: decoded, not as the whole file"));
+                }
+            }
         }
-        for _ in 0..8 {
+        // Flipped bytes may still make an image (in pixel data, say): either is fine.
+        for flips in 0..8 {
             let mut damaged = bytes.clone();
             for _ in 0..4 {
                 let i = next() % damaged.len();
                 damaged[i] = next() as u8;
             }
-            let _ = decode_rgb(&damaged, Path::new(name), &LoadOptions::default());
+            check(&format!("{name} with flips #{flips}"), &damaged, &mut wrong);
         }
     }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]

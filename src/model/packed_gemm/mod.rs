@@ -207,12 +207,26 @@ impl Kernel {
     }
 
     fn choose(format: Format) -> Option<Kernel> {
-        let (variable, portable) = match format {
-            Format::Bf16 => ("QSEEK_BF16_GEMM", Kernel::Portable),
-            Format::F32 => ("QSEEK_F32_GEMM", Kernel::PortableF32),
-            Format::Int8 | Format::Int8Pairs | Format::Int7 => {
-                ("QSEEK_INT8_GEMM", Kernel::PortableInt8)
-            }
+        let value = std::env::var(Kernel::variable(format)).ok();
+        Kernel::choose_from(format, value.as_deref())
+    }
+
+    /// The environment variable that overrides [`chosen`](Self::chosen) for `format`.
+    fn variable(format: Format) -> &'static str {
+        match format {
+            Format::Bf16 => "QSEEK_BF16_GEMM",
+            Format::F32 => "QSEEK_F32_GEMM",
+            Format::Int8 | Format::Int8Pairs | Format::Int7 => "QSEEK_INT8_GEMM",
+        }
+    }
+
+    /// The kernel for `format` when its [`variable`](Self::variable) is `value` (`None`:
+    /// not set, or not Unicode), as [`chosen`](Self::chosen) describes.
+    fn choose_from(format: Format, value: Option<&str>) -> Option<Kernel> {
+        let portable = match format {
+            Format::Bf16 => Kernel::Portable,
+            Format::F32 => Kernel::PortableF32,
+            Format::Int8 | Format::Int8Pairs | Format::Int7 => Kernel::PortableInt8,
         };
         let available = match format {
             // Fastest first: VNNI, else 7-bit weights, else the pairs; then the portable
@@ -224,15 +238,15 @@ impl Kernel {
             .first()
             .copied()
             .filter(|k| k.vectors() != Vectors::Baseline);
-        match std::env::var(variable).as_deref() {
-            Ok("off") => None,
-            Ok("portable") => Some(portable),
-            Ok(name) => available
+        match value {
+            Some("off") => None,
+            Some("portable") => Some(portable),
+            Some(name) => available
                 .iter()
                 .copied()
                 .find(|k| k.name() == name)
                 .or(fastest),
-            Err(_) => fastest,
+            None => fastest,
         }
     }
 
@@ -1010,10 +1024,49 @@ mod tests {
         for len in [10 << 20, 1 << 18] {
             let mut buffer: Vec<f32> = Vec::with_capacity(len);
             advise_huge_pages(&mut buffer);
+            // The advice is on the mapping: `hg` in its flags (`madvise(MADV_HUGEPAGE)`)
+            // where Linux has transparent huge pages at all. The middle of the buffer
+            // lies in the advised range (its whole 2 MiB pages), wherever it starts.
+            #[cfg(target_os = "linux")]
+            {
+                let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
+                let middle = buffer.as_ptr() as usize + len * std::mem::size_of::<f32>() / 2;
+                let flags = vm_flags(middle);
+                let advised = len * std::mem::size_of::<f32>() >= 32 << 20;
+                assert_eq!(
+                    flags.iter().any(|f| f == "hg"),
+                    thp && advised,
+                    "{len} floats, transparent huge pages {thp}: VmFlags {flags:?}"
+                );
+            }
             assert!(buffer.capacity() >= len);
             buffer.extend((0..len).map(|i| i as f32));
             assert!(buffer.iter().enumerate().all(|(i, &x)| x == i as f32));
         }
+    }
+
+    /// The `VmFlags` of this process's mapping that holds `address` (`/proc/self/smaps`).
+    #[cfg(target_os = "linux")]
+    fn vm_flags(address: usize) -> Vec<String> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
+        let mut holds = false;
+        for line in smaps.lines() {
+            // A mapping's first line starts with its range, `start-end` in hex.
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(start, end)| {
+                    let hex = |h| usize::from_str_radix(h, 16).ok();
+                    Some((hex(start)?, hex(end)?))
+                });
+            if let Some((start, end)) = range {
+                holds = (start..end).contains(&address);
+            } else if let Some(flags) = line.strip_prefix("VmFlags:").filter(|_| holds) {
+                return flags.split_whitespace().map(String::from).collect();
+            }
+        }
+        panic!("no mapping in /proc/self/smaps holds {address:#x}");
     }
 
     /// Deterministic values in [-1, 1).
@@ -1211,6 +1264,81 @@ mod tests {
 
     #[test]
     fn the_environment_picks_a_kernel_of_the_format() {
+        // What each value of a format's variable picks (`None`: not set), whatever this
+        // CPU runs. The default is the fastest SIMD kernel this CPU runs (none: candle's
+        // GEMM); a kernel's name gives that kernel where it runs here, else the default.
+        #[derive(Clone, Copy)]
+        enum Pick {
+            Default,
+            Off,
+            Exactly(Kernel),
+            IfItRuns(Kernel),
+        }
+        use Kernel::*;
+        use Pick::*;
+        let default = |format: Format| {
+            let fastest_first: &[Kernel] = match format {
+                Format::Bf16 => &[Avx512Bf16],
+                Format::F32 => &[Avx512F32, Avx2F32],
+                Format::Int8 | Format::Int8Pairs | Format::Int7 => {
+                    &[Avx512Vnni, Avx2Vnni, Avx2Maddubs, Avx2Madd]
+                }
+            };
+            fastest_first.iter().copied().find(|k| k.runs_here())
+        };
+        let int8 = [
+            (None, Default),
+            (Some("off"), Off),
+            (Some("portable"), Exactly(PortableInt8)),
+            (Some("portable7"), Exactly(PortableInt7)),
+            (Some("avx512"), IfItRuns(Avx512Vnni)),
+            (Some("avx2"), IfItRuns(Avx2Vnni)),
+            (Some("maddubs"), IfItRuns(Avx2Maddubs)),
+            (Some("madd"), IfItRuns(Avx2Madd)),
+            (Some("avx"), Default),
+            (Some(""), Default),
+        ];
+        let table: Vec<(Format, Option<&str>, Pick)> = [
+            (Format::Bf16, None, Default),
+            (Format::Bf16, Some("off"), Off),
+            (Format::Bf16, Some("portable"), Exactly(Portable)),
+            (Format::Bf16, Some("avx512"), IfItRuns(Avx512Bf16)),
+            // Names of other formats' kernels: not bf16's.
+            (Format::Bf16, Some("avx2"), Default),
+            (Format::Bf16, Some("maddubs"), Default),
+            (Format::Bf16, Some("portable7"), Default),
+            (Format::Bf16, Some("AVX512"), Default),
+            (Format::F32, None, Default),
+            (Format::F32, Some("off"), Off),
+            (Format::F32, Some("portable"), Exactly(PortableF32)),
+            (Format::F32, Some("avx512"), IfItRuns(Avx512F32)),
+            (Format::F32, Some("avx2"), IfItRuns(Avx2F32)),
+            (Format::F32, Some("madd"), Default),
+            (Format::F32, Some("portable7"), Default),
+            (Format::F32, Some("fast"), Default),
+        ]
+        .into_iter()
+        // int8's one choice, whichever of its formats asks.
+        .chain(
+            [Format::Int8, Format::Int8Pairs, Format::Int7]
+                .into_iter()
+                .flat_map(|format| int8.map(|(value, pick)| (format, value, pick))),
+        )
+        .collect();
+        for (format, value, pick) in table {
+            let expected = match pick {
+                Default => default(format),
+                Off => None,
+                Exactly(kernel) => Some(kernel),
+                IfItRuns(kernel) => Some(kernel).filter(|k| k.runs_here()).or(default(format)),
+            };
+            assert_eq!(
+                Kernel::choose_from(format, value),
+                expected,
+                "{format:?} with {value:?}"
+            );
+        }
+
         for format in [
             Format::Bf16,
             Format::F32,
@@ -1218,6 +1346,13 @@ mod tests {
             Format::Int8Pairs,
             Format::Int7,
         ] {
+            // `chosen` is this choice for the variable's value in this process.
+            let value = std::env::var(Kernel::variable(format)).ok();
+            assert_eq!(
+                Kernel::chosen(format),
+                Kernel::choose_from(format, value.as_deref()),
+                "{format:?}"
+            );
             if let Some(kernel) = Kernel::chosen(format) {
                 // int8's one choice may be of any of its formats.
                 let int8 = [Format::Int8, Format::Int8Pairs, Format::Int7];
