@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use qseek_index::VectorDtype;
+use qseek_index::{FeatureDtype, VectorDtype};
 
 use super::{stop_on_ctrl_c, IndexDir, ModelArgs, Outcome};
 use crate::error::{BadRequest, NotFound, Param};
@@ -24,8 +24,8 @@ pub(super) struct IndexArgs {
     #[arg(long)]
     hidden: bool,
     /// How a new index stores vectors: f32 (exact), f16 or int8 (smaller).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "int8"])]
-    vectors: String,
+    #[arg(long, default_value = "f32", value_name = "f32|f16|int8")]
+    vectors: VectorDtype,
     /// A new index also stores each image's vision-encoder output, so that reranking
     /// need not decode the photo again (large: 257x1408 values per image for ViT-g,
     /// 1.4 MB in f32, 0.7 MB in f16).
@@ -34,8 +34,8 @@ pub(super) struct IndexArgs {
     /// How a new index stores the vision features: f32 (exact; the default with
     /// --dtype f32) or f16 (half the disk; the default with a half --dtype; moves the
     /// ITM logits ~100 times further from the reference).
-    #[arg(long, value_name = "DTYPE", value_parser = ["f32", "f16"])]
-    feature_dtype: Option<String>,
+    #[arg(long, value_name = "f32|f16")]
+    feature_dtype: Option<FeatureDtype>,
     /// Commit at least every this many seconds (an interruption loses at most that much work).
     #[arg(long, default_value_t = 10.0)]
     commit_every: f64,
@@ -47,11 +47,7 @@ pub(super) struct IndexArgs {
 }
 
 pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
-    let vector_dtype = match args.vectors.as_str() {
-        "f16" => VectorDtype::F16,
-        "int8" => VectorDtype::Int8,
-        _ => VectorDtype::F32,
-    };
+    let vector_dtype = args.vectors;
     if !(args.commit_every.is_finite() && args.commit_every > 0.0) {
         return Err(BadRequest::OutOfRange {
             param: Param::CommitEvery,
@@ -72,10 +68,7 @@ pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
         CreateOptions {
             vector_dtype,
             store_vision_features: args.store_vision_features,
-            feature_dtype: args
-                .feature_dtype
-                .as_deref()
-                .map(|d| d.parse().expect("clap checked the value")),
+            feature_dtype: args.feature_dtype,
         },
     )?;
     let stop = stop_on_ctrl_c("stopping after the current batch");

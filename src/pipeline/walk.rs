@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 
 use walkdir::WalkDir;
 
-/// Extensions (lower case) of the formats the decoder reads.
-pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "jpe", "jfif", "png", "webp", "gif", "bmp", "tif", "tiff",
-];
+use crate::preprocess::formats::is_image_extension;
 
 /// Why a file is not passed to the model, for the formats people keep next to photos.
 fn skip_reason(ext: &str) -> String {
@@ -113,7 +110,7 @@ fn sort_file(path: PathBuf, out: &mut Walk) {
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
-    if !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+    if !is_image_extension(&ext) {
         out.skipped.push((path, skip_reason(&ext)));
         return;
     }

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use serde::Deserialize;
 
-use super::pil_resize;
+use super::{formats, pil_resize};
 use crate::{Error, Result};
 
 /// Options for decoding.
@@ -84,10 +84,11 @@ pub fn decode_rgb(bytes: &[u8], path_for_errors: &Path, opts: &LoadOptions) -> R
         return Err(fail("the file is empty (0 bytes)".into()));
     }
     let format = image::guess_format(bytes).map_err(|_| fail(not_an_image_reason(bytes)))?;
-    if !SUPPORTED_FORMATS.contains(&format) {
+    if formats::by_format(format).is_none() {
         return Err(fail(format!(
-            "{} images are not supported (only JPEG, PNG, WebP, GIF, BMP and TIFF)",
-            format_name(format)
+            "{} images are not supported (only {})",
+            format_name(format),
+            formats::names("and")
         )));
     }
     if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
@@ -128,15 +129,6 @@ pub fn decode_rgb(bytes: &[u8], path_for_errors: &Path, opts: &LoadOptions) -> R
     Ok(apply_exif_orientation(rgb, bytes, opts))
 }
 
-const SUPPORTED_FORMATS: [ImageFormat; 6] = [
-    ImageFormat::Jpeg,
-    ImageFormat::Png,
-    ImageFormat::WebP,
-    ImageFormat::Gif,
-    ImageFormat::Bmp,
-    ImageFormat::Tiff,
-];
-
 fn format_name(format: ImageFormat) -> String {
     format
         .extensions_str()
@@ -151,9 +143,15 @@ fn not_an_image_reason(bytes: &[u8]) -> String {
         .iter()
         .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace() || b >= 0x80);
     if looks_like_text {
-        "this is a text file, not an image (JPEG, PNG, WebP, GIF, BMP or TIFF)".into()
+        format!(
+            "this is a text file, not an image ({})",
+            formats::names("or")
+        )
     } else {
-        "not an image in a supported format (JPEG, PNG, WebP, GIF, BMP or TIFF)".into()
+        format!(
+            "not an image in a supported format ({})",
+            formats::names("or")
+        )
     }
 }
 

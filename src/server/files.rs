@@ -14,6 +14,7 @@ use qseek_index::ImageId;
 
 use crate::error::NotFound;
 use crate::pipeline::Collection;
+use crate::preprocess::formats;
 use crate::preprocess::image::{decode_rgb, LoadOptions};
 use crate::service::search::{confined, read_indexed};
 use crate::{Error, Result};
@@ -34,15 +35,10 @@ pub fn full_image(
 ) -> Result<(Vec<u8>, &'static str)> {
     let info = c.index.image(id).ok_or(NotFound::Image { id })?;
     let (_, bytes) = read_indexed(&info, roots)?;
-    let mime = match image::guess_format(&bytes) {
-        Ok(image::ImageFormat::Jpeg) => "image/jpeg",
-        Ok(image::ImageFormat::Png) => "image/png",
-        Ok(image::ImageFormat::WebP) => "image/webp",
-        Ok(image::ImageFormat::Gif) => "image/gif",
-        Ok(image::ImageFormat::Bmp) => "image/bmp",
-        Ok(image::ImageFormat::Tiff) => "image/tiff",
-        _ => "application/octet-stream",
-    };
+    let mime = image::guess_format(&bytes)
+        .ok()
+        .and_then(formats::by_format)
+        .map_or("application/octet-stream", |f| f.mime);
     Ok((bytes, mime))
 }
 
