@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::{report_failure, ModelArgs, Outcome};
-use crate::service::model::{embed_images, embed_texts};
+use crate::service::embeddings::{embed_images, embed_texts};
 use crate::{Embedder, Result};
 
 #[derive(Debug, Subcommand)]

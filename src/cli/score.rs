@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::embed::write_line;
 use super::{report_failure, ModelArgs, Outcome};
-use crate::service::model::ScoreTexts;
+use crate::service::embeddings::ScoreTexts;
 use crate::{Embedder, Error, Result};
 
 #[derive(Debug, Args)]

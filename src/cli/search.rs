@@ -10,7 +10,7 @@ use super::{print_line as write_line, IndexDir, ModelArgs, Outcome};
 use crate::engine::{self, EngineUri};
 use crate::error::BadRequest;
 use crate::pipeline::Collection;
-use crate::rerank::Direct;
+use crate::service::calls::Direct;
 use crate::service::search::{search, Hit, QueryInput, SearchRequest, SearchSettings};
 use crate::Result;
 

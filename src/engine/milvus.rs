@@ -692,3 +692,80 @@ fn engine_error(uri: &EngineUri, operation: &str, reason: impl ToString) -> Erro
         reason: reason.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQL LIKE as Milvus evaluates it: `%` any run, `_` one character, `\` escapes.
+    fn like(pattern: &str, text: &str) -> bool {
+        fn go(p: &[char], t: &[char]) -> bool {
+            match p.split_first() {
+                None => t.is_empty(),
+                Some(('%', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
+                Some(('_', rest)) => !t.is_empty() && go(rest, &t[1..]),
+                Some(('\\', rest)) => match (rest.split_first(), t.split_first()) {
+                    (Some((c, rest)), Some((d, t))) => c == d && go(rest, t),
+                    _ => false,
+                },
+                Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
+            }
+        }
+        let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+        go(&p, &t)
+    }
+
+    /// The filter's two levels undone: the expression's string literal (JSON's escapes),
+    /// then LIKE's pattern, matched against the `paths` column's JSON.
+    #[test]
+    fn a_folder_filter_keeps_exactly_the_paths_under_it_whatever_they_hold() {
+        assert_eq!(under_filter("/a/b"), r#"paths like "%\"/a/b%""#);
+        // (prefix, the image's paths, kept)
+        let cases: &[(&str, &[&str], bool)] = &[
+            ("/photos/2024", &["/photos/2024/a.jpg"], true),
+            (
+                "/photos/2024",
+                &["/other/x.jpg", "/photos/2024/a.jpg"],
+                true,
+            ),
+            ("/photos/2024", &["/photos/2023/a.jpg"], false),
+            ("/photos/2024", &["/x/photos/2024/a.jpg"], false),
+            ("/a%b", &["/a%b/c.png"], true),
+            ("/a%b", &["/aXXb/c.png"], false),
+            ("/a_b", &["/a_b/c.png"], true),
+            ("/a_b", &["/aXb/c.png"], false),
+            ("/a\\b", &["/a\\b/c.png"], true),
+            ("/a\\b", &["/ab/c.png"], false),
+            ("/ü/ñ 1", &["/ü/ñ 1/é.jpg"], true),
+            ("/tab\there", &["/tab\there/x.jpg"], true),
+            ("/tab\there", &["/tab here/x.jpg"], false),
+        ];
+        for (prefix, paths, kept) in cases {
+            let filter = under_filter(prefix);
+            let literal = filter.strip_prefix("paths like ").unwrap();
+            let pattern: String = serde_json::from_str(literal).unwrap();
+            let column = paths_json(paths.iter().copied());
+            assert_eq!(
+                like(&pattern, &column),
+                *kept,
+                "{prefix:?} on {column}: {filter}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_paths_column_drops_the_last_paths_to_fit() {
+        let long = "x".repeat(MAX_VARCHAR / 3);
+        let paths = [long.as_str(), long.as_str(), long.as_str(), "/short"];
+        let json = paths_json(paths.iter().copied());
+        assert!(json.len() <= MAX_VARCHAR);
+        let kept: Vec<String> = serde_json::from_str(&json).unwrap();
+        assert_eq!(kept.len(), 2);
+        // The first is kept whatever its length: it is the one shown.
+        let huge = "y".repeat(MAX_VARCHAR + 10);
+        let kept: Vec<String> =
+            serde_json::from_str(&paths_json([huge.as_str()].into_iter())).unwrap();
+        assert_eq!(kept, [huge]);
+        assert_eq!(paths_json(["/a", "/b"].into_iter()), r#"["/a","/b"]"#);
+    }
+}

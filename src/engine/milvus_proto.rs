@@ -2,6 +2,14 @@
 //! of milvus-proto v2.5) that qseek sends and reads, written out by hand with their
 //! field numbers so that no `protoc` and no build script are needed. Fields qseek never
 //! sets are left out: protobuf skips unknown fields on both sides.
+//!
+//! `tests/milvus_proto.rs` checks them against the real protos, vendored in
+//! `proto/milvus/` (milvus-proto v2.5.27): every field's number, name, type and
+//! cardinality, and every constant's enum value. For that, each struct's doc comment
+//! names its proto message first (`` `common.KeyValuePair` ``: the package
+//! `milvus.proto.common` without `milvus.proto.`), each oneof enum its message and
+//! oneof (`` `schema.ScalarField.data` ``), and each constant its enum value
+//! (`` `common.DslType::BoolExprV1` ``); keep that form when adding one.
 
 #![allow(missing_docs)]
 
@@ -36,8 +44,11 @@ pub struct Status {
 
 /// `schema.DataType` values qseek uses.
 pub mod data_type {
+    /// `schema.DataType::Int64`.
     pub const INT64: i32 = 5;
+    /// `schema.DataType::VarChar`.
     pub const VARCHAR: i32 = 21;
+    /// `schema.DataType::FloatVector`.
     pub const FLOAT_VECTOR: i32 = 101;
 }
 
@@ -98,6 +109,7 @@ pub struct ScalarField {
     pub data: Option<Scalars>,
 }
 
+/// `schema.ScalarField.data`: the oneof's members qseek uses.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Scalars {
     #[prost(message, tag = "3")]
@@ -126,6 +138,7 @@ pub struct FieldData {
     pub field: Option<Column>,
 }
 
+/// `schema.FieldData.field`.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Column {
     #[prost(message, tag = "3")]
@@ -240,6 +253,7 @@ pub struct PlaceholderGroup {
     pub placeholders: Vec<PlaceholderValue>,
 }
 
+/// `milvus.CreateCollectionRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CreateCollectionRequest {
     #[prost(string, tag = "3")]
@@ -253,18 +267,21 @@ pub struct CreateCollectionRequest {
     pub consistency_level: i32,
 }
 
+/// `milvus.DropCollectionRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DropCollectionRequest {
     #[prost(string, tag = "3")]
     pub collection_name: String,
 }
 
+/// `milvus.HasCollectionRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HasCollectionRequest {
     #[prost(string, tag = "3")]
     pub collection_name: String,
 }
 
+/// `milvus.BoolResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct BoolResponse {
     #[prost(message, optional, tag = "1")]
@@ -273,6 +290,7 @@ pub struct BoolResponse {
     pub value: bool,
 }
 
+/// `milvus.InsertRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct InsertRequest {
     #[prost(string, tag = "3")]
@@ -283,6 +301,7 @@ pub struct InsertRequest {
     pub num_rows: u32,
 }
 
+/// `milvus.MutationResult`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct MutationResult {
     #[prost(message, optional, tag = "1")]
@@ -291,6 +310,7 @@ pub struct MutationResult {
     pub insert_cnt: i64,
 }
 
+/// `milvus.CreateIndexRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CreateIndexRequest {
     #[prost(string, tag = "3")]
@@ -303,6 +323,7 @@ pub struct CreateIndexRequest {
     pub index_name: String,
 }
 
+/// `milvus.LoadCollectionRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LoadCollectionRequest {
     #[prost(string, tag = "3")]
@@ -311,18 +332,21 @@ pub struct LoadCollectionRequest {
     pub replica_number: i32,
 }
 
+/// `milvus.FlushRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct FlushRequest {
     #[prost(string, repeated, tag = "3")]
     pub collection_names: Vec<String>,
 }
 
+/// `milvus.FlushResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct FlushResponse {
     #[prost(message, optional, tag = "1")]
     pub status: Option<Status>,
 }
 
+/// `milvus.SearchRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SearchRequest {
     #[prost(string, tag = "3")]
@@ -344,6 +368,7 @@ pub struct SearchRequest {
     pub consistency_level: i32,
 }
 
+/// `milvus.SearchResults`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SearchResults {
     #[prost(message, optional, tag = "1")]

@@ -9,6 +9,7 @@
 
 pub mod milvus;
 mod milvus_proto;
+pub mod similar;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -201,6 +202,12 @@ pub fn connect_to_search(uri: &EngineUri) -> Result<Box<dyn VectorEngine>> {
         .into());
     }
     Ok(engine)
+}
+
+/// Whether an image with these paths is under the filter (always, without one): what
+/// the index's path-prefix filter keeps, checked again on an engine's hits.
+pub fn under_it(paths: &[String], under: Option<&str>) -> bool {
+    under.is_none_or(|u| paths.iter().any(|p| p.starts_with(u)))
 }
 
 #[cfg(test)]

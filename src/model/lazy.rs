@@ -4,24 +4,26 @@ use std::sync::{Mutex, OnceLock};
 
 use candle_core::Result;
 
+/// The function that builds a [`Lazy`].
+type Build<T> = Box<dyn Fn() -> Result<T> + Send + Sync>;
+
 /// `T`, built by `build` at the first [`get`](Lazy::get); concurrent first calls build
-/// it once. A failed build is not kept: the next call tries again.
+/// it once. A failed build is not kept: the next call tries again. Once built, `build`
+/// is dropped, and with it what it holds (a weight's tensors, once packed).
 pub struct Lazy<T> {
     /// What it is, for `Debug`.
     what: &'static str,
-    build: Box<dyn Fn() -> Result<T> + Send + Sync>,
+    /// Locked while `built` is being built; `None` once it is.
+    build: Mutex<Option<Build<T>>>,
     built: OnceLock<T>,
-    /// Held while `built` is being built.
-    building: Mutex<()>,
 }
 
 impl<T> Lazy<T> {
     pub fn new(what: &'static str, build: impl Fn() -> Result<T> + Send + Sync + 'static) -> Self {
         Self {
             what,
-            build: Box::new(build),
+            build: Mutex::new(Some(Box::new(build))),
             built: OnceLock::new(),
-            building: Mutex::new(()),
         }
     }
 
@@ -35,12 +37,14 @@ impl<T> Lazy<T> {
         if let Some(built) = self.built.get() {
             return Ok(built);
         }
-        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
+        let mut build = self.build.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(built) = self.built.get() {
             return Ok(built);
         }
-        let built = (self.build)()?;
-        Ok(self.built.get_or_init(|| built))
+        let built = (build.as_ref().expect("the builder is kept until it built"))()?;
+        let built = self.built.get_or_init(|| built);
+        *build = None;
+        Ok(built)
     }
 }
 

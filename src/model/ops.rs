@@ -1,10 +1,11 @@
 //! The few building blocks the BLIP-2 modules share.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Activation, VarBuilder};
 
+use super::lazy::Lazy;
 use super::packed_gemm::{self, Epilogue, Kernel, PackedWeight};
 
 /// `nn.Linear`: `y = x Wᵀ + b`, over any number of leading dimensions.
@@ -29,42 +30,10 @@ enum Weights {
     /// CPU.
     Packed {
         kernel: Kernel,
-        packed: Arc<LazyPacked>,
+        /// Packed at the layer's first call, not at load: a text search never runs
+        /// the ViT, whose packing would add seconds to every one-shot `qseek search`.
+        packed: Arc<Lazy<PackedWeight>>,
     },
-}
-
-/// A weight packed at its layer's first call, not at load: a text search never runs
-/// the ViT, whose packing would add seconds to every one-shot `qseek search`.
-#[derive(Debug)]
-struct LazyPacked {
-    /// The tensors, until they are packed.
-    source: Mutex<Option<(Tensor, Option<Tensor>)>>,
-    packed: OnceLock<PackedWeight>,
-}
-
-impl LazyPacked {
-    /// The packed weight, packing it (once; concurrent first calls wait) if needed.
-    fn get(&self, kernel: Kernel) -> Result<&PackedWeight> {
-        if let Some(p) = self.packed.get() {
-            return Ok(p);
-        }
-        let mut source = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((weight, bias)) = source.as_ref() {
-            let k = weight.dim(1)?;
-            let w = weight
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let bias = match bias {
-                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
-                None => None,
-            };
-            let packed = PackedWeight::new(kernel.format(), &w, bias.as_deref(), k);
-            let _ = self.packed.set(packed);
-            *source = None;
-        }
-        Ok(self.packed.get().expect("packed under the lock"))
-    }
 }
 
 impl Linear {
@@ -107,10 +76,19 @@ impl Linear {
         let (Some(kernel), Weights::Tensors { weight, bias }) = (kernel, &self.weights) else {
             return self;
         };
-        let packed = Arc::new(LazyPacked {
-            source: Mutex::new(Some((weight.clone(), bias.clone()))),
-            packed: OnceLock::new(),
-        });
+        let (weight, bias) = (weight.clone(), bias.clone());
+        let packed = Arc::new(Lazy::new("a packed weight", move || {
+            let k = weight.dim(1)?;
+            let w = weight
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let bias = match &bias {
+                Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+                None => None,
+            };
+            Ok(PackedWeight::new(kernel.format(), &w, bias.as_deref(), k))
+        }));
         Self {
             weights: Weights::Packed { kernel, packed },
         }
@@ -142,7 +120,7 @@ impl Linear {
         let rows = xs.elem_count() / in_dim.max(1);
         let ys = match &self.weights {
             Weights::Packed { kernel, packed } => {
-                let packed = packed.get(*kernel)?;
+                let packed = packed.get()?;
                 let matmul = |x: &[f32]| packed_gemm::matmul_wt(*kernel, x, rows, packed, epilogue);
                 let ys = with_cpu_f32(xs, matmul)?.ok_or_else(|| {
                     candle_core::Error::Msg(format!(
@@ -171,10 +149,10 @@ impl Linear {
     /// `x Wᵀ + b + residual` (the residual of the output's shape): for a packed layer the
     /// add happens inside the GEMM ([`Epilogue::Residual`]), with the same bits.
     pub fn forward_residual(&self, xs: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        if let Weights::Packed { kernel, packed } = &self.weights {
+        if let Weights::Packed { packed, .. } = &self.weights {
             let mut dims = xs.dims().to_vec();
             if let Some(last) = dims.last_mut() {
-                *last = packed.get(*kernel)?.n();
+                *last = packed.get()?.n();
             }
             if residual.dims() != dims {
                 candle_core::bail!("a residual of {:?} added to {dims:?}", residual.dims());

@@ -14,7 +14,7 @@ use crate::preprocess::text::pre_caption;
 use crate::{Error, Result};
 
 /// One text to add.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TextEntry {
     /// The caller's id, if any.
     pub id: Option<String>,
@@ -23,7 +23,7 @@ pub struct TextEntry {
 }
 
 /// What `texts add` did.
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TextsSummary {
     /// New texts.
     pub added: usize,

@@ -8,17 +8,22 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{bad_request, not_found, ApiError};
 use super::files;
+use super::jobs::IndexStatus;
 use super::{AppState, MAX_QUERY_CHARS, MAX_TEXTS_PER_REQUEST};
 use crate::error::{BadRequest, Param};
-use crate::pipeline::texts::TextEntry;
-use crate::service::search::{read_roots, search, QueryInput, SearchRequest, SearchResponse};
+use crate::pipeline::texts::{TextEntry, TextsSummary};
+use crate::service::search::{
+    read_roots, search, Hit, QueryEcho, QueryInput, SearchRequest, SearchResponse,
+};
 use crate::service::{manage, texts};
 use crate::Error;
 
@@ -29,26 +34,67 @@ type ApiResult<T> = Result<T, ApiError>;
 const MAX_K: usize = 1000;
 const MAX_OFFSET: usize = 10_000;
 
-pub(super) fn routes(max_upload_bytes: usize) -> Router<Shared> {
-    Router::new()
-        .route("/api/health", get(health))
-        .route("/api/info", get(info))
-        .route("/api/search", get(search_text))
-        .route(
-            "/api/search/image",
-            get(search_indexed_image)
-                .post(search_uploaded_image)
-                .layer(DefaultBodyLimit::max(max_upload_bytes)),
-        )
-        .route("/api/texts", get(list_texts).post(add_texts))
-        .route(
-            "/api/index",
-            get(index_status)
-                .post(start_indexing)
-                .delete(cancel_indexing),
-        )
-        .route("/api/images/{id}", get(image))
-        .route("/api/images/{id}/thumbnail", get(thumbnail))
+/// Every route of the API, registered through its OpenAPI documentation (a route
+/// cannot be added without it), and the document itself at `/api/openapi.json`.
+pub(super) fn routes(max_upload_bytes: usize) -> OpenApiRouter<Shared> {
+    let (schemas, paths, image_search) = routes!(search_indexed_image, search_uploaded_image);
+    let image_search = image_search.layer(DefaultBodyLimit::max(max_upload_bytes));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(super::page))
+        .routes(routes!(health))
+        .routes(routes!(info))
+        .routes(routes!(search_text))
+        .routes((schemas, paths, image_search))
+        .routes(routes!(list_texts, add_texts))
+        .routes(routes!(index_status, start_indexing, cancel_indexing))
+        .routes(routes!(image))
+        .routes(routes!(thumbnail))
+        .routes(routes!(openapi_document))
+}
+
+/// The document's frame: what every route shares.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "qseek",
+        description = "Search a photo collection by a sentence, a photo or an indexed photo \
+            (BLIP-2 retrieval). Every route first passes the server's edge: a `Host` the \
+            server does not answer for gets 421, a cross-site request 403, a body over its \
+            limit 413, a missing or wrong token 401 (`Authorization: Bearer TOKEN`, or the \
+            session cookie the page's `/?token=` sets). Errors are `ErrorBody` documents."
+    ),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API (as generated from its routes and types).
+#[utoipa::path(get, path = "/api/openapi.json", tag = "server",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json")))]
+async fn openapi_document() -> Json<utoipa::openapi::OpenApi> {
+    Json(OPENAPI.clone())
+}
+
+/// The document, built once.
+static OPENAPI: std::sync::LazyLock<utoipa::openapi::OpenApi> =
+    std::sync::LazyLock::new(|| routes(0).split_for_parts().1);
+
+/// An error, as every route answers it.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// The error inside an [`ErrorBody`].
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Whose fault, e.g. `bad_request`, `not_found`, `too_large`, `forbidden`, `busy`.
+    pub kind: String,
+    /// In words.
+    pub message: String,
+    /// The error's data (e.g. which parameter, what it must be), or null.
+    #[schema(value_type = Object)]
+    pub detail: Value,
 }
 
 pub(super) fn not_found_route() -> Response {
@@ -67,31 +113,65 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError)
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `{"status": "ok"}`.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    status: &'static str,
 }
 
-async fn info(State(state): State<Shared>) -> ApiResult<Json<Value>> {
+/// Whether the server is up.
+#[utoipa::path(get, path = "/api/health", tag = "server",
+    responses((status = 200, description = "The server is up", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// What the index holds (as `qseek info --json`), and the indexing run's status.
+#[derive(Serialize, ToSchema)]
+struct InfoDocument {
+    #[serde(flatten)]
+    info: manage::Info,
+    /// The current or last indexing run.
+    indexing: IndexStatus,
+}
+
+/// What the index holds, and where indexing is.
+#[utoipa::path(get, path = "/api/info", tag = "collection",
+    responses((status = 200, description = "The index's counts and sizes", body = InfoDocument)))]
+async fn info(State(state): State<Shared>) -> ApiResult<Json<InfoDocument>> {
     let info = blocking(&state, |s| {
         Ok(manage::info(&s.collection.index, s.collection.index.path()))
     })
     .await?;
-    let mut v = serde_json::to_value(info).unwrap_or_default();
-    v["indexing"] = serde_json::to_value(state.indexing.status()).unwrap_or_default();
-    Ok(Json(v))
+    Ok(Json(InfoDocument {
+        info,
+        indexing: state.indexing.status(),
+    }))
 }
 
 /// Query parameters of the search routes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SearchQuery {
+    /// The sentence (`GET /api/search`), at most 1000 characters.
     q: Option<String>,
+    /// The indexed image to search by (`GET /api/search/image`).
     id: Option<u64>,
+    /// With an image: find texts instead of images.
     texts: Option<bool>,
+    /// Results wanted, 1 to 1000 (default 10).
     k: Option<usize>,
+    /// Results skipped first (paging), at most 10 000.
     offset: Option<usize>,
+    /// Candidates rescored by ITM, at most 256 (default 16 with stored vision features,
+    /// else 0).
     rerank: Option<usize>,
+    /// Drop results whose ITM match probability is below this (needs rerank).
     min_prob: Option<f32>,
+    /// Only images whose path is under this folder (a filter: never opened).
     under: Option<String>,
+    /// Walk the HNSW graph instead of scoring every image exactly.
     ann: Option<bool>,
 }
 
@@ -136,21 +216,49 @@ fn query_params(q: Result<Query<SearchQuery>, QueryRejection>) -> ApiResult<Sear
         .map_err(|e| bad_request(format!("query parameters: {}", e.body_text())))
 }
 
-/// The search document, with each image result's URLs added.
-fn served(response: SearchResponse) -> Json<Value> {
-    let mut v = serde_json::to_value(response).unwrap_or_default();
-    if let Some(results) = v["results"].as_array_mut() {
-        for r in results {
-            if let Some(id) = r["image_id"].as_u64() {
-                r["thumbnail_url"] = json!(format!("/api/images/{id}/thumbnail"));
-                r["image_url"] = json!(format!("/api/images/{id}"));
-            }
-        }
-    }
-    Json(v)
+/// The document `qseek search --json` prints, each image result with its URLs.
+#[derive(Serialize, ToSchema)]
+struct ServedSearch {
+    /// The query, with the defaults applied.
+    query: QueryEcho,
+    /// Best first.
+    results: Vec<ServedHit>,
+    /// What the user should know about the results.
+    notes: Vec<String>,
 }
 
-async fn run_search(state: &Shared, req: SearchRequest) -> ApiResult<Json<Value>> {
+/// A result, and for an image where to get it.
+#[derive(Serialize, ToSchema)]
+struct ServedHit {
+    #[serde(flatten)]
+    hit: Hit,
+    /// The image's JPEG thumbnail (image results only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thumbnail_url: Option<String>,
+    /// The image itself (image results only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_url: Option<String>,
+}
+
+/// The search document, with each image result's URLs added.
+fn served(response: SearchResponse) -> Json<ServedSearch> {
+    let results = response
+        .results
+        .into_iter()
+        .map(|hit| ServedHit {
+            thumbnail_url: hit.image_id.map(|id| format!("/api/images/{id}/thumbnail")),
+            image_url: hit.image_id.map(|id| format!("/api/images/{id}")),
+            hit,
+        })
+        .collect();
+    Json(ServedSearch {
+        query: response.query,
+        results,
+        notes: response.notes,
+    })
+}
+
+async fn run_search(state: &Shared, req: SearchRequest) -> ApiResult<Json<ServedSearch>> {
     // A search that decodes images (an indexed query image, or candidates reranked
     // without stored vision features) waits for a decode permit; text searches do not,
     // so that the batcher can merge them.
@@ -172,20 +280,27 @@ async fn run_search(state: &Shared, req: SearchRequest) -> ApiResult<Json<Value>
     Ok(served(response))
 }
 
+/// Photos for a sentence.
+#[utoipa::path(get, path = "/api/search", tag = "search", params(SearchQuery),
+    responses((status = 200, description = "The results", body = ServedSearch), (status = 400, description = "A bad request", body = ErrorBody)))]
 async fn search_text(
     State(state): State<Shared>,
     q: Result<Query<SearchQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ServedSearch>> {
     let q = query_params(q)?;
     let text = q.q.clone().unwrap_or_default();
     let req = q.request(QueryInput::Text(text))?;
     run_search(&state, req).await
 }
 
+/// Photos like an indexed photo (`id`), or texts for it (`texts=true`).
+#[utoipa::path(get, path = "/api/search/image", tag = "search", params(SearchQuery),
+    responses((status = 200, description = "The results", body = ServedSearch), (status = 400, description = "A bad request", body = ErrorBody),
+        (status = 404, description = "No image with that id", body = ErrorBody)))]
 async fn search_indexed_image(
     State(state): State<Shared>,
     q: Result<Query<SearchQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ServedSearch>> {
     let q = query_params(q)?;
     let id =
         q.id.ok_or_else(|| bad_request("give the image's id: ?id=IMAGE_ID"))?;
@@ -193,13 +308,21 @@ async fn search_indexed_image(
     run_search(&state, req).await
 }
 
-/// The image is the raw body, or the first file field of a multipart form. The upload
-/// is admitted before its body is read (or refused with 503: [`super::limits`]).
+/// Photos like an uploaded photo, or texts for it (`texts=true`). The image is the raw
+/// body, or the first file field of a multipart form. The upload is admitted before its
+/// body is read (or refused with 503: [`super::limits`]).
+#[utoipa::path(post, path = "/api/search/image", tag = "search", params(SearchQuery),
+    request_body(description = "The image (JPEG, PNG, WebP, GIF, BMP or TIFF): the raw body, or a multipart form's file field",
+        content((Vec<u8> = "application/octet-stream"), (Vec<u8> = "multipart/form-data"))),
+    responses((status = 200, description = "The results", body = ServedSearch), (status = 400, description = "A bad request", body = ErrorBody),
+        (status = 413, description = "The upload or its pixels over the limit", body = ErrorBody),
+        (status = 415, description = "Not an image qseek reads", body = ErrorBody),
+        (status = 503, description = "Too many decodes waiting: retry after `Retry-After`", body = ErrorBody)))]
 async fn search_uploaded_image(
     State(state): State<Shared>,
     q: Result<Query<SearchQuery>, QueryRejection>,
     request: Request,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ServedSearch>> {
     let q = query_params(q)?;
     let _admission = state.decodes.admit()?;
     let bytes = upload(&state, request).await?;
@@ -258,27 +381,43 @@ fn over_limit(state: &Shared) -> ApiError {
     })
 }
 
-async fn list_texts(State(state): State<Shared>) -> ApiResult<Json<Value>> {
-    let list = blocking(&state, |s| Ok(texts::list(&s.collection.index))).await?;
-    Ok(Json(json!({ "texts": list })))
+/// The index's texts.
+#[derive(Serialize, ToSchema)]
+struct TextList {
+    /// Every text, in id order.
+    texts: Vec<texts::TextItem>,
 }
 
-#[derive(Deserialize)]
+/// The texts image → texts searches find.
+#[utoipa::path(get, path = "/api/texts", tag = "collection",
+    responses((status = 200, description = "Every text", body = TextList)))]
+async fn list_texts(State(state): State<Shared>) -> ApiResult<Json<TextList>> {
+    let texts = blocking(&state, |s| Ok(texts::list(&s.collection.index))).await?;
+    Ok(Json(TextList { texts }))
+}
+
+/// Texts to add.
+#[derive(Deserialize, ToSchema)]
 struct AddTexts {
+    /// At most 1000, each at most 1000 characters.
     texts: Vec<TextEntry>,
 }
 
+/// Adds texts (embedded now).
+#[utoipa::path(post, path = "/api/texts", tag = "collection", request_body = AddTexts,
+    responses((status = 200, description = "What was added", body = TextsSummary), (status = 400, description = "A bad request", body = ErrorBody),
+        (status = 413, description = "More texts than a request takes", body = ErrorBody)))]
 async fn add_texts(
     State(state): State<Shared>,
     body: Result<Json<AddTexts>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TextsSummary>> {
     let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
     check_texts(&body.texts)?;
     let summary = blocking(&state, move |s| {
         texts::add(&s.collection, "request", &body.texts, s.batch, false)
     })
     .await?;
-    Ok(Json(serde_json::to_value(summary).unwrap_or_default()))
+    Ok(Json(summary))
 }
 
 /// Refuses more texts, or longer ones, than a request may add.
@@ -303,11 +442,18 @@ fn check_texts(texts: &[TextEntry]) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Deserialize)]
+/// A folder to index.
+#[derive(Deserialize, ToSchema)]
 struct StartIndexing {
+    /// Absolute: under an `--allow` folder or a folder `qseek index` was given.
     folder: String,
 }
 
+/// Starts indexing a folder (one run at a time; searches go on meanwhile).
+#[utoipa::path(post, path = "/api/index", tag = "indexing", request_body = StartIndexing,
+    responses((status = 202, description = "Started", body = IndexStatus),
+        (status = 400, description = "Not a folder this server may index", body = ErrorBody),
+        (status = 409, description = "A run is already going on", body = ErrorBody)))]
 async fn start_indexing(
     State(state): State<Shared>,
     body: Result<Json<StartIndexing>, JsonRejection>,
@@ -320,14 +466,26 @@ async fn start_indexing(
     Ok((StatusCode::ACCEPTED, Json(status)).into_response())
 }
 
-async fn index_status(State(state): State<Shared>) -> Json<Value> {
-    Json(serde_json::to_value(state.indexing.status()).unwrap_or_default())
+/// Where the current (or last) indexing run is.
+#[utoipa::path(get, path = "/api/index", tag = "indexing",
+    responses((status = 200, description = "Its progress", body = IndexStatus)))]
+async fn index_status(State(state): State<Shared>) -> Json<IndexStatus> {
+    Json(state.indexing.status())
 }
 
-async fn cancel_indexing(State(state): State<Shared>) -> Json<Value> {
-    Json(serde_json::to_value(state.indexing.cancel()).unwrap_or_default())
+/// Stops the run after its current batch (what it did stays committed).
+#[utoipa::path(delete, path = "/api/index", tag = "indexing",
+    responses((status = 200, description = "Its progress", body = IndexStatus)))]
+async fn cancel_indexing(State(state): State<Shared>) -> Json<IndexStatus> {
+    Json(state.indexing.cancel())
 }
 
+/// An indexed photo's file, as it is on disk.
+#[utoipa::path(get, path = "/api/images/{id}", tag = "images",
+    params(("id" = u64, Path, description = "The image's id")),
+    responses((status = 200, description = "The file (its own image type)", content_type = "image/*"),
+        (status = 403, description = "Its file now lies outside the collection", body = ErrorBody),
+        (status = 404, description = "No such image, or its file is gone", body = ErrorBody)))]
 async fn image(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Response> {
     let (bytes, mime) = blocking(&state, move |s| {
         files::full_image(
@@ -340,6 +498,12 @@ async fn image(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Re
     Ok(([(header::CONTENT_TYPE, mime)], bytes).into_response())
 }
 
+/// An indexed photo's JPEG thumbnail (320 px on its longer side), made once.
+#[utoipa::path(get, path = "/api/images/{id}/thumbnail", tag = "images",
+    params(("id" = u64, Path, description = "The image's id")),
+    responses((status = 200, description = "The thumbnail", content_type = "image/jpeg"),
+        (status = 403, description = "Its file now lies outside the collection", body = ErrorBody),
+        (status = 404, description = "No such image, or its file is gone", body = ErrorBody)))]
 async fn thumbnail(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResult<Response> {
     let cached = blocking(&state, move |s| {
         files::cached_thumbnail(
@@ -376,4 +540,78 @@ async fn thumbnail(State(state): State<Shared>, Path(id): Path<u64>) -> ApiResul
         bytes,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route the router has, by method: the document names each one (the router
+    /// is built from the documented handlers, so a new route must be added here too).
+    #[test]
+    fn the_document_names_every_route_of_the_router() {
+        let expected = [
+            ("/", "get"),
+            ("/api/health", "get"),
+            ("/api/info", "get"),
+            ("/api/search", "get"),
+            ("/api/search/image", "get"),
+            ("/api/search/image", "post"),
+            ("/api/texts", "get"),
+            ("/api/texts", "post"),
+            ("/api/index", "get"),
+            ("/api/index", "post"),
+            ("/api/index", "delete"),
+            ("/api/images/{id}", "get"),
+            ("/api/images/{id}/thumbnail", "get"),
+            ("/api/openapi.json", "get"),
+        ];
+        let doc = serde_json::to_value(&*OPENAPI).unwrap();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .unwrap()
+                    .keys()
+                    .filter(|k| ["get", "post", "put", "delete", "patch"].contains(&k.as_str()))
+                    .map(move |m| (path.clone(), m.clone()))
+            })
+            .collect();
+        documented.sort();
+        let mut expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(p, m)| (p.to_string(), m.to_string()))
+            .collect();
+        expected.sort();
+        assert_eq!(documented, expected);
+        // And no route joins the router without its documentation (a plain route call on the
+        // router adds one the document does not know).
+        let undocumented = concat!(".rou", "te(");
+        for (file, source) in [
+            ("api.rs", include_str!("api.rs")),
+            ("mod.rs", include_str!("mod.rs")),
+        ] {
+            assert!(
+                !source.contains(undocumented),
+                "{file} adds a route outside `routes!`"
+            );
+        }
+        // Each operation says what it answers, and the schemas it names exist.
+        let text = doc.to_string();
+        for schema in [
+            "ServedSearch",
+            "ErrorBody",
+            "IndexStatus",
+            "InfoDocument",
+            "TextsSummary",
+        ] {
+            assert!(
+                doc["components"]["schemas"][schema].is_object(),
+                "{schema}: {text}"
+            );
+        }
+    }
 }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use qseek_index::{ImageHit, Index, SearchParams};
 
 use crate::pipeline::Collection;
-use crate::rerank::{itm_scores, ItmPair, ItmScore, ModelCalls};
+use crate::rerank::{itm_scores, ItmPair, ItmScore};
+use crate::service::calls::ModelCalls;
 use crate::{Error, Result};
 
 /// Most jobs merged into one round.

@@ -18,7 +18,7 @@ use crate::pipeline::Collection;
 use crate::Result;
 
 /// What an indexing run is doing, or did (`GET /api/index`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct IndexStatus {
     /// `idle` (never ran), `running`, `done`, `cancelled` or `failed`.
     pub state: &'static str,

@@ -25,7 +25,6 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -86,7 +85,10 @@ fn inline_hash(page: &str, open: &str, close: &str) -> String {
     )
 }
 
-/// The page, with its policy.
+/// The web page (HTML, with its script and style inline), with its policy.
+#[utoipa::path(get, path = "/", tag = "server",
+    responses((status = 200, description = "The page", content_type = "text/html"),
+        (status = 303, description = "With a valid `?token=`: its session cookie set, to `/`")))]
 async fn page() -> Response {
     let mut r = Html(PAGE).into_response();
     if let Ok(v) = HeaderValue::from_str(&PAGE_CSP) {
@@ -325,9 +327,9 @@ fn router(collection: Collection, opts: &ServeOptions, bound: SocketAddr) -> Rou
         opts.token.as_deref(),
         opts.max_upload_bytes,
     ));
-    Router::new()
-        .route("/", get(page))
-        .merge(api::routes(opts.max_upload_bytes))
+    api::routes(opts.max_upload_bytes)
+        .split_for_parts()
+        .0
         .fallback(|| async { api::not_found_route() })
         .layer(DefaultBodyLimit::max(edge::JSON_BODY_LIMIT))
         .layer(RequestBodyTimeoutLayer::new(opts.body_timeout))

@@ -9,7 +9,7 @@ use crate::pipeline::walk::{absolute, is_under};
 use crate::{Error, Result};
 
 /// What an index holds (`qseek info --json`, `GET /api/info`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Info {
     /// The index directory.
     pub index: String,

@@ -6,9 +6,12 @@
 //! - [`search`]: photos for a sentence, photos like a photo, sentences for a photo.
 //! - [`texts`]: adding and listing the sentences image → texts finds.
 //! - [`manage`]: what an index holds, removing files and folders.
-//! - [`model`]: the model alone: embeddings (`embed`) and ITC/ITM scores (`score`).
+//! - [`embeddings`]: the model alone: embeddings (`embed`) and ITC/ITM scores (`score`).
+//! - [`calls`]: [`calls::ModelCalls`], how a search reaches the model (directly, or
+//!   through the server's batcher).
 
+pub mod calls;
+pub mod embeddings;
 pub mod manage;
-pub mod model;
 pub mod search;
 pub mod texts;

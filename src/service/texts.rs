@@ -8,7 +8,7 @@ use crate::pipeline::Collection;
 use crate::Result;
 
 /// One stored text, as `qseek texts list` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TextItem {
     /// The caller's id, if it gave one.
     pub id: Option<String>,
