@@ -67,6 +67,8 @@ pub enum Param {
     MaxConnections,
     /// Images decoded at once.
     MaxDecodes,
+    /// A host name the server answers for.
+    PublicHost,
 }
 
 impl std::fmt::Display for Param {
@@ -85,6 +87,7 @@ impl std::fmt::Display for Param {
             Param::BodyTimeout => "body_timeout",
             Param::MaxConnections => "max_connections",
             Param::MaxDecodes => "max_decodes",
+            Param::PublicHost => "public_host",
         };
         f.write_str(name)
     }

@@ -241,6 +241,30 @@ fn a_public_host_is_served_and_other_names_are_still_refused() {
             brief(&r)
         );
     }
+    drop(server);
+    // A name is what `Host` carries: a URL or a path is refused at start, never silently
+    // unmatched.
+    for given in [
+        "https://photos.example.org",
+        "photos.example.org/",
+        "",
+        "a b",
+    ] {
+        let out = c.run(&[
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "-q",
+            "--public-host",
+            given,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{given:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--public-host"),
+            "{given:?}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 // --- B. Cross-site requests -----------------------------------------------------------

@@ -180,6 +180,7 @@ fn flag(param: Param) -> &'static str {
         Param::BodyTimeout => "--body-timeout",
         Param::MaxConnections => "--max-connections",
         Param::MaxDecodes => "--max-decodes",
+        Param::PublicHost => "--public-host",
     }
 }
 

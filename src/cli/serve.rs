@@ -109,6 +109,18 @@ pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
         }
         .into());
     }
+    // A name as `Host` carries it, not a URL: `https://` or a path would never match.
+    for host in &args.public_host {
+        let plain = |c: char| c.is_ascii_alphanumeric() || "-.:[]".contains(c);
+        if host.is_empty() || !host.chars().all(plain) {
+            return Err(BadRequest::OutOfRange {
+                param: Param::PublicHost,
+                expected:
+                    "a host name as clients send it, e.g. photos.example.org (no scheme, no path)",
+            }
+            .into());
+        }
+    }
     let load = args.model.load_options()?;
     let allow = args
         .allow
