@@ -96,7 +96,8 @@ fn peak_gflops(kernel: Kernel) -> Option<f64> {
         let t = Instant::now();
         let sink: f32 = (0..threads)
             .into_par_iter()
-            // SAFETY: the CPU has the instructions (checked above).
+            // SAFETY: `kernel` is one of the SIMD kernels matched above (the others
+            // returned), and the CPU runs it (`runs`, checked above): `peak::run`'s contract.
             .map(|i| unsafe { peak::run(kernel, ITERS, i as f32) })
             .sum();
         std::hint::black_box(sink);
@@ -121,15 +122,26 @@ mod peak {
     /// `vpmaddwd` + `vpaddd`).
     ///
     /// # Safety
-    /// The CPU must run `kernel` ([`Kernel::runs_here`]).
+    /// The CPU must run `kernel` ([`Kernel::runs_here`]), one of the SIMD kernels matched
+    /// here ([`Kernel::Avx2F32`] in the last arm, where any other kernel panics).
     pub unsafe fn run(kernel: Kernel, iters: u64, seed: f32) -> f32 {
         match kernel {
-            Kernel::Avx512Bf16 => dpbf16(iters, seed),
-            Kernel::Avx512Vnni => dpbusd(iters, seed),
-            Kernel::Avx512F32 => fma(iters, seed),
-            Kernel::Avx2Madd => madd(iters, seed, false),
-            Kernel::Avx2Maddubs => madd(iters, seed, true),
-            _ => fma_ymm(iters, seed),
+            // SAFETY: the CPU runs `kernel` (this fn's contract): AVX-512F and AVX512-BF16.
+            Kernel::Avx512Bf16 => unsafe { dpbf16(iters, seed) },
+            // SAFETY: as above: AVX-512F and AVX512-VNNI.
+            Kernel::Avx512Vnni => unsafe { dpbusd(iters, seed) },
+            // SAFETY: as above: AVX-512F.
+            Kernel::Avx512F32 => unsafe { fma(iters, seed) },
+            // SAFETY: as above: AVX2 (and FMA).
+            Kernel::Avx2Madd => unsafe { madd(iters, seed, false) },
+            // SAFETY: as above: AVX2 (and FMA).
+            Kernel::Avx2Maddubs => unsafe { madd(iters, seed, true) },
+            _ => {
+                // Only `Avx2F32` has these chains; a portable kernel runs on any CPU.
+                assert_eq!(kernel, Kernel::Avx2F32, "no peak for {kernel:?}");
+                // SAFETY: the CPU runs `Avx2F32` (this fn's contract): AVX2 and FMA.
+                unsafe { fma_ymm(iters, seed) }
+            }
         }
     }
 
@@ -166,7 +178,10 @@ mod peak {
             (1, 1),
         ];
         for _ in 0..iters * 3 / 2 {
-            let ab: [__m256i; 4] = std::array::from_fn(|j| std::ptr::read_volatile(&ops[j]));
+            // SAFETY: `&ops[j]` is a reference (j < 4, checked): valid and aligned for
+            // reading one `__m256i`, which holds any bits.
+            let ab: [__m256i; 4] =
+                std::array::from_fn(|j| unsafe { std::ptr::read_volatile(&ops[j]) });
             for (x, &(a, b)) in acc.iter_mut().zip(&PAIRS) {
                 let product = if bytes {
                     _mm256_madd_epi16(_mm256_maddubs_epi16(ab[a], ab[b]), ones)
@@ -180,7 +195,9 @@ mod peak {
         let sum = acc
             .iter()
             .fold(_mm256_setzero_si256(), |s, x| _mm256_add_epi32(s, *x));
-        _mm256_storeu_si256(out.as_mut_ptr().cast(), sum);
+        // SAFETY: AVX2 is there (this fn's contract); `out` is 8 i32, the 32 bytes an
+        // unaligned store of one `__m256i` writes.
+        unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), sum) };
         out.iter().map(|&x| x as f32).sum()
     }
 
@@ -209,14 +226,18 @@ mod peak {
         let sum = acc
             .iter()
             .fold(_mm256_setzero_ps(), |s, x| _mm256_add_ps(s, *x));
-        _mm256_storeu_ps(out.as_mut_ptr(), sum);
+        // SAFETY: AVX is there (this fn's contract: AVX2); `out` is 8 floats, what an
+        // unaligned store of one `__m256` writes.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
         out.iter().sum()
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn dpbf16(iters: u64, seed: f32) -> f32 {
         let mut acc = [_mm512_set1_ps(seed); 12];
-        let ab = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3F80_3F80));
+        // SAFETY: a transmute of 64 bytes to 64 bytes (32 bf16: any bits are valid).
+        let ab =
+            unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(0x3F80_3F80)) };
         for _ in 0..iters {
             for x in acc.iter_mut() {
                 *x = _mm512_dpbf16_ps(*x, ab, ab);

@@ -475,20 +475,27 @@ thread_local! {
     static PEAK: Cell<usize> = const { Cell::new(0) };
 }
 
+// SAFETY: every allocation and deallocation is the system allocator's, with the caller's
+// layout and pointer unchanged, so `GlobalAlloc`'s contract holds as it does for `System`.
+// The counting touches only const-initialised thread-local `Cell`s (no allocation, no
+// destructor), and `try_with` skips it where they are gone (thread teardown): it neither
+// allocates nor panics.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = CURRENT.try_with(|current| {
             current.set(current.get() + layout.size());
             let _ = PEAK.try_with(|peak| peak.set(peak.get().max(current.get())));
         });
-        // SAFETY: forwarded unchanged to the system allocator.
+        // SAFETY: `layout` is the caller's, non-zero-sized by `alloc`'s contract, forwarded
+        // unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         let _ =
             CURRENT.try_with(|current| current.set(current.get().saturating_sub(layout.size())));
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        // SAFETY: by `dealloc`'s contract `ptr` came from this allocator's `alloc` with this
+        // layout, that is from `System.alloc` with it.
         unsafe { System.dealloc(ptr, layout) }
     }
 }

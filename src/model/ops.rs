@@ -285,9 +285,11 @@ fn attention_packed(
             let values = PackedWeight::from_columns(format, v.rows(bi, hi * d, lk, d));
             let ys = packed_gemm::matmul_wt(kernel, &probs, lq, &values, Epilogue::None);
             for (i, y) in ys.chunks_exact(d).enumerate() {
-                // SAFETY: row i of batch bi, head hi's d columns: in bounds of `out`
-                // (b × lq × width), and written by this task alone; `out` outlives the
-                // tasks.
+                // SAFETY: bi < b, i < lq (`ys` is lq × d) and hi·d + d ≤ heads·d ≤ width:
+                // the d floats at row i of batch bi, head hi's columns, lie in `out` (b × lq
+                // × width, f32-aligned), and are written by this task alone (its batch and
+                // head); `out` outlives the tasks, and `y` (d floats of this task's own
+                // `ys`) does not overlap it.
                 unsafe {
                     let at = out_ptr.get().add((bi * lq + i) * width + hi * d);
                     std::ptr::copy_nonoverlapping(y.as_ptr(), at, d);

@@ -96,8 +96,9 @@ impl SafetensorsFiles {
         if entry.dtype == DType::F32 && len.is_multiple_of(4) {
             // Straight into the tensor's own buffer: one copy, not two.
             let mut values = vec![0f32; len / 4];
-            // SAFETY: the slice covers exactly the initialised f32 values, and every bit
-            // pattern is a valid f32.
+            // SAFETY: the slice covers exactly the initialised f32 values (len / 4 floats
+            // are len bytes), u8 needs no alignment, `values` is not used while `bytes`
+            // lives, and every bit pattern is a valid f32.
             let bytes =
                 unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) };
             file.read_exact_at(bytes, entry.start).map_err(read_error)?;

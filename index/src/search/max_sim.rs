@@ -28,7 +28,9 @@ pub(crate) fn prefetch<T>(values: &[T]) {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         let start = values.as_ptr().cast::<i8>();
         for offset in (0..std::mem::size_of_val(values)).step_by(64) {
-            // SAFETY: SSE is part of x86-64, and a prefetch never faults.
+            // SAFETY: SSE is part of x86-64; `offset` < the slice's size in bytes, so the
+            // address is inside `values` (`wrapping_add`: no in-bounds requirement), and a
+            // prefetch only hints the cache: it never reads nor faults.
             unsafe { _mm_prefetch::<_MM_HINT_T1>(start.wrapping_add(offset)) };
         }
     }
@@ -72,8 +74,11 @@ macro_rules! kernel {
                     $body($($arg),*)
                 }
                 match level() {
-                    // SAFETY: `level` found the CPU features these were compiled for.
+                    // SAFETY: `level` detected AVX-512F on this CPU, the one feature `wide`
+                    // is compiled for; `$body` is safe code, bounds-checked as at any level.
                     Level::Avx512 => return unsafe { wide($($arg),*) },
+                    // SAFETY: `level` detected AVX2 on this CPU, the one feature `narrow`
+                    // is compiled for; `$body` is safe code, as above.
                     Level::Avx2 => return unsafe { narrow($($arg),*) },
                     Level::Base => {}
                 }
@@ -216,7 +221,8 @@ pub fn dots_many(queries: &[&[f32]], rows: &[f32], dots: &mut [f32]) {
 /// into cache, a few lines per query, so that the loads from memory overlap the
 /// arithmetic (a hint: the results do not depend on it).
 pub fn dots_many_warming(queries: &[&[f32]], rows: &[f32], next: &[f32], dots: &mut [f32]) {
-    // SAFETY: `level` is the CPU's.
+    // SAFETY: `level()` is what this CPU was detected to have, `dots_many_at`'s one
+    // requirement (the kernels check the slices' lengths themselves).
     unsafe { dots_many_at(level(), queries, rows, next, dots) }
 }
 
@@ -233,7 +239,8 @@ unsafe fn dots_many_at(
 ) {
     #[cfg(target_arch = "x86_64")]
     if level != Level::Base {
-        // SAFETY: the caller's CPU has `level`.
+        // SAFETY: the caller guarantees the CPU has `level`, which is not `Base`:
+        // `x86::dots_many`'s requirement.
         return unsafe { x86::dots_many(level, queries, rows, next, dots) };
     }
     let _ = (level, next);
@@ -315,8 +322,10 @@ mod x86 {
             dots_many_at::<Ymm>(queries, rows, next, dots)
         }
         match level {
-            // SAFETY: the caller's CPU has the features.
+            // SAFETY: `level` is the CPU's (this fn's contract): it has AVX-512F, the one
+            // feature `zmm` is compiled for; `zmm` takes only slices, which it checks.
             Level::Avx512 => unsafe { zmm(queries, rows, next, dots) },
+            // SAFETY: as above: the CPU has AVX2, the one feature `ymm` is compiled for.
             Level::Avx2 => unsafe { ymm(queries, rows, next, dots) },
             Level::Base => unreachable!("no block kernel at the baseline"),
         }
@@ -344,8 +353,10 @@ mod x86 {
             max_sim_many_at::<Ymm>(q, r, n, s, o)
         }
         match level {
-            // SAFETY: the caller's CPU has the features.
+            // SAFETY: `level` is the CPU's (this fn's contract): it has AVX-512F, the one
+            // feature `zmm` is compiled for; `zmm` takes only slices, which it checks.
             Level::Avx512 => unsafe { zmm(queries, rows, next, state, out) },
+            // SAFETY: as above: the CPU has AVX2, the one feature `ymm` is compiled for.
             Level::Avx2 => unsafe { ymm(queries, rows, next, state, out) },
             Level::Base => unreachable!("no block kernel at the baseline"),
         }
@@ -450,16 +461,20 @@ mod x86 {
             for g in 0..groups {
                 let base = ahead.as_ptr().cast::<i8>();
                 for line in (g * share).min(lines)..((g + 1) * share).min(lines) {
-                    // SAFETY: SSE is part of x86-64; the line is inside `ahead` (and a
-                    // prefetch never faults).
+                    // SAFETY: SSE is part of x86-64; line < ⌈bytes of `ahead` / 64⌉, so the
+                    // address is inside `ahead` (`wrapping_add`: no in-bounds requirement),
+                    // and a prefetch only hints the cache: it never reads nor faults.
                     unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(line * 64)) };
                 }
                 // The last group repeats its last query when the count is not a
                 // multiple of QB (its sums are dropped).
                 let q_of = |i: usize| (g * qb + i).min(queries.len() - 1);
                 let ptrs: [*const f32; MAX_QB] = std::array::from_fn(|i| queries[q_of(i)].as_ptr());
-                // SAFETY: the caller runs at W's features; each query holds `main`
-                // values, `block` RB rows of `dim ≥ main`.
+                // SAFETY: `walk::<W>` is reached only through `dots_many`/`max_sim_many`'s
+                // `zmm` (W = Zmm) or `ymm` (W = Ymm), whose callers guarantee the CPU has
+                // W's features. `ptrs[..qb]` are QB pointers to queries of `dim` values
+                // (asserted above), `block` is RB rows of `dim` (a checked slice of `rows`),
+                // and `main` = dim - dim % 16 is a multiple of 16 and ≤ dim.
                 let mut sums = unsafe { W::lane_sums(&ptrs[..qb], block.as_ptr(), dim, main) };
                 let sums = &mut sums[..qb * rb];
                 if main < dim {
@@ -511,10 +526,14 @@ mod x86 {
         ) -> [f32; LANES] {
             const QB: usize = Zmm::QB;
             const RB: usize = Zmm::RB;
+            debug_assert!(queries.len() == QB && main.is_multiple_of(16) && main <= dim);
             let mut acc = [_mm512_setzero_ps(); QB * RB];
             let mut k = 0;
             while k < main {
-                // SAFETY: k + 16 ≤ main ≤ dim, for each query and each row.
+                // SAFETY: the CPU has AVX-512F (this fn's contract). `main` is a multiple
+                // of 16 and k runs 0, 16, … below it, so k + 16 ≤ main ≤ dim: each of the
+                // QB queries (`main` values at `queries[i]`) and each of the RB rows (row r
+                // at `rows + r · dim`, `dim` values) has 16 floats at k. Unaligned loads.
                 unsafe {
                     let x: [__m512; QB] =
                         std::array::from_fn(|i| _mm512_loadu_ps(queries[i].add(k)));
@@ -537,7 +556,8 @@ mod x86 {
                 sums = _mm512_add_ps(sums, column);
             }
             let mut out = [0f32; LANES];
-            // SAFETY: 16 floats.
+            // SAFETY: AVX-512F is there (this fn's contract); `out` is 16 floats, all
+            // that an unaligned store of one 512-bit vector writes.
             unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sums) };
             out
         }
@@ -556,13 +576,18 @@ mod x86 {
         ) -> [f32; LANES] {
             const QB: usize = Ymm::QB;
             const RB: usize = Ymm::RB;
+            debug_assert!(queries.len() == QB && main.is_multiple_of(16) && main <= dim);
             let mut sums = _mm256_set1_ps(-0.0);
             // Lanes 0–7 of each sum, then lanes 8–15: `dot_body`'s fold order.
             for half in [0, 8] {
                 let mut acc = [_mm256_setzero_ps(); QB * RB];
                 let mut k = half;
                 while k < main {
-                    // SAFETY: k + 8 ≤ main ≤ dim, for each query and each row.
+                    // SAFETY: the CPU has AVX2 (this fn's contract). `main` is a
+                    // multiple of 16 and k runs `half` (0 or 8), + 16, … below it, so
+                    // k + 8 ≤ main ≤ dim: each of the QB queries (`main` values at
+                    // `queries[i]`) and each of the RB rows (row r at `rows + r · dim`,
+                    // `dim` values) has 8 floats at k. Unaligned loads.
                     unsafe {
                         let x: [__m256; QB] =
                             std::array::from_fn(|i| _mm256_loadu_ps(queries[i].add(k)));
@@ -582,7 +607,8 @@ mod x86 {
                 }
             }
             let mut out = [0f32; LANES];
-            // SAFETY: 8 floats.
+            // SAFETY: AVX2 is there (this fn's contract); an unaligned store of one
+            // 256-bit vector writes 8 floats, the first 8 of `out`'s 16.
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sums) };
             out
         }
@@ -669,7 +695,8 @@ pub fn max_sim_many(
     dots: &mut Vec<f32>,
     out: &mut [(f32, usize)],
 ) {
-    // SAFETY: `level` is the CPU's.
+    // SAFETY: `level()` is what this CPU was detected to have, `max_sim_many_at`'s one
+    // requirement (the kernels check the slices' lengths themselves).
     unsafe { max_sim_many_at(level(), queries, rows, next, dots, out) }
 }
 
@@ -690,7 +717,8 @@ unsafe fn max_sim_many_at(
     };
     #[cfg(target_arch = "x86_64")]
     if level != Level::Base {
-        // SAFETY: the caller's CPU has `level`.
+        // SAFETY: the caller guarantees the CPU has `level`, which is not `Base`:
+        // `x86::max_sim_many`'s requirement.
         return unsafe { x86::max_sim_many(level, queries, rows, next, dots, out) };
     }
     let _ = (level, next);
@@ -854,7 +882,8 @@ mod tests {
                 for level in cpu_levels() {
                     let mut at_level = vec![0f32; refs.len() * n_rows];
                     let mut best = vec![(0f32, 0); refs.len()];
-                    // SAFETY: the CPU has the level.
+                    // SAFETY: `cpu_levels` lists only the levels this CPU was detected
+                    // to have; the slices' lengths are checked by the kernels.
                     unsafe {
                         dots_many_at(level, &refs, &rows, &[], &mut at_level);
                         max_sim_many_at(level, &refs, &rows, &[], &mut dots, &mut best);

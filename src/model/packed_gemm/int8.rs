@@ -134,7 +134,8 @@ fn code(x: f32, inv_step: f32) -> i32 {
     // (`clamp` would keep the NaN).
     #[allow(clippy::manual_clamp)]
     let v = (x * inv_step).max(-127.0).min(127.0);
-    // SAFETY: `v + MAGIC - MAGIC` is an integer in [-127, 127].
+    // SAFETY: `v` is a number in [-127, 127] (not NaN: see above), so `v + MAGIC - MAGIC`
+    // is an integer in [-127, 127]: finite, and within i32's range.
     unsafe { ((v + MAGIC) - MAGIC).to_int_unchecked::<i32>() }
 }
 

@@ -629,17 +629,24 @@ fn drive<E: Element>(
                     a: &a[(i0 * units + p0 * MR)..(i0 * units + (p0 + kc) * MR)],
                     b,
                     init: (p0 == 0).then_some(bias),
-                    // SAFETY: in bounds (row i0, column j·NR of y, rows × n); this task
+                    // SAFETY: i0 < rows and j·NR < n, so the offset (row i0, column j·NR
+                    // of y, rows × n) is inside `y`'s allocation (its capacity); this task
                     // alone writes columns j·NR..j·NR + cols, and `y` outlives the tasks.
                     c: unsafe { out.get().add(i0 * n + j * NR) },
                     ldc: n,
                     cols,
                 };
-                // SAFETY: the tile lies within `a`, `b` and `y` (see `Tile`).
+                // SAFETY: `c` is valid for the tile's rows (i0 + rows ≤ `rows`) of `cols`
+                // floats (j·NR + cols ≤ n) n apart: inside `y`'s capacity, f32-aligned,
+                // touched by this task (panel j) alone; where `init` is `None` (p0 > 0) this
+                // tile's earlier blocks stored them. The CPU runs `kernel`: `matmul_rows`,
+                // the only caller (also through `int8::matmul`), asserted `runs_here`.
                 unsafe { tile.run(kernel) };
                 if p0 + kc == units && (dequant.is_some() || epilogue != Epilogue::None) {
                     for r in 0..tile.rows {
-                        // SAFETY: as for the tile: this task's columns of row i0 + r.
+                        // SAFETY: as for the tile: row i0 + r < rows, columns j·NR..j·NR +
+                        // cols ≤ n of `y`, f32-aligned, just written by the tile's last
+                        // block, this task's alone, and no other reference to them lives.
                         let row =
                             unsafe { std::slice::from_raw_parts_mut(tile.c.add(r * n), cols) };
                         if let Some(dequant) = dequant {
@@ -670,7 +677,9 @@ fn drive<E: Element>(
 /// An output buffer shared by tasks that write disjoint parts of it: `drive`'s column
 /// panels, attention's heads (`ops`).
 pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: the tasks given it write disjoint elements (see each use).
+// SAFETY: it is only a pointer; the unsafe code that writes through it makes each task
+// write disjoint elements, of a buffer that outlives the tasks (`drive`: panel j's
+// columns; `ops`: a head's columns of a batch's rows), and no one reads them meanwhile.
 unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// A method, so that closures capture the `Sync` wrapper and not the raw pointer.
@@ -710,8 +719,11 @@ impl Element for u32 {
     unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Bf16 => x86::tile_bf16(tile),
-            _ => tile.portable(),
+            // SAFETY: `tile` meets `Tile::run`'s contract (this fn's), and the CPU runs
+            // `kernel` (the same): AVX-512F and AVX512-BF16 (`Kernel::runs_here`).
+            Kernel::Avx512Bf16 => unsafe { x86::tile_bf16(tile) },
+            // SAFETY: `tile` meets `Tile::run`'s contract (this fn's), `portable`'s.
+            _ => unsafe { tile.portable() },
         }
     }
 
@@ -729,12 +741,18 @@ impl Element for Quad {
     unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512Vnni => x86::tile_i8(tile),
+            // SAFETY: `tile` meets `Tile::run`'s contract (this fn's), and the CPU runs
+            // `kernel` (the same): AVX-512F and AVX512-VNNI (`Kernel::runs_here`).
+            Kernel::Avx512Vnni => unsafe { x86::tile_i8(tile) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Vnni => x86::tile_i8_ymm(tile),
+            // SAFETY: as above; `Kernel::runs_here` checked AVX2 and either AVX-VNNI or
+            // AVX512-VNNI + AVX512-VL, `tile_i8_ymm`'s requirement.
+            Kernel::Avx2Vnni => unsafe { x86::tile_i8_ymm(tile) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Maddubs => x86::tile_i8_maddubs(tile),
-            _ => tile.portable(),
+            // SAFETY: as above; `Kernel::runs_here` checked AVX2.
+            Kernel::Avx2Maddubs => unsafe { x86::tile_i8_maddubs(tile) },
+            // SAFETY: `tile` meets `Tile::run`'s contract (this fn's), `portable`'s.
+            _ => unsafe { tile.portable() },
         }
     }
 
@@ -752,8 +770,11 @@ impl Element for Pair {
     unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Madd => x86::tile_i8_madd(tile),
-            _ => tile.portable(),
+            // SAFETY: `tile` meets `Tile::run`'s contract (this fn's), and the CPU runs
+            // `kernel` (the same): AVX2 (`Kernel::runs_here`).
+            Kernel::Avx2Madd => unsafe { x86::tile_i8_madd(tile) },
+            // SAFETY: `tile` meets `Tile::run`'s contract (this fn's), `portable`'s.
+            _ => unsafe { tile.portable() },
         }
     }
 
@@ -771,10 +792,14 @@ impl Element for f32 {
     unsafe fn tile(tile: &Tile<Self>, kernel: Kernel) {
         match kernel {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512F32 => x86::tile_f32_avx512(tile),
+            // SAFETY: `tile` meets `Tile::run`'s contract (this fn's), and the CPU runs
+            // `kernel` (the same): AVX-512F (`Kernel::runs_here`).
+            Kernel::Avx512F32 => unsafe { x86::tile_f32_avx512(tile) },
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2F32 => x86::tile_f32_avx2(tile),
-            _ => tile.portable(),
+            // SAFETY: as above; `Kernel::runs_here` checked AVX2 and FMA.
+            Kernel::Avx2F32 => unsafe { x86::tile_f32_avx2(tile) },
+            // SAFETY: `tile` meets `Tile::run`'s contract (this fn's), `portable`'s.
+            _ => unsafe { tile.portable() },
         }
     }
 
@@ -785,9 +810,9 @@ impl Element for f32 {
 
 impl<E: Element> Tile<'_, E> {
     /// # Safety
-    /// `c` must be valid for `rows` rows of `cols` floats `ldc` apart, written by no one
-    /// else meanwhile; the CPU must run `kernel` ([`Kernel::runs_here`]), which reads
-    /// `E`'s format.
+    /// `c` must be valid for `rows` rows of `cols` floats `ldc` apart (f32-aligned),
+    /// initialised where `init` is `None`, and read or written by no one else meanwhile;
+    /// the CPU must run `kernel` ([`Kernel::runs_here`]), which reads `E`'s format.
     unsafe fn run(&self, kernel: Kernel) {
         assert!(self.rows <= MR && self.cols <= NR && self.b.len().is_multiple_of(NR));
         assert_eq!(
@@ -795,19 +820,31 @@ impl<E: Element> Tile<'_, E> {
             self.b.len() / NR,
             "a and b cover other k"
         );
-        E::tile(self, kernel);
+        // The SIMD kernels also run one row when `rows` is 0, and read NR bias values.
+        assert!(self.rows > 0 && self.init.is_none_or(|bias| bias.len() >= NR));
+        // SAFETY: this fn's contract, with the asserts above: the tile's bounds that the
+        // kernels rely on (`x86.rs`, at the top).
+        unsafe { E::tile(self, kernel) };
     }
 
     /// The reference kernel.
+    ///
+    /// # Safety
+    /// As [`Tile::run`].
     unsafe fn portable(&self) {
         for r in 0..self.rows {
             for col in 0..self.cols {
-                let c = self.c.add(r * self.ldc + col);
-                let mut acc = self.init.map_or_else(|| *c, |bias| bias[col]);
+                // SAFETY: r < rows and col < cols: an f32 of the tile's rows, which this
+                // fn's contract lets it read (initialised when `init` is `None`) and write;
+                // aligned.
+                let c = unsafe { self.c.add(r * self.ldc + col) };
+                // SAFETY: as above.
+                let mut acc = self.init.map_or_else(|| unsafe { *c }, |bias| bias[col]);
                 for (p, a) in self.b.chunks_exact(NR).zip(self.a.chunks_exact(MR)) {
                     acc = E::dot(acc, a[r], p[col]);
                 }
-                *c = acc;
+                // SAFETY: as above.
+                unsafe { *c = acc };
             }
         }
     }
@@ -820,10 +857,11 @@ impl<E: Element> Tile<'_, E> {
 pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
     match kernel.vectors() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `matmul_wt` (or the caller) checked that the CPU runs this kernel.
+        // SAFETY: the guard checked that the CPU runs `kernel`, whose 512-bit vectors
+        // need AVX-512F: the function's one requirement (it takes a slice).
         Vectors::Avx512 if kernel.runs_here() => unsafe { x86::gelu_in_place_avx512(xs) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
+        // SAFETY: as above: every kernel of 256-bit vectors needs AVX2 and FMA.
         Vectors::Avx2 if kernel.runs_here() => unsafe { x86::gelu_in_place_avx2(xs) },
         _ => xs.iter_mut().for_each(|x| *x = gelu(*x)),
     }
@@ -846,12 +884,13 @@ pub fn softmax_rows(kernel: Kernel, xs: &mut [f32], len: usize, scale: f32, mask
     // By the kernel's vectors, as `gelu_in_place`: every kernel of a width gets its build.
     match kernel.vectors() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the caller's kernel runs here (checked by `Kernel::runs_here`).
+        // SAFETY: the guard checked that the CPU runs `kernel`, whose 512-bit vectors
+        // need AVX-512F: the function's one requirement (it takes slices).
         Vectors::Avx512 if kernel.runs_here() => unsafe {
             x86::softmax_rows_avx512(xs, len, scale, mask)
         },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
+        // SAFETY: as above: every kernel of 256-bit vectors needs AVX2 and FMA.
         Vectors::Avx2 if kernel.runs_here() => unsafe {
             x86::softmax_rows_avx2(xs, len, scale, mask)
         },
@@ -936,7 +975,8 @@ fn exp_nonpositive(x: f32) -> f32 {
 fn to_bf16_pairs(kernel: Kernel, row: &[f32], out: &mut [u32]) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `matmul_wt` checked that the CPU runs this kernel.
+        // SAFETY: `matmul_rows`, the only caller, asserted that the CPU runs this kernel:
+        // AVX-512F and AVX512-BF16, `to_bf16_row`'s one requirement (it checks `out`).
         Kernel::Avx512Bf16 => unsafe { x86::to_bf16_row(row, out) },
         _ => out
             .iter_mut()

@@ -9,6 +9,18 @@ use super::{Pair, Quad, Tile, MR, NR};
 // AVX2 one walks the panel in four chunks of 16 columns.
 const _: () = assert!(MR == 6 && NR == 64);
 
+// What every tile kernel below relies on for its pointers (the `SAFETY:` comments name
+// it "the tile's bounds"): [`Tile::run`]'s contract and its asserts. With `R` = `t.rows`
+// (1 ≤ R ≤ MR; [`by_rows`] picks it), `U` = `t.b.len() / NR` units:
+// * `t.b` holds `U · NR` elements of 4 bytes: unit `p`'s NR (= 64) columns at `p · NR`;
+// * `t.a` holds at least `U · MR` elements of 4 bytes (`t.a.len() / MR == U`), so
+//   `p · MR + r` (p < U, r < R ≤ MR) is inside it; a `u32` read there is aligned, `t.a`
+//   being a slice of `u32`, `f32` or a `#[repr(transparent)]` `u32` ([`Quad`], [`Pair`]);
+// * `t.init`, when there, holds at least NR floats;
+// * `t.c + r · ldc + col` (r < R, col < `t.cols` ≤ NR) is an f32 of `y` this call alone
+//   may read and write (initialised where `t.init` is `None`).
+// All vector loads and stores are the unaligned (`loadu`/`storeu`) or masked forms.
+
 /// The mask of the lanes of vector `v` (columns 16v..16v + 16) below `cols`.
 fn lanes(cols: usize, v: usize) -> __mmask16 {
     let n = cols.saturating_sub(16 * v).min(16);
@@ -49,14 +61,20 @@ macro_rules! by_rows_literal {
 /// As [`Tile::run`], on a CPU with `avx512f` and `avx512bf16`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn tile_bf16(t: &Tile<u32>) {
-    by_rows!(rows_bf16, t)
+    // SAFETY: this fn's contract: the CPU has AVX-512F and AVX512-BF16, the features
+    // `rows_bf16` is compiled for, and `t` meets `Tile::run`'s; `by_rows` gives it R =
+    // `t.rows`.
+    unsafe { by_rows!(rows_bf16, t) }
 }
 
 /// # Safety
 /// As [`Tile::run`], on a CPU with `avx512f` and `avx512vnni`.
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) unsafe fn tile_i8(t: &Tile<Quad>) {
-    by_rows!(rows_i8, t)
+    // SAFETY: this fn's contract: the CPU has AVX-512F and AVX512-VNNI, the features
+    // `rows_i8` is compiled for, and `t` meets `Tile::run`'s; `by_rows` gives it R =
+    // `t.rows`.
+    unsafe { by_rows!(rows_i8, t) }
 }
 
 /// The int8 tile in 256-bit vectors, for CPUs with AVX2 and VNNI but no AVX-512 (Intel
@@ -70,9 +88,13 @@ pub(super) unsafe fn tile_i8(t: &Tile<Quad>) {
 /// `avx512vl`.
 pub(super) unsafe fn tile_i8_ymm(t: &Tile<Quad>) {
     if std::arch::is_x86_feature_detected!("avxvnni") {
-        tile_i8_avxvnni(t)
+        // SAFETY: AVX-VNNI was just detected, and AVX2 is there (this fn's contract):
+        // `tile_i8_avxvnni`'s features; `t` meets `Tile::run`'s contract (this fn's).
+        unsafe { tile_i8_avxvnni(t) }
     } else {
-        tile_i8_avx512vl(t)
+        // SAFETY: without AVX-VNNI this fn's contract means AVX2, AVX512-VNNI and
+        // AVX512-VL: `tile_i8_avx512vl`'s features; `t` meets `Tile::run`'s contract.
+        unsafe { tile_i8_avx512vl(t) }
     }
 }
 
@@ -83,7 +105,9 @@ unsafe fn tile_i8_avxvnni(t: &Tile<Quad>) {
             rows_i8_ymm::<$r, false, _, _>($t, |acc, a, b| _mm256_dpbusd_avx_epi32(acc, a, b))
         };
     }
-    by_rows_literal!(rows, t)
+    // SAFETY: the caller (`tile_i8_ymm`) checked AVX2 and AVX-VNNI, what `rows_i8_ymm`
+    // and this `dot` use, and that `t` meets `Tile::run`'s contract; R = `t.rows`.
+    unsafe { by_rows_literal!(rows, t) }
 }
 
 #[target_feature(enable = "avx2,avx512vl,avx512vnni")]
@@ -93,7 +117,9 @@ unsafe fn tile_i8_avx512vl(t: &Tile<Quad>) {
             rows_i8_ymm::<$r, false, _, _>($t, |acc, a, b| _mm256_dpbusd_epi32(acc, a, b))
         };
     }
-    by_rows_literal!(rows, t)
+    // SAFETY: the caller (`tile_i8_ymm`) has AVX2, AVX512-VNNI and AVX512-VL, what
+    // `rows_i8_ymm` and this `dot` use, and `t` meets `Tile::run`'s contract; R = `t.rows`.
+    unsafe { by_rows_literal!(rows, t) }
 }
 
 /// The int8 tile on CPUs with AVX2 but no VNNI, over [`Pair`]s: `vpmaddwd` sums the two
@@ -112,7 +138,9 @@ pub(super) unsafe fn tile_i8_madd(t: &Tile<Pair>) {
             })
         };
     }
-    by_rows_literal!(rows, t)
+    // SAFETY: this fn's contract: the CPU has AVX2, what `rows_i8_ymm` and this `dot`
+    // use, and `t` meets `Tile::run`'s; R = `t.rows`.
+    unsafe { by_rows_literal!(rows, t) }
 }
 
 /// The int8 tile on CPUs with AVX2 but no VNNI, over [`Quad`]s of
@@ -134,40 +162,61 @@ pub(super) unsafe fn tile_i8_maddubs(t: &Tile<Quad>) {
             })
         };
     }
-    by_rows_literal!(rows, t)
+    // SAFETY: this fn's contract: the CPU has AVX2, what `rows_i8_ymm` and this `dot`
+    // use, and `t` meets `Tile::run`'s; R = `t.rows`.
+    unsafe { by_rows_literal!(rows, t) }
 }
 
 /// # Safety
 /// As [`Tile::run`], on a CPU with `avx512f`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn tile_f32_avx512(t: &Tile<f32>) {
-    by_rows!(rows_f32_avx512, t)
+    // SAFETY: this fn's contract: the CPU has AVX-512F, the feature `rows_f32_avx512` is
+    // compiled for, and `t` meets `Tile::run`'s; `by_rows` gives it R = `t.rows`.
+    unsafe { by_rows!(rows_f32_avx512, t) }
 }
 
 /// # Safety
 /// As [`Tile::run`], on a CPU with `avx2` and `fma`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile_f32_avx2(t: &Tile<f32>) {
-    by_rows!(rows_f32_avx2, t)
+    // SAFETY: this fn's contract: the CPU has AVX2 and FMA, the features `rows_f32_avx2`
+    // is compiled for, and `t` meets `Tile::run`'s; `by_rows` gives it R = `t.rows`.
+    unsafe { by_rows!(rows_f32_avx2, t) }
 }
 
 /// The tile's sums before its block: the bias, or what `c` holds.
+///
+/// # Safety
+/// The CPU has `avx512f`; `t` is within the tile's bounds (see the top of this file) with
+/// `R` = `t.rows`, and `masks` are `masks(t.cols)`.
 #[target_feature(enable = "avx512f")]
 unsafe fn load_sums<const R: usize, E>(t: &Tile<E>, masks: &[__mmask16; 4]) -> [[__m512; 4]; R] {
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
     for (r, row) in acc.iter_mut().enumerate() {
         for (v, sum) in row.iter_mut().enumerate() {
             *sum = match t.init {
-                Some(bias) => _mm512_loadu_ps(bias.as_ptr().add(16 * v)),
+                // SAFETY: v < 4, so the 16 floats at 16v are inside the bias's NR (= 64)
+                // (the tile's bounds); an unaligned load.
+                Some(bias) => unsafe { _mm512_loadu_ps(bias.as_ptr().add(16 * v)) },
                 // Masked lanes are not read (fault suppression), so the pointer may
                 // point past the row; `wrapping_add` keeps that computation defined.
-                None => _mm512_maskz_loadu_ps(masks[v], t.c.wrapping_add(r * t.ldc + 16 * v)),
+                // SAFETY: the lanes of `masks[v]` are the columns 16v + l < `t.cols` of
+                // row r < R, which the tile's bounds let this call read (initialised,
+                // `init` being `None`); the others are not accessed. Unaligned.
+                None => unsafe {
+                    _mm512_maskz_loadu_ps(masks[v], t.c.wrapping_add(r * t.ldc + 16 * v))
+                },
             };
         }
     }
     acc
 }
 
+/// Stores the tile's sums: the lanes of `masks` of each row of `acc` into `c`.
+///
+/// # Safety
+/// As [`load_sums`].
 #[target_feature(enable = "avx512f")]
 unsafe fn store_sums<const R: usize, E>(
     t: &Tile<E>,
@@ -176,7 +225,10 @@ unsafe fn store_sums<const R: usize, E>(
 ) {
     for (r, row) in acc.iter().enumerate() {
         for (v, sum) in row.iter().enumerate() {
-            _mm512_mask_storeu_ps(t.c.wrapping_add(r * t.ldc + 16 * v), masks[v], *sum);
+            // SAFETY: the lanes of `masks[v]` are the columns 16v + l < `t.cols` of row
+            // r < R, which the tile's bounds let this call write; the others are not
+            // accessed (`wrapping_add`: the address may lie past the row). Unaligned.
+            unsafe { _mm512_mask_storeu_ps(t.c.wrapping_add(r * t.ldc + 16 * v), masks[v], *sum) };
         }
     }
 }
@@ -190,82 +242,125 @@ fn masks(cols: usize) -> [__mmask16; 4] {
     ]
 }
 
+/// # Safety
+/// The CPU has `avx512f` and `avx512bf16`; `t` is within the tile's bounds (see the top of
+/// this file) with `R` = `t.rows`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn rows_bf16<const R: usize>(t: &Tile<u32>) {
     let masks = masks(t.cols);
-    let mut acc = load_sums::<R, _>(t, &masks);
+    // SAFETY: AVX-512F is there, `t` is within the tile's bounds with R = `t.rows`, and
+    // `masks` are `t.cols`' (this fn's contract).
+    let mut acc = unsafe { load_sums::<R, _>(t, &masks) };
     let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
     for p in 0..t.b.len() / NR {
-        let bp = b.add(p * NR) as *const __m512i;
-        let bv: [__m512bh; 4] = [
-            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp)),
-            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(1))),
-            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(2))),
-            std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(3))),
-        ];
+        // SAFETY: p < U, so unit p's NR (= 64) u32 at `b + p · NR` are inside `t.b`: four
+        // unaligned 64-byte loads at `bp`, `bp + 1`, `+ 2`, `+ 3` (in `__m512i`s). Each
+        // transmute reinterprets 64 bytes as 64 bytes (32 bf16, any bits valid).
+        let bp = unsafe { b.add(p * NR) } as *const __m512i;
+        // SAFETY: as above.
+        let bv: [__m512bh; 4] = unsafe {
+            [
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp)),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(1))),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(2))),
+                std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(bp.add(3))),
+            ]
+        };
         for (r, row) in acc.iter_mut().enumerate() {
-            let pair = *a.add(p * MR + r) as i32;
-            let av = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair));
+            // SAFETY: p < U and r < R ≤ MR, so `p · MR + r` is inside `t.a` (the tile's
+            // bounds): an aligned u32 read.
+            let pair = unsafe { *a.add(p * MR + r) } as i32;
+            // SAFETY: a transmute of 64 bytes to 64 bytes (32 bf16, any bits valid).
+            let av = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(pair)) };
             for (sum, bv) in row.iter_mut().zip(bv) {
                 *sum = _mm512_dpbf16_ps(*sum, av, bv);
             }
         }
     }
-    store_sums(t, &masks, &acc);
+    // SAFETY: as for `load_sums`.
+    unsafe { store_sums(t, &masks, &acc) };
 }
 
 /// The block's sums of codes in i32 (exact), then converted and added to the tile's
 /// start (zero, or what `c` holds).
+///
+/// # Safety
+/// The CPU has `avx512f` and `avx512vnni`; `t` is within the tile's bounds (see the top of
+/// this file) with `R` = `t.rows`.
 #[target_feature(enable = "avx512f,avx512vnni")]
 unsafe fn rows_i8<const R: usize>(t: &Tile<Quad>) {
     let masks = masks(t.cols);
     let mut acc = [[_mm512_setzero_si512(); 4]; R];
     let (a, b) = (t.a.as_ptr().cast::<u32>(), t.b.as_ptr().cast::<u32>());
     for p in 0..t.b.len() / NR {
-        let bp = b.add(p * NR).cast::<__m512i>();
-        let bv = [
-            _mm512_loadu_si512(bp),
-            _mm512_loadu_si512(bp.add(1)),
-            _mm512_loadu_si512(bp.add(2)),
-            _mm512_loadu_si512(bp.add(3)),
-        ];
+        // SAFETY: p < U, so unit p's NR (= 64) quads (4 bytes each, `#[repr(transparent)]`
+        // u32) at `b + p · NR` are inside `t.b`: four unaligned 64-byte loads at `bp`,
+        // `bp + 1`, `+ 2`, `+ 3` (in `__m512i`s).
+        let bp = unsafe { b.add(p * NR) }.cast::<__m512i>();
+        // SAFETY: as above.
+        let bv = unsafe {
+            [
+                _mm512_loadu_si512(bp),
+                _mm512_loadu_si512(bp.add(1)),
+                _mm512_loadu_si512(bp.add(2)),
+                _mm512_loadu_si512(bp.add(3)),
+            ]
+        };
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_epi32(*a.add(p * MR + r) as i32);
+            // SAFETY: p < U and r < R ≤ MR, so `p · MR + r` is inside `t.a` (the tile's
+            // bounds): an aligned u32 read (a quad is a `#[repr(transparent)]` u32).
+            let av = _mm512_set1_epi32(unsafe { *a.add(p * MR + r) } as i32);
             for (sum, bv) in row.iter_mut().zip(bv) {
                 *sum = _mm512_dpbusd_epi32(*sum, av, bv);
             }
         }
     }
-    let mut sums = load_sums::<R, _>(t, &masks);
+    // SAFETY: AVX-512F is there, `t` is within the tile's bounds with R = `t.rows`, and
+    // `masks` are `t.cols`' (this fn's contract).
+    let mut sums = unsafe { load_sums::<R, _>(t, &masks) };
     for (row, acc) in sums.iter_mut().zip(&acc) {
         for (sum, acc) in row.iter_mut().zip(acc) {
             *sum = _mm512_add_ps(*sum, _mm512_cvtepi32_ps(*acc));
         }
     }
-    store_sums(t, &masks, &sums);
+    // SAFETY: as for `load_sums`.
+    unsafe { store_sums(t, &masks, &sums) };
 }
 
+/// # Safety
+/// The CPU has `avx512f`; `t` is within the tile's bounds (see the top of this file) with
+/// `R` = `t.rows`.
 #[target_feature(enable = "avx512f")]
 unsafe fn rows_f32_avx512<const R: usize>(t: &Tile<f32>) {
     let masks = masks(t.cols);
-    let mut acc = load_sums::<R, _>(t, &masks);
+    // SAFETY: AVX-512F is there, `t` is within the tile's bounds with R = `t.rows`, and
+    // `masks` are `t.cols`' (this fn's contract).
+    let mut acc = unsafe { load_sums::<R, _>(t, &masks) };
     let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
     for p in 0..t.b.len() / NR {
-        let bp = b.add(p * NR);
-        let bv = [
-            _mm512_loadu_ps(bp),
-            _mm512_loadu_ps(bp.add(16)),
-            _mm512_loadu_ps(bp.add(32)),
-            _mm512_loadu_ps(bp.add(48)),
-        ];
+        // SAFETY: p < U, so unit p's NR (= 64) floats at `b + p · NR` are inside `t.b`:
+        // four unaligned loads of 16 floats at offsets 0, 16, 32 and 48.
+        let bp = unsafe { b.add(p * NR) };
+        // SAFETY: as above.
+        let bv = unsafe {
+            [
+                _mm512_loadu_ps(bp),
+                _mm512_loadu_ps(bp.add(16)),
+                _mm512_loadu_ps(bp.add(32)),
+                _mm512_loadu_ps(bp.add(48)),
+            ]
+        };
         for (r, row) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*a.add(p * MR + r));
+            // SAFETY: p < U and r < R ≤ MR, so `p · MR + r` is inside `t.a` (the tile's
+            // bounds): an aligned f32 read.
+            let av = _mm512_set1_ps(unsafe { *a.add(p * MR + r) });
             for (sum, bv) in row.iter_mut().zip(bv) {
                 *sum = _mm512_fmadd_ps(av, bv, *sum);
             }
         }
     }
-    store_sums(t, &masks, &acc);
+    // SAFETY: as for `load_sums`.
+    unsafe { store_sums(t, &masks, &acc) };
 }
 
 /// The mask of the lanes below `n` (of 8), for `_mm256_maskload_ps`/`maskstore`.
@@ -280,22 +375,34 @@ unsafe fn lanes8(n: usize) -> __m256i {
 
 /// `n` (≥ 1) floats at `p` as 8 lanes, the lanes from `n` on zero: a plain load when all 8
 /// are there (a masked one is microcoded on AMD's cores, several times slower).
+///
+/// # Safety
+/// The CPU has `avx2`; `p` is valid for reading `min(n, 8)` floats (unaligned).
 #[target_feature(enable = "avx2")]
 unsafe fn load8(p: *const f32, n: usize) -> __m256 {
     if n >= 8 {
-        _mm256_loadu_ps(p)
+        // SAFETY: n ≥ 8: `p` is valid for 8 floats (this fn's contract); unaligned load.
+        unsafe { _mm256_loadu_ps(p) }
     } else {
-        _mm256_maskload_ps(p, lanes8(n))
+        // SAFETY: `lanes8(n)` (AVX2, there) has the lanes below n on: the load reads the
+        // n floats `p` is valid for (this fn's contract), and not the others.
+        unsafe { _mm256_maskload_ps(p, lanes8(n)) }
     }
 }
 
 /// Stores the first `n` (≥ 1) lanes of `v` at `p`, as [`load8`].
+///
+/// # Safety
+/// The CPU has `avx2`; `p` is valid for writing `min(n, 8)` floats (unaligned).
 #[target_feature(enable = "avx2")]
 unsafe fn store8(p: *mut f32, n: usize, v: __m256) {
     if n >= 8 {
-        _mm256_storeu_ps(p, v)
+        // SAFETY: n ≥ 8: `p` is valid for 8 floats (this fn's contract); unaligned store.
+        unsafe { _mm256_storeu_ps(p, v) }
     } else {
-        _mm256_maskstore_ps(p, lanes8(n), v)
+        // SAFETY: `lanes8(n)` (AVX2, there) has the lanes below n on: the store writes
+        // the n floats `p` is valid for (this fn's contract), and not the others.
+        unsafe { _mm256_maskstore_ps(p, lanes8(n), v) }
     }
 }
 
@@ -313,6 +420,10 @@ const SUB: usize = 64;
 /// 16 columns at a time (2 × 8 lanes × `R` rows: at most 12 accumulators of the 16 ymm
 /// registers), the panel's 64 in four passes over each [`SUB`] units of the block; the
 /// sums go through `c` between them (the same additions in the same order).
+///
+/// # Safety
+/// The CPU has `avx2` and `fma`; `t` is within the tile's bounds (see the top of this
+/// file) with `R` = `t.rows`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
     let (a, b) = (t.a.as_ptr(), t.b.as_ptr());
@@ -325,17 +436,33 @@ unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
                 for (v, sum) in row.iter_mut().enumerate() {
                     let col = c0 + 8 * v;
                     *sum = match t.init {
-                        Some(bias) if p0 == 0 => _mm256_loadu_ps(bias.as_ptr().add(col)),
-                        _ if col < t.cols => load8(t.c.add(r * t.ldc + col), t.cols - col),
+                        // SAFETY: c0 is a multiple of 16 below `t.cols` ≤ NR, so col + 8 =
+                        // c0 + 8v + 8 ≤ c0 + 16 ≤ NR: 8 floats inside the bias's NR (the
+                        // tile's bounds); an unaligned load.
+                        Some(bias) if p0 == 0 => unsafe { _mm256_loadu_ps(bias.as_ptr().add(col)) },
+                        // SAFETY: r < R and col < `t.cols`: the address is in row r of the
+                        // tile, and `load8` reads min(cols - col, 8) floats, columns below
+                        // `t.cols`, which the tile's bounds let this call read (initialised:
+                        // by this call's previous pass when p0 > 0, else `init` is `None`).
+                        // AVX2 is there.
+                        _ if col < t.cols => unsafe {
+                            load8(t.c.add(r * t.ldc + col), t.cols - col)
+                        },
                         _ => _mm256_setzero_ps(),
                     };
                 }
             }
             for p in p0..p1 {
-                let bp = b.add(p * NR + c0);
-                let bv = [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))];
+                // SAFETY: p < p1 ≤ U and c0 + 16 ≤ NR (c0 a multiple of 16 below `t.cols` ≤
+                // NR), so the 16 floats at `b + p · NR + c0` are inside `t.b`: two
+                // unaligned loads of 8.
+                let bp = unsafe { b.add(p * NR + c0) };
+                // SAFETY: as above.
+                let bv = unsafe { [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))] };
                 for (r, row) in acc.iter_mut().enumerate() {
-                    let av = _mm256_set1_ps(*a.add(p * MR + r));
+                    // SAFETY: p < U and r < R ≤ MR, so `p · MR + r` is inside `t.a` (the
+                    // tile's bounds): an aligned f32 read.
+                    let av = _mm256_set1_ps(unsafe { *a.add(p * MR + r) });
                     for (sum, bv) in row.iter_mut().zip(bv) {
                         *sum = _mm256_fmadd_ps(av, bv, *sum);
                     }
@@ -345,7 +472,11 @@ unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
                 for (v, sum) in row.iter().enumerate() {
                     let col = c0 + 8 * v;
                     if col < t.cols {
-                        store8(t.c.add(r * t.ldc + col), t.cols - col, *sum);
+                        // SAFETY: r < R and col < `t.cols`: the address is in row r of the
+                        // tile, and `store8` writes min(cols - col, 8) floats, columns
+                        // below `t.cols`, which the tile's bounds let this call write.
+                        // AVX2 is there.
+                        unsafe { store8(t.c.add(r * t.ldc + col), t.cols - col, *sum) };
                     }
                 }
             }
@@ -367,6 +498,11 @@ unsafe fn rows_f32_avx2<const R: usize>(t: &Tile<f32>) {
 /// its 12 sums, the ones, a row's codes and the products, and a sum went through the
 /// stack at every unit (its GEMMs went from 1.3 to 1.4× `vpmaddwd`'s on a Zen 3).
 /// `vpmaddwd`'s, without the ones, fits either way and was 10–30% slower reloading.
+///
+/// # Safety
+/// The CPU has `avx2` and what `dot` uses; `t` is within the tile's bounds (see the top of
+/// this file) with `R` = `t.rows`. (Not compiled for AVX2 itself: it is inlined into the
+/// callers that are.)
 #[inline(always)]
 unsafe fn rows_i8_ymm<const R: usize, const RELOAD: bool, E, D>(t: &Tile<E>, dot: D)
 where
@@ -375,20 +511,33 @@ where
     const { assert!(std::mem::size_of::<E>() == 4) };
     let (a, b) = (t.a.as_ptr().cast::<u32>(), t.b.as_ptr().cast::<u32>());
     for c0 in (0..t.cols).step_by(16) {
-        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        // SAFETY: the CPU has AVX2 (this fn's contract).
+        let mut acc = [[unsafe { _mm256_setzero_si256() }; 2]; R];
         for p in 0..t.b.len() / NR {
-            let bp = b.add(p * NR + c0).cast::<__m256i>();
-            let held = [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))];
+            // SAFETY: p < U and c0 + 16 ≤ NR (c0 a multiple of 16 below `t.cols` ≤ NR), so
+            // the 16 units (4 bytes each) at `b + p · NR + c0` are inside `t.b`: two
+            // unaligned 32-byte loads at `bp` and `bp + 1` (in `__m256i`s). AVX2 is there.
+            let bp = unsafe { b.add(p * NR + c0) }.cast::<__m256i>();
+            // SAFETY: as above.
+            let held = unsafe { [_mm256_loadu_si256(bp), _mm256_loadu_si256(bp.add(1))] };
             for (r, row) in acc.iter_mut().enumerate() {
                 if RELOAD {
                     // An empty asm that may write memory: the loads below are not merged
                     // with the last row's.
-                    std::arch::asm!("", options(nostack, preserves_flags));
+                    // SAFETY: the template is empty: it runs no instruction and touches no
+                    // register, flag, stack or memory (the compiler must still assume it
+                    // may write memory, which is the point).
+                    unsafe {
+                        std::arch::asm!("", options(nostack, preserves_flags));
+                    }
                 }
-                let av = _mm256_set1_epi32(*a.add(p * MR + r) as i32);
+                // SAFETY: p < U and r < R ≤ MR, so `p · MR + r` is inside `t.a` (the
+                // tile's bounds): an aligned u32 read. AVX2 is there.
+                let av = unsafe { _mm256_set1_epi32(*a.add(p * MR + r) as i32) };
                 for (v, sum) in row.iter_mut().enumerate() {
                     let bv = if RELOAD {
-                        _mm256_loadu_si256(bp.add(v))
+                        // SAFETY: v < 2: one of the two 32-byte loads above, again.
+                        unsafe { _mm256_loadu_si256(bp.add(v)) }
                     } else {
                         held[v]
                     };
@@ -402,16 +551,28 @@ where
                 if col >= t.cols {
                     continue;
                 }
-                let c = t.c.add(r * t.ldc + col);
+                // SAFETY: r < R and col < `t.cols`: an f32 in row r of the tile (the
+                // tile's bounds).
+                let c = unsafe { t.c.add(r * t.ldc + col) };
                 let start = match t.init {
-                    Some(bias) => _mm256_loadu_ps(bias.as_ptr().add(col)),
-                    None => load8(c, t.cols - col),
+                    // SAFETY: col + 8 = c0 + 8v + 8 ≤ c0 + 16 ≤ NR: 8 floats inside the
+                    // bias's NR (the tile's bounds); an unaligned load. AVX2 is there.
+                    Some(bias) => unsafe { _mm256_loadu_ps(bias.as_ptr().add(col)) },
+                    // SAFETY: `load8` reads min(cols - col, 8) floats from `c`: columns
+                    // below `t.cols` of row r, which the tile's bounds let this call read
+                    // (initialised, `init` being `None`). AVX2 is there.
+                    None => unsafe { load8(c, t.cols - col) },
                 };
-                store8(
-                    c,
-                    t.cols - col,
-                    _mm256_add_ps(start, _mm256_cvtepi32_ps(*sum)),
-                );
+                // SAFETY: `store8` writes min(cols - col, 8) floats at `c`: columns below
+                // `t.cols` of row r, which the tile's bounds let this call write. AVX2 is
+                // there.
+                unsafe {
+                    store8(
+                        c,
+                        t.cols - col,
+                        _mm256_add_ps(start, _mm256_cvtepi32_ps(*sum)),
+                    );
+                }
             }
         }
     }
@@ -474,11 +635,24 @@ pub(super) unsafe fn gelu_in_place_avx2(xs: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn to_bf16_row(row: &[f32], out: &mut [u32]) {
     let split = row.len() - row.len() % 16;
+    // The vector stores below write `out[..split / 2]`.
+    assert!(
+        out.len() >= split / 2,
+        "{} pairs cannot hold a row of {}",
+        out.len(),
+        row.len()
+    );
     let dst = out.as_mut_ptr() as *mut __m256i;
     for (i, chunk) in row[..split].chunks_exact(16).enumerate() {
-        let bf = _mm512_cvtneps_pbh(_mm512_loadu_ps(chunk.as_ptr()));
+        // SAFETY: AVX-512F is there (this fn's contract); `chunk` is 16 floats: one
+        // unaligned load.
+        let bf = _mm512_cvtneps_pbh(unsafe { _mm512_loadu_ps(chunk.as_ptr()) });
         // 16 bf16 are 8 pairs, the lower index in the low half (little-endian).
-        _mm256_storeu_si256(dst.add(i), std::mem::transmute::<__m256bh, __m256i>(bf));
+        // SAFETY: i < split / 16, so the 8 u32 at `out[8i..8i + 8]` (`dst + i` in 32-byte
+        // `__m256i`s) lie within `out[..split / 2]`, which the assert above keeps inside
+        // `out`; an unaligned store (AVX is there). The transmute reinterprets 32 bytes
+        // as 32 bytes (any bits valid).
+        unsafe { _mm256_storeu_si256(dst.add(i), std::mem::transmute::<__m256bh, __m256i>(bf)) };
     }
     for (p, o) in out.iter_mut().enumerate().skip(split / 2) {
         *o = super::bf16_pair(row, p);
