@@ -585,7 +585,7 @@ where
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn gelu_in_place_avx512(xs: &mut [f32]) {
     for x in xs {
-        *x = super::gelu(*x);
+        *x = super::activations::gelu(*x);
     }
 }
 
@@ -600,7 +600,7 @@ pub(super) unsafe fn softmax_rows_avx512(
     scale: f32,
     mask: Option<&[f32]>,
 ) {
-    super::softmax_rows_body(xs, len, scale, mask)
+    super::activations::softmax_rows_body(xs, len, scale, mask)
 }
 
 /// [`super::softmax_rows`], compiled for AVX2 + FMA.
@@ -614,7 +614,7 @@ pub(super) unsafe fn softmax_rows_avx2(
     scale: f32,
     mask: Option<&[f32]>,
 ) {
-    super::softmax_rows_body(xs, len, scale, mask)
+    super::activations::softmax_rows_body(xs, len, scale, mask)
 }
 
 /// [`super::gelu_in_place`], compiled for AVX2 + FMA.
@@ -624,7 +624,7 @@ pub(super) unsafe fn softmax_rows_avx2(
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn gelu_in_place_avx2(xs: &mut [f32]) {
     for x in xs {
-        *x = super::gelu(*x);
+        *x = super::activations::gelu(*x);
     }
 }
 

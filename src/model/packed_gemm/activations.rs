@@ -1,0 +1,128 @@
+//! The activations the GEMM's callers need beside it: GELU (fused into a tile's epilogue
+//! or applied alone) and the rows' softmax of attention, with `exp` for both. Each is one
+//! plain body, which the kernel's instruction set compiles (`x86.rs` builds it under
+//! `#[target_feature]`), so every kernel gives the same bits.
+
+#[cfg(target_arch = "x86_64")]
+use super::x86;
+use super::{Kernel, Vectors};
+
+/// GELU in place, erf form: `0.5 x (1 + erf(x / √2))`, with erf from Abramowitz & Stegun
+/// 7.1.26 (absolute error ≤ 1.5e-7, the formula of PyTorch's vectorised erf) and exp from
+/// a degree-7 polynomial: within ~2e-7 · max(1, |x|) of the exact GELU. Plain code, which
+/// the compiler vectorises for the kernel's instruction set.
+pub fn gelu_in_place(kernel: Kernel, xs: &mut [f32]) {
+    match kernel.vectors() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the guard checked that the CPU runs `kernel`, whose 512-bit vectors
+        // need AVX-512F: the function's one requirement (it takes a slice).
+        Vectors::Avx512 if kernel.runs_here() => unsafe { x86::gelu_in_place_avx512(xs) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above: every kernel of 256-bit vectors needs AVX2 and FMA.
+        Vectors::Avx2 if kernel.runs_here() => unsafe { x86::gelu_in_place_avx2(xs) },
+        _ => xs.iter_mut().for_each(|x| *x = gelu(*x)),
+    }
+}
+
+/// Each row (of `len` values) of `xs` becomes `softmax(x · scale + mask)`, the mask (the
+/// same size as `xs`, additive) where given: attention's probabilities. As candle's
+/// `softmax_last_dim`: the row's maximum is subtracted, then `e^x` (here
+/// [`exp_nonpositive`], 0 below -87), each divided by their sum. Value `j` of a row is
+/// summed in lane `j mod 16`, the lanes then in order, so a longer row whose extra values
+/// are masked (its padding) gives its other values the same bits.
+pub fn softmax_rows(kernel: Kernel, xs: &mut [f32], len: usize, scale: f32, mask: Option<&[f32]>) {
+    assert!(
+        len > 0 && xs.len().is_multiple_of(len),
+        "xs is not rows × len"
+    );
+    if let Some(mask) = mask {
+        assert_eq!(mask.len(), xs.len(), "the mask is not rows × len");
+    }
+    // By the kernel's vectors, as `gelu_in_place`: every kernel of a width gets its build.
+    match kernel.vectors() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the guard checked that the CPU runs `kernel`, whose 512-bit vectors
+        // need AVX-512F: the function's one requirement (it takes slices).
+        Vectors::Avx512 if kernel.runs_here() => unsafe {
+            x86::softmax_rows_avx512(xs, len, scale, mask)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above: every kernel of 256-bit vectors needs AVX2 and FMA.
+        Vectors::Avx2 if kernel.runs_here() => unsafe {
+            x86::softmax_rows_avx2(xs, len, scale, mask)
+        },
+        _ => softmax_rows_body(xs, len, scale, mask),
+    }
+}
+
+#[inline(always)]
+pub(super) fn softmax_rows_body(xs: &mut [f32], len: usize, scale: f32, mask: Option<&[f32]>) {
+    const LANES: usize = 16;
+    for (i, row) in xs.chunks_exact_mut(len).enumerate() {
+        match mask {
+            Some(mask) => {
+                for (x, m) in row.iter_mut().zip(&mask[i * len..(i + 1) * len]) {
+                    *x = *x * scale + m;
+                }
+            }
+            None => row.iter_mut().for_each(|x| *x *= scale),
+        }
+        let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+        let exp = |x: f32| {
+            let d = x - max;
+            if d < -87.0 {
+                0.0
+            } else {
+                exp_nonpositive(d)
+            }
+        };
+        let mut lanes = [0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in chunks.by_ref() {
+            for (x, lane) in chunk.iter_mut().zip(&mut lanes) {
+                *x = exp(*x);
+                *lane += *x;
+            }
+        }
+        for (x, lane) in chunks.into_remainder().iter_mut().zip(&mut lanes) {
+            *x = exp(*x);
+            *lane += *x;
+        }
+        let sum: f32 = lanes.iter().sum();
+        row.iter_mut().for_each(|x| *x /= sum);
+    }
+}
+
+#[inline(always)]
+pub(super) fn gelu(x: f32) -> f32 {
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_7) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    let erf = (1.0 - poly * exp_nonpositive(-z * z)).copysign(x);
+    0.5 * x * (1.0 + erf)
+}
+
+/// `e^x` for `x ≤ 0` (relative error ~1e-7; 0 below -87).
+#[inline(always)]
+pub(super) fn exp_nonpositive(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Rounds to the nearest integer for |v| < 2^22 without a call to `round`.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    // SAFETY: n is an integer in [-126, 0] (x was clamped to [-87, 0]; a NaN x became
+    // -87 through `max`), which i32 holds. (`as` would check and saturate, which the
+    // compiler does not vectorise: GELU was scalar.)
+    let n = unsafe { n.to_int_unchecked::<i32>() };
+    p * f32::from_bits(((n + 127) as u32) << 23)
+}
