@@ -1287,4 +1287,10 @@ fn the_token_works_encoded_as_a_header_and_as_a_cookie_and_stays_off_the_command
         let r = server.request("GET", path, &[("Cookie", cookie)], b"");
         assert_eq!(r.status, status, "{path} with {cookie}: {}", brief(&r));
     }
+    // A reload of the token's address, the cookie already set, still leaves it (and
+    // keeps the rest of the query).
+    let reload = format!("/?q=cat&token={ENCODED}");
+    let r = server.request("GET", &reload, &[("Cookie", &cookie)], b"");
+    assert_eq!(r.status, 303, "{}", brief(&r));
+    assert_eq!(r.header("location"), Some("/?q=cat"));
 }

@@ -229,8 +229,15 @@ async fn check(edge: &Edge, req: Request, next: Next) -> Response {
     let Some(token) = &edge.token else {
         return next.run(req).await;
     };
-    match credential(token, &req) {
-        Some(Credential::Query) if is_page_request(&req) => {
+    // The page's address never keeps a token, however the request proved it knows it
+    // (a reload of `/?token=` carries the cookie too).
+    let token_in_address = is_page_request(&req)
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")));
+    match knows_token(token, &req) {
+        true if token_in_address => {
             // Keep the token out of the address bar, history and later links.
             let location = without_token(req.uri().query());
             let cookie = format!(
@@ -249,8 +256,8 @@ async fn check(edge: &Edge, req: Request, next: Next) -> Response {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             r
         }
-        Some(_) => next.run(req).await,
-        None => error_response(
+        true => next.run(req).await,
+        false => error_response(
             StatusCode::UNAUTHORIZED,
             "this server needs its token: `Authorization: Bearer TOKEN`, or open the page as /?token=TOKEN",
             serde_json::Value::Null,
@@ -262,18 +269,12 @@ fn is_page_request(req: &Request) -> bool {
     req.method() == Method::GET && req.uri().path() == "/"
 }
 
-/// How a request proved it knows the token.
-enum Credential {
-    Header,
-    Cookie,
-    Query,
-}
-
-fn credential(token: &Token, req: &Request) -> Option<Credential> {
+/// Whether a request proves it knows the token: by header, session cookie or query.
+fn knows_token(token: &Token, req: &Request) -> bool {
     let headers = req.headers();
     let bearer = header_str(headers, "authorization").and_then(|v| v.strip_prefix("Bearer "));
     if bearer.is_some_and(|b| same_secret(b.as_bytes(), token.secret.as_bytes())) {
-        return Some(Credential::Header);
+        return true;
     }
     let cookie = headers
         .get_all(header::COOKIE)
@@ -285,7 +286,7 @@ fn credential(token: &Token, req: &Request) -> Option<Credential> {
             k == token.cookie_name && same_secret(v.as_bytes(), token.session.as_bytes())
         });
     if cookie {
-        return Some(Credential::Cookie);
+        return true;
     }
     let given = req.uri().query().into_iter().flat_map(|q| q.split('&'));
     for value in given.filter_map(|kv| kv.strip_prefix("token=")) {
@@ -296,10 +297,10 @@ fn credential(token: &Token, req: &Request) -> Option<Credential> {
             .iter()
             .any(|g| same_secret(g, token.secret.as_bytes()))
         {
-            return Some(Credential::Query);
+            return true;
         }
     }
-    None
+    false
 }
 
 /// `/` and the query without its `token` parameters.
