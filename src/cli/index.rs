@@ -1,13 +1,12 @@
 //! `qseek index DIR...`: create or update the index of photo folders.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use qseek_index::{FeatureDtype, VectorDtype};
 
-use super::{stop_on_ctrl_c, IndexDir, ModelArgs, Outcome};
-use crate::error::{BadRequest, NotFound, Param};
+use super::{seconds, stop_on_ctrl_c, IndexDir, ModelArgs, Outcome};
+use crate::error::{NotFound, Param};
 use crate::pipeline::indexer::{index_folders, IndexOptions, IndexSummary};
 use crate::pipeline::walk::WalkOptions;
 use crate::pipeline::{Collection, CreateOptions};
@@ -48,13 +47,7 @@ pub(super) struct IndexArgs {
 
 pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
     let vector_dtype = args.vectors;
-    if !(args.commit_every.is_finite() && args.commit_every > 0.0) {
-        return Err(BadRequest::OutOfRange {
-            param: Param::CommitEvery,
-            expected: "a positive number of seconds",
-        }
-        .into());
-    }
+    let commit_every = seconds(Param::CommitEvery, args.commit_every)?;
     for p in &args.paths {
         if !p.exists() {
             return Err(NotFound::Path { path: p.clone() }.into());
@@ -79,7 +72,7 @@ pub(super) fn run(args: IndexArgs) -> Result<Outcome> {
         },
         load: args.model.load_options()?,
         batch: args.model.batch as usize,
-        commit_every: Duration::from_secs_f64(args.commit_every),
+        commit_every,
         progress: !args.model.quiet,
     };
     let summary = index_folders(&collection, &args.paths, &opts, stop)?;

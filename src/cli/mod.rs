@@ -164,6 +164,19 @@ impl ModelArgs {
     }
 }
 
+/// A flag's positive, finite number of seconds as a duration (NaN and infinity refused).
+fn seconds(param: Param, value: f64) -> Result<std::time::Duration> {
+    if value.is_finite() && value > 0.0 {
+        Ok(std::time::Duration::from_secs_f64(value))
+    } else {
+        Err(BadRequest::OutOfRange {
+            param,
+            expected: "a positive number of seconds",
+        }
+        .into())
+    }
+}
+
 /// The command line's spelling of a request parameter.
 fn flag(param: Param) -> &'static str {
     match param {

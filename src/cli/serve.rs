@@ -3,12 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use qseek_index::VectorDtype;
 
-use super::{IndexDir, ModelArgs, Outcome};
+use super::{seconds, IndexDir, ModelArgs, Outcome};
 use crate::engine::{self, EngineUri};
 use crate::error::{BadRequest, Param};
 use crate::pipeline::indexer::IndexOptions;
@@ -76,16 +75,6 @@ pub(super) struct ServeArgs {
 }
 
 pub(super) fn run(args: ServeArgs) -> Result<Outcome> {
-    let seconds = |param, value: f64| {
-        if value.is_finite() && value > 0.0 {
-            Ok(Duration::from_secs_f64(value))
-        } else {
-            Err(BadRequest::OutOfRange {
-                param,
-                expected: "a positive number of seconds",
-            })
-        }
-    };
     let commit_every = seconds(Param::CommitEvery, args.commit_every)?;
     let header_timeout = seconds(Param::HeaderTimeout, args.header_timeout)?;
     let body_timeout = seconds(Param::BodyTimeout, args.body_timeout)?;

@@ -2,13 +2,12 @@
 //! embedding on many machines, indexing on one.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use qseek_index::VectorDtype;
 
-use super::{stop_on_ctrl_c, IndexDir, ModelArgs, Outcome};
-use crate::error::{BadRequest, NotFound, Param};
+use super::{seconds, stop_on_ctrl_c, IndexDir, ModelArgs, Outcome};
+use crate::error::{NotFound, Param};
 use crate::pipeline::embedding::FileNote;
 use crate::pipeline::import::{import_shards, ImportOptions, ImportSummary};
 use crate::pipeline::shard_embed::{shard_embed, ShardEmbedOptions, ShardEmbedSummary};
@@ -74,20 +73,8 @@ pub(super) struct ImportArgs {
     quiet: bool,
 }
 
-fn seconds(value: f64) -> Result<Duration> {
-    if value.is_finite() && value > 0.0 {
-        Ok(Duration::from_secs_f64(value))
-    } else {
-        Err(BadRequest::OutOfRange {
-            param: Param::CommitEvery,
-            expected: "a positive number of seconds",
-        }
-        .into())
-    }
-}
-
 pub(super) fn shard_embed_run(args: ShardEmbedArgs) -> Result<Outcome> {
-    let part_every = seconds(args.commit_every)?;
+    let part_every = seconds(Param::CommitEvery, args.commit_every)?;
     if !args.input.exists() {
         return Err(NotFound::Path { path: args.input }.into());
     }
@@ -160,7 +147,7 @@ fn print_shard_summary(s: &ShardEmbedSummary) {
 }
 
 pub(super) fn import_run(args: ImportArgs) -> Result<Outcome> {
-    let commit_every = seconds(args.commit_every)?;
+    let commit_every = seconds(Param::CommitEvery, args.commit_every)?;
     for f in &args.files {
         if !f.exists() {
             return Err(NotFound::Path { path: f.clone() }.into());

@@ -143,13 +143,15 @@ fn index_found(
     let (embedder, index) = (&collection.embedder, &collection.index);
     // The roots go with the first commit: the folders (or files) given, and where
     // links inside them lead out of them.
-    let mut new_roots: Vec<String> = Vec::new();
-    if let Some(roots) = roots {
-        for root in roots {
-            if let Ok(abs) = absolute(root) {
-                new_roots.push(abs.to_string_lossy().into_owned());
-            }
-        }
+    let given: Option<Vec<String>> = roots.map(|roots| {
+        roots
+            .iter()
+            .filter_map(|r| absolute(r).ok())
+            .map(|r| r.to_string_lossy().into_owned())
+            .collect()
+    });
+    let mut new_roots = given.clone().unwrap_or_default();
+    if given.is_some() {
         let targets = found.link_targets.iter();
         new_roots.extend(targets.map(|t| t.to_string_lossy().into_owned()));
     }
@@ -216,7 +218,7 @@ fn index_found(
     summary.interrupted = interrupted;
     bar.finish_and_clear();
 
-    if let (false, Some(roots)) = (summary.interrupted, roots) {
+    if let (false, Some(roots)) = (summary.interrupted, &given) {
         summary.removed = remove_gone(index, &mut writer, roots)?;
     }
     writer.commit()?;
@@ -289,15 +291,10 @@ fn embed_and_add(
     Ok(())
 }
 
-/// Removes indexed paths under `roots` that no longer exist. A path that exists but
+/// Removes indexed paths under `roots` (absolute) that no longer exist. A path that exists but
 /// was not walked (a hidden folder, say) stays.
-fn remove_gone(index: &Index, writer: &mut IndexWriter, roots: &[PathBuf]) -> Result<usize> {
+fn remove_gone(index: &Index, writer: &mut IndexWriter, roots: &[String]) -> Result<usize> {
     let mut removed = 0;
-    let roots: Vec<String> = roots
-        .iter()
-        .filter_map(|r| super::walk::absolute(r).ok())
-        .map(|r| r.to_string_lossy().into_owned())
-        .collect();
     for path in index.paths() {
         if !roots.iter().any(|r| is_under(&path, r)) {
             continue;

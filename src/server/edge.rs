@@ -75,7 +75,7 @@ impl Edge {
             bound,
             public_hosts: public_hosts
                 .iter()
-                .map(|h| normal_host(host_and_port(h).0))
+                .map(|h| normal_host(host_of(h)))
                 .collect(),
             token,
             max_upload_bytes,
@@ -84,7 +84,7 @@ impl Edge {
 
     /// Whether a `Host` (or absolute URI authority) names this server.
     fn host_allowed(&self, authority: &str) -> bool {
-        let host = normal_host(host_and_port(authority).0);
+        let host = normal_host(host_of(authority));
         if host == "localhost" || self.public_hosts.contains(&host) {
             return true;
         }
@@ -110,9 +110,7 @@ impl Edge {
             return false;
         };
         authority.eq_ignore_ascii_case(host)
-            || self
-                .public_hosts
-                .contains(&normal_host(host_and_port(authority).0))
+            || self.public_hosts.contains(&normal_host(host_of(authority)))
     }
 
     /// Why a request is refused as cross-site, if it is.
@@ -154,21 +152,23 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `host[:port]` split; a bracketed IPv6 address keeps its brackets.
-fn host_and_port(authority: &str) -> (&str, Option<&str>) {
+/// The host of a `host[:port]` authority; a bracketed IPv6 address keeps its brackets.
+fn host_of(authority: &str) -> &str {
     if authority.starts_with('[') {
         return match authority.find(']') {
-            Some(end) => {
-                let port = authority[end + 1..].strip_prefix(':');
-                (&authority[..=end], port)
-            }
-            None => (authority, None),
+            Some(end) => &authority[..=end],
+            None => authority,
         };
     }
     match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (host, Some(port)),
-        _ => (authority, None),
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
     }
+}
+
+/// The value of a query's `token=` parameter, if `kv` is one.
+fn token_param(kv: &str) -> Option<&str> {
+    kv.strip_prefix("token=")
 }
 
 /// A host name compared as DNS does: case-insensitive, the root's dot dropped.
@@ -235,7 +235,7 @@ async fn check(edge: &Edge, req: Request, next: Next) -> Response {
         && req
             .uri()
             .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("token=")));
+            .is_some_and(|q| q.split('&').any(|kv| token_param(kv).is_some()));
     match knows_token(token, &req) {
         true if token_in_address => {
             // Keep the token out of the address bar, history and later links.
@@ -289,7 +289,7 @@ fn knows_token(token: &Token, req: &Request) -> bool {
         return true;
     }
     let given = req.uri().query().into_iter().flat_map(|q| q.split('&'));
-    for value in given.filter_map(|kv| kv.strip_prefix("token=")) {
+    for value in given.filter_map(token_param) {
         // As a form encodes it (`+` a space) and as a URL does (`+` itself).
         let strict = percent_decode(value.as_bytes());
         let form = percent_decode(value.replace('+', " ").as_bytes());
@@ -308,7 +308,7 @@ fn without_token(query: Option<&str>) -> String {
     let rest: Vec<&str> = query
         .into_iter()
         .flat_map(|q| q.split('&'))
-        .filter(|kv| !kv.is_empty() && !kv.starts_with("token="))
+        .filter(|kv| !kv.is_empty() && token_param(kv).is_none())
         .collect();
     if rest.is_empty() {
         "/".to_string()

@@ -430,6 +430,7 @@ fn text_to_images(
     // Vision features of the candidates to rerank: stored, or recomputed from a file.
     let mut pairs = Vec::new();
     let mut which = Vec::new();
+    let roots = read_roots(c, settings);
     for (i, cand) in candidates[..n].iter().enumerate() {
         let stored = match cand.image_id {
             Some(image_id) => c.index.vision_features(image_id)?,
@@ -441,7 +442,7 @@ fn text_to_images(
                 shape,
                 c.embedder.model().device(),
             )?),
-            None => recompute_vision(c, cand, settings, notes)?,
+            None => recompute_vision(c, cand, &settings.load, roots.as_deref(), notes)?,
         };
         if let Some(vision) = vision {
             pairs.push(ItmPair {
@@ -462,14 +463,14 @@ fn text_to_images(
 fn recompute_vision(
     c: &Collection,
     cand: &Candidate,
-    settings: &SearchSettings,
+    load: &LoadOptions,
+    roots: Option<&[PathBuf]>,
     notes: &mut Vec<String>,
 ) -> Result<Option<Tensor>> {
     let mut last_error = None;
-    let roots = read_roots(c, settings);
     for path in cand.path.iter().chain(&cand.copies) {
-        let pixels = confined(Path::new(path), roots.as_deref())
-            .and_then(|at| c.embedder.pixel_values(&at, &settings.load));
+        let pixels =
+            confined(Path::new(path), roots).and_then(|at| c.embedder.pixel_values(&at, load));
         match pixels {
             Ok(pixels) => {
                 let batch = c.embedder.pixel_batch(&[pixels])?;
