@@ -40,6 +40,7 @@ fn synthetic(dir: &std::path::Path, items: usize, dtype: VectorDtype, rng: &mut 
             content_hash: i.to_string(),
             width: 0,
             height: 0,
+            photo: None,
         };
         w.add_image(record, &unit(rng, Q), None).unwrap();
     }

@@ -195,6 +195,7 @@ fn build(args: &Args, dir: &std::path::Path, centres: &[Vec<f32>]) -> f64 {
                 content_hash: format!("{i:016x}"),
                 width: 1,
                 height: 1,
+                photo: None,
             };
             writer.add_image(record, v, None).expect("add image");
         }

@@ -11,6 +11,7 @@ use parking_lot::RwLockReadGuard;
 
 use crate::export::{ImageExport, TextExport};
 use crate::graph::ann_graph::graph_vectors;
+use crate::photo::PhotoMeta;
 use crate::search::max_sim::{self, debug_assert_unit};
 use crate::search::{Filter, ImageHit, SearchParams, TextHit};
 use crate::state::{Shared, State, TableKind, METADATA_DIR};
@@ -33,7 +34,7 @@ pub struct Index {
 }
 
 /// What the index knows about one image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageInfo {
     /// The image.
     pub image_id: ImageId,
@@ -47,6 +48,9 @@ pub struct ImageInfo {
     pub paths: Vec<PathEntry>,
     /// Shape of its stored vision features, if stored.
     pub vision_features_shape: Option<Vec<usize>>,
+    /// What its metadata says; `None` until it was read (indexes written before
+    /// qseek read metadata get it at the next `qseek index`).
+    pub photo: Option<PhotoMeta>,
 }
 
 /// One text as stored.
@@ -508,6 +512,20 @@ impl Index {
                 .expect("lexical index lock poisoned");
             allowed = Some(lexical.matching(q, doc_kind)?);
         }
+        if let (TableKind::Images, true) = (kind, filter.photo.is_active()) {
+            let state = self.state();
+            let by_photo: HashSet<u64> = state
+                .images
+                .entries
+                .iter()
+                .filter(|(_, e)| filter.photo.allows(e.photo.as_ref()))
+                .map(|(id, _)| *id)
+                .collect();
+            allowed = Some(match allowed {
+                Some(a) => a.intersection(&by_photo).copied().collect(),
+                None => by_photo,
+            });
+        }
         if let (TableKind::Images, Some(prefix)) = (kind, filter.path_prefix.as_deref()) {
             let state = self.state();
             let by_prefix: HashSet<u64> = state
@@ -535,6 +553,7 @@ impl State {
             height: e.height,
             paths: e.paths.clone(),
             vision_features_shape: e.features.as_ref().map(|f| f.shape.clone()),
+            photo: e.photo.clone(),
         })
     }
 

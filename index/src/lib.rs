@@ -11,6 +11,7 @@
 mod export;
 mod graph;
 mod index;
+mod photo;
 mod search;
 mod state;
 mod storage;
@@ -21,6 +22,7 @@ mod writer;
 pub use export::{ExportedImage, ExportedText, ImageExport, TextExport};
 pub use graph::point_map::{PointMap, PointTarget};
 pub use index::{ImageInfo, Index, IndexStats, TextInfo};
+pub use photo::{civil_from_days, days_from_civil, Gps, Near, PhotoFilter, PhotoMeta, TakenAt};
 pub use search::max_sim;
 pub use search::{default_ef, Filter, ImageHit, SearchParams, TextHit};
 pub use storage::manifest::{FeatureDtype, Manifest, ModelId, VectorDtype, FORMAT_VERSION};

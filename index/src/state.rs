@@ -431,6 +431,7 @@ mod tests {
                 content_hash: format!("h{i}"),
                 width: 1,
                 height: 1,
+                photo: None,
             };
             last = w.add_image(record, &unit_vectors(i, Q), None).unwrap();
         }

@@ -3,7 +3,10 @@
 mod common;
 
 use common::*;
-use qseek_index::{Error, FeatureDtype, Filter, Index, SearchParams, VectorDtype, FORMAT_VERSION};
+use qseek_index::{
+    days_from_civil, Error, FeatureDtype, Filter, Gps, Index, Near, PhotoFilter, PhotoMeta,
+    SearchParams, TakenAt, VectorDtype, FORMAT_VERSION,
+};
 
 fn exact() -> SearchParams {
     SearchParams {
@@ -251,6 +254,7 @@ fn text_filter_restricts_texts() {
         filter: Some(Filter {
             path_prefix: None,
             query: Some("cat".into()),
+            ..Default::default()
         }),
         ..SearchParams::default()
     };
@@ -279,6 +283,7 @@ fn a_selective_text_filter_loses_no_recall_through_the_graph() {
     let filter = Some(Filter {
         path_prefix: None,
         query: Some("heron".into()),
+        ..Default::default()
     });
     for seed in [7, 4242, 90001] {
         let queries = unit_vectors(seed, Q);
@@ -374,10 +379,12 @@ fn filters_by_path_prefix_and_by_tantivy_query_lose_no_recall() {
         Filter {
             path_prefix: Some("beach/".into()),
             query: None,
+            ..Default::default()
         },
         Filter {
             path_prefix: None,
             query: Some("path:beach".into()),
+            ..Default::default()
         },
     ] {
         let expected = index
@@ -411,6 +418,7 @@ fn filters_by_path_prefix_and_by_tantivy_query_lose_no_recall() {
         filter: Some(Filter {
             path_prefix: None,
             query: Some("name:(".into()),
+            ..Default::default()
         }),
         ..SearchParams::default()
     };
@@ -445,6 +453,7 @@ fn a_batch_of_queries_finds_what_each_query_finds_alone() {
         let beach = Some(Filter {
             path_prefix: Some("beach/".into()),
             query: None,
+            ..Default::default()
         });
         for (what, k, params) in [
             ("exact", 7, exact()),
@@ -715,6 +724,7 @@ fn a_missing_lexical_index_is_rebuilt_from_metadata() {
         filter: Some(Filter {
             path_prefix: None,
             query: Some("name:3.jpg".into()),
+            ..Default::default()
         }),
         ..exact()
     };
@@ -900,4 +910,152 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(entry.path(), target).unwrap();
         }
     }
+}
+
+/// The metadata of synthetic photo `i`: taken on day `i` of 2023 at noon (none for every
+/// seventh), a Canon for even `i` and a Nikon for odd, and a place 0.01° further east
+/// for each `i` along the equator (none for every fifth).
+fn photo_of(i: u64) -> PhotoMeta {
+    PhotoMeta {
+        taken: (i % 7 != 3).then(|| TakenAt {
+            local: (days_from_civil(2023, 1, 1) + i as i64) * 86_400 + 12 * 3600,
+            nanos: 0,
+            offset_minutes: None,
+        }),
+        make: Some(
+            if i % 2 == 0 {
+                "Canon"
+            } else {
+                "NIKON CORPORATION"
+            }
+            .into(),
+        ),
+        model: Some(
+            if i % 2 == 0 {
+                "Canon EOS R5"
+            } else {
+                "NIKON D850"
+            }
+            .into(),
+        ),
+        gps: (i % 5 != 4).then_some(Gps {
+            lat: 0.0,
+            lon: i as f64 * 0.01,
+            alt: None,
+        }),
+        ..PhotoMeta::default()
+    }
+}
+
+#[test]
+fn metadata_filters_keep_the_true_top_k_exactly_and_through_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    for i in 0..300u64 {
+        let mut r = record(&format!("img/{i}.jpg"), &format!("h{i}"));
+        r.photo = Some(photo_of(i));
+        w.add_image(r, &unit_vectors(i, Q), None).unwrap();
+    }
+    w.commit().unwrap();
+    let day = |d: i64| TakenAt {
+        local: (days_from_civil(2023, 1, 1) + d) * 86_400,
+        nanos: 0,
+        offset_minutes: None,
+    };
+    // Each row: a filter, and which photos it keeps (checked against `photo_of`).
+    let rows: Vec<(PhotoFilter, Box<dyn Fn(u64) -> bool>)> = vec![
+        (
+            PhotoFilter {
+                taken_from: Some(day(100)),
+                taken_until: Some(day(110)),
+                ..PhotoFilter::default()
+            },
+            Box::new(|i| (100..110).contains(&i) && i % 7 != 3),
+        ),
+        (
+            PhotoFilter {
+                camera: Some("nikon d8".into()),
+                ..PhotoFilter::default()
+            },
+            Box::new(|i| i % 2 == 1),
+        ),
+        (
+            PhotoFilter {
+                // 0.1° of longitude at the equator is 11.1 km: i in 0..=10, 11 km from 0.
+                near: Some(Near {
+                    lat: 0.0,
+                    lon: 0.0,
+                    km: 11.2,
+                }),
+                ..PhotoFilter::default()
+            },
+            Box::new(|i| i <= 10 && i % 5 != 4),
+        ),
+        (
+            PhotoFilter {
+                undated: true,
+                camera: Some("CANON".into()),
+                ..PhotoFilter::default()
+            },
+            Box::new(|i| i % 7 == 3 && i % 2 == 0),
+        ),
+    ];
+    let query = unit_vectors(4242, 1);
+    let everything = index.search_images(&query, 300, &exact()).unwrap();
+    for (photo, keeps) in rows {
+        let expected: Vec<_> = everything
+            .iter()
+            .filter(|h| keeps(h.image_id))
+            .take(5)
+            .cloned()
+            .collect();
+        assert!(!expected.is_empty(), "{photo:?}");
+        let filter = Filter {
+            photo: photo.clone(),
+            ..Filter::default()
+        };
+        let exact = SearchParams {
+            filter: Some(filter.clone()),
+            ..exact()
+        };
+        assert_eq!(
+            index.search_images(&query, 5, &exact).unwrap(),
+            expected,
+            "{photo:?}"
+        );
+        let allowed = (0..300).filter(|&i| keeps(i)).count();
+        let deep = SearchParams {
+            filter: Some(filter),
+            candidates: allowed,
+            ..ann()
+        };
+        assert_eq!(
+            index.search_images(&query, 5, &deep).unwrap(),
+            expected,
+            "{photo:?}"
+        );
+    }
+}
+
+#[test]
+fn set_photo_gives_an_indexed_image_its_metadata_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let index = create(dir.path());
+        let mut w = index.writer().unwrap();
+        let id = w
+            .add_image(record("a.jpg", "ha"), &unit_vectors(1, Q), None)
+            .unwrap();
+        w.commit().unwrap();
+        assert_eq!(index.image(id).unwrap().photo, None);
+        assert!(w.set_photo(id, photo_of(1)));
+        assert!(!w.set_photo(id + 100, photo_of(1)));
+        w.commit().unwrap();
+        assert_eq!(index.image(id).unwrap().photo, Some(photo_of(1)));
+    }
+    let index = Index::open(dir.path(), Some(&model())).unwrap();
+    let info = index.image_by_path("a.jpg").unwrap();
+    assert_eq!(info.photo, Some(photo_of(1)));
+    assert_eq!(info.content_hash, "ha");
 }

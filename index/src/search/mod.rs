@@ -2,20 +2,23 @@
 
 pub mod max_sim;
 
+use crate::photo::PhotoFilter;
 use crate::storage::metadata_store::{ImageId, TextId};
 
 /// Restricts a search to some images (or texts).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Filter {
     /// Only images with a path that starts with this string.
     pub path_prefix: Option<String>,
     /// Only items that match this tantivy query over `name` (file name),
     /// `path` (path components) and `text`, e.g. `name:beach OR path:2023`.
     pub query: Option<String>,
+    /// Only images whose metadata passes: when, with which camera, where.
+    pub photo: PhotoFilter,
 }
 
 /// How a search is run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SearchParams {
     /// HNSW search width; raised to the number of points asked for when lower.
     /// `None` (the default): [`default_ef`] of the graph's size.

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::photo::PhotoMeta;
 use crate::{Error, Result};
 
 /// Identifies an image: one set of `Q` vectors, shared by every path whose
@@ -25,7 +26,7 @@ pub type ImageId = u64;
 pub type TextId = u64;
 
 /// What the caller knows about an image file when adding it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageRecord {
     /// Path of the file (as the caller spells it; used for prefix filters).
     pub path: String,
@@ -39,6 +40,9 @@ pub struct ImageRecord {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+    /// What the photo's metadata says (date, camera, place), when it was read; `None`
+    /// keeps what the index has.
+    pub photo: Option<PhotoMeta>,
 }
 
 /// One path of an image, as stored.
@@ -64,7 +68,7 @@ pub(crate) struct FeatureRef {
 }
 
 /// One image as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct ImageEntry {
     pub content_hash: String,
     pub width: u32,
@@ -74,6 +78,10 @@ pub(crate) struct ImageEntry {
     /// Every path with these bytes; an image with no path is removed.
     pub paths: Vec<PathEntry>,
     pub features: Option<FeatureRef>,
+    /// What its metadata says; `None` in entries written before it was read (the next
+    /// `qseek index` reads it), `Some` (perhaps empty) once read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub photo: Option<PhotoMeta>,
 }
 
 /// One text as stored.

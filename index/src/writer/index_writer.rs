@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::photo::PhotoMeta;
 use crate::search::max_sim::debug_assert_unit;
 use crate::state::{Files, Shared, State, TableKind};
 use crate::storage::metadata_store::{
@@ -184,6 +185,7 @@ impl IndexWriter {
             row: row as u64,
             paths: vec![path_entry(&record)],
             features,
+            photo: record.photo.clone(),
         };
         self.pending.images.insert(id, Some(entry));
         self.pending.paths.insert(record.path.clone(), Some(id));
@@ -210,6 +212,9 @@ impl IndexWriter {
             .image_entry(id)
             .expect("hash index points at a live image");
         let new = path_entry(&record);
+        if record.photo.is_some() {
+            entry.photo = record.photo.clone();
+        }
         match entry.paths.iter_mut().find(|p| p.path == record.path) {
             Some(existing) => *existing = new,
             None => {
@@ -222,6 +227,19 @@ impl IndexWriter {
         self.pending.images.insert(id, Some(entry));
         self.pending.paths.insert(record.path, Some(id));
         Ok(id)
+    }
+
+    /// Sets what an image's metadata says (an index written before metadata was read
+    /// gets it so, without its vectors changing). Returns whether the image exists.
+    pub fn set_photo(&mut self, id: ImageId, photo: PhotoMeta) -> bool {
+        let Some(mut entry) = self.image_entry(id) else {
+            return false;
+        };
+        if entry.photo.as_ref() != Some(&photo) {
+            entry.photo = Some(photo);
+            self.pending.images.insert(id, Some(entry));
+        }
+        true
     }
 
     /// Removes a path; its image goes when its last path goes. Returns whether

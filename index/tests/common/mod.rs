@@ -51,5 +51,6 @@ pub fn record(path: &str, hash: &str) -> ImageRecord {
         content_hash: hash.into(),
         width: 640,
         height: 480,
+        photo: None,
     }
 }
