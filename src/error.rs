@@ -282,6 +282,16 @@ pub enum BadRequest {
         /// Its name.
         collection: String,
     },
+    /// A search filter (a date, a place, a sort) is malformed or contradicts another.
+    #[error("{param} {value:?} {reason}")]
+    Filter {
+        /// The flag or parameter.
+        param: &'static str,
+        /// As given.
+        value: String,
+        /// What is wrong, and how to write it.
+        reason: String,
+    },
     /// A search the engine backend does not run.
     #[error("{what} is not available through an engine: search the local index")]
     EngineUnsupported {

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::collection::Collection;
+use common::exif::{jpeg_with_exif, Exif};
 use common::{
     dot, fixture_photos, fixtures, floats, json, many_photos, model_dir, qseek, stderr, tiny,
 };
@@ -701,4 +702,201 @@ fn reranking_over_stored_features_matches_the_reference_itm() {
         let info = json(&c.run(&["info", "--json"]));
         assert_eq!(info["vision_feature_dtype"], dtype.unwrap_or("f32"));
     }
+}
+
+/// The fixture collection with EXIF written into its three JPEGs: when, which camera,
+/// where (the PNGs have none).
+fn collection_with_metadata() -> Collection {
+    let c = Collection::with_photos();
+    for (name, exif) in [
+        (
+            "rocket.jpg",
+            Exif {
+                date: Some("2023:06:14 10:00:00"),
+                offset: Some("+02:00"),
+                make: Some("Canon"),
+                model: Some("Canon EOS R5"),
+                gps: Some((48.8584, 2.2945)),
+            },
+        ),
+        (
+            "retina.jpg",
+            Exif {
+                date: Some("2021:01:02 08:00:00"),
+                make: Some("NIKON CORPORATION"),
+                model: Some("NIKON D850"),
+                ..Exif::default()
+            },
+        ),
+        (
+            "hubble_deep_field.jpg",
+            Exif {
+                date: Some("2023:12:31 23:59:59"),
+                make: Some("Apple"),
+                model: Some("iPhone 15"),
+                gps: Some((35.6762, 139.6503)),
+                ..Exif::default()
+            },
+        ),
+    ] {
+        let path = c.photos.join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, jpeg_with_exif(&bytes, &exif)).unwrap();
+    }
+    c
+}
+
+/// `(file name, score)` of each result.
+fn named(doc: &Value) -> Vec<(String, f64)> {
+    doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let path = Path::new(r["path"].as_str().unwrap());
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, r["score"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn metadata_is_read_shown_and_filters_before_the_top_k() {
+    let c = collection_with_metadata();
+    c.index_json(&[]);
+    let all = json(&c.run(&["search", "a photo", "--json", "-k", "10"]));
+    let rocket = all["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"].as_str().unwrap().ends_with("rocket.jpg"))
+        .unwrap();
+    assert_eq!(rocket["taken_at"], "2023-06-14T10:00:00+02:00");
+    assert_eq!(rocket["camera"], "Canon EOS R5");
+    assert_eq!(rocket["gps"], serde_json::json!([48.8584, 2.2945]));
+    assert!(rocket["width"].as_u64().unwrap() > 0 && rocket["height"].as_u64().unwrap() > 0);
+    let coins = all["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["path"].as_str().unwrap().ends_with("coins.png"))
+        .unwrap();
+    for key in ["taken_at", "camera", "gps", "lens"] {
+        assert!(coins[key].is_null(), "{key}: {coins}");
+    }
+    let everything = named(&all);
+    assert_eq!(everything.len(), 7);
+    // Each row: filter flags, the photos they keep. A filtered search gives the
+    // unfiltered ranking restricted to them, with the same scores.
+    let undated = ["camera.png", "chelsea.png", "coffee.png", "coins.png"];
+    for (flags, kept) in [
+        (
+            &["--after", "2023"][..],
+            &["rocket.jpg", "hubble_deep_field.jpg"][..],
+        ),
+        (
+            &["--after", "2023-06-14", "--before", "2023-06-14"],
+            &["rocket.jpg"],
+        ),
+        (&["--before", "2022-12"], &["retina.jpg"]),
+        (
+            // 10:00+02:00 is 08:00Z; the bound at the second includes that second.
+            &[
+                "--after",
+                "2023-06-14T07:30:00Z",
+                "--before",
+                "2023-06-14T08:00:00+00:00",
+            ],
+            &["rocket.jpg"],
+        ),
+        (&["--camera", "nikon"], &["retina.jpg"]),
+        (
+            &["--camera", "IPHONE", "--after", "2023-07"],
+            &["hubble_deep_field.jpg"],
+        ),
+        (&["--near", "48.84,2.29,5"], &["rocket.jpg"]),
+        (&["--near", "48.84,2.29"], &[]),
+        (&["--undated"], &undated),
+    ] {
+        let args = [&["search", "a photo", "--json", "-k", "10"][..], flags].concat();
+        let doc = json(&c.run(&args));
+        let expected: Vec<_> = everything
+            .iter()
+            .filter(|(name, _)| kept.contains(&name.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(named(&doc), expected, "{flags:?}");
+    }
+    // Filters apply before the top k: one result, the best among the kept.
+    let doc = json(&c.run(&["search", "a photo", "--json", "-k", "1", "--undated"]));
+    let best_undated = everything
+        .iter()
+        .find(|(n, _)| undated.contains(&n.as_str()));
+    assert_eq!(named(&doc), vec![best_undated.unwrap().clone()]);
+    // Through the graph too.
+    let doc = json(&c.run(&[
+        "search", "a photo", "--json", "-k", "10", "--ann", "--camera", "canon",
+    ]));
+    assert_eq!(named(&doc).len(), 1);
+    // By date: oldest first, the undated after them in score order.
+    let doc = json(&c.run(&["search", "a photo", "--json", "-k", "10", "--sort", "date"]));
+    let names: Vec<String> = named(&doc).into_iter().map(|(n, _)| n).collect();
+    let mut expected = vec!["retina.jpg", "rocket.jpg", "hubble_deep_field.jpg"];
+    expected.extend(
+        everything
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| undated.contains(n)),
+    );
+    assert_eq!(names, expected);
+    let ranks: Vec<u64> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rank"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ranks, (1..=7).collect::<Vec<_>>());
+    // Bad filters: one sentence, a usage error.
+    for (flags, says) in [
+        (&["--after", "2023-13"][..], "no such month"),
+        (&["--near", "100,0"], "latitude"),
+        (
+            &["--after", "2024", "--before", "2023"],
+            "no photo can be in both",
+        ),
+        (&["--sort", "size"], "score or date"),
+    ] {
+        let args = [&["search", "a photo"][..], flags].concat();
+        let out = c.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{flags:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn an_index_made_before_metadata_gets_it_on_its_next_run_without_the_model() {
+    let c = collection_with_metadata();
+    c.index_json(&[]);
+    let vectors = std::fs::read_dir(&c.index).unwrap().count();
+    // Forget every photo's metadata, as an index made before qseek read it lacks it.
+    {
+        let index = qseek_index::Index::open(&c.index, None).unwrap();
+        let mut w = index.writer().unwrap();
+        for path in index.paths() {
+            let id = index.image_by_path(&path).unwrap().image_id;
+            w.set_photo(id, None);
+        }
+        w.commit().unwrap();
+    }
+    let doc = json(&c.run(&["search", "a photo", "--json", "--camera", "canon"]));
+    assert_eq!(named(&doc).len(), 0, "{doc}");
+    let summary = c.index_json(&[]);
+    assert_eq!(work(&summary), (0, 0, 7, 0), "{summary}");
+    assert_eq!(summary["metadata_read"], 7, "{summary}");
+    let doc = json(&c.run(&["search", "a photo", "--json", "--camera", "canon"]));
+    assert_eq!(named(&doc)[0].0, "rocket.jpg");
+    // Read once: the next run reads nothing.
+    let summary = c.index_json(&[]);
+    assert_eq!(summary["metadata_read"], 0, "{summary}");
+    assert_eq!(std::fs::read_dir(&c.index).unwrap().count(), vectors);
 }

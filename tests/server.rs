@@ -77,6 +77,26 @@ fn every_endpoint_answers_as_the_cli_does() {
             ),
             vec!["search", q, "--min-prob", "0.0001", "--under", &under],
         ),
+        (
+            format!("/api/search?q={qe}&k=3&undated=true&sort=date"),
+            vec!["search", q, "-k", "3", "--undated", "--sort", "date"],
+        ),
+        (
+            format!(
+                "/api/search?q={qe}&after=2020&camera=canon&near={}",
+                encode("48.8,2.3,50")
+            ),
+            vec![
+                "search",
+                q,
+                "--after",
+                "2020",
+                "--camera",
+                "canon",
+                "--near",
+                "48.8,2.3,50",
+            ],
+        ),
     ]
     .map(|(api, mut cli)| {
         cli.push("--json");
@@ -231,6 +251,30 @@ fn bad_input_gets_a_4xx_json_error_and_no_byte_outside_the_index() {
             "over-long query",
             "GET",
             format!("/api/search?q={long}"),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "a date that does not exist",
+            "GET",
+            "/api/search?q=cat&after=2023-02-30".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "a place off the globe",
+            "GET",
+            "/api/search?q=cat&near=0,181".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "an unknown sort",
+            "GET",
+            "/api/search?q=cat&sort=size".into(),
             &[],
             vec![],
             400,

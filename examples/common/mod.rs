@@ -84,6 +84,7 @@ pub fn synthetic_record(path: String, i: usize) -> ImageRecord {
         content_hash: format!("{i:016x}"),
         width: 1,
         height: 1,
+        photo: None,
     }
 }
 

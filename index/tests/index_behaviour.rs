@@ -1049,8 +1049,8 @@ fn set_photo_gives_an_indexed_image_its_metadata_durably() {
             .unwrap();
         w.commit().unwrap();
         assert_eq!(index.image(id).unwrap().photo, None);
-        assert!(w.set_photo(id, photo_of(1)));
-        assert!(!w.set_photo(id + 100, photo_of(1)));
+        assert!(w.set_photo(id, Some(photo_of(1))));
+        assert!(!w.set_photo(id + 100, Some(photo_of(1))));
         w.commit().unwrap();
         assert_eq!(index.image(id).unwrap().photo, Some(photo_of(1)));
     }

@@ -100,6 +100,18 @@ fn print_summary(s: &IndexSummary) {
             println!("  {}: {}", n.path, n.reason);
         }
     }
+    if !s.metadata_notes.is_empty() {
+        println!("metadata left out (the photos are indexed):");
+        for n in &s.metadata_notes {
+            println!("  {}: {}", n.path, n.reason);
+        }
+    }
+    if s.metadata_read > 0 {
+        println!(
+            "read the date, camera and place of {} indexed photos (no model needed)",
+            s.metadata_read
+        );
+    }
     let rate = if s.seconds > 0.0 {
         s.embedded as f64 / s.seconds
     } else {

@@ -11,6 +11,7 @@ use crate::engine::{self, EngineUri};
 use crate::error::BadRequest;
 use crate::pipeline::Collection;
 use crate::service::calls::Direct;
+use crate::service::query::{PhotoFilterText, Sort};
 use crate::service::search::{search, Hit, QueryInput, SearchRequest, SearchSettings};
 use crate::Result;
 
@@ -39,6 +40,32 @@ pub(super) struct SearchArgs {
     /// Only photos under this folder (or whose path starts with this prefix).
     #[arg(long, value_name = "PATH")]
     under: Option<PathBuf>,
+    /// Only photos taken on or after DATE: 2023, 2023-06, 2023-06-14 or RFC 3339 (in the
+    /// photo's local time when it has no offset).
+    #[arg(long, value_name = "DATE", help_heading = "Filters")]
+    after: Option<String>,
+    /// Only photos taken on or before DATE (to the end of it: `--before 2023` keeps all of
+    /// 2023).
+    #[arg(long, value_name = "DATE", help_heading = "Filters")]
+    before: Option<String>,
+    /// Only photos whose camera's make and model contain TEXT (ignoring case).
+    #[arg(long, value_name = "TEXT", help_heading = "Filters")]
+    camera: Option<String>,
+    /// Only photos taken within KM kilometres (default 1) of LAT,LON.
+    #[arg(
+        long,
+        value_name = "LAT,LON[,KM]",
+        help_heading = "Filters",
+        allow_hyphen_values = true
+    )]
+    near: Option<String>,
+    /// Only photos without a date taken.
+    #[arg(long, help_heading = "Filters", conflicts_with_all = ["after", "before"])]
+    undated: bool,
+    /// Order the results by `score` (best first) or by `date` taken (oldest first; with
+    /// --min-prob, every result that passes it).
+    #[arg(long, value_name = "ORDER", default_value = "score")]
+    sort: Sort,
     /// Find candidates with the HNSW graph instead of scoring every photo exactly (about
     /// 0.3 s per 100 000 photos on 2 cores). The graph is saved in the index; the first
     /// search after much was added builds it again (minutes for 100 000 photos).
@@ -75,6 +102,15 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         rerank: args.rerank,
         min_prob: args.min_prob,
         under: args.under,
+        photo: PhotoFilterText {
+            after: args.after,
+            before: args.before,
+            camera: args.camera,
+            near: args.near,
+            undated: args.undated,
+        }
+        .parse()?,
+        sort: args.sort,
         ann: args.ann,
     };
     let engine = match &args.engine {

@@ -4,14 +4,15 @@
 //! decoded; the rest are decoded and pre-processed in parallel (rayon) on a producer
 //! thread, a batch ahead of the model, which runs on the caller's thread. A file that
 //! cannot be read or decoded becomes a [`Prepared::Failed`] with its reason: it never
-//! stops the run.
+//! stops the run. Each file's metadata (date taken, camera, place: EXIF) is read from
+//! the same bytes; a broken field is left out with a note, never failing the file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 
-use qseek_index::ImageRecord;
+use qseek_index::{ImageRecord, PhotoMeta};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -19,6 +20,7 @@ use super::rows3;
 use super::walk::FoundFile;
 use crate::embedder::Embedder;
 use crate::preprocess::image::{decode_rgb, LoadOptions};
+use crate::preprocess::metadata::read_photo_meta;
 use crate::{Error, Result};
 
 /// A file and why it was not indexed (or embedded).
@@ -40,9 +42,13 @@ pub(crate) enum Prepared {
     Decoded {
         record: ImageRecord,
         pixels: Vec<f32>,
+        notes: Vec<String>,
     },
     /// Bytes the caller already holds.
-    Known { record: ImageRecord },
+    Known {
+        record: ImageRecord,
+        notes: Vec<String>,
+    },
     /// Could not be read (`io`) or decoded.
     Failed {
         path: PathBuf,
@@ -61,6 +67,8 @@ pub(crate) struct SortedBatch {
     pub known: Vec<ImageRecord>,
     /// Files that could not be read (`io`) or decoded.
     pub failed: Vec<(PathBuf, Error, bool)>,
+    /// Fields of the files' metadata that were broken and left out.
+    pub metadata_notes: Vec<FileNote>,
 }
 
 impl SortedBatch {
@@ -70,15 +78,26 @@ impl SortedBatch {
         let mut out = SortedBatch::default();
         let mut seen = HashSet::new();
         for item in batch {
+            let (path, notes) = match &item {
+                Prepared::Decoded { record, notes, .. } | Prepared::Known { record, notes } => {
+                    (record.path.as_str(), notes.as_slice())
+                }
+                Prepared::Failed { .. } => ("", &[][..]),
+            };
+            out.metadata_notes
+                .extend(notes.iter().map(|reason| FileNote {
+                    path: path.to_string(),
+                    reason: reason.clone(),
+                }));
             match item {
-                Prepared::Decoded { record, pixels } => {
+                Prepared::Decoded { record, pixels, .. } => {
                     if held(&record.content_hash) || !seen.insert(record.content_hash.clone()) {
                         out.known.push(record);
                     } else {
                         out.new.push((record, pixels));
                     }
                 }
-                Prepared::Known { record } => out.known.push(record),
+                Prepared::Known { record, .. } => out.known.push(record),
                 Prepared::Failed { path, error, io } => out.failed.push((path, error, io)),
             }
         }
@@ -116,7 +135,13 @@ pub fn content_hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
-fn record_of(file: &FoundFile, hash: String, width: u32, height: u32) -> ImageRecord {
+fn record_of(
+    file: &FoundFile,
+    hash: String,
+    width: u32,
+    height: u32,
+    photo: PhotoMeta,
+) -> ImageRecord {
     ImageRecord {
         path: file.path.to_string_lossy().into_owned(),
         size: file.size,
@@ -124,6 +149,7 @@ fn record_of(file: &FoundFile, hash: String, width: u32, height: u32) -> ImageRe
         content_hash: hash,
         width,
         height,
+        photo: Some(photo),
     }
 }
 
@@ -152,17 +178,20 @@ fn prepare(
         ..file.clone()
     };
     let hash = content_hash(&bytes);
+    let metadata = read_photo_meta(&bytes);
     if let Some((width, height)) = known(&hash) {
         return Prepared::Known {
-            record: record_of(&file, hash, width, height),
+            record: record_of(&file, hash, width, height, metadata.meta),
+            notes: metadata.notes,
         };
     }
     match decode_rgb(&bytes, &file.path, load) {
         Ok(img) => {
             let (w, h) = img.dimensions();
             Prepared::Decoded {
-                record: record_of(&file, hash, w, h),
+                record: record_of(&file, hash, w, h, metadata.meta),
                 pixels: embedder.image_preprocessor().pixel_values(&img),
+                notes: metadata.notes,
             }
         }
         Err(error) => Prepared::Failed {

@@ -20,12 +20,15 @@ use qseek_index::{ImageRecord, Index, IndexWriter};
 use serde::Serialize;
 
 pub use super::embedding::{content_hash, FileNote};
+use rayon::prelude::*;
+
 use super::embedding::{embed_batch, failure_note, for_each_batch, notes, Prepared, SortedBatch};
 use super::walk::{absolute, is_under, walk, FoundFile, Walk, WalkOptions};
 use super::{progress_bar, Collection};
 use crate::embedder::Embedder;
 use crate::preprocess::image::LoadOptions;
-use crate::Result;
+use crate::preprocess::metadata::read_photo_meta;
+use crate::{Error, Result};
 
 /// How to index.
 #[derive(Debug, Clone)]
@@ -58,6 +61,12 @@ pub struct IndexSummary {
     pub skipped: Vec<FileNote>,
     /// Image files that could not be read or decoded.
     pub failed: Vec<FileNote>,
+    /// Indexed photos whose metadata (date, camera, place) was read without running the
+    /// model: an index made before qseek read it.
+    pub metadata_read: usize,
+    /// Fields of photos' metadata that were broken or absurd and left out (the photo is
+    /// indexed all the same).
+    pub metadata_notes: Vec<FileNote>,
     /// Stopped early (Ctrl-C); what was done is committed.
     pub interrupted: bool,
     /// Wall-clock seconds.
@@ -162,22 +171,31 @@ fn index_found(
     };
 
     let mut todo = Vec::new();
+    // Unchanged files of images whose metadata was never read (an index made before
+    // qseek read it): read it now, without the model.
+    let mut unread = Vec::new();
     for file in found.images {
         let key = file.path.to_string_lossy();
-        let same = index.image_by_path(&key).is_some_and(|info| {
+        let info = index.image_by_path(&key);
+        let same = info.as_ref().is_some_and(|info| {
             info.paths
                 .iter()
                 .any(|p| p.path == key && p.size == file.size && p.mtime == file.mtime)
         });
-        if same {
-            summary.unchanged += 1;
-        } else {
-            todo.push(file);
+        match info {
+            Some(info) if same => {
+                summary.unchanged += 1;
+                if info.photo.is_none() {
+                    unread.push((info.image_id, info.content_hash, file));
+                }
+            }
+            _ => todo.push(file),
         }
     }
 
     let mut writer = index.writer()?;
     writer.add_roots(&new_roots);
+    read_unread_metadata(&mut writer, unread, &mut summary)?;
     progress.total.store(todo.len(), Ordering::Relaxed);
     progress
         .failed
@@ -238,6 +256,7 @@ fn apply_batch(
     summary: &mut IndexSummary,
 ) -> Result<()> {
     let sorted = SortedBatch::new(batch, |hash| writer.image_id_by_hash(hash).is_some());
+    summary.metadata_notes.extend(sorted.metadata_notes);
     for (path, error, io) in sorted.failed {
         // The bytes the index holds for this path are gone (it now fails to decode):
         // drop the stale entry. A read error may be passing: keep it.
@@ -268,6 +287,49 @@ fn apply_batch(
                 }
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads the metadata of indexed images that lack it, from their unchanged files (in
+/// parallel), and sets it. A file whose bytes are no longer the indexed ones (changed
+/// within the same second and size) is left for the next run; one that cannot be read
+/// is counted as failed, as any unreadable file is.
+fn read_unread_metadata(
+    writer: &mut IndexWriter,
+    unread: Vec<(qseek_index::ImageId, String, FoundFile)>,
+    summary: &mut IndexSummary,
+) -> Result<()> {
+    let read: Vec<_> = unread
+        .into_par_iter()
+        .map(|(id, hash, file)| {
+            let read = std::fs::read(&file.path)
+                .map(|bytes| (content_hash(&bytes) == hash).then(|| read_photo_meta(&bytes)));
+            (id, file.path, read)
+        })
+        .collect();
+    for (id, path, read) in read {
+        match read {
+            Ok(Some(metadata)) => {
+                writer.set_photo(id, Some(metadata.meta));
+                summary.metadata_read += 1;
+                let path = path.to_string_lossy();
+                summary
+                    .metadata_notes
+                    .extend(metadata.notes.into_iter().map(|reason| FileNote {
+                        path: path.to_string(),
+                        reason,
+                    }));
+            }
+            Ok(None) => {}
+            Err(source) => {
+                let error = Error::Io {
+                    path: path.clone(),
+                    source,
+                };
+                summary.failed.push(failure_note(&path, &error));
+            }
         }
     }
     Ok(())

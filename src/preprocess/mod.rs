@@ -2,5 +2,6 @@
 
 pub mod formats;
 pub mod image;
+pub mod metadata;
 pub mod pil_resize;
 pub mod text;

@@ -21,6 +21,7 @@ use super::jobs::IndexStatus;
 use super::{AppState, MAX_QUERY_CHARS, MAX_TEXTS_PER_REQUEST};
 use crate::error::{BadRequest, Param};
 use crate::pipeline::texts::{TextEntry, TextsSummary};
+use crate::service::query::PhotoFilterText;
 use crate::service::search::{
     read_roots, search, Hit, QueryEcho, QueryInput, SearchRequest, SearchResponse,
 };
@@ -171,6 +172,19 @@ struct SearchQuery {
     min_prob: Option<f32>,
     /// Only images whose path is under this folder (a filter: never opened).
     under: Option<String>,
+    /// Only photos taken on or after this date: `2023`, `2023-06`, `2023-06-14` or RFC
+    /// 3339 (in the photo's local time when it has no offset).
+    after: Option<String>,
+    /// Only photos taken on or before this date (to its end: `2023` keeps all of 2023).
+    before: Option<String>,
+    /// Only photos whose camera's make and model contain this (ignoring case).
+    camera: Option<String>,
+    /// `LAT,LON[,KM]`: only photos taken within KM kilometres (default 1) of a place.
+    near: Option<String>,
+    /// Only photos without a date taken.
+    undated: Option<bool>,
+    /// `score` (best first, the default) or `date` (oldest first).
+    sort: Option<String>,
     /// Walk the HNSW graph instead of scoring every image exactly.
     ann: Option<bool>,
 }
@@ -206,6 +220,15 @@ impl SearchQuery {
                 .as_ref()
                 .filter(|u| !u.is_empty())
                 .map(Into::into),
+            photo: PhotoFilterText {
+                after: self.after.clone(),
+                before: self.before.clone(),
+                camera: self.camera.clone(),
+                near: self.near.clone(),
+                undated: self.undated.unwrap_or(false),
+            }
+            .parse()?,
+            sort: self.sort.as_deref().unwrap_or("score").parse()?,
             ann: self.ann.unwrap_or(false),
         })
     }

@@ -35,7 +35,7 @@ type Found = (Vec<u32>, Vec<ImageHit>);
 
 enum Job {
     Text(String, Reply<(Vec<f32>, Vec<u32>)>),
-    Search(Search, Reply<Found>),
+    Search(Box<Search>, Reply<Found>),
     Itm(Vec<ItmPair>, Reply<Vec<ItmScore>>),
 }
 
@@ -116,7 +116,7 @@ impl ModelCalls for Batcher {
                 k,
                 params: params.clone(),
             };
-            Job::Search(search, reply)
+            Job::Search(Box::new(search), reply)
         })
     }
 }
@@ -131,7 +131,7 @@ fn work(c: &Collection, rx: &Receiver<Job>, itm_batch: usize) {
         let mut itm = Vec::new();
         let mut sort = |job| match job {
             Job::Text(t, reply) => texts.push((t, reply)),
-            Job::Search(s, reply) => searches.push((s, reply)),
+            Job::Search(s, reply) => searches.push((*s, reply)),
             Job::Itm(p, reply) => itm.push((p, reply)),
         };
         if early.is_empty() {

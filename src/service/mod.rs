@@ -4,6 +4,8 @@
 //! flags and prints, and the server only maps routes.
 //!
 //! - [`search`]: photos for a sentence, photos like a photo, sentences for a photo.
+//! - [`query`]: the parts of a search request parsed the same way everywhere: the
+//!   metadata filters and the sort.
 //! - [`texts`]: adding and listing the sentences image → texts finds.
 //! - [`manage`]: what an index holds, removing files and folders.
 //! - [`embeddings`]: the model alone: embeddings (`embed`) and ITC/ITM scores (`score`).
@@ -13,5 +15,6 @@
 pub mod calls;
 pub mod embeddings;
 pub mod manage;
+pub mod query;
 pub mod search;
 pub mod texts;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use candle_core::Tensor;
-use qseek_index::{Filter, ImageId, SearchParams};
+use qseek_index::{Filter, ImageId, PhotoFilter, PhotoMeta, SearchParams};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::similar::similar_through_engine;
@@ -33,6 +33,7 @@ use crate::preprocess::image::{decode_rgb, LoadOptions};
 use crate::preprocess::text::pre_caption;
 use crate::rerank::{ItmPair, ItmScore};
 use crate::service::calls::ModelCalls;
+use crate::service::query::Sort;
 use crate::{Error, Result};
 
 /// Candidates reranked when the request does not say and the index stores vision features.
@@ -81,6 +82,10 @@ pub struct SearchRequest {
     pub min_prob: Option<f32>,
     /// Only images under this folder (or whose path starts with this prefix).
     pub under: Option<PathBuf>,
+    /// Only images whose metadata passes (date taken, camera, place).
+    pub photo: PhotoFilter,
+    /// The order of the results.
+    pub sort: Sort,
     /// Walk the HNSW graph instead of scoring every image exactly.
     pub ann: bool,
 }
@@ -96,6 +101,8 @@ impl SearchRequest {
             rerank: None,
             min_prob: None,
             under: None,
+            photo: PhotoFilter::default(),
+            sort: Sort::Score,
             ann: false,
         }
     }
@@ -154,7 +161,7 @@ pub struct QueryEcho {
 
 /// One result. Every field is always present in JSON (null when it does not apply),
 /// so the document has one stable shape.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Hit {
     /// 1-based, counting the skipped `offset`.
     pub rank: usize,
@@ -177,6 +184,67 @@ pub struct Hit {
     pub itm_logit: Option<f32>,
     /// ITM match probability (softmax of the two logits), when reranked.
     pub itm_prob: Option<f32>,
+    /// When the photo was taken: RFC 3339, without an offset when the photo records
+    /// none (its camera's local time).
+    pub taken_at: Option<String>,
+    /// The camera's make and model.
+    pub camera: Option<String>,
+    /// The lens.
+    pub lens: Option<String>,
+    /// Where it was taken: `[latitude, longitude]` in degrees.
+    pub gps: Option<[f64; 2]>,
+    /// Width in pixels, for image results.
+    pub width: Option<u32>,
+    /// Height in pixels, for image results.
+    pub height: Option<u32>,
+}
+
+/// What a result shows of its photo: the metadata and size fields of [`Hit`].
+#[derive(Debug, Clone, Default, PartialEq)]
+struct PhotoFields {
+    photo: Option<PhotoMeta>,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+impl PhotoFields {
+    fn of(c: &Collection, image_id: Option<ImageId>) -> Self {
+        match image_id.and_then(|id| c.index.image(id)) {
+            Some(info) => Self {
+                photo: info.photo,
+                width: Some(info.width),
+                height: Some(info.height),
+            },
+            None => Self::default(),
+        }
+    }
+
+    fn taken(&self) -> Option<&qseek_index::TakenAt> {
+        self.photo.as_ref()?.taken.as_ref()
+    }
+
+    fn into_hit(self, hit: Hit) -> Hit {
+        let photo = self.photo.unwrap_or_default();
+        Hit {
+            taken_at: photo.taken.map(|t| t.to_rfc3339()),
+            camera: photo.camera(),
+            lens: photo.lens,
+            gps: photo.gps.map(|g| [g.lat, g.lon]),
+            width: self.width,
+            height: self.height,
+            ..hit
+        }
+    }
+}
+
+/// A stable sort by date taken, oldest first, those without a date last.
+fn sort_by_date<T>(items: &mut [T], fields: impl Fn(&T) -> &PhotoFields) {
+    items.sort_by(|a, b| match (fields(a).taken(), fields(b).taken()) {
+        (Some(x), Some(y)) => x.cmp_time(y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
 }
 
 /// The answer: the document `qseek search --json` prints.
@@ -218,6 +286,12 @@ pub fn search(
         // The engine's own index decides how exact its candidates are.
         return Err(BadRequest::EngineUnsupported {
             what: "the index's graph search (ann)",
+        }
+        .into());
+    }
+    if settings.engine.is_some() && req.photo.is_active() {
+        return Err(BadRequest::EngineUnsupported {
+            what: "filtering by date, camera or place",
         }
         .into());
     }
@@ -268,6 +342,8 @@ struct Options {
     rerank: usize,
     min_prob: Option<f32>,
     under: Option<String>,
+    photo: PhotoFilter,
+    sort: Sort,
     ann: bool,
 }
 
@@ -312,6 +388,8 @@ impl Options {
             rerank,
             min_prob: req.min_prob,
             under,
+            photo: req.photo.clone(),
+            sort: req.sort,
             ann: req.ann,
         })
     }
@@ -321,18 +399,18 @@ impl Options {
         self.offset.saturating_add(self.k)
     }
 
-    fn params(&self, want: usize, with_path_filter: bool) -> SearchParams {
+    /// How the index searches: for images (`images`), with the folder and metadata
+    /// filters; for texts, without.
+    fn params(&self, want: usize, images: bool) -> SearchParams {
         let defaults = SearchParams::default();
+        let filter = Filter {
+            path_prefix: self.under.clone(),
+            query: None,
+            photo: self.photo.clone(),
+        };
         SearchParams {
             candidates: defaults.candidates.max(want),
-            filter: self
-                .under
-                .clone()
-                .filter(|_| with_path_filter)
-                .map(|p| Filter {
-                    path_prefix: Some(p),
-                    query: None,
-                }),
+            filter: (images && filter != Filter::default()).then_some(filter),
             exact: !self.ann,
             // With `ann`, the graph even for small collections (tests exercise it).
             exact_below: 0,
@@ -375,6 +453,7 @@ struct Candidate {
     id: Option<String>,
     itc: f32,
     itm: Option<ItmScore>,
+    fields: PhotoFields,
 }
 
 fn text_to_images(
@@ -416,6 +495,7 @@ fn text_to_images(
         .map(|(image_id, paths, itc)| {
             let (path, copies) = split_paths(paths, opts.under.as_deref());
             Candidate {
+                fields: PhotoFields::of(c, image_id),
                 image_id,
                 path,
                 copies,
@@ -489,7 +569,9 @@ fn recompute_vision(
 }
 
 /// Reranked candidates first (ITM logit + ITC), then the rest by ITC, as LAVIS's
-/// protocol ranks them; then the minimum probability, the offset and `k`.
+/// protocol ranks them; then the minimum probability, the order by date if asked (of
+/// every candidate that passes the minimum probability, else of the first `offset + k`),
+/// the offset and `k`.
 fn rank(candidates: Vec<Candidate>, opts: &Options) -> Vec<Hit> {
     let score = |c: &Candidate| c.itm.map_or(c.itc, |itm| itm.rerank_score(c.itc));
     let mut all: Vec<Candidate> = candidates;
@@ -500,25 +582,35 @@ fn rank(candidates: Vec<Candidate>, opts: &Options) -> Vec<Hit> {
             .cmp(&a.itm.is_some())
             .then(score(b).total_cmp(&score(a)))
     });
+    all.retain(|c| match opts.min_prob {
+        Some(p) => c.itm.is_some_and(|itm| itm.probability() >= p),
+        None => true,
+    });
+    if opts.sort == Sort::Date {
+        if opts.min_prob.is_none() {
+            all.truncate(opts.want());
+        }
+        sort_by_date(&mut all, |c| &c.fields);
+    }
     all.into_iter()
-        .filter(|c| match opts.min_prob {
-            Some(p) => c.itm.is_some_and(|itm| itm.probability() >= p),
-            None => true,
-        })
         .enumerate()
         .skip(opts.offset)
         .take(opts.k)
-        .map(|(i, c)| Hit {
-            rank: i + 1,
-            score: score(&c),
-            itc: Some(c.itc),
-            itm_logit: c.itm.map(|itm| itm.yes),
-            itm_prob: c.itm.map(|itm| itm.probability()),
-            image_id: c.image_id,
-            path: c.path,
-            copies: c.copies,
-            text: c.text,
-            id: c.id,
+        .map(|(i, c)| {
+            let hit = Hit {
+                rank: i + 1,
+                score: score(&c),
+                itc: Some(c.itc),
+                itm_logit: c.itm.map(|itm| itm.yes),
+                itm_prob: c.itm.map(|itm| itm.probability()),
+                image_id: c.image_id,
+                path: c.path,
+                copies: c.copies,
+                text: c.text,
+                id: c.id,
+                ..Hit::default()
+            };
+            c.fields.into_hit(hit)
         })
         .collect()
 }
@@ -690,24 +782,27 @@ fn image_to_images(
                 .collect()
         }
     };
+    let mut found: Vec<_> = found
+        .into_iter()
+        .map(|(image_id, paths, score)| (PhotoFields::of(c, image_id), image_id, paths, score))
+        .collect();
+    if opts.sort == Sort::Date {
+        sort_by_date(&mut found, |f| &f.0);
+    }
     Ok(found
         .into_iter()
         .enumerate()
         .skip(opts.offset)
-        .map(|(i, (image_id, paths, score))| {
+        .map(|(i, (fields, image_id, paths, score))| {
             let (path, copies) = split_paths(paths, opts.under.as_deref());
-            Hit {
+            fields.into_hit(Hit {
                 rank: i + 1,
                 image_id,
                 path,
                 copies,
-                text: None,
-                id: None,
                 score,
-                itc: None,
-                itm_logit: None,
-                itm_prob: None,
-            }
+                ..Hit::default()
+            })
         })
         .collect())
 }
@@ -740,6 +835,7 @@ fn image_to_texts(
     let mut candidates: Vec<Candidate> = found
         .into_iter()
         .map(|(text, id, itc)| Candidate {
+            fields: PhotoFields::default(),
             image_id: None,
             path: None,
             copies: Vec::new(),

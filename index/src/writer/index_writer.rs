@@ -230,13 +230,14 @@ impl IndexWriter {
     }
 
     /// Sets what an image's metadata says (an index written before metadata was read
-    /// gets it so, without its vectors changing). Returns whether the image exists.
-    pub fn set_photo(&mut self, id: ImageId, photo: PhotoMeta) -> bool {
+    /// gets it so, without its vectors changing); `None` marks it unread. Returns
+    /// whether the image exists.
+    pub fn set_photo(&mut self, id: ImageId, photo: Option<PhotoMeta>) -> bool {
         let Some(mut entry) = self.image_entry(id) else {
             return false;
         };
-        if entry.photo.as_ref() != Some(&photo) {
-            entry.photo = Some(photo);
+        if entry.photo != photo {
+            entry.photo = photo;
             self.pending.images.insert(id, Some(entry));
         }
         true
