@@ -49,6 +49,10 @@ pub enum Param {
     Rerank,
     /// Minimum ITM match probability.
     MinProb,
+    /// ITM match probability that drops a result for a negative term.
+    NotProb,
+    /// Terms of a combined query.
+    Terms,
     /// Results skipped (paging).
     Offset,
     /// Decoding limit.
@@ -78,6 +82,8 @@ impl std::fmt::Display for Param {
             Param::K => "k",
             Param::Rerank => "rerank",
             Param::MinProb => "min_prob",
+            Param::NotProb => "not_prob",
+            Param::Terms => "the number of terms",
             Param::Offset => "offset",
             Param::MaxMegapixels => "max_megapixels",
             Param::CommitEvery => "commit_every",
@@ -292,6 +298,9 @@ pub enum BadRequest {
         /// What is wrong, and how to write it.
         reason: String,
     },
+    /// Texts for a photo take the photo alone.
+    #[error("texts for a photo take that photo alone: drop the other terms (--also, --like, --not, a weight)")]
+    TermsWithTexts,
     /// A search the engine backend does not run.
     #[error("{what} is not available through an engine: search the local index")]
     EngineUnsupported {
@@ -516,7 +525,9 @@ impl Error {
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ErrorKind::NotFound
             }
-            Error::Index(qseek_index::Error::ModelMismatch { .. }) => ErrorKind::BadRequest,
+            Error::Index(
+                qseek_index::Error::ModelMismatch { .. } | qseek_index::Error::NoPositiveTerm,
+            ) => ErrorKind::BadRequest,
             _ => ErrorKind::Internal,
         }
     }

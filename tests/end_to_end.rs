@@ -900,3 +900,202 @@ fn an_index_made_before_metadata_gets_it_on_its_next_run_without_the_model() {
     assert_eq!(summary["metadata_read"], 0, "{summary}");
     assert_eq!(std::fs::read_dir(&c.index).unwrap().count(), vectors);
 }
+
+/// `qseek score`: ITM (no, yes) logits of an (image, text) pair.
+fn itm_logits(image: &str, text: &str) -> (f32, f32) {
+    let tiny = tiny();
+    let out = qseek(&["score", "-m", &tiny, "--image", image, "--text", text]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc = json(&out);
+    let logit = |i: usize| doc["itm_logits"][i].as_f64().unwrap() as f32;
+    (logit(0), logit(1))
+}
+
+/// BLIP-2's ITC of a text's vector with an image's Q vectors.
+fn itc_of(image: &[Vec<f32>], text: &[f32]) -> f32 {
+    image.iter().map(|q| dot(q, text)).fold(f32::MIN, f32::max)
+}
+
+/// Symmetric Chamfer similarity of two images' Q vectors, written out.
+fn chamfer_of(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    let one_way = |x: &[Vec<f32>], y: &[Vec<f32>]| {
+        x.iter().map(|p| itc_of(y, p)).sum::<f32>() / x.len() as f32
+    };
+    0.5 * (one_way(a, b) + one_way(b, a))
+}
+
+#[test]
+fn combined_queries_score_as_the_weighted_sum_of_their_terms() {
+    let c = Collection::indexed();
+    let paths: Vec<String> = fixture_photos()
+        .iter()
+        .map(|p| c.photo(p.file_name().unwrap().to_str().unwrap()))
+        .collect();
+    let embeds = embed_images(&paths);
+    let (cat, cup, rocket) = ("a cat lying on a bed", "a cup of coffee", "a rocket");
+    let (t_cat, t_cup, t_rocket) = (embed_text(cat), embed_text(cup), embed_text(rocket));
+
+    // Texts with weights, one of them negative, ranked by the candidate score alone.
+    let doc = c.run_json(&[
+        "search",
+        cat,
+        "--also",
+        &format!("2:{cup}"),
+        "--not",
+        rocket,
+        "--rerank",
+        "0",
+        "-k",
+        "7",
+        "--json",
+    ]);
+    let mut expected: Vec<(String, f32)> = embeds
+        .iter()
+        .map(|(p, e)| {
+            let s = itc_of(e, &t_cat) + 2.0 * itc_of(e, &t_cup) - itc_of(e, &t_rocket);
+            (p.clone(), s)
+        })
+        .collect();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+    assert_same_ranking(&ranked(&doc, "path"), &expected);
+    let terms = &doc["query"]["terms"];
+    assert_eq!(terms[0]["text"], cat);
+    assert_eq!(
+        (terms[1]["text"].as_str(), terms[1]["weight"].as_f64()),
+        (Some(cup), Some(2.0))
+    );
+    assert_eq!(doc["query"]["not"], serde_json::json!([rocket]));
+
+    // A photo and a text: the photo's Chamfer similarity, weighted, plus the text's ITC;
+    // the query photo is not a result.
+    let me = c.photo("rocket.jpg");
+    let doc = c.run_json(&[
+        "search",
+        rocket,
+        "--like",
+        &format!("0.5:{me}"),
+        "--rerank",
+        "0",
+        "-k",
+        "7",
+        "--json",
+    ]);
+    let mut expected: Vec<(String, f32)> = embeds
+        .iter()
+        .filter(|(p, _)| **p != me)
+        .map(|(p, e)| {
+            let s = itc_of(e, &t_rocket) + 0.5 * chamfer_of(&embeds[&me], e);
+            (p.clone(), s)
+        })
+        .collect();
+    expected.sort_by(|a, b| b.1.total_cmp(&a.1));
+    assert_same_ranking(&ranked(&doc, "path"), &expected);
+
+    // The rerank: the positive texts' ITM match logits add to the candidate score, the
+    // least of their probabilities is itm_prob, and the negative text's probability is
+    // reported; with --not-prob 1 nothing is dropped.
+    let args = |not_prob: &str| {
+        [
+            "search",
+            cat,
+            "--also",
+            cup,
+            "--not",
+            rocket,
+            "--rerank",
+            "7",
+            "-k",
+            "7",
+            "--not-prob",
+            not_prob,
+            "--json",
+        ]
+        .map(String::from)
+    };
+    let all_args = args("1");
+    let doc = c.run_json(&all_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 7);
+    let prob = |(no, yes): (f32, f32)| 1.0 / (1.0 + (no - yes).exp());
+    let mut not_probs = Vec::new();
+    for r in results {
+        let p = r["path"].as_str().unwrap();
+        let (l_cat, l_cup, l_rocket) = (
+            itm_logits(p, cat),
+            itm_logits(p, cup),
+            itm_logits(p, rocket),
+        );
+        let close = |a: f64, b: f32, what: &str| {
+            assert!((a as f32 - b).abs() < 1e-4, "{p} {what}: {a} vs {b}")
+        };
+        let e = &embeds[p];
+        let itc = itc_of(e, &t_cat) + itc_of(e, &t_cup) - itc_of(e, &t_rocket);
+        close(r["itc"].as_f64().unwrap(), itc, "itc");
+        close(
+            r["itm_logit"].as_f64().unwrap(),
+            l_cat.1 + l_cup.1,
+            "itm_logit",
+        );
+        close(
+            r["score"].as_f64().unwrap(),
+            l_cat.1 + l_cup.1 + itc,
+            "score",
+        );
+        close(
+            r["itm_prob"].as_f64().unwrap(),
+            prob(l_cat).min(prob(l_cup)),
+            "itm_prob",
+        );
+        let not = r["not_probs"][0].as_f64().unwrap();
+        close(not, prob(l_rocket), "not_probs");
+        not_probs.push((p.to_string(), not));
+    }
+    let scores: Vec<f64> = results
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    // A threshold between the probabilities drops exactly those at or above it.
+    let mut sorted: Vec<f64> = not_probs.iter().map(|x| x.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let t = 0.5 * (sorted[3] + sorted[4]);
+    let some_args = args(&t.to_string());
+    let doc = c.run_json(&some_args.iter().map(String::as_str).collect::<Vec<_>>());
+    let kept: Vec<&str> = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = not_probs
+        .iter()
+        .filter(|(_, p)| *p < t)
+        .map(|(path, _)| path.as_str())
+        .collect();
+    assert_eq!(kept, expected);
+    assert_eq!(kept.len(), 4);
+
+    // One text alone is today's search, whatever the syntax.
+    let plain = c.run_json(&["search", cat, "--json"]);
+    assert_eq!(
+        c.run_json(&["search", &format!("1:{cat}"), "--json"]),
+        plain
+    );
+    assert_eq!(plain["results"][0]["not_probs"], Value::Null);
+    // Bad terms: one sentence each.
+    for (flags, says) in [
+        (&["--also", "0:cup"][..], "weight"),
+        (&["--like", "id:x"], "not an indexed image's id"),
+        (&["--not-prob", "2"], "--not-prob must be between 0 and 1"),
+    ] {
+        let out = c.run(&[&["search", cat][..], flags].concat());
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{flags:?}: {}", stderr(&out));
+    }
+    let out = c.run(&["search", "--image", &me, "--texts", "--also", cup]);
+    assert!(
+        stderr(&out).contains("texts for a photo take that photo alone"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -97,6 +97,25 @@ fn every_endpoint_answers_as_the_cli_does() {
                 "48.8,2.3,50",
             ],
         ),
+        (
+            format!(
+                "/api/search?q={qe}&also={}&not={}&not_prob=0.9&k=4",
+                encode("2:a cat"),
+                encode("a rocket")
+            ),
+            vec![
+                "search",
+                q,
+                "--also",
+                "2:a cat",
+                "--not",
+                "a rocket",
+                "--not-prob",
+                "0.9",
+                "-k",
+                "4",
+            ],
+        ),
     ]
     .map(|(api, mut cli)| {
         cli.push("--json");
@@ -129,6 +148,32 @@ fn every_endpoint_answers_as_the_cli_does() {
     for (api, expected) in &text_cases {
         assert_same(&server.get_json(api), expected, api);
     }
+    // The same combined query as JSON.
+    let body = serde_json::json!({
+        "terms": [{"text": q}, {"text": "a cat", "weight": 2}],
+        "not": ["a rocket"], "not_prob": 0.9, "k": 4
+    });
+    let reply = server.request(
+        "POST",
+        "/api/search",
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_same(&reply.json(), &text_cases[5].1, "POST /api/search");
+    assert_eq!(
+        reply.json()["query"]["not"],
+        serde_json::json!(["a rocket"])
+    );
+    // Photos like a photo and a sentence: `like=` with the photo's id.
+    let like = server.get_json(&format!("/api/search?q={}&like=1&k=3", encode("at night")));
+    assert_eq!(like["query"]["terms"][1]["image_id"], 1, "{like}");
+    assert!(like["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["image_id"] != 1));
+
     // Paging: offset 2, k 2 is results 3 and 4 of k 4, ranks included.
     let all = server.get_json(&format!("/api/search?q={qe}&k=4"));
     let page = server.get_json(&format!("/api/search?q={qe}&k=2&offset=2"));
@@ -277,6 +322,38 @@ fn bad_input_gets_a_4xx_json_error_and_no_byte_outside_the_index() {
             "/api/search?q=cat&sort=size".into(),
             &[],
             vec![],
+            400,
+        ),
+        (
+            "more terms than a search takes",
+            "GET",
+            format!("/api/search?q=cat{}", "&also=dog".repeat(8)),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "a like that is not an id",
+            "GET",
+            "/api/search?q=cat&like=..%2Fsecret.txt".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "a JSON search with a term both text and photo",
+            "POST",
+            "/api/search".into(),
+            &json,
+            br#"{"terms":[{"text":"cat","image_id":1}]}"#.to_vec(),
+            400,
+        ),
+        (
+            "a JSON search with only negative terms",
+            "POST",
+            "/api/search".into(),
+            &json,
+            br#"{"terms":[{"text":"cat","weight":-1}]}"#.to_vec(),
             400,
         ),
         (

@@ -53,6 +53,25 @@ pub struct ImageInfo {
     pub photo: Option<PhotoMeta>,
 }
 
+/// One term of [`Index::search_images_combined`], with its weight (negative: subtracts).
+#[derive(Debug, Clone, Copy)]
+pub enum QueryTerm<'a> {
+    /// A text's vector (`D` values, L2-normalised): max over the image's slots.
+    Text {
+        /// The vector.
+        vector: &'a [f32],
+        /// Its weight.
+        weight: f32,
+    },
+    /// An image's `Q × D` vectors: symmetric Chamfer similarity.
+    Image {
+        /// The vectors.
+        vectors: &'a [f32],
+        /// Its weight.
+        weight: f32,
+    },
+}
+
 /// One text as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextInfo {
@@ -384,6 +403,68 @@ impl Index {
             .search(&probes, k, params, allowed.as_ref(), |row, _| {
                 let other = vectors.row_f32(row);
                 (max_sim::chamfer(image_vectors, &other, m.dim), 0)
+            });
+        Ok(state.image_hits(scored))
+    }
+
+    /// Top-`k` images for a combined query: the weighted sum of each term's
+    /// similarity, a text's max-over-slots score ([`Index::search_images`]) or an
+    /// image's symmetric Chamfer similarity ([`Index::similar_images`]); a negative
+    /// weight subtracts. The graph, when the search walks it, is probed with the
+    /// positive terms' vectors; every candidate is scored exactly. `best_slot` is 0.
+    pub fn search_images_combined(
+        &self,
+        terms: &[QueryTerm<'_>],
+        k: usize,
+        params: &SearchParams,
+    ) -> Result<Vec<ImageHit>> {
+        let m = &self.shared.manifest;
+        let mut probes = Vec::new();
+        for term in terms {
+            match *term {
+                QueryTerm::Text { vector, weight } => {
+                    check_len(vector, m.dim)?;
+                    debug_assert_unit(vector, m.dim);
+                    if weight > 0.0 {
+                        probes.push(vector.to_vec());
+                    }
+                }
+                QueryTerm::Image { vectors, weight } => {
+                    check_len(vectors, m.num_query_tokens * m.dim)?;
+                    if weight > 0.0 {
+                        let points = graph_vectors(vectors, m.dim, m.graph_points_per_image);
+                        probes.extend(points.chunks_exact(m.dim).map(<[f32]>::to_vec));
+                    }
+                }
+            }
+        }
+        if probes.is_empty() {
+            return Err(Error::NoPositiveTerm);
+        }
+        let probes: Vec<&[f32]> = probes.iter().map(Vec::as_slice).collect();
+        let allowed = self.allowed(TableKind::Images, params.filter.as_ref())?;
+        let state = self.searchable(TableKind::Images, k, params, allowed.as_ref());
+        let vectors = &state.images.rows.vectors;
+        let scored = state
+            .images
+            .search(&probes, k, params, allowed.as_ref(), |row, scratch| {
+                let mut other = None;
+                let mut sum = 0.0f32;
+                for term in terms {
+                    sum += match *term {
+                        QueryTerm::Text { vector, weight } => {
+                            weight * vectors.max_sim(row, vector, scratch).0
+                        }
+                        QueryTerm::Image {
+                            vectors: image,
+                            weight,
+                        } => {
+                            let other = other.get_or_insert_with(|| vectors.row_f32(row));
+                            weight * max_sim::chamfer(image, other, m.dim)
+                        }
+                    };
+                }
+                (sum, 0)
             });
         Ok(state.image_hits(scored))
     }

@@ -21,7 +21,7 @@ mod writer;
 
 pub use export::{ExportedImage, ExportedText, ImageExport, TextExport};
 pub use graph::point_map::{PointMap, PointTarget};
-pub use index::{ImageInfo, Index, IndexStats, TextInfo};
+pub use index::{ImageInfo, Index, IndexStats, QueryTerm, TextInfo};
 pub use photo::{civil_from_days, days_from_civil, Gps, Near, PhotoFilter, PhotoMeta, TakenAt};
 pub use search::max_sim;
 pub use search::{default_ef, Filter, ImageHit, SearchParams, TextHit};
@@ -137,6 +137,9 @@ pub enum Error {
         /// Tantivy's explanation.
         reason: String,
     },
+    /// A combined query has no term with a positive weight: nothing to look for.
+    #[error("a combined query needs a term with a positive weight")]
+    NoPositiveTerm,
     /// The metadata database (sled) failed.
     #[error("{path}: metadata database: {source}")]
     Metadata {

@@ -184,6 +184,8 @@ fn flag(param: Param) -> &'static str {
         Param::K => "-k",
         Param::Rerank => "--rerank",
         Param::MinProb => "--min-prob",
+        Param::NotProb => "--not-prob",
+        Param::Terms => "the number of terms",
         Param::Offset => "--offset",
         Param::MaxMegapixels => "--max-megapixels",
         Param::CommitEvery => "--commit-every",

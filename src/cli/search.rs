@@ -11,14 +11,47 @@ use crate::engine::{self, EngineUri};
 use crate::error::BadRequest;
 use crate::pipeline::Collection;
 use crate::service::calls::Direct;
-use crate::service::query::{PhotoFilterText, Sort};
+use crate::service::query::{like_term, split_weight, text_term, PhotoFilterText, Sort, TermInput};
+use crate::service::search::DEFAULT_NOT_PROB;
 use crate::service::search::{search, Hit, QueryInput, SearchRequest, SearchSettings};
 use crate::Result;
 
 #[derive(Debug, Args)]
 pub(super) struct SearchArgs {
-    /// The sentence to find photos for.
+    /// The sentence to find photos for. A weight may prefix it, as in every term:
+    /// `"2:golden retriever"`.
     query: Option<String>,
+    /// Another sentence the photos should match too (its ITC, and its ITM when
+    /// reranking, add to the score): `--also sunset`, `--also 0.5:sunset`.
+    #[arg(
+        long,
+        value_name = "[W:]TEXT",
+        help_heading = "Terms",
+        allow_hyphen_values = true
+    )]
+    also: Vec<String>,
+    /// A photo the results should look like (its Chamfer similarity adds to the score): a
+    /// file, or an indexed photo as `id:N`; `--like 0.5:photo.jpg`. Alone, it is
+    /// --image.
+    #[arg(
+        long,
+        value_name = "[W:]PHOTO",
+        help_heading = "Terms",
+        allow_hyphen_values = true
+    )]
+    like: Vec<String>,
+    /// A sentence the photos must not match: its ITC subtracts, and a reranked photo
+    /// whose ITM match probability for it reaches --not-prob is dropped.
+    #[arg(
+        long = "not",
+        value_name = "[W:]TEXT",
+        help_heading = "Terms",
+        allow_hyphen_values = true
+    )]
+    not: Vec<String>,
+    /// The ITM match probability for a --not sentence at which a photo is dropped.
+    #[arg(long, value_name = "P", default_value_t = DEFAULT_NOT_PROB, help_heading = "Terms")]
+    not_prob: f32,
     /// Find photos similar to this image instead (or, with --texts, sentences for it).
     #[arg(long, short = 'i', conflicts_with = "query")]
     image: Option<PathBuf>,
@@ -89,10 +122,38 @@ pub(super) struct SearchArgs {
 }
 
 pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
-    let query = match (args.query, args.image) {
-        (Some(q), _) => QueryInput::Text(q),
-        (None, Some(img)) => QueryInput::ImageFile(img),
-        (None, None) => return Err(BadRequest::EmptyQuery.into()),
+    let mut terms = Vec::new();
+    for also in &args.also {
+        terms.push(text_term("--also", also, false)?);
+    }
+    for like in &args.like {
+        terms.push(like_term("--like", like, false)?);
+    }
+    for not in &args.not {
+        terms.push(text_term("--not", not, true)?);
+    }
+    let (query, weight) = match (args.query, args.image) {
+        (Some(q), _) => {
+            let (weight, q) = split_weight("the query", &q)?;
+            (QueryInput::Text(q.to_string()), weight)
+        }
+        (None, Some(img)) => (QueryInput::ImageFile(img), 1.0),
+        // `--like` alone: the first photo is the query.
+        (None, None) => match terms
+            .iter()
+            .position(|t| !matches!(t.input, TermInput::Text(_)))
+        {
+            Some(i) => {
+                let first = terms.remove(i);
+                let input = match first.input {
+                    TermInput::ImageFile(p) => QueryInput::ImageFile(p),
+                    TermInput::IndexedImage(id) => QueryInput::IndexedImage(id),
+                    TermInput::Text(_) => unreachable!("a photo term"),
+                };
+                (input, first.weight)
+            }
+            None => return Err(BadRequest::EmptyQuery.into()),
+        },
     };
     let request = SearchRequest {
         query,
@@ -102,6 +163,9 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         rerank: args.rerank,
         min_prob: args.min_prob,
         under: args.under,
+        weight,
+        terms,
+        not_prob: Some(args.not_prob),
         photo: PhotoFilterText {
             after: args.after,
             before: args.before,

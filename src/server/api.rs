@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, RawQuery, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,7 +21,7 @@ use super::jobs::IndexStatus;
 use super::{AppState, MAX_QUERY_CHARS, MAX_TEXTS_PER_REQUEST};
 use crate::error::{BadRequest, Param};
 use crate::pipeline::texts::{TextEntry, TextsSummary};
-use crate::service::query::PhotoFilterText;
+use crate::service::query::{like_term, split_weight, text_term, PhotoFilterText, Term, TermInput};
 use crate::service::search::{
     read_roots, search, Hit, QueryEcho, QueryInput, SearchRequest, SearchResponse,
 };
@@ -34,6 +34,9 @@ type ApiResult<T> = Result<T, ApiError>;
 /// Most results one request may ask for (`k`), and deepest page (`offset`).
 const MAX_K: usize = 1000;
 const MAX_OFFSET: usize = 10_000;
+/// Most terms one search may combine, the query included: each text is an embedding
+/// and an ITM pass per reranked candidate, each photo a decode and an image encoding.
+const MAX_TERMS: usize = 8;
 
 /// Every route of the API, registered through its OpenAPI documentation (a route
 /// cannot be added without it), and the document itself at `/api/openapi.json`.
@@ -44,7 +47,7 @@ pub(super) fn routes(max_upload_bytes: usize) -> OpenApiRouter<Shared> {
         .routes(routes!(super::page))
         .routes(routes!(health))
         .routes(routes!(info))
-        .routes(routes!(search_text))
+        .routes(routes!(search_text, search_body))
         .routes((schemas, paths, image_search))
         .routes(routes!(list_texts, add_texts))
         .routes(routes!(index_status, start_indexing, cancel_indexing))
@@ -187,10 +190,55 @@ struct SearchQuery {
     sort: Option<String>,
     /// Walk the HNSW graph instead of scoring every image exactly.
     ann: Option<bool>,
+    /// Another sentence the photos should match too (repeatable), with an optional
+    /// weight: `also=2:sunset`.
+    #[serde(default)]
+    also: Vec<String>,
+    /// An indexed photo the results should look like (repeatable), by id, with an
+    /// optional weight: `like=0.5:12`.
+    #[serde(default)]
+    like: Vec<String>,
+    /// A sentence the photos must not match (repeatable): its ITC subtracts, and a
+    /// reranked photo whose ITM match probability for it reaches `not_prob` is dropped.
+    #[serde(default)]
+    not: Vec<String>,
+    /// The probability for a `not` sentence at which a photo is dropped (default 0.5).
+    not_prob: Option<f32>,
 }
 
+/// The repeatable parameters of [`SearchQuery`]: `serde_urlencoded` reads no
+/// sequences, so they are taken out of the query string first.
+const REPEATED: [&str; 3] = ["also", "like", "not"];
+
 impl SearchQuery {
-    fn request(&self, query: QueryInput) -> ApiResult<SearchRequest> {
+    /// The extra terms: `also`, `like` and `not`.
+    fn terms(&self) -> ApiResult<Vec<Term>> {
+        let mut terms = Vec::new();
+        for also in &self.also {
+            terms.push(text_term("also", also, false)?);
+        }
+        for like in &self.like {
+            terms.push(like_term("like", like, true)?);
+        }
+        for not in &self.not {
+            terms.push(text_term("not", not, true)?);
+        }
+        Ok(terms)
+    }
+
+    fn request(
+        &self,
+        query: QueryInput,
+        weight: f32,
+        terms: Vec<Term>,
+    ) -> ApiResult<SearchRequest> {
+        if terms.len() + 1 > MAX_TERMS {
+            return Err(BadRequest::OutOfRange {
+                param: Param::Terms,
+                expected: "at most 8, the query included",
+            }
+            .into());
+        }
         let k = self.k.unwrap_or(10);
         if !(1..=MAX_K).contains(&k) {
             return Err(BadRequest::OutOfRange {
@@ -230,13 +278,30 @@ impl SearchQuery {
             .parse()?,
             sort: self.sort.as_deref().unwrap_or("score").parse()?,
             ann: self.ann.unwrap_or(false),
+            weight,
+            terms,
+            not_prob: self.not_prob,
         })
     }
 }
 
-fn query_params(q: Result<Query<SearchQuery>, QueryRejection>) -> ApiResult<SearchQuery> {
-    q.map(|Query(q)| q)
-        .map_err(|e| bad_request(format!("query parameters: {}", e.body_text())))
+/// The search parameters of a query string, the repeatable ones included.
+fn query_params(raw: Option<String>) -> ApiResult<SearchQuery> {
+    let raw = raw.unwrap_or_default();
+    let mut rest = form_urlencoded::Serializer::new(String::new());
+    let mut repeated: [Vec<String>; 3] = Default::default();
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        match REPEATED.iter().position(|r| *r == key) {
+            Some(i) => repeated[i].push(value.into_owned()),
+            None => {
+                rest.append_pair(&key, &value);
+            }
+        }
+    }
+    let mut q: SearchQuery = serde_urlencoded::from_str(&rest.finish())
+        .map_err(|e| bad_request(format!("query parameters: {e}")))?;
+    [q.also, q.like, q.not] = repeated;
+    Ok(q)
 }
 
 /// The document `qseek search --json` prints, each image result with its URLs.
@@ -308,11 +373,142 @@ async fn run_search(state: &Shared, req: SearchRequest) -> ApiResult<Json<Served
     responses((status = 200, description = "The results", body = ServedSearch), (status = 400, description = "A bad request", body = ErrorBody)))]
 async fn search_text(
     State(state): State<Shared>,
-    q: Result<Query<SearchQuery>, QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<ServedSearch>> {
-    let q = query_params(q)?;
-    let text = q.q.clone().unwrap_or_default();
-    let req = q.request(QueryInput::Text(text))?;
+    let q = query_params(raw)?;
+    let mut terms = q.terms()?;
+    let (query, weight) = match q.q.as_deref().filter(|q| !q.trim().is_empty()) {
+        Some(text) => {
+            let (weight, text) = split_weight("q", text)?;
+            (QueryInput::Text(text.to_string()), weight)
+        }
+        // Photos alone (`like=`): the first is the query.
+        None => match terms
+            .iter()
+            .position(|t| matches!(t.input, TermInput::IndexedImage(_)))
+        {
+            Some(i) => {
+                let first = terms.remove(i);
+                let TermInput::IndexedImage(id) = first.input else {
+                    unreachable!("an indexed photo")
+                };
+                (QueryInput::IndexedImage(id), first.weight)
+            }
+            None => (QueryInput::Text(String::new()), 1.0),
+        },
+    };
+    let req = q.request(query, weight, terms)?;
+    run_search(&state, req).await
+}
+
+/// A term of a [`SearchBody`]: a sentence or an indexed photo, with its weight.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct BodyTerm {
+    /// A sentence.
+    text: Option<String>,
+    /// Or an indexed photo, by id.
+    image_id: Option<u64>,
+    /// Its weight (default 1; negative subtracts).
+    weight: Option<f32>,
+}
+
+/// `POST /api/search`: the query as JSON. The filters, `k`, `rerank`, `min_prob`,
+/// `offset` and the rest are those of `GET /api/search`.
+#[derive(Debug, Deserialize, ToSchema)]
+struct SearchBody {
+    /// The terms the photos should match, the first one the query.
+    terms: Vec<BodyTerm>,
+    /// Sentences the photos must not match.
+    #[serde(default)]
+    not: Vec<String>,
+    /// Everything else, as the query parameters of `GET /api/search` name it.
+    #[serde(flatten)]
+    #[schema(inline)]
+    params: BodyParams,
+}
+
+/// The parameters of a [`SearchBody`] besides its terms.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+struct BodyParams {
+    k: Option<usize>,
+    offset: Option<usize>,
+    rerank: Option<usize>,
+    min_prob: Option<f32>,
+    not_prob: Option<f32>,
+    under: Option<String>,
+    after: Option<String>,
+    before: Option<String>,
+    camera: Option<String>,
+    near: Option<String>,
+    undated: Option<bool>,
+    sort: Option<String>,
+    ann: Option<bool>,
+}
+
+/// Photos for a combined query sent as JSON: weighted sentences and photos, sentences
+/// to avoid, and the filters.
+#[utoipa::path(post, path = "/api/search", tag = "search", request_body = SearchBody,
+    responses((status = 200, description = "The results", body = ServedSearch), (status = 400, description = "A bad request", body = ErrorBody)))]
+async fn search_body(
+    State(state): State<Shared>,
+    body: Result<Json<SearchBody>, JsonRejection>,
+) -> ApiResult<Json<ServedSearch>> {
+    let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+    let mut terms = Vec::new();
+    for (i, t) in body.terms.into_iter().enumerate() {
+        let weight = t.weight.unwrap_or(1.0);
+        if !weight.is_finite() || weight == 0.0 {
+            return Err(bad_request(format!(
+                "terms[{i}]: the weight must be a number other than 0"
+            )));
+        }
+        let input = match (t.text, t.image_id) {
+            (Some(text), None) => TermInput::Text(text),
+            (None, Some(id)) => TermInput::IndexedImage(id),
+            _ => {
+                return Err(bad_request(format!(
+                    "terms[{i}]: give a text or an image_id, not both"
+                )))
+            }
+        };
+        terms.push(Term { input, weight });
+    }
+    for not in &body.not {
+        terms.push(text_term("not", not, true)?);
+    }
+    if terms.is_empty() {
+        return Err(BadRequest::EmptyQuery.into());
+    }
+    let first = terms.remove(0);
+    let query = match first.input {
+        TermInput::Text(text) => QueryInput::Text(text),
+        TermInput::IndexedImage(id) => QueryInput::IndexedImage(id),
+        TermInput::ImageFile(_) => unreachable!("the API names photos by id"),
+    };
+    let p = body.params;
+    let q = SearchQuery {
+        q: None,
+        id: None,
+        texts: None,
+        k: p.k,
+        offset: p.offset,
+        rerank: p.rerank,
+        min_prob: p.min_prob,
+        under: p.under,
+        after: p.after,
+        before: p.before,
+        camera: p.camera,
+        near: p.near,
+        undated: p.undated,
+        sort: p.sort,
+        ann: p.ann,
+        also: Vec::new(),
+        like: Vec::new(),
+        not: Vec::new(),
+        not_prob: p.not_prob,
+    };
+    let req = q.request(query, first.weight, terms)?;
     run_search(&state, req).await
 }
 
@@ -322,12 +518,12 @@ async fn search_text(
         (status = 404, description = "No image with that id", body = ErrorBody)))]
 async fn search_indexed_image(
     State(state): State<Shared>,
-    q: Result<Query<SearchQuery>, QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<ServedSearch>> {
-    let q = query_params(q)?;
+    let q = query_params(raw)?;
     let id =
         q.id.ok_or_else(|| bad_request("give the image's id: ?id=IMAGE_ID"))?;
-    let req = q.request(QueryInput::IndexedImage(id))?;
+    let req = q.request(QueryInput::IndexedImage(id), 1.0, q.terms()?)?;
     run_search(&state, req).await
 }
 
@@ -343,16 +539,16 @@ async fn search_indexed_image(
         (status = 503, description = "Too many decodes waiting: retry after `Retry-After`", body = ErrorBody)))]
 async fn search_uploaded_image(
     State(state): State<Shared>,
-    q: Result<Query<SearchQuery>, QueryRejection>,
+    RawQuery(raw): RawQuery,
     request: Request,
 ) -> ApiResult<Json<ServedSearch>> {
-    let q = query_params(q)?;
+    let q = query_params(raw)?;
     let _admission = state.decodes.admit()?;
     let bytes = upload(&state, request).await?;
     if bytes.is_empty() {
         return Err(bad_request("the upload is empty: send an image"));
     }
-    let req = q.request(QueryInput::ImageBytes(bytes))?;
+    let req = q.request(QueryInput::ImageBytes(bytes), 1.0, q.terms()?)?;
     run_search(&state, req).await
 }
 
@@ -578,6 +774,7 @@ mod tests {
             ("/api/health", "get"),
             ("/api/info", "get"),
             ("/api/search", "get"),
+            ("/api/search", "post"),
             ("/api/search/image", "get"),
             ("/api/search/image", "post"),
             ("/api/texts", "get"),

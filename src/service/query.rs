@@ -400,3 +400,134 @@ mod tests {
         assert!(!PhotoFilterText::default().parse().unwrap().is_active());
     }
 }
+
+/// What a term of a combined query is ([`Term`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TermInput {
+    /// A sentence.
+    Text(String),
+    /// An image file the user names (the command line).
+    ImageFile(std::path::PathBuf),
+    /// An image of the index, by id.
+    IndexedImage(qseek_index::ImageId),
+}
+
+/// A term of a combined query and its weight: a text's ITC or a photo's Chamfer
+/// similarity adds `weight ×` itself to a candidate's score; a negative weight
+/// subtracts, and a negative text is also a classifier at the rerank (`not_prob`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Term {
+    /// The text or photo.
+    pub input: TermInput,
+    /// Its weight, never 0.
+    pub weight: f32,
+}
+
+/// Splits an rclip-style weight prefix off a term: `2:golden retriever` is
+/// `(2, "golden retriever")`, `-0.5:photo.jpg` is `(-0.5, "photo.jpg")`. A term
+/// without one has weight 1; so does one whose colon is followed by a digit (`10:30
+/// meeting` is a sentence). A weight of 0, or one that is not finite, is refused.
+pub fn split_weight<'a>(param: &'static str, term: &'a str) -> Result<(f32, &'a str), BadRequest> {
+    let Some((number, rest)) = term.split_once(':') else {
+        return Ok((1.0, term));
+    };
+    let numeric = !number.is_empty()
+        && number
+            .trim_start_matches(['+', '-'])
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.')
+        && number.bytes().any(|b| b.is_ascii_digit());
+    if !numeric || rest.is_empty() || rest.starts_with(|c: char| c.is_ascii_digit()) {
+        return Ok((1.0, term));
+    }
+    match number.parse::<f32>() {
+        Ok(w) if w.is_finite() && w != 0.0 => Ok((w, rest)),
+        _ => Err(BadRequest::Filter {
+            param,
+            value: term.to_string(),
+            reason: "has a weight that is 0 or not a number: write e.g. 2:golden retriever".into(),
+        }),
+    }
+}
+
+/// `--like`'s value, or the API's `like=`: an indexed image (`id:N`, or a bare id in
+/// the API) or a file, with its weight.
+pub fn like_term(param: &'static str, text: &str, ids_only: bool) -> Result<Term, BadRequest> {
+    let (weight, rest) = split_weight(param, text)?;
+    let id = rest.strip_prefix("id:").or(ids_only.then_some(rest));
+    let input = match id {
+        Some(id) => TermInput::IndexedImage(id.trim().parse().map_err(|_| BadRequest::Filter {
+            param,
+            value: text.to_string(),
+            reason: "is not an indexed image's id (a number)".into(),
+        })?),
+        None => TermInput::ImageFile(rest.into()),
+    };
+    Ok(Term { input, weight })
+}
+
+/// A text term with its weight (`--also`, `also=`), or, `negative`, a term that must
+/// not match (`--not`, `not=`: its weight made negative).
+pub fn text_term(param: &'static str, text: &str, negative: bool) -> Result<Term, BadRequest> {
+    let (weight, rest) = split_weight(param, text)?;
+    let weight = if negative { -weight.abs() } else { weight };
+    Ok(Term {
+        input: TermInput::Text(rest.to_string()),
+        weight,
+    })
+}
+
+#[cfg(test)]
+mod term_tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_split_off_as_rclip_writes_them() {
+        for (text, weight, rest) in [
+            ("golden retriever", 1.0, "golden retriever"),
+            ("2:golden retriever", 2.0, "golden retriever"),
+            ("0.5:photo.jpg", 0.5, "photo.jpg"),
+            ("-1.5:people", -1.5, "people"),
+            ("10:30 meeting", 1.0, "10:30 meeting"),
+            ("note: a cat", 1.0, "note: a cat"),
+            ("2:", 1.0, "2:"),
+            (":cat", 1.0, ":cat"),
+        ] {
+            assert_eq!(
+                split_weight("also", text).unwrap(),
+                (weight, rest),
+                "{text}"
+            );
+        }
+        for text in ["0:cat", "-0:cat", "0.0:cat"] {
+            assert!(split_weight("also", text).is_err(), "{text}");
+        }
+        assert!(split_weight("also", "0:cat")
+            .unwrap_err()
+            .to_string()
+            .contains("weight"));
+    }
+
+    #[test]
+    fn like_terms_are_files_or_ids_and_not_terms_are_negative() {
+        assert_eq!(
+            like_term("like", "0.5:id:7", false).unwrap(),
+            Term {
+                input: TermInput::IndexedImage(7),
+                weight: 0.5
+            }
+        );
+        assert_eq!(
+            like_term("like", "7", true).unwrap().input,
+            TermInput::IndexedImage(7)
+        );
+        assert_eq!(
+            like_term("like", "a/b.jpg", false).unwrap().input,
+            TermInput::ImageFile("a/b.jpg".into())
+        );
+        assert!(like_term("like", "seven", true).is_err());
+        assert_eq!(text_term("not", "people", true).unwrap().weight, -1.0);
+        assert_eq!(text_term("not", "2:people", true).unwrap().weight, -2.0);
+        assert_eq!(text_term("also", "-2:people", false).unwrap().weight, -2.0);
+    }
+}

@@ -15,12 +15,13 @@
 //! stores vision features and to 0 otherwise (with a note saying why); a minimum match
 //! probability needs reranking; image → images has no ITM score.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use candle_core::Tensor;
-use qseek_index::{Filter, ImageId, PhotoFilter, PhotoMeta, SearchParams};
+use qseek_index::{Filter, ImageId, PhotoFilter, PhotoMeta, QueryTerm, SearchParams};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::similar::similar_through_engine;
@@ -33,11 +34,14 @@ use crate::preprocess::image::{decode_rgb, LoadOptions};
 use crate::preprocess::text::pre_caption;
 use crate::rerank::{ItmPair, ItmScore};
 use crate::service::calls::ModelCalls;
-use crate::service::query::Sort;
+use crate::service::query::{Sort, Term, TermInput};
 use crate::{Error, Result};
 
 /// Candidates reranked when the request does not say and the index stores vision features.
 pub const DEFAULT_RERANK: usize = 16;
+
+/// The ITM match probability for a negative text term at which a candidate is dropped.
+pub const DEFAULT_NOT_PROB: f32 = 0.5;
 
 /// What to search by.
 #[derive(Debug, Clone)]
@@ -82,6 +86,14 @@ pub struct SearchRequest {
     pub min_prob: Option<f32>,
     /// Only images under this folder (or whose path starts with this prefix).
     pub under: Option<PathBuf>,
+    /// The weight of `query` (1 unless the user wrote `2:…`).
+    pub weight: f32,
+    /// More terms, combined with `query` ([`search`] says how): texts and photos with
+    /// their weights; a text with a negative weight must not match.
+    pub terms: Vec<Term>,
+    /// Drop a reranked candidate whose ITM match probability for a negative text term is
+    /// at least this (default [`DEFAULT_NOT_PROB`]).
+    pub not_prob: Option<f32>,
     /// Only images whose metadata passes (date taken, camera, place).
     pub photo: PhotoFilter,
     /// The order of the results.
@@ -101,6 +113,9 @@ impl SearchRequest {
             rerank: None,
             min_prob: None,
             under: None,
+            weight: 1.0,
+            terms: Vec::new(),
+            not_prob: None,
             photo: PhotoFilter::default(),
             sort: Sort::Score,
             ann: false,
@@ -157,6 +172,27 @@ pub struct QueryEcho {
     pub k: usize,
     /// Candidates reranked (after the default was applied).
     pub rerank: usize,
+    /// Every term with a positive weight, and those with a negative weight that are
+    /// photos, the query first.
+    pub terms: Vec<TermEcho>,
+    /// The negative text terms: results whose ITM match probability for one of them
+    /// reached `not_prob` were dropped.
+    pub not: Vec<String>,
+    /// That probability, when there are negative text terms.
+    pub not_prob: Option<f32>,
+}
+
+/// A term of the query as the response echoes it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct TermEcho {
+    /// The sentence, for a text term.
+    pub text: Option<String>,
+    /// The photo (its path, or how it came), for a photo term.
+    pub image: Option<String>,
+    /// The photo's id, when the index holds it.
+    pub image_id: Option<ImageId>,
+    /// Its weight.
+    pub weight: f32,
 }
 
 /// One result. Every field is always present in JSON (null when it does not apply),
@@ -184,6 +220,9 @@ pub struct Hit {
     pub itm_logit: Option<f32>,
     /// ITM match probability (softmax of the two logits), when reranked.
     pub itm_prob: Option<f32>,
+    /// The ITM match probability for each negative text term (`query.not`), when
+    /// reranked.
+    pub not_probs: Option<Vec<f32>>,
     /// When the photo was taken: RFC 3339, without an offset when the photo records
     /// none (its camera's local time).
     pub taken_at: Option<String>,
@@ -267,11 +306,21 @@ pub fn search(
     settings: &SearchSettings,
     req: &SearchRequest,
 ) -> Result<SearchResponse> {
+    let combined = req.weight != 1.0 || !req.terms.is_empty();
+    let any_text = matches!(req.query, QueryInput::Text(_))
+        || req
+            .terms
+            .iter()
+            .any(|t| matches!(t.input, TermInput::Text(_)));
     let mode = match (&req.query, req.texts) {
         (QueryInput::Text(_), _) => Mode::TextToImages,
         (_, true) => Mode::ImageToTexts,
+        _ if combined && any_text => Mode::TextToImages,
         (_, false) => Mode::ImageToImages,
     };
+    if combined && req.texts {
+        return Err(BadRequest::TermsWithTexts.into());
+    }
     let stored = c.index.manifest().store_vision_features;
     let rerank = req
         .rerank
@@ -295,15 +344,35 @@ pub fn search(
         }
         .into());
     }
+    if settings.engine.is_some() && combined {
+        return Err(BadRequest::EngineUnsupported {
+            what: "a query of several terms or a weighted one",
+        }
+        .into());
+    }
     let mut notes = Vec::new();
-    let (text, image, hits) = match &req.query {
+    let main_echo = |text: Option<String>, image: Option<String>, image_id| TermEcho {
+        text,
+        image,
+        image_id,
+        weight: req.weight,
+    };
+    let (text, image, hits, terms, not) = match &req.query {
+        _ if combined => {
+            let found = combined_to_images(c, model, settings, req, &opts, &mut notes)?;
+            let main = &found.terms[0];
+            let (text, image) = (main.text.clone(), main.image.clone());
+            (text, image, found.hits, found.terms, found.not)
+        }
         QueryInput::Text(q) => {
             check_sentence(q, settings)?;
             let hits = text_to_images(c, model, settings, q, &opts, &mut notes)?;
-            (Some(q.clone()), None, hits)
+            let echo = main_echo(Some(q.clone()), None, None);
+            (Some(q.clone()), None, hits, vec![echo], Vec::new())
         }
         input => {
             let (name, query) = query_image(c, input, settings)?;
+            let echo = main_echo(None, Some(name.clone()), query.image_id);
             let hits = if req.texts {
                 image_to_texts(c, model, settings, &query, &opts)?
             } else {
@@ -314,7 +383,7 @@ pub fn search(
                 }
                 image_to_images(c, settings, &query, &opts, &mut notes)?
             };
-            (None, Some(name), hits)
+            (None, Some(name), hits, vec![echo], Vec::new())
         }
     };
     if req.rerank.is_none() && !stored && mode != Mode::ImageToImages {
@@ -329,6 +398,9 @@ pub fn search(
             mode,
             k: req.k,
             rerank,
+            terms,
+            not_prob: (!not.is_empty()).then_some(opts.not_prob),
+            not,
         },
         results: hits,
         notes,
@@ -344,6 +416,7 @@ struct Options {
     under: Option<String>,
     photo: PhotoFilter,
     sort: Sort,
+    not_prob: f32,
     ann: bool,
 }
 
@@ -355,6 +428,15 @@ impl Options {
                 expected: "at least 1",
             }
             .into());
+        }
+        if let Some(p) = req.not_prob {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(BadRequest::OutOfRange {
+                    param: Param::NotProb,
+                    expected: "between 0 and 1",
+                }
+                .into());
+            }
         }
         if let Some(p) = req.min_prob {
             if !(0.0..=1.0).contains(&p) {
@@ -390,6 +472,7 @@ impl Options {
             under,
             photo: req.photo.clone(),
             sort: req.sort,
+            not_prob: req.not_prob.unwrap_or(DEFAULT_NOT_PROB),
             ann: req.ann,
         })
     }
@@ -452,8 +535,27 @@ struct Candidate {
     text: Option<String>,
     id: Option<String>,
     itc: f32,
-    itm: Option<ItmScore>,
+    itm: Option<Reranked>,
+    /// The ITM match probability for each negative text term, when reranked.
+    not_probs: Option<Vec<f32>>,
     fields: PhotoFields,
+}
+
+/// What the ITM head said of a reranked candidate: the (weighted) match logit its
+/// score adds to the ITC, and the match probability `min_prob` is compared with.
+#[derive(Debug, Clone, Copy)]
+struct Reranked {
+    logit: f32,
+    prob: f32,
+}
+
+impl From<ItmScore> for Reranked {
+    fn from(itm: ItmScore) -> Self {
+        Reranked {
+            logit: itm.yes,
+            prob: itm.probability(),
+        }
+    }
 }
 
 fn text_to_images(
@@ -503,15 +605,36 @@ fn text_to_images(
                 id: None,
                 itc,
                 itm: None,
+                not_probs: None,
             }
         })
         .collect();
     let n = opts.rerank.min(candidates.len());
-    // Vision features of the candidates to rerank: stored, or recomputed from a file.
-    let mut pairs = Vec::new();
-    let mut which = Vec::new();
+    let (which, pairs): (Vec<usize>, Vec<ItmPair>) =
+        rerank_vision(c, settings, &candidates[..n], notes)?
+            .into_iter()
+            .map(|(i, vision)| {
+                let ids = ids.clone();
+                (i, ItmPair { vision, ids })
+            })
+            .unzip();
+    for (i, score) in which.into_iter().zip(model.itm(pairs)?) {
+        candidates[i].itm = Some(score.into());
+    }
+    Ok(rank(candidates, opts))
+}
+
+/// The vision-encoder output of each candidate to rerank, by its position: stored, or
+/// recomputed from a file; a candidate with neither is left out (with a note).
+fn rerank_vision(
+    c: &Collection,
+    settings: &SearchSettings,
+    candidates: &[Candidate],
+    notes: &mut Vec<String>,
+) -> Result<Vec<(usize, Tensor)>> {
     let roots = read_roots(c, settings);
-    for (i, cand) in candidates[..n].iter().enumerate() {
+    let mut out = Vec::new();
+    for (i, cand) in candidates.iter().enumerate() {
         let stored = match cand.image_id {
             Some(image_id) => c.index.vision_features(image_id)?,
             None => None,
@@ -525,17 +648,218 @@ fn text_to_images(
             None => recompute_vision(c, cand, &settings.load, roots.as_deref(), notes)?,
         };
         if let Some(vision) = vision {
-            pairs.push(ItmPair {
-                vision,
-                ids: ids.clone(),
-            });
-            which.push(i);
+            out.push((i, vision));
         }
     }
-    for (i, score) in which.into_iter().zip(model.itm(pairs)?) {
-        candidates[i].itm = Some(score);
+    Ok(out)
+}
+
+/// A term of a combined query, embedded.
+enum Embedded {
+    Text {
+        text: String,
+        vector: Vec<f32>,
+        ids: Vec<u32>,
+        weight: f32,
+    },
+    Image {
+        name: String,
+        query: QueryImage,
+        weight: f32,
+    },
+}
+
+/// What [`combined_to_images`] found, and the query it ran.
+struct Combined {
+    hits: Vec<Hit>,
+    terms: Vec<TermEcho>,
+    not: Vec<String>,
+}
+
+/// Photos for a combined query: the request's query (with its weight) and its terms.
+///
+/// A candidate's score is the weighted sum of each term's similarity: a text's ITC
+/// (max over the image's query vectors), a photo's symmetric Chamfer similarity; a
+/// negative weight subtracts. The query photos are not results. The top `rerank`
+/// candidates are then rescored: each text term with a positive weight adds its weight
+/// × its ITM match logit (and `itm_prob` is the least of their match probabilities,
+/// which `min_prob` is compared with); each negative text term is a classifier: a
+/// candidate whose match probability for it reaches `not_prob` is dropped. Without a
+/// text term, the candidate score alone ranks, as image → images does.
+fn combined_to_images(
+    c: &Collection,
+    model: &dyn ModelCalls,
+    settings: &SearchSettings,
+    req: &SearchRequest,
+    opts: &Options,
+    notes: &mut Vec<String>,
+) -> Result<Combined> {
+    let main = match &req.query {
+        QueryInput::Text(q) => Err(q.clone()),
+        input => Ok(input.clone()),
+    };
+    let rest = req.terms.iter().map(|t| {
+        let input = match &t.input {
+            TermInput::Text(q) => Err(q.clone()),
+            TermInput::ImageFile(p) => Ok(QueryInput::ImageFile(p.clone())),
+            TermInput::IndexedImage(id) => Ok(QueryInput::IndexedImage(*id)),
+        };
+        (input, t.weight)
+    });
+    let mut embedded = Vec::new();
+    for (input, weight) in std::iter::once((main, req.weight)).chain(rest) {
+        embedded.push(match input {
+            Err(text) => {
+                check_sentence(&text, settings)?;
+                let (vector, ids) = model.embed_text(&text)?;
+                Embedded::Text {
+                    text,
+                    vector,
+                    ids,
+                    weight,
+                }
+            }
+            Ok(input) => {
+                let (name, query) = query_image(c, &input, settings)?;
+                Embedded::Image {
+                    name,
+                    query,
+                    weight,
+                }
+            }
+        });
     }
-    Ok(rank(candidates, opts))
+    let weight = |e: &Embedded| match e {
+        Embedded::Text { weight, .. } | Embedded::Image { weight, .. } => *weight,
+    };
+    if embedded.iter().all(|e| weight(e) < 0.0) {
+        return Err(qseek_index::Error::NoPositiveTerm.into());
+    }
+    let terms: Vec<QueryTerm> = embedded
+        .iter()
+        .map(|e| match e {
+            Embedded::Text { vector, weight, .. } => QueryTerm::Text {
+                vector,
+                weight: *weight,
+            },
+            Embedded::Image { query, weight, .. } => QueryTerm::Image {
+                vectors: &query.vectors,
+                weight: *weight,
+            },
+        })
+        .collect();
+    // The query photos are not results: ask for as many more.
+    let exclude: HashSet<ImageId> = embedded
+        .iter()
+        .filter_map(|e| match e {
+            Embedded::Image { query, .. } => query.image_id,
+            Embedded::Text { .. } => None,
+        })
+        .collect();
+    let want = opts.want().max(opts.rerank);
+    let ask = want + exclude.len();
+    let found = c
+        .index
+        .search_images_combined(&terms, ask, &opts.params(ask, true))?;
+    let mut candidates: Vec<Candidate> = found
+        .into_iter()
+        .filter(|h| !exclude.contains(&h.image_id))
+        .take(want)
+        .map(|h| {
+            let (path, copies) = split_paths(h.paths, opts.under.as_deref());
+            Candidate {
+                fields: PhotoFields::of(c, Some(h.image_id)),
+                image_id: Some(h.image_id),
+                path,
+                copies,
+                text: None,
+                id: None,
+                itc: h.score,
+                itm: None,
+                not_probs: None,
+            }
+        })
+        .collect();
+    // The rerank: every text term with every candidate that has vision features.
+    let texts: Vec<(f32, &Vec<u32>)> = embedded
+        .iter()
+        .filter_map(|e| match e {
+            Embedded::Text { ids, weight, .. } => Some((*weight, ids)),
+            Embedded::Image { .. } => None,
+        })
+        .collect();
+    if !texts.is_empty() {
+        let n = opts.rerank.min(candidates.len());
+        let visions = rerank_vision(c, settings, &candidates[..n], notes)?;
+        let pairs = visions
+            .iter()
+            .flat_map(|(_, vision)| {
+                texts.iter().map(|(_, ids)| ItmPair {
+                    vision: vision.clone(),
+                    ids: (*ids).clone(),
+                })
+            })
+            .collect();
+        let scores = model.itm(pairs)?;
+        for ((i, _), scores) in visions.iter().zip(scores.chunks(texts.len())) {
+            let mut positive = None::<Reranked>;
+            let mut not_probs = Vec::new();
+            for (&(weight, _), score) in texts.iter().zip(scores) {
+                let prob = score.probability();
+                if weight > 0.0 {
+                    let r = positive.get_or_insert(Reranked {
+                        logit: 0.0,
+                        prob: 1.0,
+                    });
+                    r.logit += weight * score.yes;
+                    r.prob = r.prob.min(prob);
+                } else {
+                    not_probs.push(prob);
+                }
+            }
+            candidates[*i].itm = positive;
+            candidates[*i].not_probs = Some(not_probs);
+        }
+    }
+    let not: Vec<String> = embedded
+        .iter()
+        .filter_map(|e| match e {
+            Embedded::Text { text, weight, .. } if *weight < 0.0 => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    if !not.is_empty() && opts.rerank == 0 {
+        notes.push(
+            "without reranking, a term after --not only subtracts its similarity: nothing is dropped for matching it".into(),
+        );
+    }
+    let echo = embedded
+        .iter()
+        .filter(|e| !matches!(e, Embedded::Text { weight, .. } if *weight < 0.0))
+        .map(|e| match e {
+            Embedded::Text { text, weight, .. } => TermEcho {
+                text: Some(text.clone()),
+                image: None,
+                image_id: None,
+                weight: *weight,
+            },
+            Embedded::Image {
+                name,
+                query,
+                weight,
+            } => TermEcho {
+                text: None,
+                image: Some(name.clone()),
+                image_id: query.image_id,
+                weight: *weight,
+            },
+        })
+        .collect();
+    Ok(Combined {
+        hits: rank(candidates, opts),
+        terms: echo,
+        not,
+    })
 }
 
 /// The vision-encoder output of a candidate, from the first of its files that still
@@ -573,7 +897,9 @@ fn recompute_vision(
 /// every candidate that passes the minimum probability, else of the first `offset + k`),
 /// the offset and `k`.
 fn rank(candidates: Vec<Candidate>, opts: &Options) -> Vec<Hit> {
-    let score = |c: &Candidate| c.itm.map_or(c.itc, |itm| itm.rerank_score(c.itc));
+    // The reranked: ITM match logit + ITC (`ItmScore::rerank_score`; weighted sums of
+    // both for a combined query).
+    let score = |c: &Candidate| c.itm.map_or(c.itc, |itm| itm.logit + c.itc);
     let mut all: Vec<Candidate> = candidates;
     // Stable: ties keep the index's order (ITC, then id).
     all.sort_by(|a, b| {
@@ -583,8 +909,12 @@ fn rank(candidates: Vec<Candidate>, opts: &Options) -> Vec<Hit> {
             .then(score(b).total_cmp(&score(a)))
     });
     all.retain(|c| match opts.min_prob {
-        Some(p) => c.itm.is_some_and(|itm| itm.probability() >= p),
+        Some(p) => c.itm.is_some_and(|itm| itm.prob >= p),
         None => true,
+    });
+    all.retain(|c| {
+        let not = c.not_probs.as_deref().unwrap_or_default();
+        not.iter().all(|&p| p < opts.not_prob)
     });
     if opts.sort == Sort::Date {
         if opts.min_prob.is_none() {
@@ -601,8 +931,9 @@ fn rank(candidates: Vec<Candidate>, opts: &Options) -> Vec<Hit> {
                 rank: i + 1,
                 score: score(&c),
                 itc: Some(c.itc),
-                itm_logit: c.itm.map(|itm| itm.yes),
-                itm_prob: c.itm.map(|itm| itm.probability()),
+                itm_logit: c.itm.map(|itm| itm.logit),
+                itm_prob: c.itm.map(|itm| itm.prob),
+                not_probs: c.not_probs,
                 image_id: c.image_id,
                 path: c.path,
                 copies: c.copies,
@@ -843,6 +1174,7 @@ fn image_to_texts(
             id,
             itc,
             itm: None,
+            not_probs: None,
         })
         .collect();
     let n = opts.rerank.min(candidates.len());
@@ -861,7 +1193,7 @@ fn image_to_texts(
         })
         .collect();
     for (cand, score) in candidates.iter_mut().zip(model.itm(pairs)?) {
-        cand.itm = Some(score);
+        cand.itm = Some(score.into());
     }
     Ok(rank(candidates, opts))
 }
