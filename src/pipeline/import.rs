@@ -90,6 +90,7 @@ fn check_against_index(shard: &ShardFileReader, manifest: &Manifest, dir: &Path)
         compute_dtype: shard.meta().compute_dtype.clone(),
         features: None,
         shard: shard.meta().shard,
+        photo: shard.meta().photo,
     };
     let name = format!("the index at {}", dir.display());
     if let Some(reason) = shard.meta().conflict_with(&index_meta, &name) {

@@ -106,6 +106,7 @@ fn shard_meta(
             hidden: config.vision_config.hidden_size,
         }),
         shard: opts.shard,
+        photo: true,
     })
 }
 

@@ -113,6 +113,10 @@ pub struct ShardMeta {
     pub features: Option<ShardFeatures>,
     /// Which shard.
     pub shard: ShardSpec,
+    /// Whether each row carries its photo's metadata (date, camera, place) as JSON, in a
+    /// nullable `photo` column (`qseek.photo = json`); shards made before qseek read
+    /// metadata have none, and their photos get it at the next `qseek index`.
+    pub photo: bool,
 }
 
 fn feature_dtype_name(d: FeatureDtype) -> &'static str {
@@ -145,6 +149,9 @@ impl ShardMeta {
             ("qseek.compute_dtype", self.compute_dtype.clone()),
             ("qseek.shard", self.shard.to_string()),
         ];
+        if self.photo {
+            kv.push(("qseek.photo", "json".into()));
+        }
         if let Some(f) = self.features {
             kv.push(("qseek.feature_dtype", feature_dtype_name(f.dtype).into()));
             kv.push(("qseek.feature_shape", format!("{},{}", f.tokens, f.hidden)));
@@ -200,6 +207,7 @@ impl ShardMeta {
             compute_dtype: get("qseek.compute_dtype")?,
             features,
             shard: get("qseek.shard")?.parse()?,
+            photo: kv.get("qseek.photo").is_some_and(|v| v == "json"),
         })
     }
 
@@ -234,6 +242,9 @@ impl ShardMeta {
                 list(item, f.tokens * f.hidden),
                 false,
             ));
+        }
+        if self.photo {
+            fields.push(Field::new("photo", DataType::Utf8, true));
         }
         Arc::new(Schema::new(fields))
     }
@@ -434,6 +445,14 @@ impl ShardFileWriter {
             };
             columns.push(array);
         }
+        if m.photo {
+            let json = |r: &ImageRecord| {
+                r.photo
+                    .as_ref()
+                    .map(|p| serde_json::to_string(p).expect("metadata serialises"))
+            };
+            columns.push(Arc::new(StringArray::from_iter(records().map(json))));
+        }
         RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_error(&self.tmp))
     }
 
@@ -595,7 +614,16 @@ impl ShardFileReader {
         let width = batch.column(4).as_primitive::<UInt32Type>();
         let height = batch.column(5).as_primitive::<UInt32Type>();
         let vectors = batch.column(6).as_fixed_size_list();
-        let features = batch.columns().get(7).map(|c| c.as_fixed_size_list());
+        let features = batch
+            .column_by_name("vision_features")
+            .map(|c| c.as_fixed_size_list());
+        // A row whose JSON does not parse (a damaged file) loses its metadata, not itself:
+        // the next `qseek index` of its folder reads it again.
+        let photos = batch.column_by_name("photo").map(|c| c.as_string::<i32>());
+        let photo = |i: usize| {
+            let json = photos.filter(|p| p.is_valid(i))?.value(i);
+            serde_json::from_str(json).ok()
+        };
         (0..batch.num_rows())
             .map(|i| ShardRow {
                 record: ImageRecord {
@@ -605,7 +633,7 @@ impl ShardFileReader {
                     mtime: mtime.value(i),
                     width: width.value(i),
                     height: height.value(i),
-                    photo: None,
+                    photo: photo(i),
                 },
                 vectors: f32_values(vectors, i),
                 features: features.map(|f| f32_values(f, i)),
@@ -661,6 +689,7 @@ mod tests {
                 hidden: 2,
             }),
             shard: ShardSpec { index: 1, count: 3 },
+            photo: true,
         }
     }
 
@@ -673,7 +702,20 @@ mod tests {
                 mtime: -5 + i64::from(i),
                 width: i,
                 height: 2 * i,
-                photo: None,
+                // Some rows with metadata, some read with none, some never read.
+                photo: match i % 3 {
+                    0 => Some(qseek_index::PhotoMeta {
+                        make: Some("Canon".into()),
+                        gps: Some(qseek_index::Gps {
+                            lat: 48.8584,
+                            lon: 2.2945,
+                            alt: Some(-3.5),
+                        }),
+                        ..Default::default()
+                    }),
+                    1 => Some(qseek_index::PhotoMeta::default()),
+                    _ => None,
+                },
             },
             vectors: (0..6).map(|k| k as f32 * 0.1 + i as f32).collect(),
             features: features.then(|| vec![0.5, -1.25, 3.0, i as f32]),
@@ -702,6 +744,27 @@ mod tests {
             // The feature values above are exact in f16 too.
             assert_eq!(back, rows, "{features:?}");
         }
+    }
+
+    #[test]
+    fn a_shard_made_before_metadata_reads_with_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.parquet");
+        let old = ShardMeta {
+            photo: false,
+            ..meta(Some(FeatureDtype::F16))
+        };
+        let rows: Vec<ShardRow> = (0..3).map(|i| row(i, true)).collect();
+        let mut w = ShardFileWriter::create(&path, &old).unwrap();
+        w.write(&rows).unwrap();
+        w.finish().unwrap();
+        let r = ShardFileReader::open(&path).unwrap();
+        assert!(!r.meta().photo);
+        let back: Vec<ShardRow> = r.batches().unwrap().flat_map(Result::unwrap).collect();
+        assert!(back.iter().all(|row| row.record.photo.is_none()));
+        assert_eq!(back[2], rows[2]);
+        // It still goes into an index of the same model.
+        assert_eq!(old.conflict_with(&meta(None), "x"), None);
     }
 
     #[test]
