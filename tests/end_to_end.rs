@@ -786,6 +786,14 @@ fn metadata_is_read_shown_and_filters_before_the_top_k() {
     }
     let everything = named(&all);
     assert_eq!(everything.len(), 7);
+    let info = c.run_json(&["info", "--json"]);
+    assert_eq!(
+        [&info["photos_dated"], &info["photos_with_camera"], &info["photos_with_place"]],
+        [3, 3, 2]
+    );
+    assert_eq!(info["photos_metadata_unread"], 0);
+    assert_eq!(info["taken_first"], "2021-01-02T08:00:00");
+    assert_eq!(info["taken_last"], "2023-12-31T23:59:59");
     // Each row: filter flags, the photos they keep. A filtered search gives the
     // unfiltered ranking restricted to them, with the same scores.
     let undated = ["camera.png", "chelsea.png", "coffee.png", "coins.png"];
@@ -890,6 +898,7 @@ fn an_index_made_before_metadata_gets_it_on_its_next_run_without_the_model() {
     }
     let doc = json(&c.run(&["search", "a photo", "--json", "--camera", "canon"]));
     assert_eq!(named(&doc).len(), 0, "{doc}");
+    assert_eq!(c.run_json(&["info", "--json"])["photos_metadata_unread"], 7);
     let summary = c.index_json(&[]);
     assert_eq!(work(&summary), (0, 0, 7, 0), "{summary}");
     assert_eq!(summary["metadata_read"], 7, "{summary}");

@@ -11,7 +11,7 @@ use parking_lot::RwLockReadGuard;
 
 use crate::export::{ImageExport, TextExport};
 use crate::graph::ann_graph::graph_vectors;
-use crate::photo::PhotoMeta;
+use crate::photo::{PhotoMeta, TakenAt};
 use crate::search::max_sim::{self, debug_assert_unit};
 use crate::search::{Filter, ImageHit, SearchParams, TextHit};
 use crate::state::{Shared, State, TableKind, METADATA_DIR};
@@ -51,6 +51,23 @@ pub struct ImageInfo {
     /// What its metadata says; `None` until it was read (indexes written before
     /// qseek read metadata get it at the next `qseek index`).
     pub photo: Option<PhotoMeta>,
+}
+
+/// What [`Index::photo_stats`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhotoStats {
+    /// Images with a date taken.
+    pub dated: usize,
+    /// Images with a camera make or model.
+    pub with_camera: usize,
+    /// Images with a place.
+    pub with_place: usize,
+    /// Images whose metadata was never read (indexed before qseek read it).
+    pub unread: usize,
+    /// The earliest date taken.
+    pub first: Option<TakenAt>,
+    /// The latest date taken.
+    pub last: Option<TakenAt>,
 }
 
 /// One term of [`Index::search_images_combined`], with its weight (negative: subtracts).
@@ -405,6 +422,36 @@ impl Index {
                 (max_sim::chamfer(image_vectors, &other, m.dim), 0)
             });
         Ok(state.image_hits(scored))
+    }
+
+    /// What the images' metadata holds: how many have a date, a camera, a place, or
+    /// were never read, and the first and last dates.
+    pub fn photo_stats(&self) -> PhotoStats {
+        let state = self.state();
+        let mut stats = PhotoStats::default();
+        for e in state.images.entries.values() {
+            let Some(photo) = &e.photo else {
+                stats.unread += 1;
+                continue;
+            };
+            if let Some(t) = photo.taken {
+                stats.dated += 1;
+                stats.first =
+                    Some(
+                        stats
+                            .first
+                            .map_or(t, |f| if t.cmp_time(&f).is_lt() { t } else { f }),
+                    );
+                stats.last = Some(
+                    stats
+                        .last
+                        .map_or(t, |l| if t.cmp_time(&l).is_gt() { t } else { l }),
+                );
+            }
+            stats.with_camera += usize::from(photo.camera().is_some());
+            stats.with_place += usize::from(photo.gps.is_some());
+        }
+        stats
     }
 
     /// Top-`k` images for a combined query: the weighted sum of each term's

@@ -21,7 +21,7 @@ mod writer;
 
 pub use export::{ExportedImage, ExportedText, ImageExport, TextExport};
 pub use graph::point_map::{PointMap, PointTarget};
-pub use index::{ImageInfo, Index, IndexStats, QueryTerm, TextInfo};
+pub use index::{ImageInfo, Index, IndexStats, PhotoStats, QueryTerm, TextInfo};
 pub use photo::{civil_from_days, days_from_civil, Gps, Near, PhotoFilter, PhotoMeta, TakenAt};
 pub use search::max_sim;
 pub use search::{default_ef, Filter, ImageHit, SearchParams, TextHit};

@@ -67,6 +67,20 @@ pub(super) fn info(args: InfoArgs) -> Result<Outcome> {
     );
     println!("images:           {} ({} paths)", info.images, info.paths);
     println!("texts:            {}", info.texts);
+    let span = match (&info.taken_first, &info.taken_last) {
+        (Some(first), Some(last)) => format!(", taken {first} to {last}"),
+        _ => String::new(),
+    };
+    println!(
+        "metadata:         {} dated{span}, {} with a camera, {} with a place",
+        info.photos_dated, info.photos_with_camera, info.photos_with_place
+    );
+    if info.photos_metadata_unread > 0 {
+        println!(
+            "                  {} never read: `qseek index` reads it, without the model",
+            info.photos_metadata_unread
+        );
+    }
     println!(
         "vision features:  {}",
         if info.store_vision_features {

@@ -45,6 +45,18 @@ pub struct Info {
     pub metadata_bytes: u64,
     /// Size of the whole directory.
     pub bytes_on_disk: u64,
+    /// Photos with a date taken.
+    pub photos_dated: usize,
+    /// Photos with a camera.
+    pub photos_with_camera: usize,
+    /// Photos with a place.
+    pub photos_with_place: usize,
+    /// Photos whose metadata was never read (`qseek index` reads it, without the model).
+    pub photos_metadata_unread: usize,
+    /// The earliest date taken (RFC 3339, or local time without an offset).
+    pub taken_first: Option<String>,
+    /// The latest date taken.
+    pub taken_last: Option<String>,
 }
 
 fn dir_size(path: &Path) -> u64 {
@@ -61,6 +73,7 @@ fn dir_size(path: &Path) -> u64 {
 pub fn info(index: &Index, dir: &Path) -> Info {
     let m = index.manifest();
     let s = index.stats();
+    let photos = index.photo_stats();
     Info {
         index: dir.display().to_string(),
         model: m.model_id.clone(),
@@ -79,6 +92,12 @@ pub fn info(index: &Index, dir: &Path) -> Info {
         vector_bytes: s.vector_bytes,
         metadata_bytes: s.metadata_bytes,
         bytes_on_disk: dir_size(dir),
+        photos_dated: photos.dated,
+        photos_with_camera: photos.with_camera,
+        photos_with_place: photos.with_place,
+        photos_metadata_unread: photos.unread,
+        taken_first: photos.first.map(|t| t.to_rfc3339()),
+        taken_last: photos.last.map(|t| t.to_rfc3339()),
     }
 }
 
