@@ -923,7 +923,7 @@ fn photo_of(i: u64) -> PhotoMeta {
             offset_minutes: None,
         }),
         make: Some(
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 "Canon"
             } else {
                 "NIKON CORPORATION"
@@ -931,7 +931,7 @@ fn photo_of(i: u64) -> PhotoMeta {
             .into(),
         ),
         model: Some(
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 "Canon EOS R5"
             } else {
                 "NIKON D850"
