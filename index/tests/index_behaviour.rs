@@ -947,6 +947,9 @@ fn photo_of(i: u64) -> PhotoMeta {
     }
 }
 
+/// Which synthetic photos a filter keeps, by number.
+type Keeps = Box<dyn Fn(u64) -> bool>;
+
 #[test]
 fn metadata_filters_keep_the_true_top_k_exactly_and_through_the_graph() {
     let dir = tempfile::tempdir().unwrap();
@@ -964,7 +967,7 @@ fn metadata_filters_keep_the_true_top_k_exactly_and_through_the_graph() {
         offset_minutes: None,
     };
     // Each row: a filter, and which photos it keeps (checked against `photo_of`).
-    let rows: Vec<(PhotoFilter, Box<dyn Fn(u64) -> bool>)> = vec![
+    let rows: Vec<(PhotoFilter, Keeps)> = vec![
         (
             PhotoFilter {
                 taken_from: Some(day(100)),
