@@ -1,11 +1,14 @@
 //! The web page in headless Chromium (Debian's `chromium`; `.ci/run` installs it), driven
 //! over the DevTools protocol: search by a sentence, thumbnails loaded, a result opened,
-//! "more like this", a dropped photo; screenshots at desktop and phone width under
-//! `target/tmp/screenshots/`. The server has a token: the page is opened once as
-//! `/?token=`, which leaves the address bar, and every request after it goes by the
-//! session cookie. Its Content-Security-Policy holds: no violation is reported. Skipped,
-//! saying so, where no Chromium is installed, except under `CI`, where that fails.
-
+//! "more like this", a dropped photo; the filters (a camera, a date range, the order),
+//! a "without" term, the chips that remove a term or filter, Back and Forward, a slow
+//! answer overtaken by a newer search, a photo's date, camera, size and place in its
+//! detail view, "like this, and…", "texts for this photo", a search loaded from its
+//! address; screenshots at desktop and phone width under `target/tmp/screenshots/`. The
+//! server has a token: the page is opened once as `/?token=`, which leaves the address
+//! bar, and every request after it goes by the session cookie. Its
+//! Content-Security-Policy holds: no violation is reported. Skipped, saying so, where no
+//! Chromium is installed, except under `CI`, where that fails.
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fixtures, many_photos, qseek, stderr, tiny};
+use common::exif::{jpeg_with_exif, Exif};
+use common::{copy_photos, fixtures, many_photos, qseek, stderr, tiny};
 use serde_json::{json, Value};
 
 fn chromium() -> Option<PathBuf> {
@@ -123,6 +127,94 @@ impl DevTools {
         let png = base64_decode(r["data"].as_str().unwrap());
         std::fs::write(path, png).unwrap();
     }
+
+    /// Waits until no search is on its way and the last one's answer is shown.
+    fn settle(&mut self, what: &str) {
+        self.wait_for(what, SETTLED);
+    }
+
+    /// The file names of the photos shown, in order.
+    fn shown(&mut self) -> Vec<String> {
+        serde_json::from_value(self.eval(
+            "[...document.querySelectorAll('#grid .card img')].map(i => i.alt.split('/').pop())",
+        ))
+        .unwrap()
+    }
+
+    /// [`DevTools::shown`], sorted.
+    fn shown_sorted(&mut self) -> Vec<String> {
+        let mut v = self.shown();
+        v.sort();
+        v
+    }
+
+    /// An element's text.
+    fn text(&mut self, id: &str) -> String {
+        let v = self.eval(&format!("document.getElementById({id:?}).textContent"));
+        v.as_str().unwrap().to_string()
+    }
+
+    /// An input's value.
+    fn value(&mut self, id: &str) -> String {
+        let v = self.eval(&format!("document.getElementById({id:?}).value"));
+        v.as_str().unwrap().to_string()
+    }
+
+    /// Sets inputs as a person would, the last one's `change` fired (the filters apply
+    /// when they change).
+    fn change(&mut self, inputs: &[(&str, &str)]) {
+        let mut js = String::new();
+        for (id, value) in inputs {
+            js += &format!("document.getElementById({id:?}).value = {value:?}; ");
+        }
+        let (last, _) = inputs.last().unwrap();
+        js += &format!(
+            "document.getElementById({last:?}).dispatchEvent(new Event('change', {{bubbles: true}}))"
+        );
+        self.eval(&js);
+    }
+
+    /// The chips' names, in order.
+    fn chips(&mut self) -> Vec<String> {
+        serde_json::from_value(
+            self.eval("[...document.querySelectorAll('#chips .chip')].map(c => c.dataset.chip)"),
+        )
+        .unwrap()
+    }
+
+    /// Removes the chip of that name.
+    fn remove_chip(&mut self, name: &str) {
+        let found = self.eval(&format!(
+            "(() => {{ const c = [...document.querySelectorAll('#chips .chip')].find(c => c.dataset.chip === {name:?}); \
+             if (!c) return false; c.querySelector('.remove').click(); return true; }})()"
+        ));
+        assert_eq!(found, json!(true), "no chip {name:?}: {:?}", self.chips());
+    }
+
+    /// The page's address after its path.
+    fn search(&mut self) -> String {
+        self.eval("location.search").as_str().unwrap().to_string()
+    }
+
+    /// Opens the detail view of the photo of that file name.
+    fn open(&mut self, name: &str) -> u64 {
+        let id = self.eval(&format!(
+            "(() => {{ const c = [...document.querySelectorAll('#grid .card')] \
+             .find(c => c.querySelector('img').alt.split('/').pop() === {name:?}); c.click(); return Number(c.dataset.id); }})()"
+        ));
+        self.wait_for(
+            "the full photo",
+            "document.getElementById('detail').open && document.getElementById('detail-img').complete \
+             && document.getElementById('detail-img').naturalWidth > 0",
+        );
+        id.as_u64().unwrap()
+    }
+
+    /// Whether the page is wider than the screen.
+    fn overflows(&mut self) -> bool {
+        self.eval("document.documentElement.scrollWidth > innerWidth || document.body.scrollWidth > innerWidth")
+            == json!(true)
+    }
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -153,6 +245,49 @@ const VISIBLE_LOADED: &str = "(() => { const imgs = [...document.querySelectorAl
     .filter(i => i.getBoundingClientRect().top < innerHeight); \
     return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); })()";
 
+/// No search on its way; the last one's answer shown (the page marks its grid busy while
+/// a request runs).
+const SETTLED: &str = "document.getElementById('grid').getAttribute('aria-busy') === 'false'";
+
+/// The photos with EXIF metadata indexed with the fixtures: (file, fixture it copies,
+/// metadata).
+fn photos_with_exif() -> [(&'static str, &'static str, Exif); 3] {
+    [
+        (
+            "paris.jpg",
+            "rocket.jpg",
+            Exif {
+                date: Some("2023:06:14 10:00:00"),
+                offset: Some("+02:00"),
+                make: Some("Canon"),
+                model: Some("Canon EOS R5"),
+                gps: Some((48.8584, 2.2945)),
+            },
+        ),
+        (
+            "old.jpg",
+            "retina.jpg",
+            Exif {
+                date: Some("2021:03:02 08:30:00"),
+                make: Some("Canon"),
+                model: Some("Canon EOS 5D"),
+                ..Exif::default()
+            },
+        ),
+        (
+            "winter.jpg",
+            "hubble_deep_field.jpg",
+            Exif {
+                date: Some("2023:11:20 16:45:00"),
+                offset: Some("-05:00"),
+                make: Some("NIKON CORPORATION"),
+                model: Some("NIKON D850"),
+                ..Exif::default()
+            },
+        ),
+    ]
+}
+
 /// The server's token: characters a URL must escape, to prove the page's round trip.
 const TOKEN: &str = "t0k+en/=x";
 
@@ -167,7 +302,14 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let (photos, index) = (fixtures().join("photos"), tmp.path().join("index"));
+    // The fixture photos, and three with a date, a camera and (one) a place.
+    let (photos, index) = (tmp.path().join("photos"), tmp.path().join("index"));
+    let mut total = copy_photos(&photos);
+    for (name, source, exif) in photos_with_exif() {
+        let jpeg = std::fs::read(fixtures().join("photos").join(source)).unwrap();
+        std::fs::write(photos.join(name), jpeg_with_exif(&jpeg, &exif)).unwrap();
+        total += 1;
+    }
     let index_s = index.display().to_string();
     let tiny = tiny();
     let out = qseek(&[
@@ -212,11 +354,13 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
                 "--no-sandbox",
                 "--disable-gpu",
                 "--no-first-run",
+                "--lang=en-US",
                 "--remote-debugging-port=0",
                 "--window-size=1280,900",
                 &format!("--user-data-dir={}", profile.display()),
                 &url,
             ])
+            .env("LANG", "en_US.UTF-8")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -280,7 +424,22 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     dt.eval("document.querySelector('#search-form button').click()");
     dt.wait_for("the grid's thumbnails", GRID_LOADED);
     let cards = dt.eval("document.querySelectorAll('#grid .card').length");
-    assert_eq!(cards, json!(7), "every photo is a result");
+    assert_eq!(cards, json!(total), "every photo is a result");
+    // What is shown, in words and in the address; the photos with a date show it.
+    assert_eq!(
+        dt.text("heading"),
+        format!("{total} photos for “a cup of coffee”")
+    );
+    assert_eq!(dt.search(), "?q=a+cup+of+coffee");
+    assert_eq!(dt.chips(), ["“a cup of coffee”"]);
+    let dates = dt.eval(
+        "Object.fromEntries([...document.querySelectorAll('#grid .card')].filter(c => c.querySelector('.date')) \
+         .map(c => [c.querySelector('img').alt.split('/').pop(), c.querySelector('.date').textContent]))",
+    );
+    assert_eq!(
+        dates,
+        json!({"paris.jpg": "Jun 14, 2023", "old.jpg": "Mar 2, 2021", "winter.jpg": "Nov 20, 2023"})
+    );
     dt.screenshot(&shots.join("desktop.png"));
 
     // Open one result: the full photo and its numbers.
@@ -291,7 +450,18 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
          && document.getElementById('detail-img').naturalWidth > 0",
     );
     let meta = dt.eval("document.getElementById('detail-meta').textContent");
-    for label in ["Path", "Copies", "ITC", "ITM logit", "Match"] {
+    for label in [
+        "Path",
+        "Copies",
+        "ITC",
+        "ITM logit",
+        "Match",
+        "Taken",
+        "Camera",
+        "Lens",
+        "Size",
+        "Place",
+    ] {
         assert!(meta.as_str().unwrap().contains(label), "{meta}");
     }
     dt.screenshot(&shots.join("desktop-detail.png"));
@@ -301,11 +471,24 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     dt.wait_for(
         "more like this",
         &format!(
-            "!document.getElementById('detail').open && document.querySelectorAll('#grid .card').length === 6 \
-             && ![...document.querySelectorAll('#grid .card')].some(c => c.dataset.id === {opened})"
+            "!document.getElementById('detail').open && document.querySelectorAll('#grid .card').length === {} \
+             && ![...document.querySelectorAll('#grid .card')].some(c => c.dataset.id === {opened})",
+            total - 1
         ),
     );
     dt.wait_for("its thumbnails", GRID_LOADED);
+    assert_eq!(dt.search(), format!("?like={}", opened.as_str().unwrap()));
+    assert!(
+        dt.text("heading")
+            .starts_with(&format!("{} photos like ", total - 1)),
+        "{}",
+        dt.text("heading")
+    );
+    assert_eq!(
+        dt.value("q"),
+        "",
+        "the sentence of the search before is gone"
+    );
 
     // Drop a photo on the page.
     dt.eval(
@@ -315,6 +498,239 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
          document.body.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})); })()",
     );
     dt.wait_for("the dropped photo's results", GRID_LOADED);
+
+    // Filters: a camera narrows the results (the make and model, ignoring case) …
+    dt.eval(
+        "document.getElementById('q').value = 'a rocket'; document.getElementById('camera').value = 'canon'; \
+         document.querySelector('#search-form button').click()",
+    );
+    dt.settle("the Canon photos");
+    assert_eq!(dt.shown_sorted(), ["old.jpg", "paris.jpg"]);
+    // … and so does a date range, both ends inclusive at the precision written.
+    dt.change(&[("after", "2023"), ("before", "2023")]);
+    dt.settle("the Canon photos of 2023");
+    assert_eq!(dt.shown(), ["paris.jpg"]);
+    assert_eq!(
+        dt.text("heading"),
+        "1 photo for “a rocket”, from 2023, by canon"
+    );
+    assert_eq!(
+        dt.search(),
+        "?q=a+rocket&after=2023&before=2023&camera=canon"
+    );
+    assert_eq!(
+        dt.chips(),
+        ["“a rocket”", "from 2023", "to 2023", "camera canon"]
+    );
+    // Removing a chip runs the search without it, and empties its input.
+    dt.remove_chip("camera canon");
+    dt.settle("the photos of 2023");
+    assert_eq!(dt.shown_sorted(), ["paris.jpg", "winter.jpg"]);
+    assert_eq!(dt.value("camera"), "");
+    assert_eq!(dt.search(), "?q=a+rocket&after=2023&before=2023");
+    // By date: oldest first.
+    dt.change(&[("sort", "date")]);
+    dt.settle("the photos of 2023 by date");
+    assert_eq!(dt.shown(), ["paris.jpg", "winter.jpg"]);
+    assert_eq!(
+        dt.text("heading"),
+        "2 photos for “a rocket”, from 2023, oldest first"
+    );
+    dt.remove_chip("from 2023");
+    dt.settle("the photos until 2023 by date");
+    assert_eq!(dt.shown(), ["old.jpg", "paris.jpg", "winter.jpg"]);
+    assert_eq!(dt.value("after"), "");
+    assert_eq!(dt.value("before"), "2023");
+
+    // Back: the search before, its results and its inputs; then Back again, and Forward.
+    let back = |dt: &mut DevTools, how: &str, address: &str| {
+        dt.eval(&format!("history.{how}()"));
+        dt.wait_for(
+            &format!("{how} to {address}"),
+            &format!("location.search === {address:?} && {SETTLED}"),
+        );
+    };
+    back(
+        &mut dt,
+        "back",
+        "?q=a+rocket&after=2023&before=2023&sort=date",
+    );
+    assert_eq!(dt.shown(), ["paris.jpg", "winter.jpg"]);
+    assert_eq!(
+        (dt.value("after"), dt.value("before"), dt.value("sort")),
+        ("2023".into(), "2023".into(), "date".into())
+    );
+    back(&mut dt, "back", "?q=a+rocket&after=2023&before=2023");
+    back(
+        &mut dt,
+        "back",
+        "?q=a+rocket&after=2023&before=2023&camera=canon",
+    );
+    assert_eq!(dt.shown(), ["paris.jpg"]);
+    assert_eq!(
+        (dt.value("q"), dt.value("camera"), dt.value("sort")),
+        ("a rocket".into(), "canon".into(), "score".into())
+    );
+    assert_eq!(
+        dt.chips(),
+        ["“a rocket”", "from 2023", "to 2023", "camera canon"]
+    );
+    back(&mut dt, "forward", "?q=a+rocket&after=2023&before=2023");
+    assert_eq!(dt.shown_sorted(), ["paris.jpg", "winter.jpg"]);
+    assert_eq!(dt.value("camera"), "");
+
+    // A date the server cannot read: its message, no stale photos.
+    dt.change(&[("after", "soon")]);
+    dt.settle("the refusal");
+    assert!(
+        dt.text("status").starts_with("after \"soon\""),
+        "{}",
+        dt.text("status")
+    );
+    assert_eq!(dt.shown().len(), 0);
+
+    // A slow answer overtaken by a newer search is dropped: the first search's response
+    // is held back 1.5 s (and cannot be aborted), the second's is not.
+    dt.eval(
+        "window.slow = {pending: true, done: false, aborted: null}; window.realFetch = window.fetch; \
+         window.fetch = async (url, options) => { \
+           if (!window.slow.pending || !String(url).startsWith('/api/search')) return window.realFetch(url, options); \
+           window.slow.pending = false; \
+           const response = await window.realFetch(url, {...options, signal: undefined}); \
+           await new Promise(r => setTimeout(r, 1500)); \
+           window.slow.aborted = !!(options && options.signal && options.signal.aborted); \
+           window.slow.done = true; return response; }",
+    );
+    dt.eval(
+        "document.getElementById('after').value = ''; document.getElementById('before').value = ''; \
+         document.querySelector('#search-form button').click(); \
+         document.getElementById('camera').value = 'canon'; \
+         document.querySelector('#search-form button').click();",
+    );
+    dt.wait_for("the slow answer", &format!("window.slow.done && {SETTLED}"));
+    // Past the slow answer's arrival: the page has had it, and kept the newer one.
+    dt.eval("new Promise(r => setTimeout(r, 300))");
+    dt.eval("window.fetch = window.realFetch");
+    assert_eq!(dt.shown_sorted(), ["old.jpg", "paris.jpg"]);
+    assert_eq!(dt.text("heading"), "2 photos for “a rocket”, by canon");
+    assert_eq!(dt.search(), "?q=a+rocket&camera=canon");
+    assert_eq!(
+        dt.eval("window.slow.aborted"),
+        json!(true),
+        "the older request was aborted"
+    );
+
+    // A "without" term, with more filters: the page asks for them, and says so.
+    dt.change(&[("after", "2021"), ("sort", "date"), ("not", "a cat")]);
+    dt.settle("the photos without a cat");
+    assert_eq!(
+        dt.search(),
+        "?q=a+rocket&not=a+cat&after=2021&camera=canon&sort=date"
+    );
+    assert_eq!(
+        dt.chips(),
+        [
+            "“a rocket”",
+            "without “a cat”",
+            "from 2021",
+            "camera canon",
+            "sort by date"
+        ]
+    );
+    assert_eq!(
+        dt.text("heading"),
+        "2 photos for “a rocket”, without “a cat”, since 2021, by canon, oldest first"
+    );
+    let api: Value = dt.eval(
+        "fetch('/api/search?q=a+rocket&not=a+cat&after=2021&camera=canon&sort=date&k=24&rerank=24').then(r => r.json())",
+    );
+    assert_eq!(api["query"]["not"], json!(["a cat"]), "{api}");
+    let api_names: Vec<String> = api["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            h["path"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(dt.shown(), api_names);
+    dt.wait_for("the thumbnails", GRID_LOADED);
+    dt.screenshot(&shots.join("desktop-filters.png"));
+    // A match probability of 0 drops every photo: the term reached the server.
+    dt.eval(
+        "history.pushState(null, '', '/?q=a+rocket&not=a+cat&not_prob=0'); \
+         dispatchEvent(new PopStateEvent('popstate', {state: null}))",
+    );
+    dt.settle("nothing left");
+    assert_eq!(dt.shown().len(), 0);
+    assert_eq!(dt.text("status"), "No results.");
+    assert_eq!(
+        (dt.value("not"), dt.value("camera"), dt.value("sort")),
+        ("a cat".into(), "".into(), "score".into())
+    );
+    dt.change(&[("not", "")]);
+    dt.settle("the photos for a rocket");
+    assert_eq!(dt.shown().len(), total);
+
+    // The detail view: date, camera, size and place (a link to a map, opened only when
+    // clicked: nothing but this server has been asked for anything).
+    let paris = dt.open("paris.jpg");
+    let meta = dt.text("detail-meta");
+    for part in ["June 14, 2023", "UTC+02:00", "Canon EOS R5", " px"] {
+        assert!(meta.contains(part), "{part}: {meta}");
+    }
+    let link = dt.eval(
+        "(() => { const a = document.querySelector('#detail-meta a'); return [a.href, a.target, a.rel]; })()",
+    );
+    assert_eq!(
+        link,
+        json!([
+            "https://www.openstreetmap.org/?mlat=48.85840&mlon=2.29450#map=16/48.85840/2.29450",
+            "_blank",
+            "noopener noreferrer"
+        ])
+    );
+    assert_eq!(
+        dt.eval("performance.getEntriesByType('resource').every(e => e.name.startsWith(location.origin))"),
+        json!(true)
+    );
+    dt.screenshot(&shots.join("desktop-detail-meta.png"));
+    // Like this, and…: the photo and a sentence.
+    dt.eval("document.getElementById('like-and-q').value = 'at night'; document.querySelector('#like-and button').click()");
+    dt.settle("like this, and at night");
+    assert_eq!(dt.search(), format!("?q=at+night&like={paris}"));
+    assert_eq!(
+        dt.text("heading"),
+        format!("{} photos like paris.jpg + “at night”", total - 1)
+    );
+    assert!(!dt.shown().contains(&"paris.jpg".to_string()));
+    assert_eq!(dt.chips(), ["like paris.jpg", "“at night”"]);
+    dt.wait_for("the thumbnails", GRID_LOADED);
+    dt.screenshot(&shots.join("desktop-like-and.png"));
+    // Texts for this photo: the sentence of the search before is not left in its box.
+    let added = dt.eval(
+        "fetch('/api/texts', {method: 'POST', headers: {'Content-Type': 'application/json'}, \
+         body: JSON.stringify({texts: [{text: 'an eye'}, {text: 'a rocket at night'}, {text: 'coins'}]})}) \
+         .then(r => r.json()).then(s => s.added)",
+    );
+    assert_eq!(added, json!(3));
+    dt.open("old.jpg");
+    dt.eval("document.getElementById('texts-for').click()");
+    dt.settle("texts for the photo");
+    assert_eq!(dt.value("q"), "");
+    assert_eq!(dt.text("heading"), "3 texts for old.jpg");
+    assert_eq!(dt.chips(), ["texts for old.jpg"]);
+    assert_eq!(
+        dt.eval("document.querySelectorAll('#texts .text-hit').length"),
+        json!(3)
+    );
+    assert_eq!(dt.shown().len(), 0);
 
     // Index a folder from the page: the progress bar moves while it runs, then the new
     // photos are found.
@@ -351,7 +767,7 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
         "the grid with the new photos",
         &format!(
             "document.querySelectorAll('#grid .card').length === {}",
-            7 + more_total
+            total + more_total
         ),
     );
     dt.wait_for("their thumbnails", GRID_LOADED);
@@ -359,7 +775,7 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
     // Phone width: the same search, nothing wider than the screen.
     dt.call(
         "Emulation.setDeviceMetricsOverride",
-        json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}),
+        json!({"width": 375, "height": 812, "deviceScaleFactor": 2, "mobile": true}),
     );
     dt.eval(
         "document.getElementById('grid').replaceChildren(); \
@@ -367,11 +783,58 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
          document.querySelector('#search-form button').click()",
     );
     dt.wait_for("the grid at phone width", VISIBLE_LOADED);
-    assert_eq!(
-        dt.eval("document.documentElement.scrollWidth <= 390"),
-        json!(true)
-    );
+    assert!(!dt.overflows());
     dt.screenshot(&shots.join("phone.png"));
+    assert_eq!(dt.eval("window.cspViolations"), json!([]));
+
+    // A search's address, opened: that search runs, its inputs filled in.
+    dt.eval("location.href = '/?q=a+rocket&camera=canon&not=a+cat&after=2021&sort=date'");
+    dt.wait_for(
+        "the search from its address",
+        &format!(
+            "document.readyState === 'complete' && location.search.includes('camera') && {SETTLED}"
+        ),
+    );
+    assert_eq!(
+        (
+            dt.value("q"),
+            dt.value("camera"),
+            dt.value("after"),
+            dt.value("sort"),
+            dt.value("not")
+        ),
+        (
+            "a rocket".into(),
+            "canon".into(),
+            "2021".into(),
+            "date".into(),
+            "a cat".into()
+        )
+    );
+    let canon = dt.shown();
+    assert!(
+        canon
+            .iter()
+            .all(|n| ["old.jpg", "paris.jpg"].contains(&n.as_str())),
+        "{canon:?}"
+    );
+    dt.wait_for("the thumbnails at phone width", VISIBLE_LOADED);
+    assert!(!dt.overflows());
+    // The filters fold away at phone width, behind a button that counts those in use.
+    let visible = "document.getElementById('filters').getBoundingClientRect().height > 0";
+    assert_eq!(dt.eval(visible), json!(false));
+    assert_eq!(dt.text("filters-toggle"), "Filters (4)");
+    dt.screenshot(&shots.join("phone-filters.png"));
+    dt.eval("document.getElementById('filters-toggle').click()");
+    assert_eq!(dt.eval(visible), json!(true));
+    assert!(!dt.overflows());
+    dt.screenshot(&shots.join("phone-filters-open.png"));
+    dt.change(&[("not", "")]);
+    dt.settle("the Canon photos since 2021");
+    assert_eq!(dt.shown(), ["old.jpg", "paris.jpg"]);
+    dt.open("paris.jpg");
+    assert!(!dt.overflows());
+    dt.screenshot(&shots.join("phone-detail.png"));
     eprintln!("screenshots in {}", shots.display());
     assert_eq!(dt.eval("window.cspViolations"), json!([]));
     let refused: Vec<&String> = dt

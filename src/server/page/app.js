@@ -1,10 +1,151 @@
 "use strict";
 // The qseek page: plain DOM calls over the JSON API, no framework, no build step.
+//
+// A search is one plain object (`blank()` lists its fields), and the page's address
+// holds it in the API's own parameter names (`?q=a+dog&not=people&after=2023&sort=date`),
+// so a link or a reload runs it again. Every new search pushes a history entry; Back and
+// Forward restore the search and the inputs. Only the latest request's answer is shown.
 const $ = (id) => document.getElementById(id);
 const PAGE = 24;
-const MAX_RERANK = 256; // the server's limit
-let last = null; // { kind: "text" | "id" | "upload", value, offset }
-let current = null; // the result shown in the dialog
+const MAX_RERANK = 256; // the server's limits
+const MAX_K = 1000;
+const FILTERS = ["after", "before", "camera", "under", "near"];
+
+let current = null; // the search shown (or being fetched)
+let shown = null; // { next: the next offset, more: whether there may be more }
+let detailHit = null; // the result shown in the dialog
+let seq = 0; // the latest request's number: older answers are dropped
+let controller = null; // aborts the request in flight when a newer one starts
+let loading = false;
+
+// Photos dropped or picked: not in the address, kept for Back and Forward in this tab.
+const uploads = new Map();
+let uploadCount = 0;
+
+// Photo names (id → file name) seen in results, for the headings and chips of searches
+// by photo (the API names an indexed query photo by its id only).
+const names = new Map(JSON.parse(sessionStorage.getItem("qseek-names") || "[]"));
+function remember(id, path) {
+  if (id === null || !path) return;
+  names.delete(id);
+  names.set(id, path.split(/[\\/]/).pop());
+}
+function saveNames() {
+  const all = [...names].slice(-500);
+  try { sessionStorage.setItem("qseek-names", JSON.stringify(all)); } catch (e) { /* full: keep in memory */ }
+}
+const nameOf = (id) => names.get(Number(id)) || `photo #${id}`;
+
+function blank() {
+  return {
+    q: "", also: [], like: [], not: [], notProb: "", texts: null, upload: null,
+    after: "", before: "", camera: "", under: "", near: "", undated: false,
+    sort: "score", minProb: 0, pages: 1,
+  };
+}
+
+// `2:golden retriever` → [2, "golden retriever"], as the server splits weights.
+function splitWeight(term) {
+  const m = /^([+-]?(?:\d+\.?\d*|\.\d+)):(.+)$/.exec(term);
+  if (!m || /^\d/.test(m[2])) return [1, term];
+  return [parseFloat(m[1]), m[2]];
+}
+const likeId = (term) => splitWeight(term)[1].replace(/^id:/, "").trim();
+
+// ---- The address ----------------------------------------------------------------
+
+function toParams(s) {
+  const p = new URLSearchParams();
+  if (s.texts !== null) { p.set("id", s.texts); p.set("texts", "true"); }
+  if (s.q) p.set("q", s.q);
+  for (const t of s.also) p.append("also", t);
+  for (const t of s.like) p.append("like", t);
+  for (const t of s.not) p.append("not", t);
+  if (s.notProb) p.set("not_prob", s.notProb);
+  for (const f of FILTERS) if (s[f]) p.set(f, s[f]);
+  if (s.undated) p.set("undated", "true");
+  if (s.sort !== "score") p.set("sort", s.sort);
+  if (s.minProb > 0) p.set("min_prob", s.minProb);
+  if (s.pages > 1) p.set("page", s.pages);
+  return p;
+}
+
+function fromParams(p) {
+  const s = blank();
+  const id = p.get("id");
+  if (id && p.get("texts") === "true") s.texts = id;
+  else if (id) s.like.push(id);
+  s.q = (p.get("q") || "").trim();
+  s.also = p.getAll("also").filter(Boolean);
+  s.like.push(...p.getAll("like").filter(Boolean));
+  s.not = p.getAll("not").filter(Boolean);
+  s.notProb = p.get("not_prob") || "";
+  for (const f of FILTERS) s[f] = (p.get(f) || "").trim();
+  s.undated = p.get("undated") === "true";
+  s.sort = p.get("sort") === "date" ? "date" : "score";
+  s.minProb = Math.min(1, Math.max(0, parseFloat(p.get("min_prob")) || 0));
+  s.pages = Math.min(Math.ceil(MAX_K / PAGE), Math.max(1, parseInt(p.get("page"), 10) || 1));
+  return s;
+}
+
+function addressOf(s) {
+  if (s.upload) return location.pathname;
+  const p = toParams(s).toString();
+  return location.pathname + (p ? "?" + p : "");
+}
+
+// What the search searches by (without it, the filters alone find nothing).
+const hasSubject = (s) => s.texts !== null || !!s.upload || !!s.q || s.also.length > 0 || s.like.length > 0;
+
+// A lone extra text becomes the sentence, which a search by text needs.
+function normalize(s) {
+  s = { ...s, also: [...s.also], like: [...s.like], not: [...s.not] };
+  if (!s.q && !s.like.length && s.also.length && s.texts === null && !s.upload) s.q = s.also.shift();
+  return s;
+}
+
+// ---- The inputs -----------------------------------------------------------------
+
+function fill(s) {
+  $("q").value = s.q;
+  $("not").value = s.not.join(", ");
+  for (const f of ["after", "before", "camera", "under"]) $(f).value = s[f];
+  $("sort").value = s.sort;
+  $("min-prob").value = s.minProb;
+  showMinProb();
+  countFilters();
+}
+
+// At phone width the filters fold away behind a button that counts those in use.
+function countFilters() {
+  const used = ["not", "after", "before", "camera", "under"].filter((id) => $(id).value.trim()).length
+    + ($("sort").value !== "score") + (parseFloat($("min-prob").value) > 0);
+  $("filters-toggle").textContent = used ? `Filters (${used})` : "Filters";
+}
+
+function showMinProb() {
+  const v = parseFloat($("min-prob").value);
+  $("min-prob-value").textContent = v > 0 ? v.toFixed(2) : "off";
+}
+
+// A search from the form: its sentence, "without" terms and filters; the photo and
+// extra terms of `base` stay (they are chips: removed one by one).
+function fromForm(base, keepUpload) {
+  const s = blank();
+  s.q = $("q").value.trim();
+  s.not = $("not").value.split(",").map((t) => t.trim()).filter(Boolean);
+  for (const f of ["after", "before", "camera", "under"]) s[f] = $(f).value.trim();
+  s.sort = $("sort").value;
+  s.minProb = parseFloat($("min-prob").value) || 0;
+  if (base) {
+    s.near = base.near; s.undated = base.undated; s.notProb = base.notProb;
+    if (base.texts === null && !base.upload) { s.also = base.also; s.like = base.like; }
+    if (keepUpload && base.upload) { s.upload = base.upload; s.q = ""; s.not = []; }
+  }
+  return s;
+}
+
+// ---- Searching ------------------------------------------------------------------
 
 async function api(url, options) {
   const response = await fetch(url, options);
@@ -13,37 +154,132 @@ async function api(url, options) {
   return body;
 }
 
-function params(offset) {
-  const p = new URLSearchParams({ k: PAGE, offset });
-  const minProb = parseFloat($("min-prob").value);
-  if (minProb > 0) { p.set("min_prob", minProb); p.set("rerank", Math.min(MAX_RERANK, Math.max(16, offset + PAGE))); }
-  const under = $("under").value.trim();
-  if (under) p.set("under", under);
-  return p;
+// The request for a search's results from `offset`, `k` of them.
+function request(s, offset, k) {
+  const p = new URLSearchParams({ k, offset });
+  if (s.minProb > 0) p.set("min_prob", s.minProb);
+  // Reranked candidates are the ones a minimum match or a "without" term can judge.
+  if (s.minProb > 0 || s.not.length) p.set("rerank", Math.min(MAX_RERANK, Math.max(16, offset + k)));
+  if (s.texts !== null) {
+    p.set("id", s.texts);
+    p.set("texts", "true");
+    return ["/api/search/image?" + p];
+  }
+  for (const f of FILTERS) if (s[f]) p.set(f, s[f]);
+  if (s.undated) p.set("undated", "true");
+  if (s.sort !== "score") p.set("sort", s.sort);
+  if (s.upload) return ["/api/search/image?" + p, { method: "POST", body: uploads.get(s.upload) }];
+  if (s.q) p.set("q", s.q);
+  for (const t of s.also) p.append("also", t);
+  for (const t of s.like) p.append("like", t);
+  for (const t of s.not) p.append("not", t);
+  if (s.notProb) p.set("not_prob", s.notProb);
+  return ["/api/search?" + p];
 }
 
-async function run(query, append) {
-  const offset = append ? last.offset + PAGE : 0;
-  const p = params(offset);
-  let doc;
+// Starts a new search: its inputs, its history entry (`push`: a new one), its results.
+function go(s, push = true) {
+  s = normalize(s);
+  fill(s);
+  const address = addressOf(s);
+  const same = current && !current.upload && !s.upload && addressOf(current) === address;
+  if (push && !same) history.pushState({ search: s }, "", address);
+  else history.replaceState({ search: s }, "", address);
+  if (same && loading) return; // the same search is on its way (a change, then a submit)
+  run(s, false);
+}
+
+async function run(s, append) {
+  const mine = ++seq;
+  if (controller) controller.abort();
+  controller = new AbortController();
+  const signal = controller.signal;
+  current = s;
+  busy(true, !append);
+  $("more").hidden = true;
+  if (!append) {
+    shown = null;
+    summarize(s, null);
+  }
+  const gone = s.upload && !uploads.has(s.upload);
+  if (!hasSubject(s) || gone) {
+    busy(false);
+    clearResults();
+    $("status").textContent = gone ? "That photo is no longer here: drop it again." :
+      isFiltered(s) ? "Type a sentence or drop a photo: the filters apply to its results." :
+      "Type a sentence, or drop a photo anywhere on the page.";
+    return;
+  }
+  const offset = append ? shown.next : 0;
+  const k = append ? PAGE : Math.min(MAX_K, PAGE * s.pages);
+  const [url, options] = request(s, offset, k);
   $("status").textContent = "Searching…";
+  let doc;
   try {
-    if (query.kind === "text") {
-      p.set("q", query.value);
-      doc = await api("/api/search?" + p);
-    } else if (query.kind === "id") {
-      p.set("id", query.value);
-      if (query.texts) p.set("texts", "true");
-      doc = await api("/api/search/image?" + p);
-    } else {
-      doc = await api("/api/search/image?" + p, { method: "POST", body: query.value });
-    }
+    doc = await api(url, { ...options, signal });
   } catch (e) {
+    if (mine !== seq) return; // a newer request took over
+    busy(false);
+    if (!append) clearResults();
     $("status").textContent = e.message;
     return;
   }
-  last = { ...query, offset };
+  if (mine !== seq) return; // an answer to an older request: not this search's
+  shown = { next: offset + k, more: doc.results.length >= k };
+  if (append) {
+    s.pages = Math.ceil(shown.next / PAGE);
+    history.replaceState({ search: s }, "", addressOf(s));
+  }
   show(doc, append);
+  summarize(s, doc);
+  busy(false);
+}
+
+// While a request is on its way the results are marked busy, and those it will replace
+// dimmed (`dim`; not those a next page adds to).
+function busy(on, dim = on) {
+  loading = on;
+  $("grid").classList.toggle("busy", dim);
+  $("grid").setAttribute("aria-busy", String(on));
+}
+
+function clearResults() {
+  $("grid").replaceChildren();
+  $("texts").replaceChildren();
+  $("more").hidden = true;
+}
+
+// ---- Results --------------------------------------------------------------------
+
+// `taken_at` as the camera recorded it (the photo's own local time, not this
+// browser's): its parts, or null.
+function takenParts(t) {
+  const m = t && /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2}))?(?:\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?/.exec(t);
+  if (!m) return null;
+  const [y, mo, d, h, mi] = m.slice(1, 6).map((x) => (x === undefined ? null : Number(x)));
+  return { date: new Date(Date.UTC(y, mo - 1, d, h || 0, mi || 0)), time: h !== null, offset: m[7] || null };
+}
+
+function readableDate(t) {
+  const p = takenParts(t);
+  return p ? p.date.toLocaleDateString(undefined, { year: "numeric", month: "short", day: "numeric", timeZone: "UTC" }) : "";
+}
+
+function readableDateTime(t) {
+  const p = takenParts(t);
+  if (!p) return t || "";
+  let s = p.date.toLocaleDateString(undefined, { weekday: "short", year: "numeric", month: "long", day: "numeric", timeZone: "UTC" });
+  if (p.time) s += ", " + p.date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", timeZone: "UTC" });
+  if (p.offset) s += p.offset === "Z" ? " (UTC)" : ` (UTC${p.offset})`;
+  else if (p.time) s += " (local time)";
+  return s;
+}
+
+function el(tag, props, ...children) {
+  const e = document.createElement(tag);
+  Object.assign(e, props || {});
+  e.append(...children.filter((c) => c !== null && c !== undefined && c !== ""));
+  return e;
 }
 
 function show(doc, append) {
@@ -51,47 +287,168 @@ function show(doc, append) {
   if (!append) { grid.replaceChildren(); texts.replaceChildren(); }
   for (const hit of doc.results) {
     if (hit.text !== null) {
-      const div = document.createElement("div");
-      div.className = "text-hit";
-      div.textContent = hit.text;
-      const small = document.createElement("small");
-      small.textContent = `score ${hit.score.toFixed(3)}` + (hit.itm_prob !== null ? ` · match ${(hit.itm_prob * 100).toFixed(0)}%` : "");
-      div.append(small);
-      texts.append(div);
+      const small = el("small", { textContent: `score ${hit.score.toFixed(3)}` + (hit.itm_prob !== null ? ` · match ${(hit.itm_prob * 100).toFixed(0)}%` : "") });
+      texts.append(el("div", { className: "text-hit" }, hit.text, small));
       continue;
     }
-    const card = document.createElement("button");
-    card.className = "card";
-    card.type = "button";
+    remember(hit.image_id, hit.path);
+    const card = el("button", { className: "card", type: "button" });
     card.dataset.id = hit.image_id;
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.src = hit.thumbnail_url;
-    img.alt = hit.path || "";
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    const score = document.createElement("span");
-    score.textContent = `#${hit.rank} ${hit.score.toFixed(3)}`;
-    meta.append(score);
-    if (hit.itm_prob !== null) {
-      const prob = document.createElement("span");
-      prob.className = "prob";
-      prob.textContent = `${(hit.itm_prob * 100).toFixed(0)}%`;
-      meta.append(prob);
-    }
+    const img = el("img", { loading: "lazy", src: hit.thumbnail_url, alt: hit.path || "" });
+    const meta = el("div", { className: "meta" },
+      el("span", { textContent: `#${hit.rank} ${hit.score.toFixed(3)}` }),
+      hit.itm_prob !== null ? el("span", { className: "prob", textContent: `${(hit.itm_prob * 100).toFixed(0)}%` }) : null);
+    const date = readableDate(hit.taken_at);
+    const when = date ? el("time", { className: "date", dateTime: hit.taken_at, textContent: date }) : null;
     card.append(img, meta);
-    card.addEventListener("click", () => open(hit));
+    if (when) card.append(when);
+    card.addEventListener("click", () => openDetail(hit));
     grid.append(card);
   }
-  const n = grid.children.length + texts.children.length;
-  $("status").textContent = n ? `${n} results` + (doc.notes.length ? " — " + doc.notes.join("; ") : "") : "No results.";
-  $("more").hidden = doc.results.length < PAGE;
+  saveNames();
+  $("status").textContent = doc.notes.length ? doc.notes.join("; ") : (grid.children.length + texts.children.length ? "" : "No results.");
+  $("more").hidden = !shown.more;
 }
 
-function open(hit) {
-  current = hit;
+// ---- What is shown: the heading and the chips -----------------------------------
+
+function isFiltered(s) {
+  return FILTERS.some((f) => s[f]) || s.undated || s.minProb > 0 || s.not.length > 0 || s.sort !== "score";
+}
+
+const quoted = (t) => `“${t}”`;
+
+function photoRef(id) {
+  const img = el("img", { className: "term-thumb", src: `/api/images/${encodeURIComponent(id)}/thumbnail`, alt: "" });
+  return el("span", { className: "photo-ref" }, img, nameOf(id));
+}
+
+function weighted(term, label) {
+  const [w] = splitWeight(term);
+  return w === 1 ? label : [`${w}× `, label].flat();
+}
+
+function dateWords(s) {
+  if (s.after && s.before) return s.after === s.before ? `from ${s.after}` : `from ${s.after} to ${s.before}`;
+  if (s.after) return `since ${s.after}`;
+  if (s.before) return `until ${s.before}`;
+  return "";
+}
+
+function nearWords(near) {
+  const [lat, lon, km] = near.split(",").map((x) => x.trim());
+  return `within ${km || 1} km of ${lat}, ${lon}`;
+}
+
+// The filters, in words (the heading's tail).
+function filterWords(s) {
+  const w = [];
+  for (const t of s.not) w.push(`without ${quoted(splitWeight(t)[1])}`);
+  const dates = dateWords(s);
+  if (dates) w.push(dates);
+  if (s.undated) w.push("without a date");
+  if (s.camera) w.push(`by ${s.camera}`);
+  if (s.near) w.push(nearWords(s.near));
+  if (s.under) w.push(`in ${s.under}`);
+  if (s.minProb > 0) w.push(`matching at least ${Math.round(s.minProb * 100)}%`);
+  if (s.sort === "date") w.push("oldest first");
+  return w;
+}
+
+function summarize(s, doc) {
+  const heading = $("heading");
+  heading.replaceChildren();
+  if (!hasSubject(s) && !isFiltered(s)) {
+    $("summary").hidden = true;
+    return;
+  }
+  $("summary").hidden = false;
+  // How many are shown ("24+": more to load), once they are.
+  const count = doc ? $("grid").children.length + $("texts").children.length : null;
+  const plus = doc && shown && shown.more ? "+" : "";
+  if (!hasSubject(s)) {
+    // Filters alone search nothing: their chips stay, to be used or removed.
+  } else if (s.texts !== null) {
+    const what = count === null ? "Texts" : `${count}${plus} text${count === 1 && !plus ? "" : "s"}`;
+    heading.append(el("strong", { textContent: what }), " for ", photoRef(s.texts));
+  } else {
+    const what = count === null ? "Photos" : `${count}${plus} photo${count === 1 && !plus ? "" : "s"}`;
+    heading.append(el("strong", { textContent: what }));
+    const terms = [];
+    if (s.upload) terms.push(["like", "the dropped photo"]);
+    for (const t of s.like) terms.push(["like", weighted(t, photoRef(likeId(t)))]);
+    if (s.q) terms.push(["for", weighted(s.q, quoted(splitWeight(s.q)[1]))]);
+    for (const t of s.also) terms.push(["for", weighted(t, quoted(splitWeight(t)[1]))]);
+    terms.forEach(([how, label], i) => {
+      if (i === 0) heading.append(` ${how} `);
+      else heading.append(how === "like" ? " + like " : " + ");
+      heading.append(...[label].flat());
+    });
+    const words = filterWords(s);
+    if (words.length) heading.append((terms.length ? ", " : " ") + words.join(", "));
+  }
+  chips(s);
+}
+
+// Each term and filter of the search, removable.
+function chips(s) {
+  const list = $("chips");
+  list.replaceChildren();
+  const chip = (kind, label, name, without) => {
+    const remove = el("button", { type: "button", className: "remove", textContent: "×" });
+    remove.setAttribute("aria-label", `Remove ${name}`);
+    remove.addEventListener("click", () => go({ ...without(), pages: 1 }));
+    const li = el("li", { className: "chip " + kind });
+    li.append(...[label].flat(), remove);
+    li.dataset.chip = name;
+    list.append(li);
+  };
+  const minus = (key, i) => () => ({ ...s, [key]: s[key].filter((_, j) => j !== i) });
+  if (s.texts !== null) {
+    chip("term", ["texts for ", photoRef(s.texts)], `texts for ${nameOf(s.texts)}`, () => ({ ...s, texts: null }));
+    return; // photo filters do not apply to texts
+  }
+  if (s.upload) chip("term", "the dropped photo", "the dropped photo", () => ({ ...blank(), ...s, upload: null }));
+  s.like.forEach((t, i) => chip("term", weighted(t, ["like ", photoRef(likeId(t))]), `like ${nameOf(likeId(t))}`, minus("like", i)));
+  if (s.q) chip("term", quoted(s.q), quoted(s.q), () => ({ ...s, q: "" }));
+  s.also.forEach((t, i) => chip("term", ["+ ", quoted(t)], quoted(t), minus("also", i)));
+  s.not.forEach((t, i) => chip("not", `without ${quoted(t)}`, `without ${quoted(t)}`, minus("not", i)));
+  const dates = dateWords(s);
+  if (s.after) chip("filter", s.before ? `from ${s.after}` : dates, `from ${s.after}`, () => ({ ...s, after: "" }));
+  if (s.before) chip("filter", s.after ? `to ${s.before}` : dates, `to ${s.before}`, () => ({ ...s, before: "" }));
+  if (s.undated) chip("filter", "without a date", "without a date", () => ({ ...s, undated: false }));
+  if (s.camera) chip("filter", `camera: ${s.camera}`, `camera ${s.camera}`, () => ({ ...s, camera: "" }));
+  if (s.near) chip("filter", nearWords(s.near), "near", () => ({ ...s, near: "" }));
+  if (s.under) chip("filter", `in ${s.under}`, `folder ${s.under}`, () => ({ ...s, under: "" }));
+  if (s.minProb > 0) chip("filter", `match ≥ ${Math.round(s.minProb * 100)}%`, "minimum match", () => ({ ...s, minProb: 0 }));
+  if (s.sort === "date") chip("filter", "oldest first", "sort by date", () => ({ ...s, sort: "score" }));
+}
+
+// ---- The detail view ------------------------------------------------------------
+
+function mapLink(lat, lon) {
+  const la = lat.toFixed(5), lo = lon.toFixed(5);
+  const a = el("a", {
+    href: `https://www.openstreetmap.org/?mlat=${la}&mlon=${lo}#map=16/${la}/${lo}`,
+    target: "_blank", rel: "noopener noreferrer", className: "map-link",
+    textContent: `${la}, ${lo}`,
+  });
+  a.title = "Open this place on OpenStreetMap (leaves this machine)";
+  return el("span", {}, a, el("small", { textContent: " on OpenStreetMap ↗" }));
+}
+
+function openDetail(hit) {
+  detailHit = hit;
   $("detail-img").src = hit.image_url;
+  $("detail-img").alt = hit.path || "";
+  $("detail-title").textContent = hit.path ? hit.path.split(/[\\/]/).pop() : `photo #${hit.image_id}`;
+  const px = hit.width && hit.height ? `${hit.width} × ${hit.height} px (${(hit.width * hit.height / 1e6).toFixed(1)} MP)` : "–";
   const rows = [
+    ["Taken", hit.taken_at ? el("time", { dateTime: hit.taken_at, textContent: readableDateTime(hit.taken_at) }) : "–"],
+    ["Camera", hit.camera || "–"],
+    ["Lens", hit.lens || "–"],
+    ["Size", px],
+    ["Place", hit.gps ? mapLink(hit.gps[0], hit.gps[1]) : "–"],
     ["Path", hit.path],
     ["Copies", hit.copies.length ? hit.copies.join("\n") : "none"],
     ["Score", hit.score.toFixed(4)],
@@ -99,42 +456,79 @@ function open(hit) {
     ["ITM logit", hit.itm_logit === null ? "–" : hit.itm_logit.toFixed(3)],
     ["Match", hit.itm_prob === null ? "–" : (hit.itm_prob * 100).toFixed(1) + "%"],
   ];
+  const nots = current && current.not.length && Array.isArray(hit.not_probs) ? hit.not_probs : [];
+  nots.forEach((p, i) => rows.push([`Matches “${splitWeight(current.not[i] || "")[1]}”`, (p * 100).toFixed(1) + "%"]));
   const dl = $("detail-meta");
   dl.replaceChildren();
-  for (const [k, v] of rows) {
-    const dt = document.createElement("dt"), dd = document.createElement("dd");
-    dt.textContent = k; dd.textContent = v;
-    dl.append(dt, dd);
-  }
+  for (const [k, v] of rows) dl.append(el("dt", { textContent: k }), el("dd", {}, v));
+  $("like-and-q").value = "";
   $("detail").showModal();
 }
 
+// A new search about the photo in the dialog: the form's filters stay.
+function aboutPhoto(change) {
+  $("detail").close();
+  remember(detailHit.image_id, detailHit.path);
+  const s = fromForm(null);
+  Object.assign(s, { q: "", near: current ? current.near : "", undated: current ? current.undated : false }, change);
+  go(s);
+}
+
+// ---- Events ---------------------------------------------------------------------
+
 function searchByFile(file) {
   if (!file) return;
-  $("q").value = "";
-  run({ kind: "upload", value: file }, false);
+  const key = ++uploadCount;
+  uploads.set(key, file);
+  go({ ...fromForm(null), q: "", not: [], upload: key });
 }
 
 $("search-form").addEventListener("submit", (e) => {
   e.preventDefault();
-  const q = $("q").value.trim();
-  if (q) run({ kind: "text", value: q }, false);
+  const s = fromForm(current && current.texts === null ? current : null);
+  if (!hasSubject(s)) {
+    $("status").textContent = "Type a sentence, or drop a photo anywhere on the page.";
+    $("q").focus();
+    return;
+  }
+  go(s);
 });
-$("more").addEventListener("click", () => last && run(last, true));
-$("min-prob").addEventListener("input", () => {
-  const v = parseFloat($("min-prob").value);
-  $("min-prob-value").textContent = v > 0 ? v.toFixed(2) : "off";
+// A filter changed: the search shown runs again with it (texts take no photo filter).
+const refilter = () => {
+  if (!current || current.texts !== null) return;
+  go(fromForm(current, true));
+};
+for (const id of ["not", "after", "before", "camera", "under", "sort", "min-prob"]) $(id).addEventListener("change", refilter);
+$("min-prob").addEventListener("input", showMinProb);
+$("filters").addEventListener("input", countFilters);
+$("filters-toggle").addEventListener("click", () => {
+  const open = $("filters").classList.toggle("open");
+  $("filters-toggle").setAttribute("aria-expanded", String(open));
 });
-$("min-prob").addEventListener("change", () => last && run(last, false));
-$("under").addEventListener("change", () => last && run(last, false));
-$("pick").addEventListener("change", (e) => searchByFile(e.target.files[0]));
-$("like-this").addEventListener("click", () => {
-  $("detail").close();
-  run({ kind: "id", value: current.image_id }, false);
-});
+$("more").addEventListener("click", () => more());
+function more() {
+  if (!current || loading || !shown || !shown.more) return;
+  run(current, true);
+}
+$("pick").addEventListener("change", (e) => { searchByFile(e.target.files[0]); e.target.value = ""; });
+$("like-this").addEventListener("click", () => aboutPhoto({ like: [String(detailHit.image_id)] }));
 $("texts-for").addEventListener("click", () => {
   $("detail").close();
-  run({ kind: "id", value: current.image_id, texts: true }, false);
+  remember(detailHit.image_id, detailHit.path);
+  // The form's filters stay for the next search of photos (texts take none).
+  go({ ...fromForm(null), q: "", texts: String(detailHit.image_id) });
+});
+$("like-and").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = $("like-and-q").value.trim();
+  aboutPhoto({ like: [String(detailHit.image_id)], q: text });
+});
+
+window.addEventListener("popstate", (e) => {
+  const s = e.state && e.state.search ? e.state.search : fromParams(new URLSearchParams(location.search));
+  fill(s);
+  if ($("detail").open) $("detail").close();
+  run(s, false);
 });
 
 // Drop a photo anywhere.
@@ -151,7 +545,7 @@ document.addEventListener("drop", (e) => {
 
 // Infinite scroll: load the next page when the "more" button comes into view.
 new IntersectionObserver((entries) => {
-  if (entries.some((en) => en.isIntersecting) && !$("more").hidden && last) run(last, true);
+  if (entries.some((en) => en.isIntersecting)) more();
 }).observe($("more"));
 
 // Indexing: start, cancel, and a live progress bar.
@@ -182,3 +576,10 @@ $("index-form").addEventListener("submit", async (e) => {
 });
 $("cancel").addEventListener("click", async () => { await api("/api/index", { method: "DELETE" }); poll(); });
 poll();
+
+// The search in the address, if any (a link, a reload).
+{
+  const s = normalize(fromParams(new URLSearchParams(location.search)));
+  history.replaceState({ search: s }, "", addressOf(s));
+  if (hasSubject(s) || isFiltered(s)) { fill(s); run(s, false); }
+}
