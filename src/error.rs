@@ -301,6 +301,12 @@ pub enum BadRequest {
     /// Texts for a photo take the photo alone.
     #[error("texts for a photo take that photo alone: drop the other terms (--also, --like, --not, a weight)")]
     TermsWithTexts,
+    /// A photo filter through an engine whose export has no photo metadata.
+    #[error("engine {uri:?} holds an export made before qseek exported photo metadata, so it cannot filter by date, camera or place: export the index again with `qseek export --to {uri} --replace`")]
+    EngineExportTooOld {
+        /// The engine.
+        uri: String,
+    },
     /// A search the engine backend does not run.
     #[error("{what} is not available through an engine: search the local index")]
     EngineUnsupported {

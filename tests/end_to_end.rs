@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::collection::Collection;
-use common::exif::{jpeg_with_exif, Exif};
 use common::{
     dot, fixture_photos, fixtures, floats, json, many_photos, model_dir, qseek, stderr, tiny,
 };
@@ -704,48 +703,6 @@ fn reranking_over_stored_features_matches_the_reference_itm() {
     }
 }
 
-/// The fixture collection with EXIF written into its three JPEGs: when, which camera,
-/// where (the PNGs have none).
-fn collection_with_metadata() -> Collection {
-    let c = Collection::with_photos();
-    for (name, exif) in [
-        (
-            "rocket.jpg",
-            Exif {
-                date: Some("2023:06:14 10:00:00"),
-                offset: Some("+02:00"),
-                make: Some("Canon"),
-                model: Some("Canon EOS R5"),
-                gps: Some((48.8584, 2.2945)),
-            },
-        ),
-        (
-            "retina.jpg",
-            Exif {
-                date: Some("2021:01:02 08:00:00"),
-                make: Some("NIKON CORPORATION"),
-                model: Some("NIKON D850"),
-                ..Exif::default()
-            },
-        ),
-        (
-            "hubble_deep_field.jpg",
-            Exif {
-                date: Some("2023:12:31 23:59:59"),
-                make: Some("Apple"),
-                model: Some("iPhone 15"),
-                gps: Some((35.6762, 139.6503)),
-                ..Exif::default()
-            },
-        ),
-    ] {
-        let path = c.photos.join(name);
-        let bytes = std::fs::read(&path).unwrap();
-        std::fs::write(&path, jpeg_with_exif(&bytes, &exif)).unwrap();
-    }
-    c
-}
-
 /// `(file name, score)` of each result.
 fn named(doc: &Value) -> Vec<(String, f64)> {
     doc["results"]
@@ -762,7 +719,7 @@ fn named(doc: &Value) -> Vec<(String, f64)> {
 
 #[test]
 fn metadata_is_read_shown_and_filters_before_the_top_k() {
-    let c = collection_with_metadata();
+    let c = Collection::with_metadata();
     c.index_json(&[]);
     let all = json(&c.run(&["search", "a photo", "--json", "-k", "10"]));
     let rocket = all["results"]
@@ -788,7 +745,11 @@ fn metadata_is_read_shown_and_filters_before_the_top_k() {
     assert_eq!(everything.len(), 7);
     let info = c.run_json(&["info", "--json"]);
     assert_eq!(
-        [&info["photos_dated"], &info["photos_with_camera"], &info["photos_with_place"]],
+        [
+            &info["photos_dated"],
+            &info["photos_with_camera"],
+            &info["photos_with_place"]
+        ],
         [3, 3, 2]
     );
     assert_eq!(info["photos_metadata_unread"], 0);
@@ -883,7 +844,7 @@ fn metadata_is_read_shown_and_filters_before_the_top_k() {
 
 #[test]
 fn an_index_made_before_metadata_gets_it_on_its_next_run_without_the_model() {
-    let c = collection_with_metadata();
+    let c = Collection::with_metadata();
     c.index_json(&[]);
     let vectors = std::fs::read_dir(&c.index).unwrap().count();
     // Forget every photo's metadata, as an index made before qseek read it lacks it.

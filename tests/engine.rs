@@ -7,8 +7,9 @@
 //! Parity: the engine's candidates and ITC scores against qseek's exact local search
 //! over the same index, before and after the ITM rerank, for text → images and
 //! image → texts; image → images (Chamfer, scored in qseek on the engine's vectors)
-//! against the local exact ranking; and `qseek serve --engine` against `qseek search
-//! --engine`.
+//! against the local exact ranking; the folder and photo filters (date, camera, place,
+//! undated) against the local filters, and an export made before the photo columns
+//! refusing the latter; and `qseek serve --engine` against `qseek search --engine`.
 
 mod common;
 
@@ -542,4 +543,334 @@ fn serve_with_an_engine_answers_as_search_with_it() {
     );
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_same_images(&like, &reply.json(), "image → images uploaded, served");
+}
+
+/// Each fixture photo as a JPEG, as it is and mirrored (14 images, no two alike), with
+/// EXIF: dates with and without their clock's offset, and none; cameras, one holding
+/// LIKE's `%` and `_`, a quote and a backslash, one a `0%` filter must not match
+/// unescaped (`500`); places around the Eiffel Tower (two within 50 km, four in the
+/// corners of the box around that circle but outside it), beside the ±180° meridian on
+/// both sides, elsewhere, and none.
+fn photos_with_metadata(dir: &Path) {
+    use common::exif::{jpeg_with_exif, Exif};
+    const PARIS: (f64, f64) = (48.8584, 2.2945);
+    let paris = |dlat: f64, dlon: f64| Some((PARIS.0 + dlat, PARIS.1 + dlon));
+    let exif = |date, offset, make, model, gps| Exif {
+        date,
+        offset,
+        make,
+        model,
+        gps,
+    };
+    let table: [Exif; 14] = [
+        exif(
+            Some("2023:06:14 10:00:00"),
+            Some("+02:00"),
+            Some("Canon"),
+            Some("Canon EOS R5"),
+            paris(0.1, 0.1),
+        ),
+        exif(
+            Some("2023:06:14 08:30:00"),
+            Some("+00:00"),
+            Some("NIKON CORPORATION"),
+            Some("NIKON D850"),
+            paris(0.4, 0.6),
+        ),
+        exif(
+            Some("2021:01:02 08:00:00"),
+            None,
+            Some("Apple"),
+            Some("iPhone 15"),
+            paris(-0.42, -0.62),
+        ),
+        exif(
+            None,
+            None,
+            Some("Lab\\Cam"),
+            Some("50%_\"Pro\""),
+            paris(-0.2, 0.3),
+        ),
+        exif(
+            Some("2023:12:31 23:59:59"),
+            None,
+            Some("Canon"),
+            Some("EOS 500 X"),
+            paris(0.43, -0.6),
+        ),
+        exif(
+            Some("2023:06:14 06:00:00"),
+            Some("-05:00"),
+            None,
+            None,
+            paris(-0.4, 0.65),
+        ),
+        exif(None, None, None, None, None),
+        exif(
+            Some("2019:07:01 12:00:00"),
+            Some("+09:00"),
+            Some("FUJIFILM"),
+            Some("X100V"),
+            Some((35.6762, 139.6503)),
+        ),
+        exif(
+            Some("2023:06:14 23:00:00"),
+            None,
+            Some("Apple"),
+            Some("iPhone 12"),
+            Some((-33.86, 151.21)),
+        ),
+        exif(None, None, Some("Canon"), None, Some((-16.52, 179.93))),
+        exif(
+            Some("2023:07:15 12:00:00"),
+            Some("+02:00"),
+            None,
+            Some("X100V"),
+            Some((-16.61, -179.93)),
+        ),
+        exif(
+            Some("2024:01:01 00:00:00"),
+            None,
+            Some("Sony_A"),
+            None,
+            None,
+        ),
+        exif(Some("2023:06:14 10:00:00"), None, None, None, Some(PARIS)),
+        exif(None, None, None, None, None),
+    ];
+    std::fs::create_dir_all(dir).unwrap();
+    let images = fixture_photos().into_iter().flat_map(|p| {
+        let img = image::open(&p).unwrap();
+        let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
+        let mirrored = img.fliph();
+        [
+            (format!("{stem}.jpg"), img),
+            (format!("{stem}-mirrored.jpg"), mirrored),
+        ]
+    });
+    for ((name, img), exif) in images.zip(table) {
+        let mut jpeg = Vec::new();
+        img.to_rgb8()
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        std::fs::write(dir.join(name), jpeg_with_exif(&jpeg, &exif)).unwrap();
+    }
+}
+
+/// [`assert_same`], where both may be empty.
+fn assert_same_or_none(local: &Value, engine: &Value, what: &str) -> usize {
+    if local["results"].as_array().unwrap().is_empty() {
+        assert_eq!(engine["results"], local["results"], "{what}");
+        0
+    } else {
+        assert_same(local, engine, what);
+        local["results"].as_array().unwrap().len()
+    }
+}
+
+#[test]
+fn photo_filters_through_the_engine_match_the_local_filters() {
+    let Some(milvus) = Milvus::start() else {
+        return;
+    };
+    let c = indexed_of(photos_with_metadata);
+    let uri = milvus.uri("photos");
+    assert_eq!(c.export(&uri)["images"], 14);
+    let info = c.run_json(&["info", "--json"]);
+    assert_eq!(
+        [
+            &info["photos_dated"],
+            &info["photos_with_camera"],
+            &info["photos_with_place"]
+        ],
+        [10, 10, 11],
+        "{info}"
+    );
+    let filters: &[&[&str]] = &[
+        &["--after", "2023"],
+        &["--after", "2023-06-14", "--before", "2023-06-14"],
+        &["--before", "2022-12"],
+        // Instants: compared with the photos that record their offset as instants.
+        &[
+            "--after",
+            "2023-06-14T07:30:00Z",
+            "--before",
+            "2023-06-14T09:00:00+00:00",
+        ],
+        &["--after", "2023-06-14T10:00:00+02:00"],
+        &["--before", "2023-06-14T10:00:00-01:00"],
+        &["--undated"],
+        &["--camera", "canon"],
+        &["--camera", "IPHONE", "--after", "2023-07"],
+        &["--camera", "50%_\"pro"],
+        &["--camera", "0%"],
+        &["--camera", "_"],
+        &["--camera", "\\"],
+        &["--camera", "x100v", "--before", "2023-08"],
+        // Within 50 km: two of the six photos the box around the circle holds.
+        &["--near", "48.8584,2.2945,50"],
+        &["--near", "48.8584,2.2945"],
+        // Across the ±180° meridian.
+        &["--near", "-16.55,179.99,30"],
+        // Tokyo in the box's corner, outside the circle.
+        &["--near", "34.8762,138.6503,100"],
+        // The whole Earth.
+        &["--near", "0,0,30000"],
+        &[
+            "--near",
+            "48.8584,2.2945,50",
+            "--camera",
+            "a",
+            "--after",
+            "2020",
+        ],
+        &["--near", "48.8584,2.2945,50", "--undated"],
+    ];
+    let mut found = 0;
+    for flags in filters {
+        for sentence in &SENTENCES[..3] {
+            // Filters before the top k: the best one, then every one.
+            for k in ["1", "14"] {
+                let args = ["search", sentence, "-k", k, "--rerank", "0", "--json"];
+                let args = [&args[..], flags].concat();
+                let (local, engine) = c.local_and_engine(&args, &uri);
+                let what = format!("{sentence:?} top {k} {flags:?}");
+                found += assert_same_or_none(&local, &engine, &what);
+                assert_eq!(engine["notes"], local["notes"], "{what}");
+            }
+        }
+        let args = ["search", SENTENCES[0], "-k", "5", "--rerank", "4", "--json"];
+        let (local, engine) = c.local_and_engine(&[&args[..], flags].concat(), &uri);
+        assert_same_or_none(&local, &engine, &format!("reranked {flags:?}"));
+        let image = c.photo("coffee.jpg");
+        let args = ["search", "--image", &image, "-k", "3", "--json"];
+        let (local, engine) = c.local_and_engine(&[&args[..], flags].concat(), &uri);
+        let what = format!("coffee → images {flags:?}");
+        if local["results"].as_array().unwrap().is_empty() {
+            assert_eq!(engine["results"], local["results"], "{what}");
+        } else {
+            assert_same_images(&local, &engine, &what);
+        }
+    }
+    assert!(
+        found > 100,
+        "{found} results in all: the filters keep too little"
+    );
+    // With a folder, and by date.
+    for flags in [
+        &["--under", &c.photo("c"), "--near", "48.8584,2.2945,50"][..],
+        &["--sort", "date", "--after", "2020"],
+    ] {
+        let args = [
+            "search",
+            SENTENCES[1],
+            "-k",
+            "14",
+            "--rerank",
+            "0",
+            "--json",
+        ];
+        let (local, engine) = c.local_and_engine(&[&args[..], flags].concat(), &uri);
+        assert!(assert_same_or_none(&local, &engine, &format!("{flags:?}")) > 0);
+    }
+}
+
+#[test]
+fn an_export_made_before_photo_metadata_refuses_photo_filters_in_one_sentence() {
+    let Some(milvus) = Milvus::start() else {
+        return;
+    };
+    use qseek::engine::milvus::{ImageColumns, MilvusEngine};
+    use qseek::engine::{EngineUri, ExportMode, VectorEngine};
+    let c = Collection::with_metadata();
+    c.index(&[&c.photos], &["--store-vision-features"]);
+    let uri = milvus.uri("photos");
+    let old_export = |mode| {
+        let index = qseek_index::Index::open(&c.index, None).unwrap();
+        let engine = MilvusEngine::connect(&EngineUri::parse(&uri).unwrap()).unwrap();
+        engine
+            .export_with(&index, mode, ImageColumns::BeforePhoto)
+            .unwrap()
+    };
+    assert_eq!(old_export(ExportMode::Create).images, 7);
+    let image = c.photo("rocket.jpg");
+    let refused = |what: &str| {
+        for flags in [
+            &["--camera", "canon"][..],
+            &["--after", "2023"],
+            &["--near", "48.8584,2.2945"],
+            &["--undated"],
+        ] {
+            for query in [&["a rocket"][..], &["--image", &image]] {
+                let args = [&["search"][..], query, flags, &["--engine", &uri]].concat();
+                let out = c.run(&args);
+                let err = stderr(&out);
+                assert_eq!(out.status.code(), Some(2), "{what} {args:?}: {err}");
+                assert!(
+                    err.contains("made before qseek exported photo metadata")
+                        && err.contains(&format!("qseek export --to {uri} --replace")),
+                    "{what} {args:?}: {err}"
+                );
+                assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+            }
+        }
+    };
+    refused("an old export");
+    // Without photo filters it answers as the index does.
+    for args in [
+        &["search", "a rocket", "-k", "7", "--rerank", "0", "--json"][..],
+        &["search", "a rocket", "-k", "3", "--rerank", "2", "--json"],
+        &[
+            "search",
+            "a rocket",
+            "-k",
+            "3",
+            "--json",
+            "--under",
+            &c.photo("r"),
+        ],
+    ] {
+        let (local, engine) = c.local_and_engine(args, &uri);
+        assert_same(&local, &engine, &format!("{args:?} on an old export"));
+    }
+    let args = ["search", "--image", &image, "-k", "3", "--json"];
+    let (local, engine) = c.local_and_engine(&args, &uri);
+    assert_same_images(&local, &engine, "image → images on an old export");
+    // Appending keeps the collection's columns: still old.
+    assert_eq!(
+        c.run_json(&["export", "--to", &uri, "--append", "--json"])["images"],
+        7
+    );
+    refused("an old export appended to");
+    // Exported again, it filters.
+    assert_eq!(c.export_replace(&uri)["images"], 7);
+    let args = ["search", "a rocket", "-k", "7", "--rerank", "0", "--json"];
+    let (local, engine) = c.local_and_engine(&[&args[..], &["--camera", "canon"]].concat(), &uri);
+    assert_eq!(assert_same_or_none(&local, &engine, "exported again"), 1);
+    // An engine connection that saw the old collection sees the new one.
+    let engine = MilvusEngine::connect(&EngineUri::parse(&uri).unwrap()).unwrap();
+    old_export(ExportMode::Replace);
+    let filter = qseek::engine::EngineFilter {
+        under: None,
+        photo: qseek_index::PhotoFilter {
+            undated: true,
+            ..Default::default()
+        },
+    };
+    // A query: the first vector of the first image.
+    let text = {
+        let index = qseek_index::Index::open(&c.index, None).unwrap();
+        let dim = index.manifest().dim;
+        let first = index.export_images().next().unwrap();
+        first.vectors[..dim].to_vec()
+    };
+    assert!(engine.search_images(&text, 3, Some(&filter)).is_err());
+    c.export_replace(&uri);
+    assert_eq!(
+        engine.search_images(&text, 3, Some(&filter)).unwrap().len(),
+        3
+    );
 }

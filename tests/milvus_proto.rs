@@ -637,6 +637,8 @@ fn the_check_catches_mistakes() {
 pub mod data_type {
     /// `schema.DataType::VarChar`.
     pub const VARCHAR: i32 = 21;
+    /// `schema.DataType::Double`.
+    pub const DOUBLE: i32 = 11;
 }
 
 /// `common.KeyValuePair`.
@@ -655,6 +657,13 @@ pub struct LongArray {
     pub data: Vec<i64>,
 }
 
+/// `schema.DoubleArray`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DoubleArray {
+    #[prost(double, repeated, tag = "1")]
+    pub data: Vec<f64>,
+}
+
 /// `schema.StringArray`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StringArray {
@@ -665,7 +674,7 @@ pub struct StringArray {
 /// `schema.ScalarField`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ScalarField {
-    #[prost(oneof = "Scalars", tags = "3, 6")]
+    #[prost(oneof = "Scalars", tags = "3, 5, 6")]
     pub data: Option<Scalars>,
 }
 
@@ -674,8 +683,24 @@ pub struct ScalarField {
 pub enum Scalars {
     #[prost(message, tag = "3")]
     LongData(LongArray),
+    #[prost(message, tag = "5")]
+    DoubleData(DoubleArray),
     #[prost(message, tag = "6")]
     StringData(StringArray),
+}
+
+/// `milvus.DescribeCollectionResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DescribeCollectionResponse {
+    #[prost(message, optional, tag = "2")]
+    pub schema: Option<CollectionSchema>,
+}
+
+/// `schema.CollectionSchema`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CollectionSchema {
+    #[prost(string, tag = "1")]
+    pub name: String,
 }
 
 /// `common.PlaceholderValue`.
@@ -718,7 +743,19 @@ pub struct CreateIndexRequest {
             "LongData(StringArray)",
         ),
         ("variant name", "LongData(", "IntData("),
-        ("oneof tags", "tags = \"3, 6\"", "tags = \"3, 7\""),
+        ("oneof tags", "tags = \"3, 5, 6\"", "tags = \"3, 5, 7\""),
+        ("double as float", "(double, repeated", "(float, repeated"),
+        (
+            "double variant",
+            "DoubleData(DoubleArray)",
+            "FloatData(DoubleArray)",
+        ),
+        ("Double's value", "DOUBLE: i32 = 11", "DOUBLE: i32 = 10"),
+        (
+            "schema's tag",
+            "tag = \"2\")]\n    pub schema",
+            "tag = \"3\")]\n    pub schema",
+        ),
         ("enum value", "VARCHAR: i32 = 21", "VARCHAR: i32 = 20"),
         ("enum value name", "DataType::VarChar", "DataType::Varchar"),
         (

@@ -7,6 +7,7 @@
 
 use std::vec;
 
+use crate::photo::PhotoMeta;
 use crate::state::State;
 use crate::storage::metadata_store::{ImageEntry, ImageId, PathEntry, TextEntry, TextId};
 use crate::storage::vector_store::VectorStoreReader;
@@ -26,6 +27,8 @@ pub struct ExportedImage {
     pub paths: Vec<PathEntry>,
     /// Its `Q × D` vectors as stored, decoded to f32.
     pub vectors: Vec<f32>,
+    /// What its metadata says (`None`: never read), as the index's photo filters see it.
+    pub photo: Option<PhotoMeta>,
 }
 
 /// One committed text, as [`TextExport`] yields it.
@@ -68,6 +71,7 @@ impl Iterator for ImageExport {
             width: e.width,
             height: e.height,
             paths: e.paths,
+            photo: e.photo,
         })
     }
 

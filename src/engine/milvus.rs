@@ -6,18 +6,27 @@
 //! over the image's vectors). Identity is the content hash, not an index's image id, so
 //! several machines can each export their part of a collection into the same engine.
 //! An image's vectors are read back by their primary keys (image → images scores them in
-//! qseek); a path prefix is a `like` filter on the `paths` column.
+//! qseek). Each row also holds its photo's metadata, the same on each of its Q rows, for
+//! the filters: `taken` and `taken_utc` (INT64), `camera` (VARCHAR), `lat` and `lon`
+//! (DOUBLE) (`PhotoColumns`). A search's filters are one Milvus expression
+//! (`filter_expr`), applied by the engine before its top k; a place's circle is a
+//! latitude/longitude box there, checked exactly in qseek, deeper searches filling in
+//! what the check drops (`MilvusEngine::filtered_lists`).
 //! Texts: `<collection>_texts`, one row per text.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use qseek_index::Index;
+use qseek_index::{Gps, Index, Near, PhotoMeta, TakenAt};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 use super::milvus_proto::*;
-use super::{EngineImageHit, EngineTextHit, EngineUri, ExportMode, ExportReport, VectorEngine};
+use super::{
+    under_it, EngineFilter, EngineImageHit, EngineTextHit, EngineUri, ExportMode, ExportReport,
+    VectorEngine,
+};
 use crate::error::BadRequest;
 use crate::{Error, Result};
 
@@ -30,7 +39,49 @@ const IMAGES_PER_QUERY: usize = 64;
 const TEXTS_PER_INSERT: usize = 2048;
 /// Longest VarChar Milvus takes.
 const MAX_VARCHAR: usize = 65_535;
+/// Milvus's largest `topk`.
+const MAX_TOPK: usize = 16_384;
 const VECTOR: &str = "v";
+
+/// When the photo was taken: [`TakenAt::local`], the seconds its camera's clock showed
+/// ([`NO_TIME`] for a photo without a date).
+const TAKEN: &str = "taken";
+/// The same instant as seconds since the Unix epoch, when the photo records its clock's
+/// offset ([`NO_TIME`] otherwise).
+const TAKEN_UTC: &str = "taken_utc";
+/// [`PhotoMeta::camera`], lowercased (`""` for none).
+const CAMERA: &str = "camera";
+/// Degrees north and east ([`NO_PLACE`] for a photo without a place).
+const LAT: &str = "lat";
+const LON: &str = "lon";
+/// The photo-metadata columns: an export made before them has none.
+const PHOTO_FIELDS: [&str; 5] = [TAKEN, TAKEN_UTC, CAMERA, LAT, LON];
+/// `taken` and `taken_utc` of a photo without them: −2⁵³ s, some 285 million years
+/// before any date EXIF can write, in a literal Milvus reads as written (not so
+/// `i64::MIN`'s: `-9223372036854775808` is a minus on `9223372036854775808`, which
+/// overflows, and a filter on it kept undated photos).
+const NO_TIME: i64 = -(1 << 53);
+/// `lat` and `lon` of a photo without a place: outside every range of degrees.
+const NO_PLACE: f64 = 1000.0;
+/// At most the Earth radius [`Gps::distance_km`] uses (6371.0088 km): a box made with it
+/// is a little larger than the circle.
+const EARTH_RADIUS_KM_AT_MOST: f64 = 6371.0;
+/// Degrees added around a place's box, against rounding (about 0.1 m).
+const BOX_MARGIN_DEGREES: f64 = 1e-6;
+
+/// An image found, with its place when asked for.
+type PlacedHit = (EngineImageHit, Option<Gps>);
+
+/// The columns of an image row besides `pk`, `content_hash`, `paths` and the vector.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageColumns {
+    /// With the photo-metadata columns: what an export writes.
+    WithPhoto,
+    /// Without them, as exports made before qseek exported photo metadata (kept so that
+    /// the tests can make one; appending to such a collection keeps its columns).
+    BeforePhoto,
+}
 
 /// A connection to one Milvus collection (and its `_texts` companion).
 #[derive(Debug)]
@@ -38,6 +89,10 @@ pub struct MilvusEngine {
     uri: EngineUri,
     runtime: tokio::runtime::Runtime,
     channel: Channel,
+    /// The images' collection was seen to have the photo-metadata columns (asked once
+    /// per connection; a collection without them is asked again at each filtered
+    /// search, since it may be exported again meanwhile).
+    photo_fields: AtomicBool,
 }
 
 impl MilvusEngine {
@@ -63,6 +118,7 @@ impl MilvusEngine {
             uri: uri.clone(),
             runtime,
             channel,
+            photo_fields: AtomicBool::new(false),
         })
     }
 
@@ -111,6 +167,31 @@ impl MilvusEngine {
         )?;
         self.check("HasCollection", r.status.as_ref())?;
         Ok(r.value)
+    }
+
+    /// The names of a collection's fields.
+    fn field_names(&self, name: &str) -> Result<Vec<String>> {
+        let r: DescribeCollectionResponse = self.call(
+            "DescribeCollection",
+            DescribeCollectionRequest {
+                collection_name: name.into(),
+            },
+        )?;
+        self.check("DescribeCollection", r.status.as_ref())?;
+        Ok(r.schema
+            .map(|s| s.fields.into_iter().map(|f| f.name).collect())
+            .unwrap_or_default())
+    }
+
+    /// Whether the images' collection has the photo-metadata columns.
+    fn has_photo_fields(&self) -> Result<bool> {
+        if self.photo_fields.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let names = self.field_names(&self.uri.collection)?;
+        let has = PHOTO_FIELDS.iter().all(|f| names.iter().any(|n| n == f));
+        self.photo_fields.store(has, Ordering::Relaxed);
+        Ok(has)
     }
 
     fn drop_collection(&self, name: &str) -> Result<()> {
@@ -254,31 +335,173 @@ impl MilvusEngine {
         Ok(r.results.unwrap_or_default())
     }
 
-    /// The images of a group-by search's answer, in its order.
-    fn image_hits(&self, data: &SearchResultData) -> Result<Vec<EngineImageHit>> {
+    /// The images of a group-by search's answer to `nq` query vectors: one list per
+    /// vector, in the answer's order, each image with its place (`lat`, `lon`) when
+    /// `places`.
+    fn image_lists(
+        &self,
+        data: &SearchResultData,
+        nq: usize,
+        places: bool,
+    ) -> Result<Vec<Vec<PlacedHit>>> {
+        let n = data.scores.len();
+        if n == 0 {
+            // Nothing found: an answer without columns.
+            return Ok(vec![Vec::new(); nq]);
+        }
         let hashes = self
             .column(data, "content_hash")?
             .as_strings()
             .unwrap_or_default();
         let paths = self.column(data, "paths")?.as_strings().unwrap_or_default();
-        if hashes.len() != data.scores.len() || paths.len() != data.scores.len() {
+        let (lats, lons) = if places {
+            (
+                self.column(data, LAT)?.as_doubles().unwrap_or_default(),
+                self.column(data, LON)?.as_doubles().unwrap_or_default(),
+            )
+        } else {
+            (&[][..], &[][..])
+        };
+        if hashes.len() != n || paths.len() != n || (places && (lats.len() != n || lons.len() != n))
+        {
             return Err(engine_error(
                 &self.uri,
                 "Search",
                 "columns of unequal length",
             ));
         }
-        let mut hits = Vec::with_capacity(data.scores.len());
-        for ((hash, paths), &itc) in hashes.iter().zip(paths).zip(&data.scores) {
-            hits.push(EngineImageHit {
+        let mut hits = Vec::with_capacity(n);
+        for (i, ((hash, paths), &itc)) in hashes.iter().zip(paths).zip(&data.scores).enumerate() {
+            let hit = EngineImageHit {
                 content_hash: hash.clone(),
                 paths: serde_json::from_str(paths).map_err(|e| {
                     engine_error(&self.uri, "Search", format!("paths of {hash}: {e}"))
                 })?,
                 itc,
+            };
+            let place = places.then(|| Gps {
+                lat: lats[i],
+                lon: lons[i],
+                alt: None,
             });
+            hits.push((hit, place));
         }
-        Ok(hits)
+        // Milvus answers each query vector with its own top k groups, one after the
+        // other, `topks` long each.
+        let topks: Vec<usize> = match data.topks.len() {
+            0 if hits.is_empty() => vec![0; nq],
+            t if t == nq => data.topks.iter().map(|&t| t as usize).collect(),
+            t => {
+                return Err(engine_error(
+                    &self.uri,
+                    "Search",
+                    format!("{t} answers to {nq} query vectors"),
+                ))
+            }
+        };
+        if topks.iter().sum::<usize>() != hits.len() {
+            return Err(engine_error(
+                &self.uri,
+                "Search",
+                "the answers' lengths do not add up",
+            ));
+        }
+        let mut hits = hits.into_iter();
+        Ok(topks
+            .into_iter()
+            .map(|n| hits.by_ref().take(n).collect())
+            .collect())
+    }
+
+    /// For each query vector (`queries`: `dim` values each), its top `k` images among
+    /// those `filter` keeps, exactly. The engine searches with the filter's expression
+    /// ([`filter_expr`]), whose place is a box around the circle; qseek then checks each
+    /// hit's place on the circle ([`Gps::distance_km`], as the index does) and its paths
+    /// ([`under_it`]: the `like` on the paths' JSON may let a path holding a `"` through).
+    /// While a list lost hits to the check and the engine had more, it searches again,
+    /// twice as deep and without the images the check dropped, so that each list ends
+    /// with `k` images that pass or with every one there is.
+    fn filtered_lists(
+        &self,
+        queries: &[f32],
+        dim: usize,
+        k: usize,
+        filter: Option<&EngineFilter>,
+    ) -> Result<Vec<Vec<EngineImageHit>>> {
+        let no_filter = EngineFilter::default();
+        let filter = filter.unwrap_or(&no_filter);
+        if filter.photo.is_active() && !self.has_photo_fields()? {
+            return Err(BadRequest::EngineExportTooOld {
+                uri: self.uri.to_string(),
+            }
+            .into());
+        }
+        let near = filter.photo.near;
+        let under = filter.under.as_deref();
+        let mut output = vec!["content_hash", "paths"];
+        if near.is_some() {
+            output.extend([LAT, LON]);
+        }
+        let expr = filter_expr(filter);
+        let nq = queries.len() / dim;
+        // A place's box holds about 4/π as many photos as its circle: ask for more at once.
+        let mut ask = if near.is_some() {
+            (2 * k).min(MAX_TOPK).max(k)
+        } else {
+            k
+        };
+        let mut dropped: Vec<String> = Vec::new();
+        let mut dropped_set: HashSet<String> = HashSet::new();
+        loop {
+            let exclude = (!dropped.is_empty()).then(|| {
+                format!(
+                    "content_hash not in {}",
+                    serde_json::to_string(&dropped).expect("strings serialise")
+                )
+            });
+            let expr = [Some(expr.clone()), exclude]
+                .into_iter()
+                .flatten()
+                .filter(|e| !e.is_empty())
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let data = self.search(
+                &self.uri.collection,
+                queries,
+                dim,
+                ask,
+                Some("content_hash"),
+                &expr,
+                &output,
+            )?;
+            let dropped_before = dropped.len();
+            let mut complete = true;
+            let mut lists = Vec::with_capacity(nq);
+            for list in self.image_lists(&data, nq, near.is_some())? {
+                let answered = list.len();
+                let mut kept = Vec::with_capacity(answered.min(k));
+                for (hit, place) in list {
+                    let in_circle = match (near, place) {
+                        (Some(n), Some(p)) => p.distance_km(n.lat, n.lon) <= n.km,
+                        _ => true,
+                    };
+                    if in_circle && under_it(&hit.paths, under) {
+                        kept.push(hit);
+                    } else if dropped_set.insert(hit.content_hash.clone()) {
+                        dropped.push(hit.content_hash);
+                    }
+                }
+                complete &= kept.len() >= k || answered < ask;
+                kept.truncate(k);
+                lists.push(kept);
+            }
+            // A list still short lost some of its hits to the check, and those are
+            // left out next time; were none new, the engine would answer the same.
+            if complete || dropped.len() == dropped_before {
+                return Ok(lists);
+            }
+            ask = (ask * 2).min(MAX_TOPK).max(k);
+        }
     }
 
     fn texts_collection(&self) -> String {
@@ -293,8 +516,16 @@ impl MilvusEngine {
     }
 }
 
-impl VectorEngine for MilvusEngine {
-    fn export(&self, index: &Index, mode: ExportMode) -> Result<ExportReport> {
+impl MilvusEngine {
+    /// [`VectorEngine::export`] with these image columns (appending to a collection
+    /// keeps the columns it has).
+    #[doc(hidden)]
+    pub fn export_with(
+        &self,
+        index: &Index,
+        mode: ExportMode,
+        mut columns: ImageColumns,
+    ) -> Result<ExportReport> {
         let start = Instant::now();
         let manifest = index.manifest();
         let (q, d) = (manifest.num_query_tokens, manifest.dim);
@@ -311,7 +542,12 @@ impl VectorEngine for MilvusEngine {
                     .into())
                 }
                 ExportMode::Replace if exists => self.drop_collection(name)?,
-                ExportMode::Append if exists => continue,
+                ExportMode::Append if exists => {
+                    if name == images && !self.has_photo_fields()? {
+                        columns = ImageColumns::BeforePhoto;
+                    }
+                    continue;
+                }
                 _ => {}
             }
             missing.push(name.clone());
@@ -322,16 +558,30 @@ impl VectorEngine for MilvusEngine {
             data_type: data_type::VARCHAR,
             type_params: vec![KeyValuePair::new("max_length", max)],
         };
+        let with_photo = columns == ImageColumns::WithPhoto;
         if missing.contains(images) {
-            self.create(
-                images,
-                vec![
-                    varchar("pk", 160, true),
-                    varchar("content_hash", 128, false),
-                    varchar("paths", MAX_VARCHAR, false),
-                ],
-                d,
-            )?;
+            let mut fields = vec![
+                varchar("pk", 160, true),
+                varchar("content_hash", 128, false),
+                varchar("paths", MAX_VARCHAR, false),
+            ];
+            if with_photo {
+                let scalar = |name: &str, data_type| FieldSchema {
+                    name: name.into(),
+                    is_primary_key: false,
+                    data_type,
+                    type_params: Vec::new(),
+                };
+                fields.extend([
+                    scalar(TAKEN, data_type::INT64),
+                    scalar(TAKEN_UTC, data_type::INT64),
+                    varchar(CAMERA, MAX_VARCHAR, false),
+                    scalar(LAT, data_type::DOUBLE),
+                    scalar(LON, data_type::DOUBLE),
+                ]);
+            }
+            self.create(images, fields, d)?;
+            self.photo_fields.store(with_photo, Ordering::Relaxed);
         }
         let mut report = ExportReport::default();
         let all = index.export_images();
@@ -346,6 +596,7 @@ impl VectorEngine for MilvusEngine {
                 Vec::with_capacity(rows),
                 Vec::with_capacity(rows),
             );
+            let mut photo = PhotoColumns::with_capacity(rows);
             let mut vectors = Vec::with_capacity(rows * d);
             for image in batch.drain(..) {
                 if image.vectors.len() != q * d {
@@ -362,21 +613,24 @@ impl VectorEngine for MilvusEngine {
                     hash.push(image.content_hash.clone());
                     paths.push(json.clone());
                 }
+                if with_photo {
+                    photo.push(image.photo.as_ref(), q);
+                }
                 vectors.extend_from_slice(&image.vectors);
                 report.images += 1;
             }
             report.image_rows += rows;
             report.bytes_sent += vectors.len() * 4;
-            self.insert(
-                images,
-                vec![
-                    FieldData::strings("pk", pk),
-                    FieldData::strings("content_hash", hash),
-                    FieldData::strings("paths", paths),
-                    FieldData::vectors(VECTOR, d, vectors),
-                ],
-                rows,
-            )
+            let mut fields = vec![
+                FieldData::strings("pk", pk),
+                FieldData::strings("content_hash", hash),
+                FieldData::strings("paths", paths),
+            ];
+            if with_photo {
+                fields.extend(photo.into_fields());
+            }
+            fields.push(FieldData::vectors(VECTOR, d, vectors));
+            self.insert(images, fields, rows)
         };
         for image in all {
             batch.push(image);
@@ -436,6 +690,12 @@ impl VectorEngine for MilvusEngine {
         report.seconds = start.elapsed().as_secs_f64();
         Ok(report)
     }
+}
+
+impl VectorEngine for MilvusEngine {
+    fn export(&self, index: &Index, mode: ExportMode) -> Result<ExportReport> {
+        self.export_with(index, mode, ImageColumns::WithPhoto)
+    }
 
     fn holds_images(&self) -> Result<bool> {
         self.has_collection(&self.uri.collection)
@@ -445,18 +705,10 @@ impl VectorEngine for MilvusEngine {
         &self,
         text: &[f32],
         k: usize,
-        under: Option<&str>,
+        filter: Option<&EngineFilter>,
     ) -> Result<Vec<EngineImageHit>> {
-        let data = self.search(
-            &self.uri.collection,
-            text,
-            text.len(),
-            k,
-            Some("content_hash"),
-            &under.map(under_filter).unwrap_or_default(),
-            &["content_hash", "paths"],
-        )?;
-        self.image_hits(&data)
+        let mut lists = self.filtered_lists(text, text.len(), k, filter)?;
+        Ok(lists.pop().unwrap_or_default())
     }
 
     fn images_per_vector(
@@ -464,43 +716,10 @@ impl VectorEngine for MilvusEngine {
         image: &[f32],
         dim: usize,
         k: usize,
-        under: Option<&str>,
+        filter: Option<&EngineFilter>,
     ) -> Result<Vec<Vec<EngineImageHit>>> {
-        // One search of Q vectors: Milvus answers each with its own top k groups,
-        // one after the other, `topks` long each.
-        let data = self.search(
-            &self.uri.collection,
-            image,
-            dim,
-            k,
-            Some("content_hash"),
-            &under.map(under_filter).unwrap_or_default(),
-            &["content_hash", "paths"],
-        )?;
-        let mut hits = self.image_hits(&data)?.into_iter();
-        let nq = image.len() / dim;
-        let topks: Vec<usize> = match data.topks.len() {
-            0 if hits.len() == 0 => vec![0; nq],
-            n if n == nq => data.topks.iter().map(|&t| t as usize).collect(),
-            n => {
-                return Err(engine_error(
-                    &self.uri,
-                    "Search",
-                    format!("{n} answers to {nq} query vectors"),
-                ))
-            }
-        };
-        if topks.iter().sum::<usize>() != hits.len() {
-            return Err(engine_error(
-                &self.uri,
-                "Search",
-                "the answers' lengths do not add up",
-            ));
-        }
-        Ok(topks
-            .into_iter()
-            .map(|n| hits.by_ref().take(n).collect())
-            .collect())
+        // One search of the Q vectors.
+        self.filtered_lists(image, dim, k, filter)
     }
 
     fn image_vectors(
@@ -665,24 +884,223 @@ fn paths_json<'a>(paths: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
+/// An image's photo-metadata columns, one value per row (each image's repeated on its
+/// Q rows).
+#[derive(Debug, Default)]
+struct PhotoColumns {
+    taken: Vec<i64>,
+    taken_utc: Vec<i64>,
+    camera: Vec<String>,
+    lat: Vec<f64>,
+    lon: Vec<f64>,
+}
+
+impl PhotoColumns {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            taken: Vec::with_capacity(rows),
+            taken_utc: Vec::with_capacity(rows),
+            camera: Vec::with_capacity(rows),
+            lat: Vec::with_capacity(rows),
+            lon: Vec::with_capacity(rows),
+        }
+    }
+
+    /// `rows` rows of a photo with this metadata (`None`: never read, as empty).
+    fn push(&mut self, photo: Option<&PhotoMeta>, rows: usize) {
+        let taken = photo.and_then(|p| p.taken);
+        let camera = photo
+            .and_then(PhotoMeta::camera)
+            .map(|c| cut(c.to_lowercase(), MAX_VARCHAR))
+            .unwrap_or_default();
+        let place = photo.and_then(|p| p.gps);
+        for _ in 0..rows {
+            self.taken.push(taken.map_or(NO_TIME, |t| t.local));
+            self.taken_utc
+                .push(taken.and_then(|t| t.utc()).unwrap_or(NO_TIME));
+            self.camera.push(camera.clone());
+            self.lat.push(place.map_or(NO_PLACE, |g| g.lat));
+            self.lon.push(place.map_or(NO_PLACE, |g| g.lon));
+        }
+    }
+
+    fn into_fields(self) -> [FieldData; 5] {
+        [
+            FieldData::longs(TAKEN, self.taken),
+            FieldData::longs(TAKEN_UTC, self.taken_utc),
+            FieldData::strings(CAMERA, self.camera),
+            FieldData::doubles(LAT, self.lat),
+            FieldData::doubles(LON, self.lon),
+        ]
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character's boundary.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// The Milvus boolean expression of a filter (`""`: keep everything): its parts joined
+/// by `and`, each in parentheses where it holds an `or`.
+///
+/// - `under`: [`under_filter`].
+/// - A date bound: [`time_bound`].
+/// - `undated`: `taken == NO_TIME`.
+/// - `camera`: `camera like "%TEXT%"` on the lowercased text, escaped as
+///   [`contains_literal`] says (an empty text: `camera != ""`, a photo with a camera).
+/// - `near`: a box around the circle ([`PlaceBox`]; qseek checks the circle).
+fn filter_expr(filter: &EngineFilter) -> String {
+    let p = &filter.photo;
+    let mut parts = Vec::new();
+    if let Some(prefix) = &filter.under {
+        parts.push(under_filter(prefix));
+    }
+    if p.undated {
+        parts.push(format!("{TAKEN} == {NO_TIME}"));
+    }
+    if let Some(from) = &p.taken_from {
+        parts.push(time_bound(from, ">="));
+    }
+    if let Some(until) = &p.taken_until {
+        parts.push(time_bound(until, "<"));
+    }
+    if let Some(camera) = &p.camera {
+        parts.push(if camera.is_empty() {
+            format!("{CAMERA} != \"\"")
+        } else {
+            format!("{CAMERA} like {}", contains_literal(&camera.to_lowercase()))
+        });
+    }
+    if let Some(near) = &p.near {
+        parts.push(PlaceBox::around(near).expr());
+    }
+    parts.join(" and ")
+}
+
+/// A photo's time `op` (`>=` or `<`) a bound, as [`TakenAt::cmp_time`] orders them: by
+/// the instant when the bound and the photo both know their offset, else by the clocks
+/// they show. A bound without an offset compares clocks only: `(taken != NO_TIME and
+/// taken OP LOCAL)`; one with an offset, instants where the photo has one:
+/// `((taken_utc != NO_TIME and taken_utc OP UTC) or (taken_utc == NO_TIME and taken !=
+/// NO_TIME and taken OP LOCAL))`. Whole seconds: a photo's fraction of a second is not
+/// exported, nor a bound's (qseek's dates have none).
+fn time_bound(bound: &TakenAt, op: &str) -> String {
+    let by_clock = format!("{TAKEN} != {NO_TIME} and {TAKEN} {op} {}", bound.local);
+    match bound.utc() {
+        None => format!("({by_clock})"),
+        Some(utc) => format!(
+            "(({TAKEN_UTC} != {NO_TIME} and {TAKEN_UTC} {op} {utc}) or ({TAKEN_UTC} == {NO_TIME} and {by_clock}))"
+        ),
+    }
+}
+
+/// A latitude/longitude box that holds a place's circle ([`PlaceBox::around`]): what the
+/// engine's expression for `near` keeps ([`PlaceBox::expr`]); qseek checks the circle
+/// ([`MilvusEngine::filtered_lists`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PlaceBox {
+    /// Degrees north, from `south` to `north`.
+    south: f64,
+    north: f64,
+    /// Degrees east, from the first to the second (across the ±180° meridian when the
+    /// first is larger); `None`: every longitude.
+    lons: Option<(f64, f64)>,
+}
+
+impl PlaceBox {
+    /// Latitudes within the circle's angular radius δ; longitudes within
+    /// asin(sin δ / cos lat) of its centre (the widest the circle reaches), unbounded
+    /// where the box holds a pole; with [`EARTH_RADIUS_KM_AT_MOST`] and
+    /// [`BOX_MARGIN_DEGREES`] to spare.
+    fn around(near: &Near) -> Self {
+        let delta = near.km / EARTH_RADIUS_KM_AT_MOST;
+        let delta_deg = delta.to_degrees() + BOX_MARGIN_DEGREES;
+        let (south, north) = (near.lat - delta_deg, near.lat + delta_deg);
+        let every = |south: f64, north: f64| PlaceBox {
+            south: south.max(-90.0),
+            north: north.min(90.0),
+            lons: None,
+        };
+        if delta >= std::f64::consts::FRAC_PI_2 || south <= -90.0 || north >= 90.0 {
+            return every(south, north);
+        }
+        let spread = (delta.sin() / near.lat.to_radians().cos()).min(1.0);
+        let dlon = spread.asin().to_degrees() + BOX_MARGIN_DEGREES;
+        if dlon >= 180.0 {
+            return every(south, north);
+        }
+        let wrap = |lon: f64| {
+            if lon < -180.0 {
+                lon + 360.0
+            } else if lon > 180.0 {
+                lon - 360.0
+            } else {
+                lon
+            }
+        };
+        PlaceBox {
+            south,
+            north,
+            lons: Some((wrap(near.lon - dlon), wrap(near.lon + dlon))),
+        }
+    }
+
+    /// `lat >= S and lat <= N`, then `and lon >= W and lon <= E`, or `and (lon >= W or
+    /// lon <= E)` across the ±180° meridian. A photo without a place (`NO_PLACE`) is
+    /// outside every box.
+    fn expr(&self) -> String {
+        let lats = format!("{LAT} >= {} and {LAT} <= {}", self.south, self.north);
+        match self.lons {
+            None => lats,
+            Some((west, east)) if west <= east => {
+                format!("{lats} and {LON} >= {west} and {LON} <= {east}")
+            }
+            Some((west, east)) => format!("{lats} and ({LON} >= {west} or {LON} <= {east})"),
+        }
+    }
+
+    /// Whether the box holds a place, as its expression says.
+    #[cfg(test)]
+    fn holds(&self, lat: f64, lon: f64) -> bool {
+        (self.south..=self.north).contains(&lat)
+            && match self.lons {
+                None => true,
+                Some((west, east)) if west <= east => (west..=east).contains(&lon),
+                Some((west, east)) => lon >= west || lon <= east,
+            }
+    }
+}
+
 /// A Milvus filter keeping the images with a path that starts with `prefix`. The `paths`
 /// column is a JSON array, where every path starts right after a `"`: the filter is
-/// `paths like "%<"prefix as JSON writes it>%"`, with LIKE's `%`, `_` and `\` escaped,
-/// in an expression string literal. (A path holding a `"` could match after its escaped
-/// quote: the search service checks every hit's paths again.)
+/// `paths like "%<"prefix as JSON writes it>%"` ([`contains_literal`]). (A path holding a
+/// `"` could match after its escaped quote: qseek checks every hit's paths again.)
 fn under_filter(prefix: &str) -> String {
     let json = serde_json::to_string(prefix).expect("strings serialise");
     let opening = &json[..json.len() - 1];
+    format!("paths like {}", contains_literal(opening))
+}
+
+/// The expression string literal of a LIKE pattern that keeps the values holding
+/// `text`: `%TEXT%` with LIKE's `%`, `_` and `\` escaped by a `\`, then written as a
+/// string literal (JSON's escapes: `"` and `\` and control characters).
+fn contains_literal(text: &str) -> String {
     let mut pattern = String::from("%");
-    for c in opening.chars() {
+    for c in text.chars() {
         if matches!(c, '%' | '_' | '\\') {
             pattern.push('\\');
         }
         pattern.push(c);
     }
     pattern.push('%');
-    let literal = serde_json::to_string(&pattern).expect("strings serialise");
-    format!("paths like {literal}")
+    serde_json::to_string(&pattern).expect("strings serialise")
 }
 
 fn engine_error(uri: &EngineUri, operation: &str, reason: impl ToString) -> Error {
@@ -767,5 +1185,289 @@ mod tests {
             serde_json::from_str(&paths_json([huge.as_str()].into_iter())).unwrap();
         assert_eq!(kept, [huge]);
         assert_eq!(paths_json(["/a", "/b"].into_iter()), r#"["/a","/b"]"#);
+    }
+
+    /// Each filter → its expression, the whole of it.
+    #[test]
+    fn filters_are_one_expression() {
+        use qseek_index::PhotoFilter;
+        let at = |local: i64, offset: Option<i32>| TakenAt {
+            local,
+            nanos: 0,
+            offset_minutes: offset,
+        };
+        let photo = |photo: PhotoFilter| EngineFilter { under: None, photo };
+        let n = -(1i64 << 53);
+        let cases: Vec<(&str, EngineFilter, String)> = vec![
+            ("nothing", EngineFilter::default(), String::new()),
+            (
+                "under",
+                EngineFilter {
+                    under: Some("/a/b".into()),
+                    ..EngineFilter::default()
+                },
+                r#"paths like "%\"/a/b%""#.into(),
+            ),
+            (
+                "undated",
+                photo(PhotoFilter {
+                    undated: true,
+                    ..PhotoFilter::default()
+                }),
+                format!("taken == {n}"),
+            ),
+            (
+                "after a clock time",
+                photo(PhotoFilter {
+                    taken_from: Some(at(1000, None)),
+                    ..PhotoFilter::default()
+                }),
+                format!("(taken != {n} and taken >= 1000)"),
+            ),
+            (
+                "before an instant: 02:00+02:00 is 00:00Z",
+                photo(PhotoFilter {
+                    taken_until: Some(at(7200, Some(120))),
+                    ..PhotoFilter::default()
+                }),
+                format!(
+                    "((taken_utc != {n} and taken_utc < 0) or (taken_utc == {n} and taken != {n} and taken < 7200))"
+                ),
+            ),
+            (
+                "a camera, lowercased",
+                photo(PhotoFilter {
+                    camera: Some("Canon EOS".into()),
+                    ..PhotoFilter::default()
+                }),
+                r#"camera like "%canon eos%""#.into(),
+            ),
+            (
+                "a camera holding LIKE's wildcards, a quote and a backslash",
+                photo(PhotoFilter {
+                    camera: Some(r#"50%_"X"\d"#.into()),
+                    ..PhotoFilter::default()
+                }),
+                r#"camera like "%50\\%\\_\"x\"\\\\d%""#.into(),
+            ),
+            (
+                "an empty camera: any camera",
+                photo(PhotoFilter {
+                    camera: Some(String::new()),
+                    ..PhotoFilter::default()
+                }),
+                r#"camera != """#.into(),
+            ),
+            (
+                "all of them",
+                EngineFilter {
+                    under: Some("/p/".into()),
+                    photo: PhotoFilter {
+                        taken_from: Some(at(0, Some(0))),
+                        taken_until: Some(at(86_400, None)),
+                        camera: Some("nikon".into()),
+                        near: Some(Near {
+                            lat: 0.0,
+                            lon: 0.0,
+                            km: 1.0,
+                        }),
+                        undated: false,
+                    },
+                },
+                format!(
+                    "{} and {} and {} and {} and {}",
+                    r#"paths like "%\"/p/%""#,
+                    format_args!("((taken_utc != {n} and taken_utc >= 0) or (taken_utc == {n} and taken != {n} and taken >= 0))"),
+                    format_args!("(taken != {n} and taken < 86400)"),
+                    r#"camera like "%nikon%""#,
+                    PlaceBox::around(&Near {
+                        lat: 0.0,
+                        lon: 0.0,
+                        km: 1.0
+                    })
+                    .expr()
+                ),
+            ),
+        ];
+        for (what, filter, expected) in cases {
+            assert_eq!(filter_expr(&filter), expected, "{what}");
+        }
+        // A box: degrees as Rust prints them (no exponent), two ranges across ±180°.
+        for (place, expected) in [
+            (
+                PlaceBox {
+                    south: -1.5,
+                    north: 0.25,
+                    lons: Some((10.0, 12.125)),
+                },
+                "lat >= -1.5 and lat <= 0.25 and lon >= 10 and lon <= 12.125",
+            ),
+            (
+                PlaceBox {
+                    south: 60.0,
+                    north: 61.0,
+                    lons: Some((179.5, -179.5)),
+                },
+                "lat >= 60 and lat <= 61 and (lon >= 179.5 or lon <= -179.5)",
+            ),
+            (
+                PlaceBox {
+                    south: 89.0,
+                    north: 90.0,
+                    lons: None,
+                },
+                "lat >= 89 and lat <= 90",
+            ),
+            (
+                PlaceBox {
+                    south: 0.0000001,
+                    north: 1.0,
+                    lons: None,
+                },
+                "lat >= 0.0000001 and lat <= 1",
+            ),
+        ] {
+            assert_eq!(place.expr(), expected);
+        }
+    }
+
+    /// The camera filter's two levels undone (the string literal, then LIKE's pattern)
+    /// and matched against the `camera` column keep what the index's filter keeps.
+    #[test]
+    fn a_camera_filter_keeps_what_the_index_keeps() {
+        use qseek_index::PhotoFilter;
+        let cameras: &[(Option<&str>, Option<&str>)] = &[
+            (Some("Canon"), Some("Canon EOS R5")),
+            (Some("NIKON CORPORATION"), Some("NIKON D850")),
+            (Some("Odd%Maker"), Some("Model_1 \"Pro\"")),
+            (Some("Back\\Slash"), None),
+            (None, Some("X100V")),
+            (Some("ÉCLAIR"), Some("Ü 1")),
+            (None, None),
+        ];
+        let texts = [
+            "canon",
+            "CANON eos",
+            "nikon d",
+            "eos r6",
+            "%",
+            "_",
+            "odd%m",
+            "oddxm",
+            "l_1",
+            "lx1",
+            "\"pro\"",
+            "\\",
+            "back\\s",
+            "backs",
+            "é",
+            "éclair ü",
+            "x100v",
+            "",
+            "1 \"",
+        ];
+        for text in texts {
+            let filter = PhotoFilter {
+                camera: Some(text.to_string()),
+                ..PhotoFilter::default()
+            };
+            let expr = filter_expr(&EngineFilter {
+                under: None,
+                photo: filter.clone(),
+            });
+            for &(make, model) in cameras {
+                let meta = PhotoMeta {
+                    make: make.map(String::from),
+                    model: model.map(String::from),
+                    ..PhotoMeta::default()
+                };
+                let mut columns = PhotoColumns::default();
+                columns.push(Some(&meta), 1);
+                let column = &columns.camera[0];
+                let kept = if let Some(literal) = expr.strip_prefix("camera like ") {
+                    like(&serde_json::from_str::<String>(literal).unwrap(), column)
+                } else {
+                    assert_eq!(expr, r#"camera != """#);
+                    !column.is_empty()
+                };
+                assert_eq!(
+                    kept,
+                    filter.allows(Some(&meta)),
+                    "{text:?} on {column:?}: {expr}"
+                );
+            }
+        }
+    }
+
+    /// Every place within the circle lies in its box: centres on the equator, at the
+    /// poles, beside the ±180° meridian; radii from metres to half the Earth.
+    #[test]
+    fn a_place_box_holds_its_circle() {
+        let centres = [
+            (0.0, 0.0),
+            (48.8584, 2.2945),
+            (-33.86, 151.21),
+            (35.6762, 139.6503),
+            (64.0, 179.99),
+            (-16.5, -179.9),
+            (89.9, 10.0),
+            (-89.99, -45.0),
+            (90.0, 0.0),
+            (-90.0, 180.0),
+            (0.0, -180.0),
+        ];
+        let radii = [
+            0.001, 1.0, 5.0, 100.0, 1000.0, 5000.0, 10_000.0, 19_000.0, 25_000.0,
+        ];
+        for (lat, lon) in centres {
+            let centre = Gps {
+                lat,
+                lon,
+                alt: None,
+            };
+            for km in radii {
+                let near = Near { lat, lon, km };
+                let place = PlaceBox::around(&near);
+                assert!(!place.holds(NO_PLACE, NO_PLACE));
+                let delta = km / 6371.0088;
+                for bearing in 0..72 {
+                    let theta = (bearing as f64 * 5.0).to_radians();
+                    for f in [0.0, 0.3, 0.7, 0.99, 0.999_999, 1.0, 1.000_001] {
+                        // The place `f × km` away on this bearing.
+                        let (p1, d) = (lat.to_radians(), delta * f);
+                        let p2 = (p1.sin() * d.cos() + p1.cos() * d.sin() * theta.cos()).asin();
+                        let l2 = lon.to_radians()
+                            + (theta.sin() * d.sin() * p1.cos())
+                                .atan2(d.cos() - p1.sin() * p2.sin());
+                        let (plat, mut plon) = (p2.to_degrees(), l2.to_degrees());
+                        plon = (plon + 540.0).rem_euclid(360.0) - 180.0;
+                        let inside = Gps {
+                            lat: plat,
+                            lon: plon,
+                            alt: None,
+                        }
+                        .distance_km(lat, lon)
+                            <= km;
+                        assert!(
+                            !inside || place.holds(plat, plon),
+                            "{plat},{plon} is within {km} km of {lat},{lon} ({} km) but not in {place:?}",
+                            centre.distance_km(plat, plon)
+                        );
+                    }
+                }
+            }
+        }
+        // Not the whole Earth for a small circle: about 2 × 5 km across.
+        let paris = PlaceBox::around(&Near {
+            lat: 48.8584,
+            lon: 2.2945,
+            km: 5.0,
+        });
+        let (west, east) = paris.lons.unwrap();
+        assert!((paris.north - paris.south) * 111.2 < 10.1, "{paris:?}");
+        assert!(
+            (east - west) * 111.2 * 48.8584f64.to_radians().cos() < 10.1,
+            "{paris:?}"
+        );
     }
 }

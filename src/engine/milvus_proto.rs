@@ -11,7 +11,8 @@
 //! oneof (`` `schema.ScalarField.data` ``), and each constant its enum value
 //! (`` `common.DslType::BoolExprV1` ``); keep that form when adding one.
 
-#![allow(missing_docs)]
+// Names follow the protos (`long_data`, `double_data`, `string_data`: `…Data` variants).
+#![allow(missing_docs, clippy::enum_variant_names)]
 
 /// `common.KeyValuePair`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -46,6 +47,8 @@ pub struct Status {
 pub mod data_type {
     /// `schema.DataType::Int64`.
     pub const INT64: i32 = 5;
+    /// `schema.DataType::Double`.
+    pub const DOUBLE: i32 = 11;
     /// `schema.DataType::VarChar`.
     pub const VARCHAR: i32 = 21;
     /// `schema.DataType::FloatVector`.
@@ -95,6 +98,13 @@ pub struct FloatArray {
     pub data: Vec<f32>,
 }
 
+/// `schema.DoubleArray`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DoubleArray {
+    #[prost(double, repeated, tag = "1")]
+    pub data: Vec<f64>,
+}
+
 /// `schema.StringArray`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StringArray {
@@ -105,7 +115,7 @@ pub struct StringArray {
 /// `schema.ScalarField` (the `data` oneof).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ScalarField {
-    #[prost(oneof = "Scalars", tags = "3, 6")]
+    #[prost(oneof = "Scalars", tags = "3, 5, 6")]
     pub data: Option<Scalars>,
 }
 
@@ -114,6 +124,8 @@ pub struct ScalarField {
 pub enum Scalars {
     #[prost(message, tag = "3")]
     LongData(LongArray),
+    #[prost(message, tag = "5")]
+    DoubleData(DoubleArray),
     #[prost(message, tag = "6")]
     StringData(StringArray),
 }
@@ -158,6 +170,16 @@ impl FieldData {
         }
     }
 
+    pub fn doubles(name: &str, data: Vec<f64>) -> Self {
+        Self {
+            r#type: data_type::DOUBLE,
+            field_name: name.into(),
+            field: Some(Column::Scalars(ScalarField {
+                data: Some(Scalars::DoubleData(DoubleArray { data })),
+            })),
+        }
+    }
+
     pub fn strings(name: &str, data: Vec<String>) -> Self {
         Self {
             r#type: data_type::VARCHAR,
@@ -184,6 +206,16 @@ impl FieldData {
         match &self.field {
             Some(Column::Scalars(ScalarField {
                 data: Some(Scalars::LongData(a)),
+            })) => Some(&a.data),
+            _ => None,
+        }
+    }
+
+    /// The column's values as doubles, if it holds doubles.
+    pub fn as_doubles(&self) -> Option<&[f64]> {
+        match &self.field {
+            Some(Column::Scalars(ScalarField {
+                data: Some(Scalars::DoubleData(a)),
             })) => Some(&a.data),
             _ => None,
         }
@@ -279,6 +311,22 @@ pub struct DropCollectionRequest {
 pub struct HasCollectionRequest {
     #[prost(string, tag = "3")]
     pub collection_name: String,
+}
+
+/// `milvus.DescribeCollectionRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DescribeCollectionRequest {
+    #[prost(string, tag = "3")]
+    pub collection_name: String,
+}
+
+/// `milvus.DescribeCollectionResponse`: the collection's schema (its fields).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DescribeCollectionResponse {
+    #[prost(message, optional, tag = "1")]
+    pub status: Option<Status>,
+    #[prost(message, optional, tag = "2")]
+    pub schema: Option<CollectionSchema>,
 }
 
 /// `milvus.BoolResponse`.

@@ -14,7 +14,7 @@ pub mod similar;
 use std::collections::HashMap;
 use std::fmt;
 
-use qseek_index::Index;
+use qseek_index::{Index, PhotoFilter};
 
 use crate::error::{BadRequest, NotFound};
 use crate::Result;
@@ -85,6 +85,18 @@ impl fmt::Display for EngineUri {
     }
 }
 
+/// Which images an engine search keeps: the local index's filters, which the engine
+/// applies before its top k (not to the top k afterwards). `None` where a method takes
+/// an `Option<&EngineFilter>`: every image.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineFilter {
+    /// Only images with a path that starts with this.
+    pub under: Option<String>,
+    /// Only photos whose metadata passes it ([`PhotoFilter::allows`]); an export made
+    /// before qseek exported photo metadata refuses an active one (export it again).
+    pub photo: PhotoFilter,
+}
+
 /// An image the engine found for a text (or for one query vector of an image).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineImageHit {
@@ -148,25 +160,25 @@ pub trait VectorEngine: Send + Sync + fmt::Debug {
     fn holds_images(&self) -> Result<bool>;
 
     /// The `k` images with the highest ITC score (max over their Q vectors of the dot
-    /// product with `text`, one L2-normalised D-vector), highest first; with `under`,
-    /// only images with a path that starts with it.
+    /// product with `text`, one L2-normalised D-vector), highest first, among those the
+    /// filter keeps (fewer only when fewer pass it).
     fn search_images(
         &self,
         text: &[f32],
         k: usize,
-        under: Option<&str>,
+        filter: Option<&EngineFilter>,
     ) -> Result<Vec<EngineImageHit>>;
 
     /// For each of an image's query vectors (`image`: Q vectors of `dim` values, flat),
     /// the `k` images whose best vector matches it best, highest first, with that
-    /// score (the candidates of image → images: see `service/search.rs`); with `under`,
-    /// only images with a path that starts with it.
+    /// score (the candidates of image → images: see `service/search.rs`), among those
+    /// the filter keeps (a list shorter than `k` holds every image that passes).
     fn images_per_vector(
         &self,
         image: &[f32],
         dim: usize,
         k: usize,
-        under: Option<&str>,
+        filter: Option<&EngineFilter>,
     ) -> Result<Vec<Vec<EngineImageHit>>>;
 
     /// The stored vectors of these images (by content hash): `num_vectors` × `dim`

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use qseek_index::max_sim;
 
-use super::{under_it, VectorEngine};
+use super::{under_it, EngineFilter, VectorEngine};
 use crate::Result;
 
 /// Per query vector, images searched through the engine at first (then ×4 deeper). A
@@ -53,8 +53,8 @@ fn chamfer_bound(s: impl Iterator<Item = f32>) -> f32 {
 }
 
 /// The `want` images most similar to `image` (Q × `dim`, flat) by symmetric Chamfer
-/// similarity, over the engine's collection (its images with a path under `under`, if
-/// given), without the query's own bytes (`own_hash`), as
+/// similarity, over the engine's collection (the images `filter` keeps, if given),
+/// without the query's own bytes (`own_hash`), as
 /// [`qseek_index::Index::similar_images`] scores them.
 ///
 /// The engine has no Chamfer search, so this is a threshold algorithm (Fagin's) over its
@@ -75,9 +75,10 @@ pub fn similar_through_engine(
     dim: usize,
     want: usize,
     own_hash: &str,
-    under: Option<&str>,
+    filter: Option<&EngineFilter>,
 ) -> Result<EngineSimilar> {
     let q = image.len() / dim;
+    let under = filter.and_then(|f| f.under.as_deref());
     let mut scored: HashMap<String, (Vec<String>, f32)> = HashMap::new();
     // The index's order: score, then (for ties) a stable key.
     let ranked = |scored: &HashMap<String, (Vec<String>, f32)>| {
@@ -95,7 +96,7 @@ pub fn similar_through_engine(
     };
     let mut depth = SIMILAR_FIRST_DEPTH.max(want + 1).min(SIMILAR_MAX_DEPTH);
     for rounds in 1.. {
-        let lists = engine.images_per_vector(image, dim, depth, under)?;
+        let lists = engine.images_per_vector(image, dim, depth, filter)?;
         let last: Vec<Option<f32>> = lists
             .iter()
             .map(|l| (l.len() == depth).then(|| l[depth - 1].itc))
@@ -211,7 +212,7 @@ mod tests {
             &self,
             _: &[f32],
             _: usize,
-            _: Option<&str>,
+            _: Option<&EngineFilter>,
         ) -> Result<Vec<EngineImageHit>> {
             unimplemented!()
         }
@@ -221,7 +222,7 @@ mod tests {
             image: &[f32],
             dim: usize,
             k: usize,
-            _: Option<&str>,
+            _: Option<&EngineFilter>,
         ) -> Result<Vec<Vec<EngineImageHit>>> {
             Ok(image
                 .chunks_exact(dim)
@@ -384,8 +385,13 @@ mod tests {
             exhaustive.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             exhaustive.truncate(want);
             let engine = InMemory { dim, images };
+            let filter = under.map(|u| EngineFilter {
+                under: Some(u.to_string()),
+                ..EngineFilter::default()
+            });
             let found =
-                similar_through_engine(&engine, &query, dim, want, &own_hash, under).unwrap();
+                similar_through_engine(&engine, &query, dim, want, &own_hash, filter.as_ref())
+                    .unwrap();
             assert!(found.exact, "{what}");
             let got: Vec<(String, f32)> = found.hits.into_iter().map(|(h, _, s)| (h, s)).collect();
             assert_eq!(got, exhaustive, "{what}");

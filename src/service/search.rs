@@ -25,7 +25,7 @@ use qseek_index::{Filter, ImageId, PhotoFilter, PhotoMeta, QueryTerm, SearchPara
 use serde::{Deserialize, Serialize};
 
 use crate::engine::similar::similar_through_engine;
-use crate::engine::{under_it, VectorEngine};
+use crate::engine::{under_it, EngineFilter, VectorEngine};
 use crate::error::{BadRequest, NotFound, Param};
 use crate::pipeline::indexer::content_hash;
 use crate::pipeline::walk::absolute;
@@ -338,12 +338,6 @@ pub fn search(
         }
         .into());
     }
-    if settings.engine.is_some() && req.photo.is_active() {
-        return Err(BadRequest::EngineUnsupported {
-            what: "filtering by date, camera or place",
-        }
-        .into());
-    }
     if settings.engine.is_some() && combined {
         return Err(BadRequest::EngineUnsupported {
             what: "a query of several terms or a weighted one",
@@ -573,7 +567,11 @@ fn text_to_images(
         Some(engine) => {
             let (embed, ids) = model.embed_text(query)?;
             let under = opts.under.as_deref();
-            let found = engine.search_images(&embed, want, under)?;
+            let filter = EngineFilter {
+                under: opts.under.clone(),
+                photo: opts.photo.clone(),
+            };
+            let found = engine.search_images(&embed, want, Some(&filter))?;
             let found = found
                 .into_iter()
                 .filter(|h| under_it(&h.paths, under))
@@ -1085,7 +1083,10 @@ fn image_to_images(
                 m.dim,
                 want,
                 &query.content_hash,
-                opts.under.as_deref(),
+                Some(&EngineFilter {
+                    under: opts.under.clone(),
+                    photo: opts.photo.clone(),
+                }),
             )?;
             if !similar.exact {
                 notes.push(format!(

@@ -8,6 +8,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
+use super::exif::{jpeg_with_exif, Exif};
 use super::server::Server;
 use super::{arg, copy_photos, fixtures, json, qseek, qseek_json, stderr, tiny};
 
@@ -32,6 +33,48 @@ impl Collection {
     pub fn with_photos() -> Self {
         let c = Self::empty();
         copy_photos(&c.photos);
+        c
+    }
+
+    /// The fixture photos with EXIF written into their three JPEGs (when, which camera,
+    /// where; the PNGs have none), not indexed yet.
+    pub fn with_metadata() -> Self {
+        let c = Self::with_photos();
+        for (name, exif) in [
+            (
+                "rocket.jpg",
+                Exif {
+                    date: Some("2023:06:14 10:00:00"),
+                    offset: Some("+02:00"),
+                    make: Some("Canon"),
+                    model: Some("Canon EOS R5"),
+                    gps: Some((48.8584, 2.2945)),
+                },
+            ),
+            (
+                "retina.jpg",
+                Exif {
+                    date: Some("2021:01:02 08:00:00"),
+                    make: Some("NIKON CORPORATION"),
+                    model: Some("NIKON D850"),
+                    ..Exif::default()
+                },
+            ),
+            (
+                "hubble_deep_field.jpg",
+                Exif {
+                    date: Some("2023:12:31 23:59:59"),
+                    make: Some("Apple"),
+                    model: Some("iPhone 15"),
+                    gps: Some((35.6762, 139.6503)),
+                    ..Exif::default()
+                },
+            ),
+        ] {
+            let path = c.photos.join(name);
+            let bytes = std::fs::read(&path).unwrap();
+            std::fs::write(&path, jpeg_with_exif(&bytes, &exif)).unwrap();
+        }
         c
     }
 
