@@ -9,7 +9,8 @@
 //! Every timed phase is repeated `--reps` times after one warm-up batch of each kind;
 //! the rates are computed from the median repetition. Pixel pre-processing is not part
 //! of `images_per_s`; with `--photos DIR` it is measured on its own
-//! (`preprocess_ms_per_image`). `benches/compare_pytorch.py` runs this next to
+//! (`preprocess_ms_per_image`), and so is reading each photo's EXIF metadata from its
+//! bytes (`metadata_ms_per_image`, what indexing adds per photo). `benches/compare_pytorch.py` runs this next to
 //! transformers and prints the ratios.
 
 mod common;
@@ -23,6 +24,7 @@ use common::{median_midpoint, peak_rss_bytes, photo_paths, random_pixels, CAPTIO
 use qseek::embedder::{parse_device, parse_dtype};
 use qseek::model::ModelSource;
 use qseek::preprocess::image::LoadOptions;
+use qseek::preprocess::metadata::read_photo_meta;
 use qseek::{Embedder, ModelOptions};
 
 #[derive(Parser, Debug)]
@@ -206,22 +208,41 @@ fn main() -> qseek::Result<()> {
         f64::NAN
     };
 
-    // Optional: decoding + pre-processing of real photos, per image.
-    let preprocess_ms = match &args.photos {
+    // Optional: decoding + pre-processing of real photos, per image; and reading their
+    // metadata from bytes already in memory (as indexing does), per image.
+    let (preprocess_ms, metadata_ms) = match &args.photos {
         Some(dir) => {
             let paths = photo_paths(dir)?;
             let lo = LoadOptions::default();
-            let mut per_image = Vec::new();
+            let bytes = paths
+                .iter()
+                .map(|p| {
+                    std::fs::read(p).map_err(|source| qseek::Error::Io {
+                        path: p.clone(),
+                        source,
+                    })
+                })
+                .collect::<qseek::Result<Vec<Vec<u8>>>>()?;
+            let n = paths.len().max(1) as f64;
+            let (mut per_image, mut metadata) = (Vec::new(), Vec::new());
             for _ in 0..args.reps {
                 let t = Instant::now();
                 for p in &paths {
                     embedder.pixel_values(p, &lo)?;
                 }
-                per_image.push(t.elapsed().as_secs_f64() * 1e3 / paths.len().max(1) as f64);
+                per_image.push(t.elapsed().as_secs_f64() * 1e3 / n);
+                let t = Instant::now();
+                for b in &bytes {
+                    std::hint::black_box(read_photo_meta(b));
+                }
+                metadata.push(t.elapsed().as_secs_f64() * 1e3 / n);
             }
-            Some(median_midpoint(per_image))
+            (
+                Some(median_midpoint(per_image)),
+                Some(median_midpoint(metadata)),
+            )
         }
-        None => None,
+        None => (None, None),
     };
 
     let rate = |n: usize, s: f64| if s > 0.0 { n as f64 / s } else { f64::NAN };
@@ -237,6 +258,7 @@ fn main() -> qseek::Result<()> {
         "vision_s_per_image": median_midpoint(vision_s) / args.images as f64,
         "qformer_s_per_image": median_midpoint(qformer_s) / args.images as f64,
         "preprocess_ms_per_image": preprocess_ms,
+        "metadata_ms_per_image": metadata_ms,
         "mean_text_tokens": mean_tokens,
         "threads": candle_core::utils::get_num_threads(),
         "dtype": args.dtype,
