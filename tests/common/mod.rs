@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod collection;
+pub mod kernels;
 pub mod server;
 
 use std::collections::HashMap;

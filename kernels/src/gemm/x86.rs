@@ -3,14 +3,16 @@
 
 use std::arch::x86_64::*;
 
-use super::{Pair, Quad, Tile, MR, NR};
+use super::drive::Tile;
+use super::int8::{Pair, Quad};
+use super::{MR, NR};
 
 // The AVX-512 kernels dispatch up to six rows and hold four 16-lane vectors per row; the
 // AVX2 one walks the panel in four chunks of 16 columns.
 const _: () = assert!(MR == 6 && NR == 64);
 
 // What every tile kernel below relies on for its pointers (the `SAFETY:` comments name
-// it "the tile's bounds"): [`Tile::run`]'s contract and its asserts. With `R` = `t.rows`
+// it "the tile's bounds"): `Tile::run`'s contract and its asserts. With `R` = `t.rows`
 // (1 ≤ R ≤ MR; [`by_rows`] picks it), `U` = `t.b.len() / NR` units:
 // * `t.b` holds `U · NR` elements of 4 bytes: unit `p`'s NR (= 64) columns at `p · NR`;
 // * `t.a` holds at least `U · MR` elements of 4 bytes (`t.a.len() / MR == U`), so
@@ -58,7 +60,7 @@ macro_rules! by_rows_literal {
 }
 
 /// # Safety
-/// As [`Tile::run`], on a CPU with `avx512f` and `avx512bf16`.
+/// As `Tile::run`, on a CPU with `avx512f` and `avx512bf16`.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn tile_bf16(t: &Tile<u32>) {
     // SAFETY: this fn's contract: the CPU has AVX-512F and AVX512-BF16, the features
@@ -68,7 +70,7 @@ pub(super) unsafe fn tile_bf16(t: &Tile<u32>) {
 }
 
 /// # Safety
-/// As [`Tile::run`], on a CPU with `avx512f` and `avx512vnni`.
+/// As `Tile::run`, on a CPU with `avx512f` and `avx512vnni`.
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) unsafe fn tile_i8(t: &Tile<Quad>) {
     // SAFETY: this fn's contract: the CPU has AVX-512F and AVX512-VNNI, the features
@@ -77,48 +79,39 @@ pub(super) unsafe fn tile_i8(t: &Tile<Quad>) {
     unsafe { by_rows!(rows_i8, t) }
 }
 
-/// The int8 tile in 256-bit vectors, for CPUs with AVX2 and VNNI but no AVX-512 (Intel
-/// Core from Alder Lake on: AVX-VNNI, `vpdpbusd` in its VEX encoding), or with
-/// AVX512-VNNI and AVX512-VL (the EVEX encoding of the same instruction on ymm, with which
-/// the same code is tested on AVX-512 CPUs). Both give the same bits: the sums of codes are
-/// exact.
+/// The int8 tile in 256-bit vectors, for CPUs with AVX2 and AVX-VNNI but no AVX-512
+/// (Intel Core from Alder Lake on): `vpdpbusd` in its VEX encoding. [`tile_i8_avx512vl`]
+/// is the same code in the EVEX encoding; both give the same bits (the sums of codes are
+/// exact).
 ///
 /// # Safety
-/// As [`Tile::run`], on a CPU with `avx2` and either `avxvnni` or `avx512vnni` +
-/// `avx512vl`.
-pub(super) unsafe fn tile_i8_ymm(t: &Tile<Quad>) {
-    if std::arch::is_x86_feature_detected!("avxvnni") {
-        // SAFETY: AVX-VNNI was just detected, and AVX2 is there (this fn's contract):
-        // `tile_i8_avxvnni`'s features; `t` meets `Tile::run`'s contract (this fn's).
-        unsafe { tile_i8_avxvnni(t) }
-    } else {
-        // SAFETY: without AVX-VNNI this fn's contract means AVX2, AVX512-VNNI and
-        // AVX512-VL: `tile_i8_avx512vl`'s features; `t` meets `Tile::run`'s contract.
-        unsafe { tile_i8_avx512vl(t) }
-    }
-}
-
+/// As `Tile::run`, on a CPU with `avx2` and `avxvnni`.
 #[target_feature(enable = "avx2,avxvnni")]
-unsafe fn tile_i8_avxvnni(t: &Tile<Quad>) {
+pub(super) unsafe fn tile_i8_avxvnni(t: &Tile<Quad>) {
     macro_rules! rows {
         ($r:literal, $t:expr) => {
             rows_i8_ymm::<$r, false, _, _>($t, |acc, a, b| _mm256_dpbusd_avx_epi32(acc, a, b))
         };
     }
-    // SAFETY: the caller (`tile_i8_ymm`) checked AVX2 and AVX-VNNI, what `rows_i8_ymm`
-    // and this `dot` use, and that `t` meets `Tile::run`'s contract; R = `t.rows`.
+    // SAFETY: this fn's contract: the CPU has AVX2 and AVX-VNNI, what `rows_i8_ymm` and
+    // this `dot` use, and `t` meets `Tile::run`'s; R = `t.rows`.
     unsafe { by_rows_literal!(rows, t) }
 }
 
+/// [`tile_i8_avxvnni`] with `vpdpbusd` in its EVEX encoding on ymm registers, for CPUs
+/// with AVX512-VNNI and AVX512-VL: where the 8-lane kernel is tested on AVX-512 CPUs.
+///
+/// # Safety
+/// As `Tile::run`, on a CPU with `avx2`, `avx512vnni` and `avx512vl`.
 #[target_feature(enable = "avx2,avx512vl,avx512vnni")]
-unsafe fn tile_i8_avx512vl(t: &Tile<Quad>) {
+pub(super) unsafe fn tile_i8_avx512vl(t: &Tile<Quad>) {
     macro_rules! rows {
         ($r:literal, $t:expr) => {
             rows_i8_ymm::<$r, false, _, _>($t, |acc, a, b| _mm256_dpbusd_epi32(acc, a, b))
         };
     }
-    // SAFETY: the caller (`tile_i8_ymm`) has AVX2, AVX512-VNNI and AVX512-VL, what
-    // `rows_i8_ymm` and this `dot` use, and `t` meets `Tile::run`'s contract; R = `t.rows`.
+    // SAFETY: this fn's contract: the CPU has AVX2, AVX512-VNNI and AVX512-VL, what
+    // `rows_i8_ymm` and this `dot` use, and `t` meets `Tile::run`'s; R = `t.rows`.
     unsafe { by_rows_literal!(rows, t) }
 }
 
@@ -128,7 +121,7 @@ unsafe fn tile_i8_avx512vl(t: &Tile<Quad>) {
 /// of the quads' (1024 units of 2), so a sum over k beyond a block may round differently.
 ///
 /// # Safety
-/// As [`Tile::run`], on a CPU with `avx2`.
+/// As `Tile::run`, on a CPU with `avx2`.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn tile_i8_madd(t: &Tile<Pair>) {
     macro_rules! rows {
@@ -151,7 +144,7 @@ pub(super) unsafe fn tile_i8_madd(t: &Tile<Pair>) {
 /// instructions per 32 products where [`tile_i8_madd`] takes two per 16.
 ///
 /// # Safety
-/// As [`Tile::run`], on a CPU with `avx2`.
+/// As `Tile::run`, on a CPU with `avx2`.
 #[target_feature(enable = "avx2")]
 pub(super) unsafe fn tile_i8_maddubs(t: &Tile<Quad>) {
     let ones = _mm256_set1_epi16(1);
@@ -168,7 +161,7 @@ pub(super) unsafe fn tile_i8_maddubs(t: &Tile<Quad>) {
 }
 
 /// # Safety
-/// As [`Tile::run`], on a CPU with `avx512f`.
+/// As `Tile::run`, on a CPU with `avx512f`.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn tile_f32_avx512(t: &Tile<f32>) {
     // SAFETY: this fn's contract: the CPU has AVX-512F, the feature `rows_f32_avx512` is
@@ -177,7 +170,7 @@ pub(super) unsafe fn tile_f32_avx512(t: &Tile<f32>) {
 }
 
 /// # Safety
-/// As [`Tile::run`], on a CPU with `avx2` and `fma`.
+/// As `Tile::run`, on a CPU with `avx2` and `fma`.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn tile_f32_avx2(t: &Tile<f32>) {
     // SAFETY: this fn's contract: the CPU has AVX2 and FMA, the features `rows_f32_avx2`
@@ -578,56 +571,6 @@ where
     }
 }
 
-/// [`super::gelu_in_place`], compiled for AVX-512.
-///
-/// # Safety
-/// The CPU must have `avx512f`.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn gelu_in_place_avx512(xs: &mut [f32]) {
-    for x in xs {
-        *x = super::activations::gelu(*x);
-    }
-}
-
-/// [`super::softmax_rows`], compiled for AVX-512.
-///
-/// # Safety
-/// The CPU must have `avx512f`.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn softmax_rows_avx512(
-    xs: &mut [f32],
-    len: usize,
-    scale: f32,
-    mask: Option<&[f32]>,
-) {
-    super::activations::softmax_rows_body(xs, len, scale, mask)
-}
-
-/// [`super::softmax_rows`], compiled for AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must have `avx2` and `fma`.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn softmax_rows_avx2(
-    xs: &mut [f32],
-    len: usize,
-    scale: f32,
-    mask: Option<&[f32]>,
-) {
-    super::activations::softmax_rows_body(xs, len, scale, mask)
-}
-
-/// [`super::gelu_in_place`], compiled for AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must have `avx2` and `fma`.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn gelu_in_place_avx2(xs: &mut [f32]) {
-    for x in xs {
-        *x = super::activations::gelu(*x);
-    }
-}
-
 /// `row` (k floats) as bf16 pairs into `out` (⌈k/2⌉), rounded to nearest even.
 ///
 /// # Safety
@@ -655,6 +598,6 @@ pub(super) unsafe fn to_bf16_row(row: &[f32], out: &mut [u32]) {
         unsafe { _mm256_storeu_si256(dst.add(i), std::mem::transmute::<__m256bh, __m256i>(bf)) };
     }
     for (p, o) in out.iter_mut().enumerate().skip(split / 2) {
-        *o = super::bf16_pair(row, p);
+        *o = super::pack::bf16_pair(row, p);
     }
 }
