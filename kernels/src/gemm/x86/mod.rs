@@ -57,4 +57,3 @@ pub(in crate::gemm) use avx2::{
     tile_f32_avx2, tile_i8_avx512vl, tile_i8_avxvnni, tile_i8_madd, tile_i8_maddubs,
 };
 pub(in crate::gemm) use avx512::{tile_bf16, tile_f32_avx512, tile_i8, to_bf16_row};
-
