@@ -36,11 +36,20 @@ struct Build {
     dot: unsafe fn(&[f32], &[f32]) -> f32,
     max_sim: unsafe fn(&[f32], &[f32]) -> (f32, usize),
     dot_f16: unsafe fn(&[f32], &[f16], &mut [f32]) -> f32,
-    max_sim_f16: unsafe fn(&[f32], &[f16], &mut [f32]) -> (f32, usize),
-    max_sim_i8: unsafe fn(&[f32], &[i8], &[f32]) -> (f32, usize),
-    dots_many: unsafe fn(&[&[f32]], &[f32], &[f32], &mut [f32]),
-    max_sim_many: unsafe fn(&[&[f32]], &[f32], &[f32], &mut Vec<f32>, &mut [(f32, usize)]),
+    max_sim_f16: MaxSimF16,
+    max_sim_i8: MaxSimI8,
+    dots_many: DotsMany,
+    max_sim_many: MaxSimMany,
 }
+
+/// [`max_sim_f16`]'s signature.
+type MaxSimF16 = unsafe fn(&[f32], &[f16], &mut [f32]) -> (f32, usize);
+/// [`max_sim_i8`]'s.
+type MaxSimI8 = unsafe fn(&[f32], &[i8], &[f32]) -> (f32, usize);
+/// [`dots_many_warming`]'s.
+type DotsMany = unsafe fn(&[&[f32]], &[f32], &[f32], &mut [f32]);
+/// [`max_sim_many`]'s.
+type MaxSimMany = unsafe fn(&[&[f32]], &[f32], &[f32], &mut Vec<f32>, &mut [(f32, usize)]);
 
 /// The build's baseline (SSE2 on x86-64): the bodies as they are; [`dots_many`] is one
 /// [`dot`] per pair, [`max_sim_many`] that then [`first_max`].
