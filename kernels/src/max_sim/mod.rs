@@ -6,7 +6,7 @@
 //! product is a cosine similarity.
 //!
 //! The kernels are plain Rust bodies (`*_body`), compiled once per instruction set into a
-//! [`Build`] (`x86.rs`: AVX-512F and AVX2, beside the block kernels of [`dots_many`] and
+//! `Build` (`x86.rs`: AVX-512F and AVX2, beside the block kernels of [`dots_many`] and
 //! [`max_sim_many`]; the baseline here). The first build this CPU runs is picked once
 //! ([`build_name`] says which). Each lane sums in the same order and Rust never fuses a
 //! multiply and an add on its own, so every build gives bit-identical scores (a test
