@@ -17,10 +17,10 @@ use std::path::PathBuf;
 use clap::Parser;
 use common::{photo_paths, random_pixels};
 use qseek::embedder::parse_dtype;
-use qseek::model::packed_gemm::{Format, Kernel};
 use qseek::model::ModelSource;
 use qseek::preprocess::image::LoadOptions;
 use qseek::{Embedder, ModelOptions};
+use qseek_kernels::gemm::Kernels;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -92,9 +92,9 @@ fn main() -> qseek::Result<()> {
         "{}",
         serde_json::json!({"model": args.model, "dtype": args.dtype, "images": images.len(),
             "query_vectors": cosines.len(), "min_cosine": min, "mean_cosine": mean,
-            "bf16_gemm": format!("{:?}", Kernel::chosen(Format::Bf16)),
-            "int8_gemm": format!("{:?}", Kernel::chosen(Format::Int8)),
-            "f32_gemm": format!("{:?}", Kernel::chosen(Format::F32))})
+            "bf16_gemm": format!("{:?}", Kernels::chosen().bf16),
+            "int8_gemm": format!("{:?}", Kernels::chosen().int8),
+            "f32_gemm": format!("{:?}", Kernels::chosen().f32)})
     );
     Ok(())
 }

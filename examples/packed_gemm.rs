@@ -1,5 +1,5 @@
 //! GEMM benchmark (not a test): GFLOP/s of the ViT-g and Q-Former linear layers' shapes
-//! through `packed_gemm` (each kernel this CPU runs but the portable ones) and through
+//! through `qseek_kernels::gemm` (each kernel this CPU runs but the portable ones) and through
 //! candle's f32 GEMM, one JSON line per (shape, path).
 //!
 //! ```text
@@ -16,7 +16,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use common::random_values;
-use qseek::model::packed_gemm::{matmul_wt, Epilogue, Format, Kernel, PackedWeight};
+use qseek_kernels::gemm::{matmul_wt, Epilogue, Format, Kernel, PackedWeight};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -87,13 +87,7 @@ fn main() -> candle_core::Result<()> {
         for &format in &formats {
             let packed = PackedWeight::new(format, &w, None, k);
             for kernel in Kernel::available(format) {
-                if matches!(
-                    kernel,
-                    Kernel::Portable
-                        | Kernel::PortableF32
-                        | Kernel::PortableInt8
-                        | Kernel::PortableInt7
-                ) {
+                if kernel.is_portable() {
                     continue;
                 }
                 let s = best_seconds(args.reps, || {

@@ -9,7 +9,7 @@
 //!
 //! Parts (per batch, for all layers: one layer's time × `num_hidden_layers`):
 //! * `linear qkv` / `linear proj` / `linear fc1+gelu` / `linear fc2`: the layer's GEMMs,
-//!   through the same `Linear` the model uses (`packed_gemm` in bf16 on AVX512-BF16, in
+//!   through the same `Linear` the model uses (`qseek_kernels::gemm` in bf16 on AVX512-BF16, in
 //!   f32 on AVX2/AVX-512; candle's GEMM otherwise), 2·m·k·n FLOP each;
 //! * `attention`: softmax(q kᵀ / √d) v over the heads, 4·B·heads·T²·head_dim FLOP;
 //! * `layer norms`: the two per layer (memory-bound: their FLOP count is nominal);
@@ -34,9 +34,9 @@ use clap::Parser;
 use common::median;
 use qseek::embedder::parse_dtype;
 use qseek::model::ops::{multi_head_attention, Linear};
-use qseek::model::packed_gemm::{Format, Kernel};
 use qseek::model::{ModelSource, Precision};
 use qseek::{Embedder, ModelOptions};
+use qseek_kernels::gemm::{Format, Kernel, Kernels};
 use rayon::prelude::*;
 
 #[derive(Parser, Debug)]
@@ -116,7 +116,7 @@ fn peak_gflops(kernel: Kernel) -> Option<f64> {
 mod peak {
     use std::arch::x86_64::*;
 
-    use qseek::model::packed_gemm::Kernel;
+    use qseek_kernels::gemm::Kernel;
 
     /// `iters` rounds of 12 independent FMAs (or `kernel`'s `vdpbf16ps`, `vpdpbusd` or
     /// `vpmaddwd` + `vpaddd`).
@@ -276,18 +276,18 @@ fn main() -> qseek::Result<()> {
     let dev = Device::Cpu;
     // The kernel the model packs the ViT's linear layers for (as `retrieval.rs` picks it).
     let bf16 = (dtype == DType::BF16)
-        .then(|| Kernel::chosen(Format::Bf16))
+        .then(|| Kernels::chosen().bf16)
         .flatten();
     let f32 = (dtype == DType::F32)
-        .then(|| Kernel::chosen(Format::F32))
+        .then(|| Kernels::chosen().f32)
         .flatten();
     let packed = bf16.or(f32);
     // int8: the encoder layers' linear kernel.
     let int8 = (precision == Precision::Int8)
-        .then(|| Kernel::chosen(Format::Int8))
+        .then(|| Kernels::chosen().int8)
         .flatten();
     let linear = int8.or(packed);
-    // The ViT's activations: f32 where `packed_gemm` computes its linear layers in bf16
+    // The ViT's activations: f32 where `qseek_kernels::gemm` computes its linear layers in bf16
     // or int8.
     let act = if bf16.is_some() || int8.is_some() {
         DType::F32
@@ -297,7 +297,7 @@ fn main() -> qseek::Result<()> {
 
     // The instruction peaks the parts are measured against: the main kernel's, and
     // int8's for int8's encoder-layer linear layers.
-    let main_kernel = bf16.or_else(|| Kernel::chosen(Format::F32));
+    let main_kernel = bf16.or_else(|| Kernels::chosen().f32);
     // Each the best of three runs, the two interleaved: on a noisy machine a slow moment
     // then lowers neither alone, and their ratio means something.
     let best = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -349,7 +349,7 @@ fn main() -> qseek::Result<()> {
         qkv.narrow(2, h, h)?,
         qkv.narrow(2, 2 * h, h)?,
     );
-    let attention_kernel = packed.or_else(|| Kernel::chosen(Format::F32));
+    let attention_kernel = packed.or_else(|| Kernels::chosen().f32);
     let s = seconds(args.reps, || {
         multi_head_attention(
             attention_kernel,

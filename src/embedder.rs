@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use qseek_kernels::gemm::Kernels;
 
 use crate::model::{Blip2Config, Blip2ForImageTextRetrieval, Checkpoint, ModelSource, Precision};
 use crate::preprocess::image::{ImagePreprocessor, LoadOptions};
@@ -23,6 +24,9 @@ pub struct ModelOptions {
     pub max_tokens: usize,
     /// Show download progress bars.
     pub progress: bool,
+    /// The CPU's GEMM kernel of each format: [`Kernels::chosen`] (the fastest this CPU
+    /// runs, or what the `QSEEK_*_GEMM` variables force); tests give others.
+    pub kernels: Kernels,
 }
 
 impl ModelOptions {
@@ -34,6 +38,7 @@ impl ModelOptions {
             device: Device::Cpu,
             max_tokens: DEFAULT_MAX_TOKENS,
             progress: false,
+            kernels: Kernels::chosen(),
         }
     }
 }
@@ -96,7 +101,8 @@ pub struct Embedder {
 impl Embedder {
     /// Resolves, checks and loads everything.
     pub fn load(opts: &ModelOptions) -> Result<Self> {
-        if !opts.dtype.runs_on(&opts.device) {
+        opts.kernels.check().map_err(Error::Usage)?;
+        if !opts.dtype.runs_with(&opts.device, &opts.kernels) {
             // Only int8 fails to run somewhere.
             let why = if !opts.device.is_cpu() {
                 ", not a GPU"
@@ -149,7 +155,7 @@ impl Embedder {
             }
             .into());
         }
-        let model = checkpoint.load_model(&config, opts.dtype, &opts.device)?;
+        let model = checkpoint.load_model(&config, opts.dtype, &opts.device, opts.kernels)?;
         Ok(Self {
             checkpoint,
             config,

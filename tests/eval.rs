@@ -7,12 +7,21 @@
 mod common;
 
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
+use common::kernels::{kernel_sets, Axis};
 use common::{dot, fixtures, json_rows, model_dir, qseek, stderr, tiny};
 use qseek::embedder::ModelOptions;
 use qseek::model::{ModelSource, Precision};
-use qseek::pipeline::eval::cache_index_dir;
+use qseek::pipeline::eval::{cache_index_dir, evaluate, load_dataset, EvalOptions};
+use qseek::pipeline::indexer::IndexOptions;
+use qseek::pipeline::walk::WalkOptions;
+use qseek::pipeline::{Collection, CreateOptions};
+use qseek::preprocess::image::LoadOptions;
+use qseek_index::VectorDtype;
+use qseek_kernels::gemm::Kernels;
 use serde_json::Value;
 
 /// Images and captions of the eval set.
@@ -265,19 +274,30 @@ fn a_cache_keeps_one_index_per_precision_and_refuses_other_indexes() {
     }
 }
 
-/// bf16 (on a CPU with AVX512-BF16, `packed_gemm`'s bf16 path; `QSEEK_BF16_GEMM=off`
-/// tests candle's bf16) ranks every image and text as the f32 reference does.
+/// bf16 ranks every image and text as the f32 reference does: through `qseek eval` with
+/// the default kernels (AVX512-BF16 where the CPU has it), then in this process on the
+/// other bf16 paths (every bf16 kernel this CPU runs, candle's bf16).
 #[test]
 fn bf16_ranks_equal_the_f32_reference() {
     ranks_equal_the_f32_reference("bf16");
+    let sets = kernel_sets("bf16_ranks_equal_the_f32_reference", &[Axis::Bf16]);
+    for set in &sets[1..] {
+        ranks_equal_the_f32_reference_with(Precision::Bf16, set.kernels, &set.to_string());
+    }
 }
 
-/// int8 (the ViT's encoder layers through `packed_gemm`'s int8 kernel, the rest as bf16 with
-/// a bf16 kernel, else f32) ranks every image and text as the f32 reference does. Where the
-/// CPU has no int8 kernel (not even AVX2's), `--dtype int8` is refused
-/// instead; `QSEEK_INT8_GEMM=portable` runs the reference kernel on any CPU (`.ci/run`).
+/// int8 (the ViT's encoder layers through an int8 kernel, the rest as bf16 with a bf16
+/// kernel, else f32) ranks every image and text as the f32 reference does: through `qseek
+/// eval` with the default kernels, then in this process on every other int8 kernel this
+/// CPU runs (the portable ones on any CPU), each with the bf16 and f32 kernels a CPU of
+/// its kind has. Where the CPU has no int8 kernel of its own (not even AVX2's), `qseek
+/// eval --dtype int8` is refused instead.
 #[test]
 fn int8_ranks_equal_the_f32_reference() {
+    let sets = kernel_sets("int8_ranks_equal_the_f32_reference", &[Axis::Int8]);
+    for set in &sets[1..] {
+        ranks_equal_the_f32_reference_with(Precision::Int8, set.kernels, &set.to_string());
+    }
     if Precision::Int8.runs_on(&Device::Cpu) {
         ranks_equal_the_f32_reference("int8");
     } else {
@@ -287,6 +307,53 @@ fn int8_ranks_equal_the_f32_reference() {
         assert!(stderr(&out).contains("AVX512-VNNI"), "{}", stderr(&out));
         eprintln!("int8_ranks_equal_the_f32_reference: this CPU has no int8 kernel; checked the refusal only");
     }
+}
+
+/// [`ranks_equal_the_f32_reference`] in this process, on `kernels`: `qseek eval`'s
+/// protocol through the library, as the command runs it (batches of 8, k_test 3).
+fn ranks_equal_the_f32_reference_with(dtype: Precision, kernels: Kernels, what: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (r, expected) = (reference(), &reference()["rerank"][0]);
+    let data = load_dataset(
+        &fixtures().join("eval/annotations.json"),
+        &fixtures(),
+        None,
+        None,
+    )
+    .unwrap();
+    let mut opts = ModelOptions::new(ModelSource::parse(&tiny()));
+    opts.dtype = dtype;
+    opts.kernels = kernels;
+    let cache = cache_index_dir(&tmp.path().join("cache"), dtype).unwrap();
+    let collection = Collection::open_or_create(
+        &cache,
+        Some(&tiny()),
+        &opts,
+        CreateOptions {
+            vector_dtype: VectorDtype::F32,
+            store_vision_features: true,
+            feature_dtype: None,
+        },
+    )
+    .unwrap();
+    let eval_opts = EvalOptions {
+        k_test: 3,
+        index: IndexOptions {
+            walk: WalkOptions::default(),
+            load: LoadOptions::default(),
+            batch: 8,
+            commit_every: Duration::from_secs(30),
+            progress: false,
+        },
+        batch: 8,
+        progress: false,
+    };
+    let report = evaluate(&collection, &data, &eval_opts, &AtomicBool::new(false)).unwrap();
+    let ranks = serde_json::to_value(&report.ranks).unwrap();
+    assert_eq!(ranks["itm_rerank"]["i2t"], expected["i2t_ranks"], "{what}");
+    assert_eq!(ranks["itm_rerank"]["t2i"], expected["t2i_ranks"], "{what}");
+    assert_eq!(ranks["itc_exact"]["i2t"], r["itc"]["i2t_ranks"], "{what}");
+    assert_eq!(ranks["itc_exact"]["t2i"], r["itc"]["t2i_ranks"], "{what}");
 }
 
 fn ranks_equal_the_f32_reference(dtype: &str) {

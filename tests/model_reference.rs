@@ -8,10 +8,12 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::kernels::{kernel_sets, Axis, KernelSet};
 use common::{max_abs_diff, min_row_cosine, model_dir, Reference, MODELS};
 use qseek::model::{ModelSource, Precision};
 use qseek::preprocess::image::LoadOptions;
 use qseek::{Embedder, ModelOptions};
+use qseek_kernels::gemm::Kernels;
 
 /// The CPU, and GPU 0 where the build and the machine have one.
 fn devices() -> Vec<Device> {
@@ -22,19 +24,48 @@ fn devices() -> Vec<Device> {
     devices
 }
 
-/// Every (model, device) pair.
-fn cases() -> Vec<(&'static str, Device)> {
+/// Every device with each kernel set of `axes` (`kernel_sets`): on the CPU each path of
+/// its GEMMs this CPU runs, on a GPU the default (the kernels are the CPU's).
+fn device_sets(test: &str, axes: &[Axis]) -> Vec<(Device, KernelSet)> {
+    let sets = kernel_sets(test, axes);
+    devices()
+        .into_iter()
+        .flat_map(|device| {
+            let sets = if device.is_cpu() {
+                &sets[..]
+            } else {
+                &sets[..1]
+            };
+            sets.iter().map(move |set| (device.clone(), *set))
+        })
+        .collect()
+}
+
+/// Every (model, device, kernel set), as [`device_sets`].
+fn cases_on(test: &str, axes: &[Axis]) -> Vec<(&'static str, Device, KernelSet)> {
+    let sets = device_sets(test, axes);
     MODELS
         .iter()
-        .flat_map(|m| devices().into_iter().map(move |d| (*m, d)))
+        .flat_map(|m| sets.iter().map(move |(d, set)| (*m, d.clone(), *set)))
         .collect()
 }
 
 fn load(model: &str, dtype: impl Into<Precision>, device: &Device) -> Embedder {
+    load_with(model, dtype, device, Kernels::chosen())
+}
+
+/// The model on the CPU's `kernels`.
+fn load_with(
+    model: &str,
+    dtype: impl Into<Precision>,
+    device: &Device,
+    kernels: Kernels,
+) -> Embedder {
     let mut opts = ModelOptions::new(ModelSource::Local(model_dir(model)));
     opts.dtype = dtype.into();
     opts.device = device.clone();
-    Embedder::load(&opts).unwrap_or_else(|e| panic!("{model} on {device:?}: {e}"))
+    opts.kernels = kernels;
+    Embedder::load(&opts).unwrap_or_else(|e| panic!("{model} on {device:?} with {kernels:?}: {e}"))
 }
 
 /// A reference tensor on `device`.
@@ -71,8 +102,14 @@ fn vocab_txt_alone_tokenizes_the_same() {
 
 #[test]
 fn f32_embeddings_and_itm_match_with_identical_pixels() {
-    for (model, device) in cases() {
-        let (embedder, reference) = (load(model, DType::F32, &device), Reference::load(model));
+    for (model, device, set) in cases_on(
+        "f32_embeddings_and_itm_match_with_identical_pixels",
+        &[Axis::F32],
+    ) {
+        let (embedder, reference) = (
+            load_with(model, DType::F32, &device, set.kernels),
+            Reference::load(model),
+        );
         let (vision, image_embeds) = embedder
             .embed_pixels(&on(reference.get("pixel_values"), &device))
             .unwrap();
@@ -80,23 +117,26 @@ fn f32_embeddings_and_itm_match_with_identical_pixels() {
         let image_diff = max_abs_diff(&image_embeds, reference.get("image_embeds"));
         assert!(
             vision_diff < 1e-4,
-            "{model}: vision features differ by {vision_diff}"
+            "{model} on {set}: vision features differ by {vision_diff}"
         );
         assert!(
             image_diff < 1e-4,
-            "{model}: image embeddings differ by {image_diff}"
+            "{model} on {set}: image embeddings differ by {image_diff}"
         );
 
         let text_embeds = embedder.embed_token_ids(&reference.input_ids).unwrap();
         let text_diff = max_abs_diff(&text_embeds, reference.get("text_embeds"));
         assert!(
             text_diff < 1e-4,
-            "{model}: text embeddings differ by {text_diff}"
+            "{model} on {set}: text embeddings differ by {text_diff}"
         );
 
         let itc = qseek::model::itc_scores(&image_embeds, &text_embeds).unwrap();
         let itc_diff = max_abs_diff(&itc, reference.get("itc"));
-        assert!(itc_diff < 1e-4, "{model}: ITC differs by {itc_diff}");
+        assert!(
+            itc_diff < 1e-4,
+            "{model} on {set}: ITC differs by {itc_diff}"
+        );
 
         // Each image with every text: as pairs (the image repeated), and as one image
         // whose cross-attention keys and values serve all texts.
@@ -117,11 +157,14 @@ fn f32_embeddings_and_itm_match_with_identical_pixels() {
             Tensor::stack(&shared, 0).unwrap(),
         );
         let itm_diff = max_abs_diff(&pairs, reference.get("itm_logits"));
-        assert!(itm_diff < 1e-3, "{model}: ITM logits differ by {itm_diff}");
+        assert!(
+            itm_diff < 1e-3,
+            "{model} on {set}: ITM logits differ by {itm_diff}"
+        );
         let shared_diff = max_abs_diff(&shared, &pairs);
         assert!(
             shared_diff < 1e-6,
-            "{model}: ITM with shared image keys/values differs by {shared_diff}"
+            "{model} on {set}: ITM with shared image keys/values differs by {shared_diff}"
         );
     }
 }
@@ -144,8 +187,11 @@ fn is_jpeg(path: &std::path::Path) -> bool {
 /// From the image files: pixel values within one 8-bit step of the reference, and every
 /// query vector at cosine ≥ 0.999 to the reference's.
 fn files_end_to_end(select: fn(&std::path::Path) -> bool) {
-    for (model, device) in cases() {
-        let (embedder, reference) = (load(model, DType::F32, &device), Reference::load(model));
+    for (model, device, set) in cases_on("files_end_to_end", &[Axis::F32]) {
+        let (embedder, reference) = (
+            load_with(model, DType::F32, &device, set.kernels),
+            Reference::load(model),
+        );
         let rows: Vec<usize> = (0..reference.photos.len())
             .filter(|&i| select(&reference.photos[i]))
             .collect();
@@ -173,7 +219,7 @@ fn files_end_to_end(select: fn(&std::path::Path) -> bool) {
         let diff = max_abs_diff(&ours, &theirs);
         assert!(
             diff <= step,
-            "{model}: pixel values differ by {diff} (> {step})"
+            "{model} on {set}: pixel values differ by {diff} (> {step})"
         );
 
         let (_, embeds) = embedder.embed_pixels(&ours).unwrap();
@@ -184,7 +230,7 @@ fn files_end_to_end(select: fn(&std::path::Path) -> bool) {
         let cosine = min_row_cosine(&embeds, &expected);
         assert!(
             cosine >= 0.999,
-            "{model}: a query vector from the files has cosine {cosine}"
+            "{model} on {set}: a query vector from the files has cosine {cosine}"
         );
     }
 }
@@ -192,41 +238,53 @@ fn files_end_to_end(select: fn(&std::path::Path) -> bool) {
 #[test]
 fn half_precision_stays_close() {
     for dtype in [DType::F16, DType::BF16] {
-        for (model, device) in cases() {
-            let (embedder, reference) = (load(model, dtype, &device), Reference::load(model));
+        for (model, device, set) in cases_on("half_precision_stays_close", &[Axis::F32]) {
+            let (embedder, reference) = (
+                load_with(model, dtype, &device, set.kernels),
+                Reference::load(model),
+            );
             let (_, embeds) = embedder
                 .embed_pixels(&on(reference.get("pixel_values"), &device))
                 .unwrap();
             let cosine = min_row_cosine(&embeds, reference.get("image_embeds"));
             assert!(
                 cosine >= 0.99,
-                "{model} {dtype:?}: query vector cosine {cosine}"
+                "{model} on {set} {dtype:?}: query vector cosine {cosine}"
             );
             let text = embedder.embed_token_ids(&reference.input_ids).unwrap();
             let cosine = min_row_cosine(&text, reference.get("text_embeds"));
-            assert!(cosine >= 0.99, "{model} {dtype:?}: text cosine {cosine}");
+            assert!(
+                cosine >= 0.99,
+                "{model} on {set} {dtype:?}: text cosine {cosine}"
+            );
         }
     }
 }
 
 /// `--dtype bf16` against f32 on the same pixels: every query vector within cosine
-/// 0.995 (issue 13's bar). On a CPU with AVX512-BF16 this tests `packed_gemm`'s bf16
-/// path; the other paths are tested by running it again with `QSEEK_BF16_GEMM=off`
-/// (candle's bf16) and `QSEEK_BF16_GEMM=portable` (the reference kernel), as `.ci/run`
-/// does.
+/// 0.995 (issue 13's bar), on every bf16 path: each bf16 kernel this CPU runs (the
+/// portable reference included) and candle's bf16, and with each f32 path.
 #[test]
 fn bf16_query_vectors_stay_within_cosine_0_995_of_f32() {
-    query_vectors_stay_within_cosine_0_995_of_f32(Precision::Bf16);
+    query_vectors_stay_within_cosine_0_995_of_f32(
+        "bf16_query_vectors_stay_within_cosine_0_995_of_f32",
+        Precision::Bf16,
+        &[Axis::Bf16, Axis::F32],
+    );
 }
 
-/// `--dtype int8` (the ViT's encoder layers in int8) against f32, as bf16 above, on a CPU with
-/// a `packed_gemm` int8 kernel (`QSEEK_INT8_GEMM=portable` gives one on any CPU; the rest
-/// of the ViT is bf16 with a bf16 kernel, else f32: `.ci/run` runs both).
+/// `--dtype int8` (the ViT's encoder layers in int8) against f32, as bf16 above, on every
+/// int8 kernel this CPU runs (the portable ones on any CPU), each with the rest of the
+/// ViT as a CPU of its kind runs it (bf16 with a bf16 kernel, else f32), and with each
+/// f32 path. Where the CPU has no int8 kernel of its own, `--dtype int8` is refused.
 #[test]
 fn int8_query_vectors_stay_within_cosine_0_995_of_f32() {
-    if Precision::Int8.runs_on(&Device::Cpu) {
-        query_vectors_stay_within_cosine_0_995_of_f32(Precision::Int8);
-    } else {
+    query_vectors_stay_within_cosine_0_995_of_f32(
+        "int8_query_vectors_stay_within_cosine_0_995_of_f32",
+        Precision::Int8,
+        &[Axis::Int8, Axis::F32],
+    );
+    if !Precision::Int8.runs_on(&Device::Cpu) {
         let mut opts = ModelOptions::new(ModelSource::Local(model_dir("tiny")));
         opts.dtype = Precision::Int8;
         let err = match Embedder::load(&opts) {
@@ -234,26 +292,26 @@ fn int8_query_vectors_stay_within_cosine_0_995_of_f32() {
             Err(e) => e.to_string(),
         };
         assert!(err.contains("AVX512-VNNI"), "{err}");
-        eprintln!("int8_query_vectors_stay_within_cosine_0_995_of_f32: no int8 kernel here; checked the refusal only");
+        eprintln!("int8_query_vectors_stay_within_cosine_0_995_of_f32: no int8 kernel of this CPU's own; checked the refusal (and the portable kernels above)");
     }
 }
 
-fn query_vectors_stay_within_cosine_0_995_of_f32(precision: Precision) {
-    for (model, device) in cases() {
-        if precision == Precision::Int8 && !device.is_cpu() {
-            continue; // a CPU mode
+fn query_vectors_stay_within_cosine_0_995_of_f32(test: &str, precision: Precision, axes: &[Axis]) {
+    for (model, device, set) in cases_on(test, axes) {
+        if precision == Precision::Int8 && !precision.runs_with(&device, &set.kernels) {
+            continue; // a CPU mode, with an int8 kernel
         }
         let pixels = on(Reference::load(model).get("pixel_values"), &device);
-        let (_, f32) = load(model, DType::F32, &device)
+        let (_, f32) = load_with(model, DType::F32, &device, set.kernels)
             .embed_pixels(&pixels)
             .unwrap();
-        let (_, other) = load(model, precision, &device)
+        let (_, other) = load_with(model, precision, &device, set.kernels)
             .embed_pixels(&pixels)
             .unwrap();
         let cosine = min_row_cosine(&other, &f32);
         assert!(
             cosine >= 0.995,
-            "{model}: {precision} query vector cosine {cosine}"
+            "{model} on {set}: {precision} query vector cosine {cosine}"
         );
     }
 }
@@ -263,18 +321,25 @@ fn query_vectors_stay_within_cosine_0_995_of_f32(precision: Precision) {
 /// probability, on the same vision features.
 #[test]
 fn bf16_texts_are_f32s_and_its_itm_stays_close() {
-    for (model, device) in cases() {
+    for (model, device, set) in cases_on(
+        "bf16_texts_are_f32s_and_its_itm_stays_close",
+        &[Axis::Bf16, Axis::F32],
+    ) {
         let reference = Reference::load(model);
         let (f32, bf16) = (
-            load(model, DType::F32, &device),
-            load(model, DType::BF16, &device),
+            load_with(model, DType::F32, &device, set.kernels),
+            load_with(model, DType::BF16, &device, set.kernels),
         );
         let ids = &reference.input_ids;
         let (texts_f32, texts_bf16) = (
             f32.embed_token_ids(ids).unwrap(),
             bf16.embed_token_ids(ids).unwrap(),
         );
-        assert_eq!(max_abs_diff(&texts_f32, &texts_bf16), 0.0, "{model}");
+        assert_eq!(
+            max_abs_diff(&texts_f32, &texts_bf16),
+            0.0,
+            "{model} on {set}"
+        );
         let pixels = on(reference.get("pixel_values"), &device);
         let vision = f32.model().vision_features(&pixels).unwrap();
         for i in 0..vision.dim(0).unwrap() {
@@ -286,7 +351,7 @@ fn bf16_texts_are_f32s_and_its_itm_stays_close() {
             let diff = max_abs_diff(&probability(&f32), &probability(&bf16));
             assert!(
                 diff <= 0.01,
-                "{model} image {i}: ITM probability differs by {diff}"
+                "{model} on {set} image {i}: ITM probability differs by {diff}"
             );
         }
     }
@@ -296,20 +361,28 @@ fn bf16_texts_are_f32s_and_its_itm_stays_close() {
 /// its numbers are those of the f32 reference (the test above).
 #[test]
 fn the_vision_model_is_read_at_the_first_image() {
-    for (model, device) in cases() {
-        let (embedder, reference) = (load(model, DType::F32, &device), Reference::load(model));
+    for (model, device, set) in
+        cases_on("the_vision_model_is_read_at_the_first_image", &[Axis::F32])
+    {
+        let (embedder, reference) = (
+            load_with(model, DType::F32, &device, set.kernels),
+            Reference::load(model),
+        );
         embedder.embed_token_ids(&reference.input_ids).unwrap();
-        assert!(!embedder.model().vision_is_loaded(), "{model}");
+        assert!(!embedder.model().vision_is_loaded(), "{model} on {set}");
         let pixels = on(reference.get("pixel_values"), &device);
         embedder.model().vision_features(&pixels).unwrap();
-        assert!(embedder.model().vision_is_loaded(), "{model}");
+        assert!(embedder.model().vision_is_loaded(), "{model} on {set}");
     }
 }
 
 #[test]
 fn an_empty_batch_gives_empty_results() {
-    for device in devices() {
-        let (embedder, reference) = (load("tiny", DType::F32, &device), Reference::load("tiny"));
+    for (device, set) in device_sets("an_empty_batch_gives_empty_results", &[Axis::F32]) {
+        let (embedder, reference) = (
+            load_with("tiny", DType::F32, &device, set.kernels),
+            Reference::load("tiny"),
+        );
         let texts = embedder.embed_token_ids(&[]).unwrap();
         assert_eq!(texts.dims(), [0, embedder.config.image_text_hidden_size]);
         let pixels = on(reference.get("pixel_values"), &device);
@@ -323,8 +396,11 @@ fn an_empty_batch_gives_empty_results() {
 
 #[test]
 fn batching_does_not_change_results() {
-    for device in devices() {
-        let (embedder, reference) = (load("tiny", DType::F32, &device), Reference::load("tiny"));
+    for (device, set) in device_sets("batching_does_not_change_results", &[Axis::F32]) {
+        let (embedder, reference) = (
+            load_with("tiny", DType::F32, &device, set.kernels),
+            Reference::load("tiny"),
+        );
         let pixels = on(reference.get("pixel_values"), &device);
         let all = embedder.model().vision_features(&pixels).unwrap();
         let one = embedder
@@ -344,10 +420,16 @@ fn a_texts_embedding_does_not_depend_on_its_batch_on_the_cpu() {
     // with `packed_gemm` (every row summed alike, whatever the row count) every text of
     // a batch of mixed lengths gets the bits it gets alone. candle's GEMM (the fallback)
     // blocks by the row count, so there it is only close.
-    use qseek::model::packed_gemm::{Format, Kernel};
-    let exact = Kernel::chosen(Format::F32).is_some();
-    for model in MODELS {
-        let embedder = load(model, DType::F32, &Device::Cpu);
+    let sets = kernel_sets(
+        "a_texts_embedding_does_not_depend_on_its_batch_on_the_cpu",
+        &[Axis::F32],
+    );
+    for (model, set) in MODELS
+        .iter()
+        .flat_map(|m| sets.iter().map(move |s| (*m, s)))
+    {
+        let exact = set.kernels.f32.is_some();
+        let embedder = load_with(model, DType::F32, &Device::Cpu, set.kernels);
         let texts = [
             "two dogs",
             "a woman riding a bicycle down a busy city street in the rain at night",
@@ -369,7 +451,7 @@ fn a_texts_embedding_does_not_depend_on_its_batch_on_the_cpu() {
                 .unwrap()
                 .to_vec2::<f32>()
                 .unwrap();
-            let what = format!("{model}: text {i} ({} tokens)", one.len());
+            let what = format!("{model} on {set}: text {i} ({} tokens)", one.len());
             if exact {
                 assert_eq!(
                     batch[i].iter().map(|x| x.to_bits()).collect::<Vec<_>>(),

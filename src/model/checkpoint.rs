@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use qseek_kernels::gemm::Kernels;
 
 use super::weights::SafetensorsFiles;
 use super::{Blip2Config, Blip2ForImageTextRetrieval, Precision};
@@ -194,18 +195,20 @@ impl Checkpoint {
 
     /// Reads the weights (see [`SafetensorsFiles`]) and builds the model; the vision model in
     /// `dtype`, the rest in f32. Errors name the tensor, expected and found shape. The
-    /// vision model's weights are checked now and read at its first use.
+    /// vision model's weights are checked now and read at its first use. The linear layers
+    /// on the CPU run on `kernels`.
     pub fn load_model(
         &self,
         config: &Blip2Config,
         precision: Precision,
         device: &Device,
+        kernels: Kernels,
     ) -> Result<Blip2ForImageTextRetrieval> {
         let files = SafetensorsFiles::open(&self.weights)?;
         let shapes =
             VarBuilder::from_backend(Box::new(files.shapes_only()), DType::F32, device.clone());
         let vb = VarBuilder::from_backend(Box::new(files), DType::F32, device.clone());
-        Blip2ForImageTextRetrieval::new(config, vb, shapes, precision).map_err(|e| {
+        Blip2ForImageTextRetrieval::new(config, vb, shapes, precision, kernels).map_err(|e| {
             Error::Checkpoint {
                 path: self.config.parent().unwrap_or(Path::new(".")).to_path_buf(),
                 reason: format!("{}{}", root_message(&e), config.defaulted_note()),

@@ -8,7 +8,6 @@ pub mod checkpoint;
 pub mod config;
 mod lazy;
 pub mod ops;
-pub mod packed_gemm;
 mod precision;
 pub mod qformer;
 pub mod retrieval;
@@ -23,7 +22,7 @@ pub use retrieval::{itc_scores, Blip2ForImageTextRetrieval};
 /// One pool of compute threads for the process: call first thing in `main`, before any
 /// other thread starts (it may set an environment variable).
 ///
-/// qseek's GEMMs (`packed_gemm`) and index scans run on rayon's threads, one per core.
+/// qseek's GEMMs (`qseek_kernels::gemm`) and index scans run on rayon's threads, one per core.
 /// candle 0.11 runs large element-wise ops (residual adds, scaling: 64 Ki values or more)
 /// on a second pool of its own, of one thread fewer, whose threads spin for a while
 /// after each op before they sleep; on a machine with few cores they take the cores

@@ -6,7 +6,8 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Activation, VarBuilder};
 
 use super::lazy::Lazy;
-use super::packed_gemm::{self, Epilogue, Kernel, PackedWeight};
+use qseek_kernels::activations::softmax_rows;
+use qseek_kernels::gemm::{self, Epilogue, Kernel, PackedWeight};
 
 /// `nn.Linear`: `y = x Wᵀ + b`, over any number of leading dimensions.
 ///
@@ -26,7 +27,7 @@ enum Weights {
         bias: Option<Tensor>,
     },
     /// The weight (in the kernel's format) and the bias in f32, packed for
-    /// [`packed_gemm`](super::packed_gemm) at the first call: f32 in, f32 out, on the
+    /// [`gemm`](qseek_kernels::gemm) at the first call: f32 in, f32 out, on the
     /// CPU.
     Packed {
         kernel: Kernel,
@@ -46,7 +47,7 @@ impl Linear {
 
     /// Several layers over the same input stacked into one: the weights `(out_i, in)` of
     /// each `vb` (with their biases) one after the other, `(Σ out_i, in)`. Its output is
-    /// theirs side by side, in one GEMM instead of one per layer (with `packed_gemm`, bit
+    /// theirs side by side, in one GEMM instead of one per layer (with `qseek_kernels::gemm`, bit
     /// for bit: each output column is summed alone).
     pub fn new_stacked(in_dim: usize, parts: &[(usize, VarBuilder)]) -> Result<Self> {
         let mut weights = Vec::with_capacity(parts.len());
@@ -68,7 +69,7 @@ impl Linear {
         }
     }
 
-    /// This layer computed by [`packed_gemm`] with `kernel` (unchanged if `None`): at
+    /// This layer computed by [`gemm`] with `kernel` (unchanged if `None`): at
     /// its first call the weight is packed in the kernel's format (bf16 rounds it; the
     /// tensors are then dropped) and the bias kept in f32. The layer then takes and
     /// returns f32 on the CPU.
@@ -121,7 +122,7 @@ impl Linear {
         let ys = match &self.weights {
             Weights::Packed { kernel, packed } => {
                 let packed = packed.get()?;
-                let matmul = |x: &[f32]| packed_gemm::matmul_wt(*kernel, x, rows, packed, epilogue);
+                let matmul = |x: &[f32]| gemm::matmul_wt(*kernel, x, rows, packed, epilogue);
                 let ys = with_cpu_f32(xs, matmul)?.ok_or_else(|| {
                     candle_core::Error::Msg(format!(
                         "a packed linear layer takes f32 on the CPU, not {:?} on {:?}",
@@ -179,7 +180,7 @@ impl Module for Linear {
 /// f32 they are read where they lie, and no head is copied out first.
 ///
 /// `mask`: additive, broadcastable to (batch, heads, q_len, kv_len). `kernel`: the
-/// [`packed_gemm`] kernel of the two products (a bf16 one rounds q, k, v and the
+/// [`gemm`] kernel of the two products (a bf16 one rounds q, k, v and the
 /// probabilities to bf16 and sums the products in f32; the softmax stays f32), or `None`
 /// for candle's batched matmul and softmax (GPUs, half precision, CPUs without a
 /// kernel).
@@ -238,9 +239,9 @@ fn attention_candle(
     probs.matmul(&v.contiguous()?)
 }
 
-/// [`multi_head_attention`] on the CPU in f32 through `packed_gemm`, one (batch, head)
+/// [`multi_head_attention`] on the CPU in f32 through `qseek_kernels::gemm`, one (batch, head)
 /// pair per task: `q kᵀ` with the head's keys packed as the weight, read in place
-/// ([`PackedWeight::from_rows`]); [`packed_gemm::softmax_rows`] (scale and mask
+/// ([`PackedWeight::from_rows`]); [`gemm::softmax_rows`] (scale and mask
 /// included); then the probabilities times the head's values, packed as the transposed
 /// weight from their rows ([`PackedWeight::from_columns`]); the head's output is written
 /// straight into its columns. Each row's numbers depend only on its own query and the
@@ -274,16 +275,16 @@ fn attention_packed(
     with_cpu_f32_views(&tensors, |views| {
         let (q, k, v) = (views[0], views[1], views[2]);
         let mask = views.get(3).map(|m| m.data);
-        let out_ptr = packed_gemm::OutPtr(out.as_mut_ptr());
+        let out_ptr = gemm::OutPtr(out.as_mut_ptr());
         (0..b * heads).into_par_iter().for_each(|task| {
             let (bi, hi) = (task / heads, task % heads);
             let keys = PackedWeight::from_rows(format, k.rows(bi, hi * d, lk, d), None);
             let mut probs =
-                packed_gemm::matmul_rows(kernel, q.rows(bi, hi * d, lq, d), &keys, Epilogue::None);
+                gemm::matmul_rows(kernel, q.rows(bi, hi * d, lq, d), &keys, Epilogue::None);
             let mask = mask.map(|m| &m[task * lq * lk..(task + 1) * lq * lk]);
-            packed_gemm::softmax_rows(kernel, &mut probs, lk, scale as f32, mask);
+            softmax_rows(kernel, &mut probs, lk, scale as f32, mask);
             let values = PackedWeight::from_columns(format, v.rows(bi, hi * d, lk, d));
-            let ys = packed_gemm::matmul_wt(kernel, &probs, lq, &values, Epilogue::None);
+            let ys = gemm::matmul_wt(kernel, &probs, lq, &values, Epilogue::None);
             for (i, y) in ys.chunks_exact(d).enumerate() {
                 // SAFETY: bi < b, i < lq (`ys` is lq × d) and hi·d + d ≤ heads·d ≤ width:
                 // the d floats at row i of batch bi, head hi's columns, lie in `out` (b × lq
@@ -311,8 +312,8 @@ struct View<'a> {
 
 impl<'a> View<'a> {
     /// Columns `column..column + width` of the first `len` rows of batch `b`.
-    fn rows(self, b: usize, column: usize, len: usize, width: usize) -> packed_gemm::Rows<'a> {
-        packed_gemm::Rows::strided(&self.data[b * self.batch + column..], len, width, self.row)
+    fn rows(self, b: usize, column: usize, len: usize, width: usize) -> gemm::Rows<'a> {
+        gemm::Rows::strided(&self.data[b * self.batch + column..], len, width, self.row)
     }
 }
 
@@ -386,12 +387,44 @@ pub fn additive_mask(mask01: &Tensor, dtype: DType) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::Device;
+    use qseek_kernels::activations::gelu_in_place;
+    use qseek_kernels::gemm::{Format, Kernels};
+
+    /// Every kernel of the bf16 and f32 formats this CPU runs.
+    fn every_kernel() -> Vec<Kernel> {
+        let mut kernels = Kernel::available(Format::Bf16);
+        kernels.extend(Kernel::available(Format::F32));
+        kernels
+    }
+
+    #[test]
+    fn gelu_matches_candles_exact_gelu() {
+        // -10..10 in steps of 1/64, and values near 0.
+        let xs: Vec<f32> = (-640..=640)
+            .map(|i| i as f32 / 64.0)
+            .chain([1e-6, -1e-6, 1e-30, 0.0, -0.0, -30.0, -100.0, 100.0])
+            .collect();
+        let exact = Tensor::new(xs.as_slice(), &Device::Cpu)
+            .and_then(|t| t.gelu_erf())
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap();
+        for kernel in every_kernel() {
+            let mut got = xs.clone();
+            gelu_in_place(kernel, &mut got);
+            for ((x, g), e) in xs.iter().zip(&got).zip(&exact) {
+                assert!(
+                    (g - e).abs() <= 3e-7 * x.abs().max(1.0),
+                    "{kernel:?} gelu({x}) = {g}, exact {e}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn packed_attention_matches_candles_with_and_without_a_mask() {
         let dev = Device::Cpu;
-        let f32 = Kernel::chosen(packed_gemm::Format::F32);
-        let bf16 = Kernel::chosen(packed_gemm::Format::Bf16);
+        let f32 = Kernels::chosen().f32;
+        let bf16 = Kernels::chosen().bf16;
         // (kernel, tolerance): f32 differs from candle's by summation order; bf16 by the
         // rounding of q, k, v and the probabilities to 8-bit mantissas.
         let kernels = [(f32, 1e-5), (bf16, 0.03)];

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device};
 
-use super::packed_gemm::{Format, Kernel};
+use qseek_kernels::gemm::Kernels;
 
 /// The precision of the image encoder (`--dtype`): see [`Blip2ForImageTextRetrieval`]
 /// (super::Blip2ForImageTextRetrieval) for what each computes.
@@ -44,18 +44,24 @@ impl Precision {
         }
     }
 
-    /// Whether it runs on `device` here: int8 needs a CPU and an int8 kernel of
-    /// `packed_gemm` (AVX512-VNNI, AVX-VNNI or AVX2, or the portable one forced through the
-    /// environment); the others run anywhere.
+    /// Whether it runs on `device` here with the kernels chosen for this CPU
+    /// ([`Kernels::chosen`]): see [`runs_with`](Self::runs_with).
     pub fn runs_on(self, device: &Device) -> bool {
+        self.runs_with(device, &Kernels::chosen())
+    }
+
+    /// Whether it runs on `device` with `kernels`: int8 needs a CPU and an int8 kernel of
+    /// `qseek_kernels::gemm` (AVX512-VNNI, AVX-VNNI or AVX2, or a portable one given or
+    /// forced through the environment); the others run anywhere.
+    pub fn runs_with(self, device: &Device, kernels: &Kernels) -> bool {
         match self {
-            Self::Int8 => device.is_cpu() && Kernel::chosen(Format::Int8).is_some(),
+            Self::Int8 => device.is_cpu() && kernels.int8.is_some(),
             Self::F32 | Self::F16 | Self::Bf16 => true,
         }
     }
 
     /// The dtype the vision model's tensors are converted to (int8's are bf16's; where
-    /// `packed_gemm` computes the linear layers they are f32 instead: see
+    /// `qseek_kernels::gemm` computes the linear layers they are f32 instead: see
     /// [`Blip2ForImageTextRetrieval::new`](super::Blip2ForImageTextRetrieval::new)).
     pub fn dtype(self) -> DType {
         match self {

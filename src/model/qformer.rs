@@ -11,7 +11,7 @@ use candle_nn::{layer_norm, Activation, Embedding, LayerNorm, VarBuilder};
 
 use super::config::QFormerConfig;
 use super::ops::{multi_head_attention, Linear};
-use super::packed_gemm::{Format, Kernel};
+use qseek_kernels::gemm::Kernel;
 
 /// `embeddings`: word and absolute position embeddings (`Blip2TextEmbeddings`).
 #[derive(Debug, Clone)]
@@ -49,6 +49,8 @@ impl TextEmbeddings {
 #[derive(Debug, Clone)]
 pub struct MultiHeadAttention {
     projections: Projections,
+    /// The kernel of the heads' two products (`None`: candle's).
+    kernel: Option<Kernel>,
     num_heads: usize,
     scale: f64,
 }
@@ -56,8 +58,8 @@ pub struct MultiHeadAttention {
 /// The checkpoint's `query`, `key` and `value` layers, stacked where they read the same
 /// rows: one GEMM with three (or two) times the columns instead of three small ones
 /// (fewer calls, each reading its input once: a one-sentence text pass took 5–8% less;
-/// a batch of 16, no measurable change). With `packed_gemm` each output column is
-/// summed alone, so the numbers are the separate layers'.
+/// a batch of 16, no measurable change). With `qseek_kernels::gemm` each output
+/// column is summed alone, so the numbers are the separate layers'.
 #[derive(Debug, Clone)]
 enum Projections {
     /// `attention.attention`: `query`, `key` and `value`, in that order, stacked into
@@ -74,6 +76,7 @@ impl MultiHeadAttention {
         kv_dim: Option<usize>,
         vb: VarBuilder,
         f32: Option<Kernel>,
+        attention: Option<Kernel>,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         let projections = match kv_dim {
@@ -92,6 +95,7 @@ impl MultiHeadAttention {
         };
         Ok(Self {
             projections,
+            kernel: attention,
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -167,8 +171,7 @@ impl MultiHeadAttention {
     /// Projected q (batch, q_len, hidden), k and v (batch, kv_len, hidden) → the heads'
     /// attention, merged (batch, q_len, hidden).
     fn heads(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let kernel = Kernel::chosen(Format::F32);
-        multi_head_attention(kernel, q, k, v, self.num_heads, self.scale, mask)
+        multi_head_attention(self.kernel, q, k, v, self.num_heads, self.scale, mask)
     }
 }
 
@@ -180,7 +183,7 @@ impl MultiHeadAttention {
 /// a batch of sentences of mixed lengths costs the sum of their lengths, not the
 /// batch size times the longest. Attention pads its queries, keys and values again:
 /// padded keys and values are zeros and masked, so each real row gets the numbers of
-/// the padded pass (bit for bit with `packed_gemm`, whose rows are summed alike for any
+/// the padded pass (bit for bit with `qseek_kernels::gemm`, whose rows are summed alike for any
 /// row count; candle's GEMM may block differently).
 pub struct Ragged {
     batch: usize,
@@ -290,9 +293,10 @@ impl QFormerAttention {
         kv_dim: Option<usize>,
         vb: VarBuilder,
         f32: Option<Kernel>,
+        attention: Option<Kernel>,
     ) -> Result<Self> {
         Ok(Self {
-            attention: MultiHeadAttention::new(cfg, kv_dim, vb.pp("attention"), f32)?,
+            attention: MultiHeadAttention::new(cfg, kv_dim, vb.pp("attention"), f32, attention)?,
             output: DenseNorm::new(cfg.hidden_size, cfg, vb.pp("output"), f32)?,
         })
     }
@@ -365,13 +369,20 @@ pub struct QFormerLayer {
 }
 
 impl QFormerLayer {
-    fn new(cfg: &QFormerConfig, index: usize, vb: VarBuilder, f32: Option<Kernel>) -> Result<Self> {
+    fn new(
+        cfg: &QFormerConfig,
+        index: usize,
+        vb: VarBuilder,
+        f32: Option<Kernel>,
+        attention: Option<Kernel>,
+    ) -> Result<Self> {
         let crossattention = if index.is_multiple_of(cfg.cross_attention_frequency) {
             Some(QFormerAttention::new(
                 cfg,
                 Some(cfg.encoder_hidden_size),
                 vb.pp("crossattention"),
                 f32,
+                attention,
             )?)
         } else {
             None
@@ -389,7 +400,7 @@ impl QFormerLayer {
                 None
             };
         Ok(Self {
-            attention: QFormerAttention::new(cfg, None, vb.pp("attention"), f32)?,
+            attention: QFormerAttention::new(cfg, None, vb.pp("attention"), f32, attention)?,
             crossattention,
             text_feed_forward,
             query_feed_forward: FeedForward::new(
@@ -475,12 +486,18 @@ pub struct QFormerModel {
 }
 
 impl QFormerModel {
-    /// Loads the weights under `qformer.`; with an f32 `Kernel` (on the CPU), its linear
-    /// layers are packed for [`packed_gemm`](super::packed_gemm).
-    pub fn new(cfg: &QFormerConfig, vb: VarBuilder, f32: Option<Kernel>) -> Result<Self> {
+    /// Loads the weights under `qformer.`; with a `linear` [`Kernel`] (on the CPU), its
+    /// linear layers are packed for [`qseek_kernels::gemm`]; attention's products run on
+    /// the `attention` kernel (an f32 one; `None`: candle's).
+    pub fn new(
+        cfg: &QFormerConfig,
+        vb: VarBuilder,
+        linear: Option<Kernel>,
+        attention: Option<Kernel>,
+    ) -> Result<Self> {
         let layers_vb = vb.pp("encoder").pp("layer");
         let layer = (0..cfg.num_hidden_layers)
-            .map(|i| QFormerLayer::new(cfg, i, layers_vb.pp(i), f32))
+            .map(|i| QFormerLayer::new(cfg, i, layers_vb.pp(i), linear, attention))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("layernorm"))?,
@@ -492,7 +509,7 @@ impl QFormerModel {
     /// last hidden state of each text's first token (batch, hidden), which is what a
     /// text embedding reads. The batch runs [`Ragged`] (no work on padding), and the
     /// last layer computes only the first rows (the others are its keys and values).
-    /// With `packed_gemm`, each text's numbers do not depend on the batch it came in.
+    /// With `qseek_kernels::gemm`, each text's numbers do not depend on the batch it came in.
     pub fn forward_text(&self, embeds: &Tensor, mask01: &Tensor) -> Result<Tensor> {
         let ragged = Ragged::new(mask01)?;
         let mask = super::ops::additive_mask(mask01, candle_core::DType::F32)?;

@@ -9,10 +9,10 @@ use super::config::Blip2Config;
 use super::lazy::Lazy;
 use super::on_compute_pool;
 use super::ops::{additive_mask, l2_normalize, Linear};
-use super::packed_gemm::{Format, Kernel};
 use super::qformer::{QFormerModel, TextEmbeddings};
 use super::vision::VisionModel;
 use super::Precision;
+use qseek_kernels::gemm::Kernels;
 
 /// The whole retrieval model, its fields named as the checkpoint's top-level keys.
 ///
@@ -29,7 +29,7 @@ use super::Precision;
 /// next to the ViT, and in f32 the only difference from the f32 reference is the ViT's.
 /// qseek's half modes are therefore closer to f32 than transformers' half mode is.
 ///
-/// bf16 on a CPU with AVX512-BF16 goes further ([`packed_gemm`](super::packed_gemm)): only
+/// bf16 on a CPU with AVX512-BF16 goes further ([`qseek_kernels::gemm`]): only
 /// the ViT's linear layers and its attention's two products round their inputs
 /// (weights, activations, q, k, v and the probabilities) to bf16, with exact products
 /// summed in f32; the ViT's activations, layer norms, softmax and GELU stay f32.
@@ -44,17 +44,17 @@ use super::Precision;
 ///
 /// int8 ([`Precision::Int8`]) computes the ViT encoder layers' linear layers (qkv,
 /// projection, fc1, fc2: all its linear work but the patch embedding) through
-/// `packed_gemm`'s int8 formats on a CPU with VNNI (AVX512-VNNI, or AVX-VNNI beside AVX2),
+/// `qseek_kernels::gemm`'s int8 formats on a CPU with VNNI (AVX512-VNNI, or AVX-VNNI beside AVX2),
 /// or with AVX2 alone (the codes widened to i16, `vpmaddwd`): weights rounded to int8 per
 /// output channel, each token's activations to int8 per token, the products of the codes
 /// summed exactly in i32. The rest is bf16's where the
 /// CPU has AVX512-BF16 (ITM included), else f32's: the patch embedding, attention's
-/// products and ITM in f32, through `packed_gemm`'s f32 kernel. The patch embedding is
+/// products and ITM in f32, through `qseek_kernels::gemm`'s f32 kernel. The patch embedding is
 /// never int8: with it in int8 too, one ITM rank of the eval fixture moved.
 ///
 /// On a CPU with AVX2 or AVX-512, every linear layer after the ViT (the Q-Former's, the
 /// projections, `itm_head`), and the ViT's own in f32, compute in f32 through
-/// [`packed_gemm`](super::packed_gemm) over weights packed once, at each layer's first
+/// [`qseek_kernels::gemm`] over weights packed once, at each layer's first
 /// call (`QSEEK_F32_GEMM=off` gives candle's GEMM).
 #[derive(Debug, Clone)]
 pub struct Blip2ForImageTextRetrieval {
@@ -69,13 +69,13 @@ pub struct Blip2ForImageTextRetrieval {
     text_projection: Linear,
     itm_head: Linear,
     /// The Q-Former that [`itm_logits`](Self::itm_logits) runs in bf16 mode on a CPU
-    /// with a bf16 [`Kernel`]: the checkpoint's again, every linear layer packed in
+    /// with a bf16 [`Kernel`](qseek_kernels::gemm::Kernel): the checkpoint's again, every linear layer packed in
     /// bf16, read at the first ITM call, so a process that never reranks never holds
     /// it (~2 bytes per Q-Former weight). `None` elsewhere (ITM then runs `qformer`).
     itm_qformer: Option<Arc<Lazy<QFormerModel>>>,
     /// The precision asked for.
     precision: Precision,
-    /// The dtype of the ViT's activations: `dtype`, or f32 where `packed_gemm` computes
+    /// The dtype of the ViT's activations: `dtype`, or f32 where `qseek_kernels::gemm` computes
     /// the linear layers.
     vision_dtype: DType,
     num_query_tokens: usize,
@@ -86,38 +86,43 @@ pub struct Blip2ForImageTextRetrieval {
 impl Blip2ForImageTextRetrieval {
     /// Builds the model from `vb` (rooted at the checkpoint's top level); the vision
     /// model's weights are converted to `dtype`, the rest to f32. bf16 on the CPU with a
-    /// bf16 [`Kernel`] packs the ViT's linear weights in bf16 and keeps the rest of the
-    /// ViT in f32; on the CPU with an f32 [`Kernel`] the linear layers after the ViT (and
+    /// bf16 [`Kernel`](qseek_kernels::gemm::Kernel) packs the ViT's linear weights in bf16 and keeps the rest of the
+    /// ViT in f32; on the CPU with an f32 [`Kernel`](qseek_kernels::gemm::Kernel) the linear layers after the ViT (and
     /// the ViT's, in f32) are packed in f32.
     ///
     /// The ViT is checked now against `shapes` (the same checkpoint's names and shapes,
     /// without data: [`SafetensorsFiles::shapes_only`](super::weights::SafetensorsFiles::shapes_only)),
     /// so a broken checkpoint fails here with the same error, and read from `vb` at its
     /// first use.
+    ///
+    /// `kernels`: the CPU's kernel of each format ([`Kernels::chosen`] by default; a kernel
+    /// this CPU lacks, or of another format, is refused).
     pub fn new(
         cfg: &Blip2Config,
         vb: VarBuilder<'static>,
         shapes: VarBuilder<'static>,
         precision: Precision,
+        kernels: Kernels,
     ) -> Result<Self> {
+        if let Err(why) = kernels.check() {
+            candle_core::bail!("{why}");
+        }
         let dtype = precision.dtype();
         let q = &cfg.qformer_config;
         let f32_vb = vb.clone().set_dtype(DType::F32);
         let cpu = vb.device().is_cpu();
-        let bf16 = (dtype == DType::BF16 && cpu)
-            .then(|| Kernel::chosen(Format::Bf16))
-            .flatten();
-        let f32 = cpu.then(|| Kernel::chosen(Format::F32)).flatten();
+        let bf16 = kernels.bf16.filter(|_| dtype == DType::BF16 && cpu);
+        let f32 = kernels.f32.filter(|_| cpu);
         let proj = |name: &str, out: usize| {
             Linear::new(q.hidden_size, out, f32_vb.pp(name)).map(|l| l.into_packed(f32))
         };
         // int8: the encoder layers' linear kernel, on a CPU that has it; the rest as bf16
         // with a bf16 kernel, else as f32.
         let layers_kernel = match precision {
-            Precision::Int8 if !precision.runs_on(vb.device()) => {
-                candle_core::bail!("int8 runs on a CPU with a packed_gemm int8 kernel")
+            Precision::Int8 if !precision.runs_with(vb.device(), &kernels) => {
+                candle_core::bail!("int8 runs on a CPU with an int8 kernel of qseek_kernels::gemm")
             }
-            Precision::Int8 => Kernel::chosen(Format::Int8),
+            Precision::Int8 => kernels.int8,
             _ => None,
         };
         let vision_dtype = if bf16.is_some() || layers_kernel.is_some() {
@@ -134,23 +139,30 @@ impl Blip2ForImageTextRetrieval {
             shapes.set_dtype(vision_dtype).pp("vision_model"),
             vision_kernel,
             layers_kernel,
+            f32,
         )?;
         let vision_vb = vb.set_dtype(vision_dtype).pp("vision_model");
         let vision_model = Lazy::new("vision_model", move || {
-            VisionModel::new(&vision_cfg, vision_vb.clone(), vision_kernel, layers_kernel)
+            VisionModel::new(
+                &vision_cfg,
+                vision_vb.clone(),
+                vision_kernel,
+                layers_kernel,
+                f32,
+            )
         });
         Ok(Self {
             vision_model: Arc::new(vision_model),
             query_tokens: f32_vb.get((1, cfg.num_query_tokens, q.hidden_size), "query_tokens")?,
             embeddings: TextEmbeddings::new(q, f32_vb.pp("embeddings"))?,
-            qformer: QFormerModel::new(q, f32_vb.pp("qformer"), f32)?,
+            qformer: QFormerModel::new(q, f32_vb.pp("qformer"), f32, f32)?,
             vision_projection: proj("vision_projection", cfg.image_text_hidden_size)?,
             text_projection: proj("text_projection", cfg.image_text_hidden_size)?,
             itm_head: proj("itm_head", 2)?,
             itm_qformer: bf16.map(|kernel| {
                 let (q, vb) = (q.clone(), f32_vb.pp("qformer"));
                 Arc::new(Lazy::new("itm_qformer", move || {
-                    QFormerModel::new(&q, vb.clone(), Some(kernel))
+                    QFormerModel::new(&q, vb.clone(), Some(kernel), f32)
                 }))
             }),
             precision,

@@ -5,7 +5,7 @@ use candle_nn::{layer_norm, Activation, LayerNorm, VarBuilder};
 
 use super::config::VisionConfig;
 use super::ops::{multi_head_attention, Linear};
-use super::packed_gemm::{Format, Kernel};
+use qseek_kernels::gemm::Kernel;
 
 /// `vision_model.embeddings`: patches, `[CLS]` and learned positions.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ pub struct Attention {
     qkv: Linear,
     projection: Linear,
     /// The kernel of attention's two products: the ViT's (bf16 under bf16, and under int8
-    /// on a CPU with AVX512-BF16), or on the CPU in f32 `packed_gemm`'s f32 one.
+    /// on a CPU with AVX512-BF16), or on the CPU in f32 the model's f32 one.
     kernel: Option<Kernel>,
     num_heads: usize,
     scale: f64,
@@ -96,7 +96,7 @@ impl Attention {
         Ok(Self {
             qkv: Linear::from_parts(weight, bias).into_packed(linear),
             projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(linear),
-            kernel: packed.or_else(|| Kernel::chosen(Format::F32)),
+            kernel: packed,
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
         })
@@ -187,22 +187,26 @@ pub struct VisionModel {
 impl VisionModel {
     /// Loads the weights under `vision_model.`, in `vb`'s dtype. With a `packed` kernel
     /// (and an f32 `vb`) every linear layer (the patch embedding, qkv, projection, fc1,
-    /// fc2) is computed by [`packed_gemm`](super::packed_gemm) with that kernel, fc1's
+    /// fc2) is computed by [`qseek_kernels::gemm`] with that kernel, fc1's
     /// GELU fused: a bf16 kernel rounds weights and inputs to bf16 and sums in f32. The
     /// attention's two products run in the same kernel (a bf16 one rounds q, k, v and the
     /// probabilities); all else stays f32. `layers`, where given, is the kernel of the
     /// encoder layers' linear layers (qkv, projection, fc1, fc2; not the patch
-    /// embedding) instead: int8 ([`Precision::Int8`](super::Precision::Int8)).
+    /// embedding) instead: int8 ([`Precision::Int8`](super::Precision::Int8)). Without a
+    /// `packed` kernel, attention's products run on `f32` (where the ViT is f32 on the
+    /// CPU; `None`: candle's).
     pub fn new(
         cfg: &VisionConfig,
         vb: VarBuilder,
         packed: Option<Kernel>,
         layers: Option<Kernel>,
+        f32: Option<Kernel>,
     ) -> Result<Self> {
         let linear = layers.or(packed);
+        let attention = packed.or(f32);
         let layers_vb = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), packed, linear))
+            .map(|i| EncoderLayer::new(cfg, layers_vb.pp(i), attention, linear))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"), packed)?,

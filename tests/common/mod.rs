@@ -5,6 +5,7 @@
 
 pub mod collection;
 pub mod exif;
+pub mod kernels;
 pub mod server;
 
 use std::collections::HashMap;

@@ -20,22 +20,24 @@
 
 use rayon::prelude::*;
 
-use super::{drive, pack_rows, padded_bias, Element, Epilogue, Kernel, PackedWeight, Rows, NR};
+use super::drive::{drive, Element};
+use super::pack::{pack_rows, padded_bias, PackedWeight};
+use super::{Epilogue, Kernel, Rows, NR};
 
 /// Four int8 values of k (a weight column's codes, or a row's codes + 128 as u8), low
 /// byte first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(transparent)]
-pub(super) struct Quad(pub(super) u32);
+pub(crate) struct Quad(pub(crate) u32);
 
 /// Two int8 values of k widened to i16 (a weight column's codes, sign-extended, or a
 /// row's codes + 128), the lower k in the low half.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(transparent)]
-pub(super) struct Pair(pub(super) u32);
+pub(crate) struct Pair(pub(crate) u32);
 
 /// A unit of k of an int8 format: how its codes are laid out.
-pub(super) trait Unit: Element {
+pub(crate) trait Unit: Element {
     /// Values of k per unit.
     const K: usize;
     /// The unit of a weight column's codes (`K` of them).
@@ -87,8 +89,8 @@ impl Unit for Pair {
 }
 
 /// A weight in an int8 format, beside its panels of units.
-pub(super) struct Packed<E> {
-    pub(super) units: Vec<E>,
+pub(crate) struct Packed<E> {
+    pub(crate) units: Vec<E>,
     /// Per column (padded to whole panels): the weight's scale.
     scales: Vec<f32>,
     /// Per column: `128 · Σ_k w_q`, what the +128 of the row codes adds to its sums.
@@ -99,9 +101,9 @@ pub(super) struct Packed<E> {
 
 /// The largest weight code of [`Format::Int8`](super::Format::Int8) and
 /// [`Format::Int8Pairs`](super::Format::Int8Pairs), and of every row's codes.
-pub(super) const LEVELS: f32 = 127.0;
+pub(crate) const LEVELS: f32 = 127.0;
 /// The largest weight code of [`Format::Int7`](super::Format::Int7).
-pub(super) const WEIGHT_LEVELS_INT7: f32 = 64.0;
+pub(crate) const WEIGHT_LEVELS_INT7: f32 = 64.0;
 
 /// `|x|`'s maximum over `levels`: the step of a row (or column) of codes in
 /// [-`levels`, `levels`]; 1 for a zero row, whose codes are then all 0.
@@ -142,7 +144,7 @@ fn code(x: f32, inv_step: f32) -> i32 {
 /// Packs the weight (`w`'s rows are its n output columns) and `bias` in the layout of
 /// `E`, each column's codes in [-`levels`, `levels`] ([`LEVELS`] or
 /// [`WEIGHT_LEVELS_INT7`]).
-pub(super) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>, levels: f32) -> Packed<E> {
+pub(crate) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>, levels: f32) -> Packed<E> {
     let (n, k) = (w.rows, w.k);
     let units = k.div_ceil(E::K);
     let padded = n.div_ceil(NR) * NR;
@@ -186,7 +188,7 @@ pub(super) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>, levels: f32) -
 }
 
 /// `x Wᵀ + b` in the int8 format of `E`, then `epilogue`.
-pub(super) fn matmul<E: Unit>(
+pub(crate) fn matmul<E: Unit>(
     kernel: Kernel,
     x: Rows,
     w: &PackedWeight,
@@ -220,7 +222,7 @@ pub(super) fn matmul<E: Unit>(
 }
 
 /// What turns a finished tile's sums of codes back into `x Wᵀ + b`.
-pub(super) struct Dequant<'a> {
+pub(crate) struct Dequant<'a> {
     /// Each row's step.
     steps: &'a [f32],
     /// The weight's [`Packed::scales`], [`Packed::offsets`] and [`Packed::bias`].
@@ -231,7 +233,7 @@ pub(super) struct Dequant<'a> {
 
 impl Dequant<'_> {
     /// Row `row`'s outputs from column `first` on, in place.
-    pub(super) fn apply(&self, row: usize, first: usize, ys: &mut [f32]) {
+    pub(crate) fn apply(&self, row: usize, first: usize, ys: &mut [f32]) {
         let step = self.steps[row];
         let end = first + ys.len();
         for (((y, scale), offset), bias) in ys
@@ -247,7 +249,7 @@ impl Dequant<'_> {
 
 /// The weight's codes dequantized (n × k, row-major): what the int8 kernels multiply.
 #[cfg(test)]
-pub(super) fn dequantized_weight(packed: &Packed<Quad>, n: usize, k: usize) -> Vec<f64> {
+pub(crate) fn dequantized_weight(packed: &Packed<Quad>, n: usize, k: usize) -> Vec<f64> {
     let units = k.div_ceil(4);
     let mut out = vec![0f64; n * k];
     for c in 0..n {
@@ -263,7 +265,7 @@ pub(super) fn dequantized_weight(packed: &Packed<Quad>, n: usize, k: usize) -> V
 
 /// A row dequantized: what the int8 kernels multiply.
 #[cfg(test)]
-pub(super) fn dequantized_row(row: &[f32]) -> Vec<f64> {
+pub(crate) fn dequantized_row(row: &[f32]) -> Vec<f64> {
     let step = scale(row, LEVELS);
     row.iter()
         .map(|&x| f64::from(code(x, 1.0 / step)) * f64::from(step))
