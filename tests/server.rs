@@ -259,11 +259,24 @@ fn every_endpoint_answers_as_the_cli_does() {
         cli_texts.len() + 2
     );
 
-    // The web page: one document, everything inline, nothing fetched from elsewhere.
+    // The web page: one document, everything inline, nothing fetched from elsewhere. Its
+    // one address elsewhere is the map link of a photo's place, followed only on a click
+    // (tests/browser.rs checks that no request leaves the server).
     let page = server.get("/");
     assert_eq!(page.status, 200);
     assert!(page.content_type.starts_with("text/html"));
-    assert!(!page.text().contains("http://") && !page.text().contains("https://"));
+    let text = page.text();
+    assert!(!text.contains("http://"));
+    let elsewhere: Vec<&str> = text
+        .match_indices("https://")
+        .map(|(i, _)| &text[i..i + 30])
+        .collect();
+    assert!(
+        elsewhere
+            .iter()
+            .all(|a| a.starts_with("https://www.openstreetmap.org/")),
+        "{elsewhere:?}"
+    );
 }
 
 #[test]
