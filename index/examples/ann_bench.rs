@@ -11,14 +11,28 @@
 //! (default: `qseek_index::default_ef` of the graph's size),
 //! `--candidates`, `--threads` (default 2), `--dir` (default: a temp dir),
 //! `--exact` (score every image: the recall the stored dtype allows),
-//! `--clusters C` (default: one per 100 images, at least 1 000).
-//! The search half runs in a child process so that the memory it reports is
-//! the loaded index's alone, not what the build freed.
+//! `--clusters C` (default: one per 100 images, at least 1 000),
+//! `--filters` (below). The search half runs in a child process so that the
+//! memory it reports is the loaded index's alone, not what the build freed;
+//! `--dir D --search-only BUILD_S` searches an index built before in `D`.
+//!
+//! `--filters`: every image gets a date taken, image `i` on day `i % 100` of
+//! 2023, so a one-day range keeps 1% of the images and a 50-day range 50%.
+//! For the same queries, interleaved (each query starts with another side, so
+//! machine noise hits all of them alike), it times an exact search without a
+//! filter, exact searches with each date filter, and default (graph) searches
+//! with each filter, whose recall@10 is against the exact search with the same
+//! filter (on the stored vectors). The JSON line gets a `filters` object; a
+//! summary goes to stderr. An index searched with `--filters` must have been
+//! built with it.
 
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-use qseek_index::{default_ef, ImageRecord, Index, Manifest, ModelId, SearchParams, VectorDtype};
+use qseek_index::{
+    days_from_civil, default_ef, Filter, ImageHit, ImageRecord, Index, Manifest, ModelId,
+    PhotoFilter, PhotoMeta, SearchParams, TakenAt, VectorDtype,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -39,6 +53,11 @@ const K: usize = 10;
 const IMAGE_SPREAD: f32 = 0.6;
 const SLOT_SPREAD: f32 = 0.8;
 const QUERY_SPREAD: f32 = 0.8;
+/// With `--filters`, image `i` was taken on day `i % DAYS` of 2023. Its cluster is
+/// drawn from an RNG seeded by `i` ([`image_vectors`]), so its day says nothing of it.
+const DAYS: u64 = 100;
+/// The date filters `--filters` measures: the first this many days of 2023.
+const FILTER_DAYS: [u64; 2] = [1, 50];
 
 struct Args {
     items: usize,
@@ -52,6 +71,7 @@ struct Args {
     search_only: Option<f64>,
     exact: bool,
     clusters: u64,
+    filters: bool,
 }
 
 fn parse_args() -> Args {
@@ -67,6 +87,7 @@ fn parse_args() -> Args {
         search_only: None,
         exact: false,
         clusters: 0,
+        filters: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -82,9 +103,10 @@ fn parse_args() -> Args {
             "--clusters" => a.clusters = v.parse().expect("--clusters C"),
             "--threads" => a.threads = v.parse().expect("--threads N"),
             "--dir" => a.dir = Some(v),
-            "--exact" => {
-                // A flag: takes no value.
-                a.exact = true;
+            "--exact" | "--filters" => {
+                // Flags: take no value.
+                a.exact |= argv[i] == "--exact";
+                a.filters |= argv[i] == "--filters";
                 i += 1;
                 continue;
             }
@@ -166,6 +188,49 @@ fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Midnight (local time, no offset) of day `day` of 2023.
+fn day_2023(day: u64) -> TakenAt {
+    TakenAt {
+        local: (days_from_civil(2023, 1, 1) + day as i64) * 86_400,
+        nanos: 0,
+        offset_minutes: None,
+    }
+}
+
+/// What `--filters` records of image `i`: taken on day `i % DAYS`, at a time of
+/// day that varies with `i`.
+fn photo_of(i: u64) -> PhotoMeta {
+    let midnight = day_2023(i % DAYS);
+    PhotoMeta {
+        taken: Some(TakenAt {
+            local: midnight.local + (i.wrapping_mul(7919) % 86_400) as i64,
+            ..midnight
+        }),
+        ..PhotoMeta::default()
+    }
+}
+
+/// The item number of a hit: paths are `photos/{i % 100}/{i}.jpg`.
+fn item_of(hit: &ImageHit) -> u64 {
+    hit.paths[0]
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".jpg")
+        .parse::<u64>()
+        .unwrap()
+}
+
+/// The value at quantile `p` of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// To three decimals, for the JSON.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 fn model() -> ModelId {
     ModelId {
         model_id: "bench/synthetic".into(),
@@ -195,7 +260,7 @@ fn build(args: &Args, dir: &std::path::Path, centres: &[Vec<f32>]) -> f64 {
                 content_hash: format!("{i:016x}"),
                 width: 1,
                 height: 1,
-                photo: None,
+                photo: args.filters.then(|| photo_of(i as u64)),
             };
             writer.add_image(record, v, None).expect("add image");
         }
@@ -227,23 +292,9 @@ fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]
         let t = Instant::now();
         let hits = index.search_images(q, K, &params).expect("search");
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-        // Paths are `photos/{i % 100}/{i}.jpg`: recover the item number.
-        found.push(
-            hits.iter()
-                .map(|h| {
-                    h.paths[0]
-                        .rsplit('/')
-                        .next()
-                        .unwrap()
-                        .trim_end_matches(".jpg")
-                        .parse::<u64>()
-                        .unwrap()
-                })
-                .collect::<Vec<u64>>(),
-        );
+        found.push(hits.iter().map(item_of).collect::<Vec<u64>>());
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
 
     // Exact top-10 on the original f32 vectors, one pass over the images.
     let truth: Vec<Vec<u64>> = {
@@ -291,27 +342,153 @@ fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]
         .sum();
     let recall = hits as f64 / (K * qs.len()) as f64;
     let stats = index.stats();
-    println!(
-        "{}",
-        serde_json::json!({
-            "items": args.items,
-            "build_s": (build_s * 100.0).round() / 100.0,
-            "p50_ms": (pct(0.5) * 1000.0).round() / 1000.0,
-            "p99_ms": (pct(0.99) * 1000.0).round() / 1000.0,
-            "recall_at_10": recall,
-            "bytes_per_item": (rss_after.saturating_sub(rss_before)) / args.items as u64,
-            "graph_bytes_per_item": (rss_after.saturating_sub(rss_opened)) / args.items as u64,
-            "open_s": (open_s * 100.0).round() / 100.0,
-            "dtype": format!("{:?}", args.dtype).to_lowercase(),
-            "graph_points_per_image": stats.graph_points_per_image,
-            "ef": args.ef.unwrap_or_else(|| default_ef(args.items * args.graph_points)),
-            "candidates": args.candidates,
-            "exact": args.exact,
-            "threads": args.threads,
-            "clusters": args.clusters,
-            "vector_bytes_per_item": stats.vector_bytes / args.items as u64,
-        })
+    let mut out = serde_json::json!({
+        "items": args.items,
+        "build_s": (build_s * 100.0).round() / 100.0,
+        "p50_ms": round3(percentile(&latencies, 0.5)),
+        "p99_ms": round3(percentile(&latencies, 0.99)),
+        "recall_at_10": recall,
+        "bytes_per_item": (rss_after.saturating_sub(rss_before)) / args.items as u64,
+        "graph_bytes_per_item": (rss_after.saturating_sub(rss_opened)) / args.items as u64,
+        "open_s": (open_s * 100.0).round() / 100.0,
+        "dtype": format!("{:?}", args.dtype).to_lowercase(),
+        "graph_points_per_image": stats.graph_points_per_image,
+        "ef": args.ef.unwrap_or_else(|| default_ef(args.items * args.graph_points)),
+        "candidates": args.candidates,
+        "exact": args.exact,
+        "threads": args.threads,
+        "clusters": args.clusters,
+        "vector_bytes_per_item": stats.vector_bytes / args.items as u64,
+    });
+    if args.filters {
+        out["filters"] = filter_bench(args, &index, &qs);
+    }
+    println!("{out}");
+}
+
+/// Latencies of one kind of search, in query order, and what it found.
+struct Side {
+    params: SearchParams,
+    ms: Vec<f64>,
+    hits: Vec<Vec<ImageHit>>,
+}
+
+impl Side {
+    /// `(p50, mean)` in milliseconds.
+    fn p50_mean(&self) -> (f64, f64) {
+        let mut sorted = self.ms.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+        (percentile(&sorted, 0.5), mean)
+    }
+}
+
+/// `--filters`: exact search without a filter against exact and graph searches
+/// with each of [`FILTER_DAYS`], interleaved query by query (see the module doc).
+fn filter_bench(args: &Args, index: &Index, qs: &[Vec<f32>]) -> serde_json::Value {
+    let dated = index
+        .image_by_path("photos/0/0.jpg")
+        .is_some_and(|i| i.photo.is_some());
+    assert!(dated, "--filters needs an index built with --filters");
+    let ann = SearchParams {
+        ef: args.ef,
+        candidates: args.candidates,
+        ..SearchParams::default()
+    };
+    let exact = SearchParams {
+        exact: true,
+        ..ann.clone()
+    };
+    let side = |params: SearchParams| Side {
+        params,
+        ms: Vec::with_capacity(qs.len()),
+        hits: Vec::with_capacity(qs.len()),
+    };
+    // Side 0: exact without a filter; then per filter, exact and graph.
+    let mut sides = vec![side(exact.clone())];
+    for days in FILTER_DAYS {
+        let filter = Filter {
+            photo: PhotoFilter {
+                taken_from: Some(day_2023(0)),
+                taken_until: Some(day_2023(days)),
+                ..PhotoFilter::default()
+            },
+            ..Filter::default()
+        };
+        for params in [&exact, &ann] {
+            sides.push(side(SearchParams {
+                filter: Some(filter.clone()),
+                ..params.clone()
+            }));
+        }
+    }
+    // One untimed round warms the caches and the allocator.
+    for s in &sides {
+        index.search_images(&qs[0], K, &s.params).expect("search");
+    }
+    let n = sides.len();
+    for (qi, q) in qs.iter().enumerate() {
+        for j in 0..n {
+            let s = &mut sides[(qi + j) % n];
+            let t = Instant::now();
+            let hits = index.search_images(q, K, &s.params).expect("search");
+            s.ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            s.hits.push(hits);
+        }
+    }
+    let (base_p50, base_mean) = sides[0].p50_mean();
+    let mut summary = format!(
+        "filters, {} queries: exact without a filter p50 {base_p50:.2} ms, mean {base_mean:.2} ms",
+        qs.len()
     );
+    let mut per_filter = Vec::new();
+    for (days, pair) in FILTER_DAYS.iter().zip(sides[1..].chunks_exact(2)) {
+        let (exact, ann) = (&pair[0], &pair[1]);
+        // Every hit of the exact filtered search is in the range.
+        for hit in exact.hits.iter().flatten() {
+            assert!(
+                item_of(hit) % DAYS < *days,
+                "{} is outside the filter",
+                hit.paths[0]
+            );
+        }
+        let found: usize = ann
+            .hits
+            .iter()
+            .zip(&exact.hits)
+            .map(|(a, e)| {
+                a.iter()
+                    .filter(|h| e.iter().any(|t| t.image_id == h.image_id))
+                    .count()
+            })
+            .sum();
+        let recall = found as f64 / exact.hits.iter().map(Vec::len).sum::<usize>() as f64;
+        let kept = (0..args.items as u64).filter(|i| i % DAYS < *days).count();
+        let ((e50, emean), (a50, amean)) = (exact.p50_mean(), ann.p50_mean());
+        summary += &format!(
+            "\n  {days} day(s), {kept} images kept: exact p50 {e50:.2} ms ({:.3}×), mean {emean:.2} ms ({:.3}×); \
+             graph p50 {a50:.2} ms, mean {amean:.2} ms, recall@10 {recall:.4}",
+            e50 / base_p50,
+            emean / base_mean,
+        );
+        per_filter.push(serde_json::json!({
+            "days": days,
+            "kept": kept,
+            "exact_p50_ms": round3(e50),
+            "exact_mean_ms": round3(emean),
+            "exact_p50_ratio": round3(e50 / base_p50),
+            "exact_mean_ratio": round3(emean / base_mean),
+            "ann_p50_ms": round3(a50),
+            "ann_mean_ms": round3(amean),
+            "ann_recall_at_10": recall,
+        }));
+    }
+    eprintln!("{summary}");
+    serde_json::json!({
+        "exact_p50_ms": round3(base_p50),
+        "exact_mean_ms": round3(base_mean),
+        "date": per_filter,
+    })
 }
 
 fn main() {
