@@ -4,7 +4,7 @@
 //!
 //! For: the engine URI, the [`VectorEngine`] seam (export, text → images, image →
 //! texts) and its one implementation, Milvus ([`milvus`]). Not for: ranking policy or
-//! reranking (`service/search.rs`, `rerank.rs`), running the engine (a deployment's job;
+//! reranking (`service/search/`, `rerank.rs`), running the engine (a deployment's job;
 //! the tests start milvus-lite's server).
 
 pub mod milvus;
@@ -171,7 +171,7 @@ pub trait VectorEngine: Send + Sync + fmt::Debug {
 
     /// For each of an image's query vectors (`image`: Q vectors of `dim` values, flat),
     /// the `k` images whose best vector matches it best, highest first, with that
-    /// score (the candidates of image → images: see `service/search.rs`), among those
+    /// score (the candidates of image → images: see `service/search/image.rs`), among those
     /// the filter keeps (a list shorter than `k` holds every image that passes).
     fn images_per_vector(
         &self,
