@@ -154,8 +154,8 @@ async fn info(State(state): State<Shared>) -> ApiResult<Json<InfoDocument>> {
     }))
 }
 
-/// Query parameters of the search routes.
-#[derive(Debug, Deserialize, IntoParams)]
+/// Query parameters of the search routes (and the keys of `POST /api/search`'s body).
+#[derive(Debug, Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
 struct SearchQuery {
     /// The sentence (`GET /api/search`), at most 1000 characters.
@@ -413,37 +413,17 @@ struct BodyTerm {
     weight: Option<f32>,
 }
 
-/// `POST /api/search`: the query as JSON. The filters, `k`, `rerank`, `min_prob`,
-/// `offset` and the rest are those of `GET /api/search`.
+/// `POST /api/search`: the query as JSON. The other keys are the query parameters of
+/// `GET /api/search` (the filters, `k`, `rerank`, `min_prob`, `not`, `not_prob`,
+/// `offset`, ...), with the same meaning; the terms replace `q`, `also` and `like`.
 #[derive(Debug, Deserialize, ToSchema)]
 struct SearchBody {
     /// The terms the photos should match, the first one the query.
     terms: Vec<BodyTerm>,
-    /// Sentences the photos must not match.
-    #[serde(default)]
-    not: Vec<String>,
-    /// Everything else, as the query parameters of `GET /api/search` name it.
+    /// Everything else, as `GET /api/search` names it.
     #[serde(flatten)]
     #[schema(inline)]
-    params: BodyParams,
-}
-
-/// The parameters of a [`SearchBody`] besides its terms.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-struct BodyParams {
-    k: Option<usize>,
-    offset: Option<usize>,
-    rerank: Option<usize>,
-    min_prob: Option<f32>,
-    not_prob: Option<f32>,
-    under: Option<String>,
-    after: Option<String>,
-    before: Option<String>,
-    camera: Option<String>,
-    near: Option<String>,
-    undated: Option<bool>,
-    sort: Option<String>,
-    ann: Option<bool>,
+    params: SearchQuery,
 }
 
 /// Photos for a combined query sent as JSON: weighted sentences and photos, sentences
@@ -474,7 +454,13 @@ async fn search_body(
         };
         terms.push(Term { input, weight });
     }
-    for not in &body.not {
+    let q = body.params;
+    if q.q.is_some() || q.id.is_some() || !q.also.is_empty() || !q.like.is_empty() {
+        return Err(bad_request(
+            "a JSON search gives its sentences and photos as terms: not q, id, also or like",
+        ));
+    }
+    for not in &q.not {
         terms.push(text_term("not", not, true)?);
     }
     if terms.is_empty() {
@@ -485,28 +471,6 @@ async fn search_body(
         TermInput::Text(text) => QueryInput::Text(text),
         TermInput::IndexedImage(id) => QueryInput::IndexedImage(id),
         TermInput::ImageFile(_) => unreachable!("the API names photos by id"),
-    };
-    let p = body.params;
-    let q = SearchQuery {
-        q: None,
-        id: None,
-        texts: None,
-        k: p.k,
-        offset: p.offset,
-        rerank: p.rerank,
-        min_prob: p.min_prob,
-        under: p.under,
-        after: p.after,
-        before: p.before,
-        camera: p.camera,
-        near: p.near,
-        undated: p.undated,
-        sort: p.sort,
-        ann: p.ann,
-        also: Vec::new(),
-        like: Vec::new(),
-        not: Vec::new(),
-        not_prob: p.not_prob,
     };
     let req = q.request(query, first.weight, terms)?;
     run_search(&state, req).await
