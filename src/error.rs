@@ -136,6 +136,16 @@ pub enum BadRequest {
         /// The limit.
         limit: usize,
     },
+    /// More ITM passes than the service takes: reranked candidates × sentences.
+    #[error("rerank × sentences must be at most {limit} ({rerank} × {sentences}): rerank fewer candidates")]
+    RerankPairsTooMany {
+        /// As asked.
+        rerank: usize,
+        /// Sentences in the query, negative ones included.
+        sentences: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// A parameter is outside its range.
     #[error("{param} must be {expected}")]
     OutOfRange {

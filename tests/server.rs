@@ -346,6 +346,14 @@ fn bad_input_gets_a_4xx_json_error_and_no_byte_outside_the_index() {
             400,
         ),
         (
+            "more ITM passes than a search takes (rerank 256 × 2 sentences)",
+            "GET",
+            "/api/search?q=cat&not=dog&rerank=256".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
             "a like that is not an id",
             "GET",
             "/api/search?q=cat&like=..%2Fsecret.txt".into(),

@@ -293,6 +293,18 @@ pub fn search(
         if rerank > limit {
             return Err(BadRequest::RerankTooLarge { rerank, limit }.into());
         }
+        // Each sentence of a combined query is an ITM pass per reranked candidate: the
+        // limit is on the pairs, so more sentences rerank fewer candidates.
+        let sentences = usize::from(matches!(req.query, QueryInput::Text(_)))
+            + req.terms.iter().filter(|t| matches!(t.input, TermInput::Text(_))).count();
+        if rerank * sentences > limit {
+            return Err(BadRequest::RerankPairsTooMany {
+                rerank,
+                sentences,
+                limit,
+            }
+            .into());
+        }
     }
     let opts = Options::check(req, rerank)?;
     if settings.engine.is_some() && opts.ann {
