@@ -296,7 +296,11 @@ pub fn search(
         // Each sentence of a combined query is an ITM pass per reranked candidate: the
         // limit is on the pairs, so more sentences rerank fewer candidates.
         let sentences = usize::from(matches!(req.query, QueryInput::Text(_)))
-            + req.terms.iter().filter(|t| matches!(t.input, TermInput::Text(_))).count();
+            + req
+                .terms
+                .iter()
+                .filter(|t| matches!(t.input, TermInput::Text(_)))
+                .count();
         if rerank * sentences > limit {
             return Err(BadRequest::RerankPairsTooMany {
                 rerank,
