@@ -11,9 +11,10 @@ use crate::engine::{self, EngineUri};
 use crate::error::BadRequest;
 use crate::pipeline::Collection;
 use crate::service::calls::Direct;
-use crate::service::query::{like_term, split_weight, text_term, PhotoFilterText, Sort, TermInput};
-use crate::service::search::DEFAULT_NOT_PROB;
-use crate::service::search::{search, Hit, QueryInput, SearchRequest, SearchSettings};
+use crate::service::query::{like_term, split_weight, text_term, PhotoFilterText, Sort};
+use crate::service::search::{
+    first_photo, search, Hit, QueryInput, SearchRequest, SearchSettings, DEFAULT_NOT_PROB,
+};
 use crate::Result;
 
 #[derive(Debug, Args)]
@@ -139,21 +140,7 @@ pub(super) fn run(args: SearchArgs) -> Result<Outcome> {
         }
         (None, Some(img)) => (QueryInput::ImageFile(img), 1.0),
         // `--like` alone: the first photo is the query.
-        (None, None) => match terms
-            .iter()
-            .position(|t| !matches!(t.input, TermInput::Text(_)))
-        {
-            Some(i) => {
-                let first = terms.remove(i);
-                let input = match first.input {
-                    TermInput::ImageFile(p) => QueryInput::ImageFile(p),
-                    TermInput::IndexedImage(id) => QueryInput::IndexedImage(id),
-                    TermInput::Text(_) => unreachable!("a photo term"),
-                };
-                (input, first.weight)
-            }
-            None => return Err(BadRequest::EmptyQuery.into()),
-        },
+        (None, None) => first_photo(&mut terms).ok_or(BadRequest::EmptyQuery)?,
     };
     let request = SearchRequest {
         query,

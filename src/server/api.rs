@@ -23,7 +23,7 @@ use crate::error::{BadRequest, Param};
 use crate::pipeline::texts::{TextEntry, TextsSummary};
 use crate::service::query::{like_term, split_weight, text_term, PhotoFilterText, Term, TermInput};
 use crate::service::search::{
-    read_roots, search, Hit, QueryEcho, QueryInput, SearchRequest, SearchResponse,
+    first_photo, read_roots, search, Hit, QueryEcho, QueryInput, SearchRequest, SearchResponse,
 };
 use crate::service::{manage, texts};
 use crate::Error;
@@ -383,19 +383,7 @@ async fn search_text(
             (QueryInput::Text(text.to_string()), weight)
         }
         // Photos alone (`like=`): the first is the query.
-        None => match terms
-            .iter()
-            .position(|t| matches!(t.input, TermInput::IndexedImage(_)))
-        {
-            Some(i) => {
-                let first = terms.remove(i);
-                let TermInput::IndexedImage(id) = first.input else {
-                    unreachable!("an indexed photo")
-                };
-                (QueryInput::IndexedImage(id), first.weight)
-            }
-            None => (QueryInput::Text(String::new()), 1.0),
-        },
+        None => first_photo(&mut terms).unwrap_or((QueryInput::Text(String::new()), 1.0)),
     };
     let req = q.request(query, weight, terms)?;
     run_search(&state, req).await
@@ -467,12 +455,7 @@ async fn search_body(
         return Err(BadRequest::EmptyQuery.into());
     }
     let first = terms.remove(0);
-    let query = match first.input {
-        TermInput::Text(text) => QueryInput::Text(text),
-        TermInput::IndexedImage(id) => QueryInput::IndexedImage(id),
-        TermInput::ImageFile(_) => unreachable!("the API names photos by id"),
-    };
-    let req = q.request(query, first.weight, terms)?;
+    let req = q.request(first.input.into(), first.weight, terms)?;
     run_search(&state, req).await
 }
 

@@ -43,22 +43,14 @@ pub(super) fn combined_to_images(
     opts: &Options,
     notes: &mut Vec<String>,
 ) -> Result<Combined> {
-    let main = match &req.query {
-        QueryInput::Text(q) => Err(q.clone()),
-        input => Ok(input.clone()),
-    };
-    let rest = req.terms.iter().map(|t| {
-        let input = match &t.input {
-            TermInput::Text(q) => Err(q.clone()),
-            TermInput::ImageFile(p) => Ok(QueryInput::ImageFile(p.clone())),
-            TermInput::IndexedImage(id) => Ok(QueryInput::IndexedImage(*id)),
-        };
-        (input, t.weight)
-    });
+    let rest = req
+        .terms
+        .iter()
+        .map(|t| (QueryInput::from(t.input.clone()), t.weight));
     let mut embedded = Vec::new();
-    for (input, weight) in std::iter::once((main, req.weight)).chain(rest) {
+    for (input, weight) in std::iter::once((req.query.clone(), req.weight)).chain(rest) {
         embedded.push(match input {
-            Err(text) => {
+            QueryInput::Text(text) => {
                 check_sentence(&text, settings)?;
                 let (vector, ids) = model.embed_text(&text)?;
                 Embedded::Text {
@@ -68,7 +60,7 @@ pub(super) fn combined_to_images(
                     weight,
                 }
             }
-            Ok(input) => {
+            input => {
                 let (name, query) = query_image(c, &input, settings)?;
                 Embedded::Image {
                     name,

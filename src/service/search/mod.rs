@@ -68,6 +68,26 @@ pub enum QueryInput {
     IndexedImage(ImageId),
 }
 
+impl From<TermInput> for QueryInput {
+    fn from(term: TermInput) -> Self {
+        match term {
+            TermInput::Text(text) => QueryInput::Text(text),
+            TermInput::ImageFile(path) => QueryInput::ImageFile(path),
+            TermInput::IndexedImage(id) => QueryInput::IndexedImage(id),
+        }
+    }
+}
+
+/// The query of a search given by photos alone (`--like`, `like=`): the first photo
+/// term, taken out of `terms`, with its weight; `None` when there is no photo term.
+pub fn first_photo(terms: &mut Vec<Term>) -> Option<(QueryInput, f32)> {
+    let i = terms
+        .iter()
+        .position(|t| !matches!(t.input, TermInput::Text(_)))?;
+    let term = terms.remove(i);
+    Some((term.input.into(), term.weight))
+}
+
 /// Which search ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
