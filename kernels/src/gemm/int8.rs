@@ -17,6 +17,19 @@
 //! `128 · Σ_k w_q` of each column is subtracted afterwards ([`Packed::offsets`]). The sums
 //! are exact (a block of 1024 units sums at most 4096 products of 255 × 127 < 2³¹); only
 //! the two roundings give precision up.
+//!
+//! **Outliers.** One step per row spends the 255 codes on the row's largest value. Trained
+//! networks have a few input channels (the layer norms' outputs) at 10–100× the rest, and
+//! one step per row would then round every other value of the row to a few codes. So each
+//! row is split first ([`split_row`]), the row alone deciding, so that a row's result never
+//! depends on the rows beside it: the weight's *exact inputs* (channels the caller names
+//! when packing, whose weight columns are kept in f32 beside the codes: the channels a
+//! layer norm's own weights make large) and every other value above [`OUTLIER_RMS`] times
+//! the row's RMS (at most [`MAX_OUTLIERS`] per row, the largest) are taken out of the
+//! codes (coded 0) and the row's step is set by what remains. Each finished tile then adds
+//! the taken values' products exactly in f32 (`x · w` with the f32 column of an exact
+//! input, or the column's int8 codes for another channel: LLM.int8()'s decomposition, per
+//! row). A row without outliers (the common case) is coded as before, bit for bit.
 
 use rayon::prelude::*;
 
@@ -42,6 +55,8 @@ pub(crate) trait Unit: Element {
     const K: usize;
     /// The unit of a weight column's codes (`K` of them).
     fn weights(codes: &[i8]) -> Self;
+    /// A weight unit's code of k `lane` (< `K`).
+    fn code(self, lane: usize) -> i32;
     /// A row's units: `out[p]` holds `code(row[K·p + j]) + 128` for each `j` (128, a
     /// zero, past the row's end).
     fn row(row: &[f32], inv_step: f32, out: &mut [Self]);
@@ -49,6 +64,10 @@ pub(crate) trait Unit: Element {
 
 impl Unit for Quad {
     const K: usize = 4;
+
+    fn code(self, lane: usize) -> i32 {
+        i32::from((self.0 >> (8 * lane)) as u8 as i8)
+    }
 
     fn weights(codes: &[i8]) -> Self {
         Quad(u32::from_le_bytes(std::array::from_fn(|j| codes[j] as u8)))
@@ -72,6 +91,10 @@ impl Unit for Quad {
 impl Unit for Pair {
     const K: usize = 2;
 
+    fn code(self, lane: usize) -> i32 {
+        i32::from((self.0 >> (16 * lane)) as u16 as i16)
+    }
+
     fn weights(codes: &[i8]) -> Self {
         Pair(u32::from(codes[0] as u16) | u32::from(codes[1] as u16) << 16)
     }
@@ -91,6 +114,16 @@ impl Unit for Pair {
 /// A weight in an int8 format, beside its panels of units.
 pub(crate) struct Packed<E> {
     pub(crate) units: Vec<E>,
+    /// Units of k per column (the panels' height).
+    units_per_column: usize,
+    /// The exact inputs, ascending: channels of `x` whose products use the weight's f32
+    /// columns (`exact_weights`) and never the codes.
+    exact: Vec<usize>,
+    /// Per exact input, its weight column in f32 (padded to whole panels).
+    exact_weights: Vec<f32>,
+    /// Whether each row is coded twice ([`PackedWeight::with_fine_rows`]): its codes,
+    /// then the codes of what they leave out, each pass its own GEMM.
+    pub(crate) fine_rows: bool,
     /// Per column (padded to whole panels): the weight's scale.
     scales: Vec<f32>,
     /// Per column: `128 · Σ_k w_q`, what the +128 of the row codes adds to its sums.
@@ -143,9 +176,19 @@ fn code(x: f32, inv_step: f32) -> i32 {
 
 /// Packs the weight (`w`'s rows are its n output columns) and `bias` in the layout of
 /// `E`, each column's codes in [-`levels`, `levels`] ([`LEVELS`] or
-/// [`WEIGHT_LEVELS_INT7`]).
-pub(crate) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>, levels: f32) -> Packed<E> {
+/// [`WEIGHT_LEVELS_INT7`]), and the f32 columns of the `exact` inputs (channels of `x`,
+/// each < k).
+pub(crate) fn pack_weight<E: Unit>(
+    w: Rows,
+    bias: Option<&[f32]>,
+    levels: f32,
+    exact: &[usize],
+) -> Packed<E> {
     let (n, k) = (w.rows, w.k);
+    let mut exact = exact.to_vec();
+    exact.sort_unstable();
+    exact.dedup();
+    assert!(exact.last().is_none_or(|&c| c < k), "an exact input past k");
     let units = k.div_ceil(E::K);
     let padded = n.div_ceil(NR) * NR;
     let mut scales = vec![1f32; padded];
@@ -179,11 +222,146 @@ pub(crate) fn pack_weight<E: Unit>(w: Rows, bias: Option<&[f32]>, levels: f32) -
                 }
             }
         });
+    let mut exact_weights = vec![0f32; exact.len() * padded];
+    for (column, &c) in exact_weights.chunks_exact_mut(padded).zip(&exact) {
+        for (o, x) in column.iter_mut().zip(0..n) {
+            *o = w.row(x)[c];
+        }
+    }
     Packed {
         units: packed,
+        units_per_column: units,
+        fine_rows: false,
+        exact,
+        exact_weights,
         scales,
         offsets,
         bias: padded_bias(n, bias),
+    }
+}
+
+/// A value taken out of a row's codes ([`split_row`]): its channel, the value, and where
+/// its weights are: the index of its f32 column among the exact inputs, or
+/// [`FROM_CODES`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Outlier {
+    channel: u32,
+    value: f32,
+    exact: u32,
+}
+
+impl Outlier {
+    /// The channel of `x` it is.
+    #[cfg(test)]
+    pub(crate) fn channel(&self) -> usize {
+        self.channel as usize
+    }
+}
+
+/// [`Outlier::exact`] of a channel whose products use the weight's codes.
+const FROM_CODES: u32 = u32::MAX;
+
+/// A value of a row above this many times the RMS of the row's values (the exact inputs
+/// left out) is an outlier. The largest of k Gaussian values is about 3.2 σ at k = 1 408
+/// and 3.6 σ at 6 144 (GELU's outputs, skewed, reach about 5.5 RMS): a row of a
+/// well-behaved layer has none, and keeps its codes bit for bit. With c values of
+/// magnitude A among k (A ≫ the rest), the RMS is about A·√(c/k), so up to k/36 such
+/// channels (39 of 1 408) are still found.
+pub(crate) const OUTLIER_RMS: f32 = 6.0;
+/// At most this many outliers per row besides the exact inputs (the largest ones): the
+/// correction costs n multiply-adds each.
+pub(crate) const MAX_OUTLIERS: usize = 32;
+
+/// How a row is coded: its step and what is taken out of its codes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RowSplit {
+    pub(crate) step: f32,
+    pub(crate) outliers: Vec<Outlier>,
+}
+
+/// Splits `row`: the `exact` inputs (ascending) and the values above [`OUTLIER_RMS`] ×
+/// the RMS of the rest (at most [`MAX_OUTLIERS`], the largest, ties to the lower
+/// channel) are taken out; the step is what remains' maximum over [`LEVELS`]. The row
+/// alone decides: the same row gives the same split in any batch.
+pub(crate) fn split_row(row: &[f32], exact: &[usize]) -> RowSplit {
+    // One vectorised pass: the maximum and the sum of squares.
+    let mut max_lanes = [0f32; 16];
+    let mut sq_lanes = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for ((m, s), x) in max_lanes.iter_mut().zip(sq_lanes.iter_mut()).zip(chunk) {
+            *m = m.max(x.abs());
+            *s += x * x;
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&max_lanes)
+        .fold(0f32, |m, x| m.max(x.abs()));
+    let mut sum_sq = sq_lanes.iter().sum::<f32>() + tail.iter().map(|x| x * x).sum::<f32>();
+    sum_sq -= exact.iter().map(|&c| row[c] * row[c]).sum::<f32>();
+    let rest = row.len() - exact.len();
+    let limit = OUTLIER_RMS * (sum_sq.max(0.0) / rest.max(1) as f32).sqrt();
+    if exact.is_empty() && max.partial_cmp(&limit) != Some(std::cmp::Ordering::Greater) {
+        // No outlier (or a NaN, coded as before): the row's codes as without the split.
+        return RowSplit {
+            step: if max > 0.0 { max / LEVELS } else { 1.0 },
+            outliers: Vec::new(),
+        };
+    }
+    let mut outliers: Vec<Outlier> = Vec::new();
+    let mut rest_max = 0f32;
+    let mut next_exact = exact.iter().copied().enumerate().peekable();
+    for (c, &x) in row.iter().enumerate() {
+        if let Some(&(i, e)) = next_exact.peek() {
+            if e == c {
+                next_exact.next();
+                outliers.push(Outlier {
+                    channel: c as u32,
+                    value: x,
+                    exact: i as u32,
+                });
+                continue;
+            }
+        }
+        if x.abs() > limit {
+            outliers.push(Outlier {
+                channel: c as u32,
+                value: x,
+                exact: FROM_CODES,
+            });
+        } else {
+            rest_max = rest_max.max(x.abs());
+        }
+    }
+    let found = outliers.iter().filter(|o| o.exact == FROM_CODES).count();
+    if found > MAX_OUTLIERS {
+        // Keep the largest: the others are coded with the row.
+        let mut dynamic: Vec<Outlier> = outliers
+            .iter()
+            .copied()
+            .filter(|o| o.exact == FROM_CODES)
+            .collect();
+        dynamic.sort_by(|a, b| {
+            b.value
+                .abs()
+                .total_cmp(&a.value.abs())
+                .then(a.channel.cmp(&b.channel))
+        });
+        for o in &dynamic[MAX_OUTLIERS..] {
+            rest_max = rest_max.max(o.value.abs());
+        }
+        dynamic.truncate(MAX_OUTLIERS);
+        outliers.retain(|o| o.exact != FROM_CODES || dynamic.contains(o));
+    }
+    RowSplit {
+        step: if rest_max > 0.0 {
+            rest_max / LEVELS
+        } else {
+            1.0
+        },
+        outliers,
     }
 }
 
@@ -195,30 +373,138 @@ pub(crate) fn matmul<E: Unit>(
     packed: &Packed<E>,
     epilogue: Epilogue,
 ) -> Vec<f32> {
-    let steps: Vec<f32> = (0..x.rows)
+    let splits: Vec<RowSplit> = (0..x.rows)
         .into_par_iter()
-        .map(|r| scale(x.row(r), LEVELS))
+        .map(|r| split_row(x.row(r), &packed.exact))
         .collect();
+    let steps: Vec<f32> = splits.iter().map(|s| s.step).collect();
     let a = pack_rows(x, w.k.div_ceil(E::K), |r, row, out| {
-        E::row(row, 1.0 / steps[r], out)
+        let outliers = &splits[r].outliers;
+        if outliers.is_empty() {
+            E::row(row, 1.0 / steps[r], out)
+        } else {
+            // The outliers coded 0: their products are added in f32 afterwards.
+            let mut rest = row.to_vec();
+            for o in outliers {
+                rest[o.channel as usize] = 0.0;
+            }
+            E::row(&rest, 1.0 / steps[r], out)
+        }
     });
     // The tiles sum codes (w.bias is zero for this format); each finished tile is scaled
-    // back, gets the bias, then the epilogue, while it is in L1.
+    // back, gets the bias and the outliers' products, then the epilogue, while it is in
+    // L1.
+    let correct = |row: usize, first: usize, ys: &mut [f32]| {
+        add_outliers(packed, &splits[row].outliers, first, ys)
+    };
     let dequant = Dequant {
         steps: &steps,
         scales: &packed.scales,
         offsets: &packed.offsets,
         bias: &packed.bias,
+        outliers: &correct,
     };
-    drive(
+    if !packed.fine_rows {
+        return drive(
+            kernel,
+            x.rows,
+            w,
+            &packed.units,
+            &a,
+            Some(&dequant),
+            epilogue,
+        );
+    }
+    let mut y = drive(
         kernel,
         x.rows,
         w,
         &packed.units,
         &a,
         Some(&dequant),
-        epilogue,
-    )
+        Epilogue::None,
+    );
+    drop(a);
+    // The second pass: what the codes left out of each row (at most half a step each),
+    // coded with a step of its own, about 1/254 of the first.
+    let left_out = |r: usize| -> Vec<f32> {
+        let inv = 1.0 / steps[r];
+        let mut rest: Vec<f32> = x
+            .row(r)
+            .iter()
+            .map(|&v| v - code(v, inv) as f32 * steps[r])
+            .collect();
+        for o in &splits[r].outliers {
+            rest[o.channel as usize] = 0.0;
+        }
+        rest
+    };
+    let steps2: Vec<f32> = (0..x.rows)
+        .into_par_iter()
+        .map(|r| scale(&left_out(r), LEVELS))
+        .collect();
+    let a2 = pack_rows(x, w.k.div_ceil(E::K), |r, _, out| {
+        E::row(&left_out(r), 1.0 / steps2[r], out)
+    });
+    let zeros = vec![0f32; packed.bias.len()];
+    let dequant2 = Dequant {
+        steps: &steps2,
+        scales: &packed.scales,
+        offsets: &packed.offsets,
+        bias: &zeros,
+        outliers: &|_, _, _| {},
+    };
+    let y2 = drive(
+        kernel,
+        x.rows,
+        w,
+        &packed.units,
+        &a2,
+        Some(&dequant2),
+        Epilogue::None,
+    );
+    let n = w.n;
+    y.par_chunks_mut(n)
+        .zip(y2.par_chunks(n))
+        .enumerate()
+        .for_each(|(r, (row, second))| {
+            for (a, b) in row.iter_mut().zip(second) {
+                *a += b;
+            }
+            match epilogue {
+                Epilogue::Gelu => crate::activations::gelu_in_place(kernel, row),
+                Epilogue::Residual(residual) => {
+                    for (a, b) in row.iter_mut().zip(&residual[r * n..(r + 1) * n]) {
+                        *a += b;
+                    }
+                }
+                Epilogue::None => {}
+            }
+        });
+    y
+}
+
+/// Adds the products of a row's `outliers` with the weight's columns `first..` (`ys`, in
+/// one panel) to `ys`: an exact input's f32 weights, or another channel's codes times
+/// their column's scale.
+fn add_outliers<E: Unit>(packed: &Packed<E>, outliers: &[Outlier], first: usize, ys: &mut [f32]) {
+    let padded = packed.scales.len();
+    let end = first + ys.len();
+    for o in outliers {
+        if o.exact == FROM_CODES {
+            let c = o.channel as usize;
+            let panel = first / NR * packed.units_per_column * NR;
+            let units = &packed.units[panel + c / E::K * NR..][..ys.len()];
+            for ((y, unit), scale) in ys.iter_mut().zip(units).zip(&packed.scales[first..end]) {
+                *y += o.value * (scale * unit.code(c % E::K) as f32);
+            }
+        } else {
+            let column = &packed.exact_weights[o.exact as usize * padded..][first..end];
+            for (y, w) in ys.iter_mut().zip(column) {
+                *y += o.value * w;
+            }
+        }
+    }
 }
 
 /// What turns a finished tile's sums of codes back into `x Wᵀ + b`.
@@ -229,6 +515,8 @@ pub(crate) struct Dequant<'a> {
     scales: &'a [f32],
     offsets: &'a [f32],
     bias: &'a [f32],
+    /// Adds the row's outliers' products to its outputs from a column on.
+    outliers: &'a (dyn Fn(usize, usize, &mut [f32]) + Sync),
 }
 
 impl Dequant<'_> {
@@ -244,6 +532,7 @@ impl Dequant<'_> {
         {
             *y = step * scale * (*y - offset) + bias;
         }
+        (self.outliers)(row, first, ys);
     }
 }
 
@@ -265,9 +554,17 @@ pub(crate) fn dequantized_weight(packed: &Packed<Quad>, n: usize, k: usize) -> V
 
 /// A row dequantized: what the int8 kernels multiply.
 #[cfg(test)]
-pub(crate) fn dequantized_row(row: &[f32]) -> Vec<f64> {
-    let step = scale(row, LEVELS);
+pub(crate) fn dequantized_row(row: &[f32], exact: &[usize]) -> Vec<f64> {
+    let split = split_row(row, exact);
+    let taken = |c: usize| split.outliers.iter().any(|o| o.channel as usize == c);
     row.iter()
-        .map(|&x| f64::from(code(x, 1.0 / step)) * f64::from(step))
+        .enumerate()
+        .map(|(c, &x)| {
+            if taken(c) {
+                f64::from(x)
+            } else {
+                f64::from(code(x, 1.0 / split.step)) * f64::from(split.step)
+            }
+        })
         .collect()
 }

@@ -107,6 +107,12 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether it rounds each row of `x` to integer codes (int8's formats), whose
+    /// precision outlier channels of `x` cost ([`PackedWeight::with_exact_inputs`]).
+    pub fn codes_rows(self) -> bool {
+        is_int8(self)
+    }
+
     /// Units of k ([`NR`] values of a panel each) for `k` inputs.
     pub(crate) fn units(self, k: usize) -> usize {
         match self {

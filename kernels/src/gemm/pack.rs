@@ -79,6 +79,47 @@ impl PackedWeight {
     /// Packs the weight whose rows (output features) are `w`'s rows, and `bias` (n), in
     /// `format`.
     pub fn from_rows(format: Format, w: Rows, bias: Option<&[f32]>) -> Self {
+        Self::from_rows_with_exact_inputs(format, w, bias, &[])
+    }
+
+    /// [`new`](Self::new), where the int8 formats keep the weight's columns of the
+    /// `exact` inputs (channels of `x`, each < k) in f32 beside the codes: those channels
+    /// of every row are multiplied in f32, never rounded to a code. For the channels a
+    /// caller knows to be large in every row (a layer norm's outputs whose weight is
+    /// 10–100× the others'), which would otherwise set every row's step. The float
+    /// formats ignore it.
+    pub fn with_exact_inputs(
+        format: Format,
+        w: &[f32],
+        bias: Option<&[f32]>,
+        k: usize,
+        exact: &[usize],
+    ) -> Self {
+        assert!(k > 0 && w.len().is_multiple_of(k), "w is not n × k");
+        Self::from_rows_with_exact_inputs(format, Rows::new(w, w.len() / k, k), bias, exact)
+    }
+
+    /// This weight, where an int8 format codes each row of `x` twice: its codes, then
+    /// the codes of what they left out (a step about 1/254 of the first), each pass a
+    /// GEMM of its own: about 15 bits per value of `x` at twice the cost. For a layer
+    /// whose rows mix blocks of very different sizes (attention's heads side by side,
+    /// a sharp head's output beside a diffuse one's), where one step per row leaves the
+    /// small blocks a few codes. The float formats ignore it.
+    pub fn with_fine_rows(mut self) -> Self {
+        match &mut self.data {
+            Data::Int8(p) | Data::Int7(p) => p.fine_rows = true,
+            Data::Int8Pairs(p) => p.fine_rows = true,
+            Data::Bf16(_) | Data::F32(_) => {}
+        }
+        self
+    }
+
+    fn from_rows_with_exact_inputs(
+        format: Format,
+        w: Rows,
+        bias: Option<&[f32]>,
+        exact: &[usize],
+    ) -> Self {
         let (n, k) = (w.rows, w.k);
         assert!(k > 0, "a weight of no inputs");
         let data = match format {
@@ -86,9 +127,9 @@ impl PackedWeight {
             Format::F32 => Data::F32(pack_panels(w, k, |row, p| row[p])),
             // The bias is applied after the scaling (`int8::matmul`); the tiles start
             // from zero.
-            Format::Int8 => Data::Int8(int8::pack_weight(w, bias, int8::LEVELS)),
-            Format::Int8Pairs => Data::Int8Pairs(int8::pack_weight(w, bias, int8::LEVELS)),
-            Format::Int7 => Data::Int7(int8::pack_weight(w, bias, int8::WEIGHT_LEVELS_INT7)),
+            Format::Int8 => Data::Int8(int8::pack_weight(w, bias, int8::LEVELS, exact)),
+            Format::Int8Pairs => Data::Int8Pairs(int8::pack_weight(w, bias, int8::LEVELS, exact)),
+            Format::Int7 => Data::Int7(int8::pack_weight(w, bias, int8::WEIGHT_LEVELS_INT7, exact)),
         };
         let tiles_start_from = match format {
             Format::Bf16 | Format::F32 => bias,

@@ -504,7 +504,7 @@ fn matches_a_float64_reference_of_its_codes(kernel: Kernel) {
             let packed = PackedWeight::new(kernel.format(), &w_rows, Some(&b), k);
             let y = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
             for r in 0..rows {
-                let xq = int8::dequantized_row(&x[r * k..(r + 1) * k]);
+                let xq = int8::dequantized_row(&x[r * k..(r + 1) * k], &[]);
                 for c in 0..n {
                     let w = &wq[c * k..(c + 1) * k];
                     let want: f64 =
@@ -655,4 +655,160 @@ fn every_kernel_rounds_inputs_to_nearest_even() {
         let got: Vec<u32> = a.iter().flat_map(|p| [p & 0xffff, p >> 16]).collect();
         assert_eq!(got, bits, "{kernel:?}");
     }
+}
+
+/// `split_row`, a table: what a row gives up to the f32 path, and its step.
+#[test]
+fn a_row_gives_its_outliers_and_exact_inputs_to_f32_and_keeps_its_step_otherwise() {
+    let plain = values(1408, 11);
+    // 4 channels at 50× the rest (a layer norm's weight times 50 there).
+    let mut fifty = plain.clone();
+    for (i, c) in [165, 501, 696, 1026].into_iter().enumerate() {
+        fifty[c] = if i % 2 == 0 { 50.0 } else { -45.0 };
+    }
+    // 40 large values in 6 144: more than MAX_OUTLIERS, all found (40 < 6144 / 36).
+    let mut many = values(6144, 12);
+    for i in 0..40 {
+        many[7 + 31 * i] = if i % 2 == 0 {
+            100.0 + i as f32
+        } else {
+            -100.0 - i as f32
+        };
+    }
+    let max = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let rest_max = |v: &[f32], taken: &[usize]| {
+        v.iter()
+            .enumerate()
+            .filter(|(c, _)| !taken.contains(c))
+            .fold(0f32, |m, (_, x)| m.max(x.abs()))
+    };
+    let many_kept: Vec<usize> = {
+        let mut by_size: Vec<usize> = (0..40).map(|i| 7 + 31 * i).collect();
+        by_size.sort_by(|&a, &b| many[b].abs().total_cmp(&many[a].abs()));
+        let mut kept = by_size[..int8::MAX_OUTLIERS].to_vec();
+        kept.sort_unstable();
+        kept
+    };
+    let zeros = vec![0f32; 64];
+    let mut one = vec![0f32; 64];
+    one[9] = -3.0;
+    // (row, exact inputs, channels taken, step)
+    let cases: [(&str, &[f32], &[usize], Vec<usize>, f32); 7] = [
+        ("no outliers", &plain, &[], vec![], max(&plain) / 127.0),
+        (
+            "4 × 50",
+            &fifty,
+            &[],
+            vec![165, 501, 696, 1026],
+            rest_max(&fifty, &[165, 501, 696, 1026]) / 127.0,
+        ),
+        (
+            "4 × 50 as exact inputs",
+            &fifty,
+            &[165, 501, 696, 1026],
+            vec![165, 501, 696, 1026],
+            rest_max(&fifty, &[165, 501, 696, 1026]) / 127.0,
+        ),
+        (
+            "an exact input that is small",
+            &plain,
+            &[3],
+            vec![3],
+            rest_max(&plain, &[3]) / 127.0,
+        ),
+        (
+            "40 outliers: the 32 largest",
+            &many,
+            &[],
+            many_kept.clone(),
+            rest_max(&many, &many_kept) / 127.0,
+        ),
+        ("zeros", &zeros, &[], vec![], 1.0),
+        ("one value: exact, step 1", &one, &[], vec![9], 1.0),
+    ];
+    for (name, row, exact, taken, step) in cases {
+        let split = int8::split_row(row, exact);
+        let mut got: Vec<usize> = split.outliers.iter().map(|o| o.channel()).collect();
+        got.sort_unstable();
+        assert_eq!(got, taken, "{name}");
+        assert_eq!(split.step.to_bits(), step.to_bits(), "{name}");
+    }
+}
+
+/// Rows with outlier channels, through every int8 kernel this CPU runs: within the
+/// roundings of what is left of each row (its step set by the rest), never of the
+/// outliers; exact inputs within f32 rounding of their products; the same bits for a
+/// row alone and in a batch.
+#[test]
+fn int8_kernels_keep_their_precision_on_rows_with_outlier_channels() {
+    let (rows, n, k) = (13, 70, 1408);
+    let channels = [165, 501, 696, 1026];
+    let mut x = values(rows * k, 21);
+    for r in 0..rows {
+        for (i, c) in channels.iter().enumerate() {
+            let sign = if (r + i) % 2 == 0 { 1.0 } else { -1.0 };
+            x[r * k + c] = sign * (40.0 + 10.0 * i as f32);
+        }
+    }
+    let w = values(n * k, 22);
+    let b = values(n, 23);
+    let mut ran = Vec::new();
+    for kernel in Kernel::int8_family() {
+        let levels = match kernel.format() {
+            Format::Int7 => int8::WEIGHT_LEVELS_INT7,
+            _ => int8::LEVELS,
+        };
+        for exact in [&[][..], &channels[..]] {
+            let packed = PackedWeight::with_exact_inputs(kernel.format(), &w, Some(&b), k, exact);
+            let y = matmul_wt(kernel, &x, rows, &packed, Epilogue::None);
+            for r in 0..rows {
+                let xr = &x[r * k..(r + 1) * k];
+                let rest: f64 = xr
+                    .iter()
+                    .enumerate()
+                    .filter(|(c, _)| !channels.contains(c))
+                    .fold(0f64, |m, (_, v)| m.max(f64::from(v.abs())));
+                let outliers: f64 = channels.iter().map(|&c| f64::from(xr[c].abs())).sum();
+                for c in 0..n {
+                    let wr = &w[c * k..(c + 1) * k];
+                    let max_w = wr.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+                    let want: f64 = xr
+                        .iter()
+                        .zip(wr)
+                        .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                        .sum::<f64>()
+                        + f64::from(b[c]);
+                    // The rest: two roundings, with the row's step set by the rest; the
+                    // outliers: the weight's rounding alone, or none as exact inputs.
+                    let weight_rounding = 0.5 / f64::from(levels);
+                    let bound = k as f64 * rest * max_w * (weight_rounding + 0.5 / 127.0)
+                        + if exact.is_empty() {
+                            outliers * max_w * weight_rounding
+                        } else {
+                            0.0
+                        }
+                        + 1e-5 * (outliers + rest * k as f64) * max_w;
+                    let err = (f64::from(y[r * n + c]) - want).abs();
+                    assert!(
+                        err <= bound,
+                        "{kernel:?}, exact {exact:?}, [{r}, {c}]: {} vs {want} (error {err}, bound {bound})",
+                        y[r * n + c]
+                    );
+                }
+                // A row's result is its own: alone, the same bits.
+                let alone = matmul_wt(kernel, xr, 1, &packed, Epilogue::None);
+                assert_eq!(
+                    alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    y[r * n..(r + 1) * n]
+                        .iter()
+                        .map(|v| v.to_bits())
+                        .collect::<Vec<_>>(),
+                    "{kernel:?}, exact {exact:?}: row {r} alone"
+                );
+            }
+        }
+        ran.push(kernel);
+    }
+    eprintln!("ran {ran:?}");
+    assert!(ran.iter().any(|k| k.is_portable()));
 }
