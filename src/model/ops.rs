@@ -18,6 +18,19 @@ pub struct Linear {
     weights: Weights,
 }
 
+/// How an int8 kernel codes a [`Linear`]'s rows of `x` (see `qseek_kernels::gemm`'s
+/// int8 module); the float kernels ignore it.
+#[derive(Debug, Clone, Default)]
+pub struct RowCoding {
+    /// Channels multiplied in f32 in every row, with the weight's f32 columns
+    /// ([`PackedWeight::with_exact_inputs`]): the channels a layer norm before the layer
+    /// makes large.
+    pub exact: Vec<usize>,
+    /// Each row coded twice, its codes and what they left out
+    /// ([`PackedWeight::with_fine_rows`]): for rows of blocks of very different sizes.
+    pub fine: bool,
+}
+
 /// What a [`Linear`] computes with.
 #[derive(Debug, Clone)]
 enum Weights {
@@ -74,6 +87,12 @@ impl Linear {
     /// tensors are then dropped) and the bias kept in f32. The layer then takes and
     /// returns f32 on the CPU.
     pub fn into_packed(self, kernel: Option<Kernel>) -> Self {
+        self.into_packed_coded(kernel, RowCoding::default())
+    }
+
+    /// [`into_packed`](Self::into_packed), with how an int8 kernel codes the layer's
+    /// inputs (the float kernels ignore it).
+    pub fn into_packed_coded(self, kernel: Option<Kernel>, coding: RowCoding) -> Self {
         let (Some(kernel), Weights::Tensors { weight, bias }) = (kernel, &self.weights) else {
             return self;
         };
@@ -88,7 +107,18 @@ impl Linear {
                 Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
                 None => None,
             };
-            Ok(PackedWeight::new(kernel.format(), &w, bias.as_deref(), k))
+            let packed = PackedWeight::with_exact_inputs(
+                kernel.format(),
+                &w,
+                bias.as_deref(),
+                k,
+                &coding.exact,
+            );
+            Ok(if coding.fine {
+                packed.with_fine_rows()
+            } else {
+                packed
+            })
         }));
         Self {
             weights: Weights::Packed { kernel, packed },

@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{layer_norm, Activation, LayerNorm, VarBuilder};
 
 use super::config::VisionConfig;
-use super::ops::{multi_head_attention, Linear};
+use super::ops::{multi_head_attention, Linear, RowCoding};
 use qseek_kernels::gemm::Kernel;
 
 /// `vision_model.embeddings`: patches, `[CLS]` and learned positions.
@@ -69,12 +69,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// `linear`: the kernel of `qkv` and `projection`; `packed`: of attention's products.
+    /// `linear`: the kernel of `qkv` and `projection`; `packed`: of attention's products;
+    /// `exact`: the inputs of `qkv` an int8 kernel multiplies in f32.
     fn new(
         cfg: &VisionConfig,
         vb: VarBuilder,
         packed: Option<Kernel>,
         linear: Option<Kernel>,
+        exact: Vec<usize>,
     ) -> Result<Self> {
         let h = cfg.hidden_size;
         let qkv_vb = vb.pp("qkv");
@@ -94,8 +96,18 @@ impl Attention {
             None
         };
         Ok(Self {
-            qkv: Linear::from_parts(weight, bias).into_packed(linear),
-            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed(linear),
+            qkv: Linear::from_parts(weight, bias)
+                .into_packed_coded(linear, RowCoding { exact, fine: false }),
+            // Its rows are the heads' outputs side by side: a sharp head's (one value
+            // row) beside a diffuse one's (the mean of many), which one int8 step per
+            // row would leave a few codes (measured in benches/README.md, "outliers").
+            projection: Linear::new(h, h, vb.pp("projection"))?.into_packed_coded(
+                linear,
+                RowCoding {
+                    exact: Vec::new(),
+                    fine: true,
+                },
+            ),
             kernel: packed,
             num_heads: cfg.num_attention_heads,
             scale: ((h / cfg.num_attention_heads) as f64).powf(-0.5),
@@ -129,10 +141,17 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &VisionConfig, vb: VarBuilder, packed: Option<Kernel>) -> Result<Self> {
+    /// `exact`: the inputs of `fc1` an int8 kernel multiplies in f32.
+    fn new(
+        cfg: &VisionConfig,
+        vb: VarBuilder,
+        packed: Option<Kernel>,
+        exact: Vec<usize>,
+    ) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            fc1: Linear::new(h, i, vb.pp("fc1"))?.into_packed(packed),
+            fc1: Linear::new(h, i, vb.pp("fc1"))?
+                .into_packed_coded(packed, RowCoding { exact, fine: false }),
             fc2: Linear::new(i, h, vb.pp("fc2"))?.into_packed(packed),
             activation: cfg.hidden_act,
         })
@@ -162,11 +181,29 @@ impl EncoderLayer {
         linear: Option<Kernel>,
     ) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let layer_norm1 = layer_norm(h, eps, vb.pp("layer_norm1"))?;
+        let layer_norm2 = layer_norm(h, eps, vb.pp("layer_norm2"))?;
+        // An int8 kernel codes each row of qkv's and fc1's inputs (the layer norms'
+        // outputs): the channels a norm's own weights make large go through f32.
+        let codes = linear.is_some_and(|k| k.format().codes_rows());
+        let exact = |norm: &LayerNorm| -> Result<Vec<usize>> {
+            if codes {
+                large_channels(norm)
+            } else {
+                Ok(Vec::new())
+            }
+        };
         Ok(Self {
-            self_attn: Attention::new(cfg, vb.pp("self_attn"), packed, linear)?,
-            layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
-            mlp: Mlp::new(cfg, vb.pp("mlp"), linear)?,
-            layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
+            self_attn: Attention::new(
+                cfg,
+                vb.pp("self_attn"),
+                packed,
+                linear,
+                exact(&layer_norm1)?,
+            )?,
+            mlp: Mlp::new(cfg, vb.pp("mlp"), linear, exact(&layer_norm2)?)?,
+            layer_norm1,
+            layer_norm2,
         })
     }
 
@@ -175,6 +212,47 @@ impl EncoderLayer {
         self.mlp.forward(&xs.apply(&self.layer_norm2)?, &xs)
     }
 }
+
+/// A layer norm's output channels that its weight and bias make large in every row: those
+/// whose `3·|weight| + |bias|` (the output of a value 3 σ from the row's mean) is over
+/// [`LARGE_CHANNEL`] times the median channel's, at most [`MAX_LARGE_CHANNELS`] (the
+/// largest). Trained ViTs and LLMs have a few such channels at 10–100× the rest, which
+/// would otherwise set the step of every row an int8 kernel codes; a random checkpoint
+/// (weights 1 ± 0.2) has none. A norm of zeros (a shapes-only check) has none.
+pub fn large_channels(norm: &LayerNorm) -> Result<Vec<usize>> {
+    let weight = norm
+        .weight()
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    let bias = match norm.bias() {
+        Some(b) => b.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?,
+        None => vec![0.0; weight.len()],
+    };
+    let size: Vec<f32> = weight
+        .iter()
+        .zip(&bias)
+        .map(|(w, b)| 3.0 * w.abs() + b.abs())
+        .collect();
+    let mut sorted = size.clone();
+    sorted.sort_by(f32::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    if median.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        return Ok(Vec::new());
+    }
+    let mut large: Vec<usize> = (0..size.len())
+        .filter(|&c| size[c] > LARGE_CHANNEL * median)
+        .collect();
+    large.sort_by(|&a, &b| size[b].total_cmp(&size[a]).then(a.cmp(&b)));
+    large.truncate(MAX_LARGE_CHANNELS);
+    large.sort_unstable();
+    Ok(large)
+}
+
+/// See [`large_channels`]: a channel 6× the median's is one whose rows' step it would set
+/// (it reaches 6·3 σ where the others reach 3 σ).
+const LARGE_CHANNEL: f32 = 6.0;
+/// See [`large_channels`]: their f32 weight columns cost 4·n bytes each.
+const MAX_LARGE_CHANNELS: usize = 32;
 
 /// `vision_model`: embeddings → encoder → `post_layernorm`.
 #[derive(Debug, Clone)]
