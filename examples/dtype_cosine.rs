@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release --example dtype_cosine -- \
-//!     --model /work/models/full --dtype bf16 --photos tests/fixtures/photos
+//!     --model /work/models/full --dtype bf16,int8 --photos tests/fixtures/photos
 //! ```
 //!
-//! The images are the photos in `--photos` (pre-processed as `qseek index` does) and
-//! `--random` images of random pixel values. Both models are loaded at once (the f32 one
-//! and the other), so memory is their sum.
+//! The images are the first `--max-photos` photos in `--photos` by name (pre-processed as
+//! `qseek index` does) and `--random` images of random pixel values. The f32 vectors are
+//! computed once; each dtype of `--dtype` (comma-separated) is then loaded beside the f32
+//! model, so memory is their sum, and prints its own line.
 
 mod common;
 
@@ -27,12 +28,15 @@ struct Args {
     /// Checkpoint directory.
     #[arg(long)]
     model: PathBuf,
-    /// The dtype compared with f32 (f16, bf16).
+    /// The dtypes compared with f32 (f16, bf16, int8), comma-separated.
     #[arg(long, default_value = "bf16")]
     dtype: String,
     /// A folder of photos to embed.
     #[arg(long)]
     photos: Option<PathBuf>,
+    /// At most this many of its photos (the first by name).
+    #[arg(long)]
+    max_photos: Option<usize>,
     /// Images of random pixel values to embed too.
     #[arg(long, default_value_t = 2)]
     random: usize,
@@ -71,12 +75,13 @@ fn main() -> qseek::Result<()> {
     let args = Args::parse();
     let mut opts = ModelOptions::new(ModelSource::Local(args.model.clone()));
     let reference = Embedder::load(&opts)?;
-    opts.dtype = parse_dtype(&args.dtype)?;
-    let other = Embedder::load(&opts)?;
 
     let mut images = Vec::new();
     if let Some(dir) = &args.photos {
-        for p in &photo_paths(dir)? {
+        let mut paths = photo_paths(dir)?;
+        paths.sort();
+        paths.truncate(args.max_photos.unwrap_or(usize::MAX));
+        for p in &paths {
             images.push(reference.pixel_values(p, &LoadOptions::default())?);
         }
     }
@@ -84,17 +89,22 @@ fn main() -> qseek::Result<()> {
     images.extend((0..args.random).map(|i| random_pixels(3 * size * size, i as u64 + 1)));
 
     let a = query_vectors(&reference, &images, args.batch)?;
-    let b = query_vectors(&other, &images, args.batch)?;
-    let cosines: Vec<f64> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
-    let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
-    let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
-    println!(
-        "{}",
-        serde_json::json!({"model": args.model, "dtype": args.dtype, "images": images.len(),
-            "query_vectors": cosines.len(), "min_cosine": min, "mean_cosine": mean,
-            "bf16_gemm": format!("{:?}", Kernels::chosen().bf16),
-            "int8_gemm": format!("{:?}", Kernels::chosen().int8),
-            "f32_gemm": format!("{:?}", Kernels::chosen().f32)})
-    );
+    for dtype in args.dtype.split(',') {
+        opts.dtype = parse_dtype(dtype)?;
+        let other = Embedder::load(&opts)?;
+        let b = query_vectors(&other, &images, args.batch)?;
+        drop(other);
+        let cosines: Vec<f64> = a.iter().zip(&b).map(|(x, y)| cosine(x, y)).collect();
+        let min = cosines.iter().copied().fold(f64::INFINITY, f64::min);
+        let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
+        println!(
+            "{}",
+            serde_json::json!({"model": args.model, "dtype": dtype, "images": images.len(),
+                "query_vectors": cosines.len(), "min_cosine": min, "mean_cosine": mean,
+                "bf16_gemm": format!("{:?}", Kernels::chosen().bf16),
+                "int8_gemm": format!("{:?}", Kernels::chosen().int8),
+                "f32_gemm": format!("{:?}", Kernels::chosen().f32)})
+        );
+    }
     Ok(())
 }
