@@ -42,8 +42,8 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use qseek_index::{
-    days_from_civil, default_ef, Filter, ImageHit, ImageRecord, Index, Manifest, ModelId,
-    DupParams, PhotoFilter, PhotoMeta, SearchParams, TakenAt, VectorDtype,
+    days_from_civil, default_ef, DupParams, Filter, ImageHit, ImageRecord, Index, Manifest,
+    ModelId, PhotoFilter, PhotoMeta, SearchParams, TakenAt, VectorDtype,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

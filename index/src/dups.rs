@@ -208,7 +208,11 @@ fn graph_pairs(
     ef: usize,
     points_per_image: usize,
 ) -> Vec<(u64, u64)> {
-    let graph = table.rows.graph.as_deref().expect("the caller made the graph ready");
+    let graph = table
+        .rows
+        .graph
+        .as_deref()
+        .expect("the caller made the graph ready");
     let dim = table.rows.vectors.dim();
     let filter = params.path_prefix.is_some().then_some(allowed);
     let pending: Vec<u64> = table.rows.owners[table.rows.graph_rows.min(table.rows.owners.len())..]

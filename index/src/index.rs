@@ -437,7 +437,9 @@ impl Index {
         let allowed = self.allowed(TableKind::Images, filter.as_ref())?;
         let mut exact = params.exact || {
             let state = self.state();
-            let n = allowed.as_ref().map_or(state.images.entries.len(), |a| a.len());
+            let n = allowed
+                .as_ref()
+                .map_or(state.images.entries.len(), |a| a.len());
             n <= params.exact_below
         };
         if !exact {

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use qseek_index::{
-    days_from_civil, DupParams, Error, FeatureDtype, Filter, Gps, Index, Near, PhotoFilter, PhotoMeta,
-    SearchParams, TakenAt, VectorDtype, FORMAT_VERSION,
+    days_from_civil, DupParams, Error, FeatureDtype, Filter, Gps, Index, Near, PhotoFilter,
+    PhotoMeta, SearchParams, TakenAt, VectorDtype, FORMAT_VERSION,
 };
 
 fn exact() -> SearchParams {
