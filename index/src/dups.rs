@@ -42,15 +42,16 @@ pub struct DupParams {
     pub path_prefix: Option<String>,
     /// Score every pair (n²/2 Chamfer similarities), without the graph.
     pub exact: bool,
-    /// Up to this many images the scan is exact anyway (every pair: about 0.3 s per
-    /// 1 000 images on two cores).
+    /// Up to this many images the scan is exact anyway: every pair, about 10 µs of CPU
+    /// each (`ann_bench --items 1000 --dups --exact`: 499 500 pairs in 4.9 s of CPU), so
+    /// 256 images cost about 0.3 s, less than building a graph for them.
     pub exact_below: usize,
 }
 
 impl DupParams {
     /// The graph search width of a near-duplicate scan: a near-duplicate is among an
-    /// image's very nearest points, which a narrow beam finds (`dups_bench`: 64 found
-    /// every planted pair that 256 found, at a third of the time).
+    /// image's very nearest points, which a narrow beam finds (`ann_bench --dups`: every
+    /// planted group of 100 000 images found with 64; wider beams were not measured).
     pub const DEFAULT_EF: usize = 64;
 }
 
@@ -62,7 +63,7 @@ impl Default for DupParams {
             ef: None,
             path_prefix: None,
             exact: false,
-            exact_below: 1024,
+            exact_below: 256,
         }
     }
 }
