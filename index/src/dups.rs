@@ -105,6 +105,12 @@ impl DupGroup {
     }
 }
 
+/// A scored pair: two images (the smaller id first) and their similarity.
+type Edge = (u64, u64, f32);
+
+/// A connected component: its images (sorted) and its edges.
+type Component = (Vec<u64>, Vec<Edge>);
+
 /// Images per block of the exact scan: a block's decoded vectors (64 × Q × D f32,
 /// 2 MiB at 32 × 256) stay in cache while the pairs against it are scored.
 const BLOCK: usize = 64;
@@ -264,7 +270,7 @@ fn score_pairs(
 
 /// The connected components of the edges with more than one image: each its images
 /// (sorted) and its edges.
-fn components(edges: &[(u64, u64, f32)]) -> Vec<(Vec<u64>, Vec<(u64, u64, f32)>)> {
+fn components(edges: &[Edge]) -> Vec<Component> {
     let mut parent: HashMap<u64, u64> = HashMap::new();
     fn find(parent: &mut HashMap<u64, u64>, x: u64) -> u64 {
         let p = *parent.entry(x).or_insert(x);
@@ -281,7 +287,7 @@ fn components(edges: &[(u64, u64, f32)]) -> Vec<(Vec<u64>, Vec<(u64, u64, f32)>)
             parent.insert(ra.max(rb), ra.min(rb));
         }
     }
-    let mut by_root: HashMap<u64, (Vec<u64>, Vec<(u64, u64, f32)>)> = HashMap::new();
+    let mut by_root: HashMap<u64, Component> = HashMap::new();
     for &e in edges {
         let root = find(&mut parent, e.0);
         by_root.entry(root).or_default().1.push(e);
