@@ -73,6 +73,10 @@ pub enum Param {
     MaxDecodes,
     /// A host name the server answers for.
     PublicHost,
+    /// The near-duplicate threshold.
+    Threshold,
+    /// Groups wanted (paging).
+    Limit,
 }
 
 impl std::fmt::Display for Param {
@@ -94,6 +98,8 @@ impl std::fmt::Display for Param {
             Param::MaxConnections => "max_connections",
             Param::MaxDecodes => "max_decodes",
             Param::PublicHost => "public_host",
+            Param::Threshold => "threshold",
+            Param::Limit => "limit",
         };
         f.write_str(name)
     }

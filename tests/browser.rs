@@ -4,7 +4,7 @@
 //! a "without" term, the chips that remove a term or filter, Back and Forward, a slow
 //! answer overtaken by a newer search, a photo's date, camera, size and place in its
 //! detail view, "like this, and…", "texts for this photo", a search loaded from its
-//! address; screenshots at desktop and phone width under `target/tmp/screenshots/`. The
+//! address, the Duplicates view (groups side by side, best copy first); screenshots at desktop and phone width under `target/tmp/screenshots/`. The
 //! server has a token: the page is opened once as `/?token=`, which leaves the address
 //! bar, and every request after it goes by the session cookie. Its
 //! Content-Security-Policy holds: no violation is reported. Skipped, saying so, where no
@@ -771,6 +771,71 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
         ),
     );
     dt.wait_for("their thumbnails", GRID_LOADED);
+
+    // Duplicates: groups side by side, each photo with its size, date and folder, the
+    // best copy first. Each fixture photo is here two or three more times with the same
+    // pixels (the `more/` variants; `paris.jpg`, `old.jpg`, `winter.jpg` with EXIF).
+    dt.eval("document.getElementById('dups-open').click()");
+    dt.wait_for(
+        "the Duplicates view",
+        "!document.getElementById('dups').hidden && document.querySelector('main').hidden",
+    );
+    dt.eval(
+        "document.getElementById('dups-threshold').value = '0.99'; \
+         document.querySelector('#dups-form button[type=submit]').click()",
+    );
+    dt.wait_for(
+        "the duplicate groups and their thumbnails",
+        "document.getElementById('dups-status').textContent.includes('0.99') \
+         && document.querySelectorAll('#dup-groups .dup-group').length > 0 \
+         && [...document.querySelectorAll('#dup-groups img')].every(i => i.complete && i.naturalWidth > 0)",
+    );
+    assert_eq!(dt.eval("location.hash"), json!("#duplicates"));
+    let groups = dt.eval(
+        "[...document.querySelectorAll('.dup-group')].map(g => [...g.querySelectorAll('.dup-member .name')].map(n => n.textContent))",
+    );
+    // Groups in the order of their best copy's path; in a group the dated copy first (the
+    // pixels are the same), then by path (`more/` before `photos/`).
+    let group = |first: Option<&str>, name: &str| {
+        let mut g: Vec<String> = first.map(String::from).into_iter().collect();
+        g.extend([format!("0-{name}"), format!("1-{name}"), name.to_string()]);
+        g
+    };
+    let expected = vec![
+        group(None, "camera.png"),
+        group(None, "chelsea.png"),
+        group(None, "coffee.png"),
+        group(None, "coins.png"),
+        group(Some("old.jpg"), "retina.jpg"),
+        group(Some("paris.jpg"), "rocket.jpg"),
+        group(Some("winter.jpg"), "hubble_deep_field.jpg"),
+    ];
+    assert_eq!(groups, json!(expected));
+    let paris = dt.eval(
+        "(() => { const m = [...document.querySelectorAll('.dup-member')].find(m => m.querySelector('.name').textContent === 'paris.jpg'); \
+         return [m.querySelector('.best') !== null, m.querySelector('time').textContent, m.textContent.includes('640 × 427 px'), \
+         m.querySelector('a.folder').textContent]; })()",
+    );
+    assert_eq!(
+        paris,
+        json!([true, "Jun 14, 2023", true, photos.display().to_string()])
+    );
+    let sims =
+        dt.eval("[...document.querySelectorAll('.dup-member .sim')].map(s => s.textContent)");
+    assert!(
+        sims.as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s == "similarity 1.000"),
+        "{sims}"
+    );
+    assert!(!dt.overflows());
+    dt.screenshot(&shots.join("desktop-duplicates.png"));
+    dt.eval("document.getElementById('dups-close').click()");
+    dt.wait_for(
+        "the search again",
+        "document.getElementById('dups').hidden && !document.querySelector('main').hidden",
+    );
 
     // Phone width: the same search, nothing wider than the screen.
     dt.call(

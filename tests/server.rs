@@ -129,6 +129,23 @@ fn every_endpoint_answers_as_the_cli_does() {
         }
         (texts, c.run_json(&cli))
     });
+    // Near-duplicates at a low threshold (random weights: any groups will do), in pages.
+    let dups_cases = [("0", "2"), ("2", "5")].map(|(offset, limit)| {
+        let cli = [
+            "dups",
+            "--threshold",
+            "0.5",
+            "--offset",
+            offset,
+            "--limit",
+            limit,
+            "--json",
+        ];
+        (
+            format!("/api/duplicates?threshold=0.5&offset={offset}&limit={limit}&scores=true"),
+            c.run_json(&[&cli[..], &["--show-scores"]].concat()),
+        )
+    });
     let cli_info = c.run_json(&["info", "--json"]);
     let cli_texts: Vec<Value> = String::from_utf8_lossy(&c.run(&["texts", "list"]).stdout)
         .lines()
@@ -238,6 +255,25 @@ fn every_endpoint_answers_as_the_cli_does() {
         assert_same(&multi.json(), expected, "multipart upload");
     }
 
+    // Near-duplicates: the CLI's groups, each photo with its URLs.
+    for (api, expected) in &dups_cases {
+        let mut got = server.get_json(api);
+        for member in got["groups"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .flat_map(|g| g["members"].as_array_mut().unwrap())
+        {
+            let id = member["image_id"].as_u64().unwrap();
+            let m = member.as_object_mut().unwrap();
+            assert_eq!(m.remove("image_url").unwrap(), format!("/api/images/{id}"));
+            let thumb = m.remove("thumbnail_url").unwrap();
+            assert_eq!(thumb, format!("/api/images/{id}/thumbnail"));
+        }
+        assert_eq!(&got, expected, "{api}");
+    }
+    assert!(dups_cases[0].1["scores"]["bins"].is_array());
+
     // Texts: listed as the CLI lists them; added.
     assert_eq!(
         server.get_json("/api/texts")["texts"].as_array().unwrap(),
@@ -309,6 +345,30 @@ fn bad_input_gets_a_4xx_json_error_and_no_byte_outside_the_index() {
             "over-long query",
             "GET",
             format!("/api/search?q={long}"),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "a threshold above 1",
+            "GET",
+            "/api/duplicates?threshold=1.5".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "a threshold that is not a number",
+            "GET",
+            "/api/duplicates?threshold=high".into(),
+            &[],
+            vec![],
+            400,
+        ),
+        (
+            "no duplicate groups wanted",
+            "GET",
+            "/api/duplicates?limit=0".into(),
             &[],
             vec![],
             400,

@@ -25,13 +25,25 @@
 //! filter (on the stored vectors). The JSON line gets a `filters` object; a
 //! summary goes to stderr. An index searched with `--filters` must have been
 //! built with it.
+//!
+//! `--dups`: every tenth image `i` (`i % 10 == 7`) gets two near-copies, images
+//! `i + 1` and `i + 2`: its vectors, each slot moved by noise of norm [`COPY_SPREAD`]
+//! (a re-encoded or resized copy moves BLIP-2's vectors a little). The search half
+//! then times `Index::near_duplicates` (threshold `--threshold`, default 0.95; the
+//! graph with `--ef` (default `DupParams::DEFAULT_EF`) and `--neighbours`, or
+//! `--exact`) and checks the groups against the planted ones: recall (planted groups
+//! found whole), and pairs grouped that were not planted.
+//!
+//! ```text
+//! cargo run --release -p qseek-index --example ann_bench -- --items 100000 --dtype int8 --dups
+//! ```
 
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use qseek_index::{
-    days_from_civil, default_ef, Filter, ImageHit, ImageRecord, Index, Manifest, ModelId,
-    PhotoFilter, PhotoMeta, SearchParams, TakenAt, VectorDtype,
+    days_from_civil, default_ef, DupParams, Filter, ImageHit, ImageRecord, Index, Manifest,
+    ModelId, PhotoFilter, PhotoMeta, SearchParams, TakenAt, VectorDtype,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -58,6 +70,9 @@ const QUERY_SPREAD: f32 = 0.8;
 const DAYS: u64 = 100;
 /// The date filters `--filters` measures: the first this many days of 2023.
 const FILTER_DAYS: [u64; 2] = [1, 50];
+/// With `--dups`: how far a near-copy's slots move from the original's (norm of the
+/// noise added to each unit slot vector).
+const COPY_SPREAD: f32 = 0.15;
 
 struct Args {
     items: usize,
@@ -72,6 +87,9 @@ struct Args {
     exact: bool,
     clusters: u64,
     filters: bool,
+    dups: bool,
+    threshold: f32,
+    neighbours: usize,
 }
 
 fn parse_args() -> Args {
@@ -88,6 +106,9 @@ fn parse_args() -> Args {
         exact: false,
         clusters: 0,
         filters: false,
+        dups: false,
+        threshold: DupParams::default().threshold,
+        neighbours: DupParams::default().neighbours,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -103,10 +124,13 @@ fn parse_args() -> Args {
             "--clusters" => a.clusters = v.parse().expect("--clusters C"),
             "--threads" => a.threads = v.parse().expect("--threads N"),
             "--dir" => a.dir = Some(v),
-            "--exact" | "--filters" => {
+            "--threshold" => a.threshold = v.parse().expect("--threshold T"),
+            "--neighbours" => a.neighbours = v.parse().expect("--neighbours N"),
+            "--exact" | "--filters" | "--dups" => {
                 // Flags: take no value.
                 a.exact |= argv[i] == "--exact";
                 a.filters |= argv[i] == "--filters";
+                a.dups |= argv[i] == "--dups";
                 i += 1;
                 continue;
             }
@@ -159,6 +183,28 @@ fn image_vectors(i: u64, centres: &[Vec<f32>]) -> Vec<f32> {
         out.extend(v);
     }
     out
+}
+
+/// The image `--dups` copies image `i` from, if it is a copy.
+fn original_of(i: u64) -> Option<u64> {
+    let r = i % 10;
+    (r == 8 || r == 9).then(|| i - r + 7)
+}
+
+/// The vectors of image `i` as `build` stores them: with `--dups`, a copy is its
+/// original's vectors moved by [`COPY_SPREAD`] (seeded by `i`).
+fn stored_vectors(i: u64, centres: &[Vec<f32>], dups: bool) -> Vec<f32> {
+    let Some(original) = original_of(i).filter(|_| dups) else {
+        return image_vectors(i, centres);
+    };
+    let mut v = image_vectors(original, centres);
+    let mut rng = SmallRng::seed_from_u64(SEED ^ 0xD0B5 ^ (i << 8));
+    for slot in v.chunks_exact_mut(D) {
+        let noise = gaussian_unit(&mut rng, COPY_SPREAD);
+        slot.iter_mut().zip(&noise).for_each(|(x, n)| *x += n);
+        normalise(slot);
+    }
+    v
 }
 
 fn queries(n: usize, items: usize, centres: &[Vec<f32>]) -> Vec<Vec<f32>> {
@@ -250,7 +296,7 @@ fn build(args: &Args, dir: &std::path::Path, centres: &[Vec<f32>]) -> f64 {
         let end = (chunk_start + BATCH).min(args.items);
         let vectors: Vec<Vec<f32>> = (chunk_start..end)
             .into_par_iter()
-            .map(|i| image_vectors(i as u64, centres))
+            .map(|i| stored_vectors(i as u64, centres, args.dups))
             .collect();
         for (i, v) in (chunk_start..end).zip(&vectors) {
             let record = ImageRecord {
@@ -272,6 +318,10 @@ fn build(args: &Args, dir: &std::path::Path, centres: &[Vec<f32>]) -> f64 {
 }
 
 fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]) {
+    if args.dups {
+        dups_bench(args, dir, build_s);
+        return;
+    }
     let qs = queries(args.queries, args.items, centres);
     let rss_before = rss_bytes();
     let open_start = Instant::now();
@@ -363,6 +413,78 @@ fn search(args: &Args, dir: &std::path::Path, build_s: f64, centres: &[Vec<f32>]
     if args.filters {
         out["filters"] = filter_bench(args, &index, &qs);
     }
+    println!("{out}");
+}
+
+/// `--dups`: times `Index::near_duplicates` on an index built with `--dups` and
+/// checks its groups against the planted ones (see the module doc).
+fn dups_bench(args: &Args, dir: &std::path::Path, build_s: f64) {
+    let index = Index::open(dir, Some(&model())).expect("open index");
+    let graph_start = Instant::now();
+    if !args.exact {
+        index.build_graphs();
+    }
+    let graph_s = graph_start.elapsed().as_secs_f64();
+    let params = DupParams {
+        threshold: args.threshold,
+        neighbours: args.neighbours,
+        ef: args.ef,
+        exact: args.exact,
+        ..DupParams::default()
+    };
+    let start = Instant::now();
+    let report = index.near_duplicates(&params).expect("near duplicates");
+    let dups_s = start.elapsed().as_secs_f64();
+    let item = |id| {
+        let info = index.image(id).expect("a group's image is live");
+        info.paths[0]
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".jpg")
+            .parse::<u64>()
+            .unwrap()
+    };
+    // Planted: {i, i + 1, i + 2} for i % 10 == 7 (the last one only if complete).
+    let planted: usize = (0..args.items as u64)
+        .filter(|i| i % 10 == 7 && i + 2 < args.items as u64)
+        .count();
+    let (mut whole, mut wrong_pairs, mut grouped_pairs) = (0, 0, 0);
+    for group in &report.groups {
+        let items: Vec<u64> = group.members.iter().map(|&id| item(id)).collect();
+        let root = |i: u64| original_of(i).unwrap_or(i);
+        for (x, &a) in items.iter().enumerate() {
+            for &b in &items[x + 1..] {
+                grouped_pairs += 1;
+                wrong_pairs += usize::from(root(a) != root(b));
+            }
+        }
+        let r = root(items[0]);
+        if items.len() == 3 && items.iter().all(|&i| root(i) == r) {
+            whole += 1;
+        }
+    }
+    let out = serde_json::json!({
+        "items": args.items,
+        "build_s": (build_s * 100.0).round() / 100.0,
+        "graph_load_s": (graph_s * 100.0).round() / 100.0,
+        "dups_s": (dups_s * 100.0).round() / 100.0,
+        "groups": report.groups.len(),
+        "planted_groups": planted,
+        "planted_groups_found_whole": whole,
+        "recall": round3(whole as f64 / planted.max(1) as f64),
+        "grouped_pairs": grouped_pairs,
+        "wrong_pairs": wrong_pairs,
+        "pairs_scored": report.pairs_scored,
+        "exact": report.exact,
+        "threshold": args.threshold,
+        "neighbours": args.neighbours,
+        "ef": args.ef.unwrap_or(DupParams::DEFAULT_EF),
+        "dtype": format!("{:?}", args.dtype).to_lowercase(),
+        "threads": args.threads,
+        "clusters": args.clusters,
+    });
     println!("{out}");
 }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLockReadGuard;
 
+use crate::dups::{DupParams, DupReport};
 use crate::export::{ImageExport, TextExport};
 use crate::graph::ann_graph::graph_vectors;
 use crate::photo::{PhotoMeta, TakenAt};
@@ -422,6 +423,43 @@ impl Index {
                 (max_sim::chamfer(image_vectors, &other, m.dim), 0)
             });
         Ok(state.image_hits(scored))
+    }
+
+    /// Groups of near-duplicate images: every two members of a group have a symmetric
+    /// Chamfer similarity of at least `params.threshold` (see [`crate::DupParams`] and
+    /// the rule in `dups.rs`). Candidates come from the graph (built first if it is
+    /// not ready: this waits for it), or from every pair when few images are scanned.
+    pub fn near_duplicates(&self, params: &DupParams) -> Result<DupReport> {
+        let filter = params.path_prefix.clone().map(|p| Filter {
+            path_prefix: Some(p),
+            ..Filter::default()
+        });
+        let allowed = self.allowed(TableKind::Images, filter.as_ref())?;
+        let mut exact = params.exact || {
+            let state = self.state();
+            let n = allowed
+                .as_ref()
+                .map_or(state.images.entries.len(), |a| a.len());
+            n <= params.exact_below
+        };
+        if !exact {
+            self.shared.ensure_graph(TableKind::Images, true);
+        }
+        let state = self.state();
+        exact |= state.images.rows.graph.is_none();
+        let mut ids: Vec<u64> = match allowed {
+            Some(a) => a.into_iter().collect(),
+            None => state.images.entries.keys().copied().collect(),
+        };
+        ids.sort_unstable();
+        let ef = params.ef.unwrap_or(DupParams::DEFAULT_EF);
+        Ok(crate::dups::near_duplicates(
+            &state.images,
+            &ids,
+            params,
+            (!exact).then_some(ef),
+            self.shared.manifest.graph_points_per_image,
+        ))
     }
 
     /// What the images' metadata holds: how many have a date, a camera, a place, or

@@ -8,6 +8,7 @@
 //! `ARCHITECTURE.md`.
 #![warn(missing_docs)]
 
+mod dups;
 mod export;
 mod graph;
 mod index;
@@ -19,6 +20,7 @@ mod table;
 mod verify;
 mod writer;
 
+pub use dups::{DupGroup, DupParams, DupReport};
 pub use export::{ExportedImage, ExportedText, ImageExport, TextExport};
 pub use graph::point_map::{PointMap, PointTarget};
 pub use index::{ImageInfo, Index, IndexStats, PhotoStats, QueryTerm, TextInfo};

@@ -317,7 +317,7 @@ impl<E: TableEntry> Table<E> {
     /// graph, so that a filter never costs recall. The best `2 × want ×
     /// probes` items by graph similarity are kept: re-scoring is cheap next to
     /// the graph walk, and the similarity of a centroid is only a proxy.
-    fn graph_candidates(
+    pub(crate) fn graph_candidates(
         &self,
         graph: &AnnGraph,
         probes: &[&[f32]],

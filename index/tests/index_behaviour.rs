@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use qseek_index::{
-    days_from_civil, Error, FeatureDtype, Filter, Gps, Index, Near, PhotoFilter, PhotoMeta,
-    SearchParams, TakenAt, VectorDtype, FORMAT_VERSION,
+    days_from_civil, DupParams, Error, FeatureDtype, Filter, Gps, Index, Near, PhotoFilter,
+    PhotoMeta, SearchParams, TakenAt, VectorDtype, FORMAT_VERSION,
 };
 
 fn exact() -> SearchParams {
@@ -1061,4 +1061,104 @@ fn set_photo_gives_an_indexed_image_its_metadata_durably() {
     let info = index.image_by_path("a.jpg").unwrap();
     assert_eq!(info.photo, Some(photo_of(1)));
     assert_eq!(info.content_hash, "ha");
+}
+
+/// `vectors` moved by `spread` times other unit vectors (seeded by `seed`), each slot
+/// normalised again: a near-copy of an image.
+fn moved(vectors: &[f32], seed: u64, spread: f32) -> Vec<f32> {
+    let mut v = vectors.to_vec();
+    v.iter_mut()
+        .zip(unit_vectors(seed, Q))
+        .for_each(|(x, n)| *x += spread * n);
+    v.chunks_exact_mut(D).for_each(normalise);
+    v
+}
+
+#[test]
+fn near_duplicates_group_copies_and_refuse_a_chain_by_transitivity() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = create(dir.path());
+    let mut w = index.writer().unwrap();
+    let mut add = |path: &str, vectors: &[f32]| {
+        w.add_image(record(path, path), vectors, None).unwrap();
+    };
+    for i in 0..150 {
+        add(&format!("img/{i}.jpg"), &unit_vectors(i, Q));
+    }
+    // Two copies of image 10, one of image 50 (a re-encode, a resize: small moves).
+    add("copies/10a.jpg", &moved(&unit_vectors(10, Q), 1010, 0.1));
+    add("copies/10b.jpg", &moved(&unit_vectors(10, Q), 1011, 0.1));
+    add("copies/50a.jpg", &moved(&unit_vectors(50, Q), 1050, 0.1));
+    // A chain: b is a's edit, c is b's edit; a and c are further apart.
+    let a = unit_vectors(9000, Q);
+    let b = moved(&a, 9001, 0.3);
+    let c = moved(&b, 9002, 0.3);
+    add("chain/a.jpg", &a);
+    add("chain/b.jpg", &b);
+    add("chain/c.jpg", &c);
+    w.commit().unwrap();
+    drop(w);
+    let chamfer = |x: &[f32], y: &[f32]| qseek_index::max_sim::chamfer(x, y, D);
+    let (ab, bc, ac) = (chamfer(&a, &b), chamfer(&b, &c), chamfer(&a, &c));
+    // A threshold that a–b and b–c pass and a–c fails.
+    let threshold = (ab.min(bc) + ac) / 2.0;
+    assert!(ab.min(bc) > threshold && ac < threshold, "{ab} {bc} {ac}");
+    let groups = |exact: bool| {
+        let params = DupParams {
+            threshold,
+            exact,
+            exact_below: 0,
+            ..DupParams::default()
+        };
+        let report = index.near_duplicates(&params).unwrap();
+        assert_eq!(report.exact, exact);
+        assert_eq!(report.images, 156);
+        let mut groups: Vec<Vec<String>> = report
+            .groups
+            .iter()
+            .map(|g| {
+                for i in 0..g.members.len() {
+                    for j in 0..g.members.len() {
+                        assert!(g.similarity(i, j) >= threshold, "{g:?}");
+                    }
+                }
+                let mut paths: Vec<String> = g
+                    .members
+                    .iter()
+                    .map(|&id| index.image(id).unwrap().paths[0].path.clone())
+                    .collect();
+                paths.sort();
+                paths
+            })
+            .collect();
+        groups.sort();
+        groups
+    };
+    let exact = groups(true);
+    // The chain's middle joins the one it is nearer; a and c never share a group.
+    let chain = if ab >= bc {
+        ["chain/a.jpg", "chain/b.jpg"]
+    } else {
+        ["chain/b.jpg", "chain/c.jpg"]
+    };
+    assert_eq!(
+        exact,
+        vec![
+            chain.to_vec(),
+            vec!["copies/10a.jpg", "copies/10b.jpg", "img/10.jpg"],
+            vec!["copies/50a.jpg", "img/50.jpg"],
+        ]
+    );
+    assert_eq!(groups(false), exact, "through the graph");
+    // Under a folder: only its images are scanned.
+    let report = index
+        .near_duplicates(&DupParams {
+            threshold,
+            path_prefix: Some("copies/".into()),
+            ..DupParams::default()
+        })
+        .unwrap();
+    assert_eq!(report.images, 3);
+    assert_eq!(report.groups.len(), 1);
+    assert_eq!(report.groups[0].members.len(), 2);
 }

@@ -3,6 +3,7 @@
 //! Exit status: 0 when everything succeeded; 1 when some inputs (files, texts) failed
 //! but the others were processed; 2 when the command could not run at all.
 
+mod dups;
 mod embed;
 mod eval;
 mod export;
@@ -51,6 +52,9 @@ enum Command {
     /// Manage the texts that `search --image FILE --texts` finds.
     #[command(subcommand)]
     Texts(texts::TextsCommand),
+    /// List groups of near-duplicate photos (bursts, resized, re-encoded, cropped or
+    /// lightly edited copies), best first. Never deletes anything.
+    Dups(dups::DupsArgs),
     /// Show what an index holds.
     Info(manage::InfoArgs),
     /// Remove files or folders from the index.
@@ -100,6 +104,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Search(args) => search::run(args),
         Command::Export(args) => export::run(args),
         Command::Texts(cmd) => texts::run(cmd),
+        Command::Dups(args) => dups::run(args),
         Command::Info(args) => manage::info(args),
         Command::Remove(args) => manage::remove(args),
         Command::Compact(args) => manage::compact(args),
@@ -196,6 +201,8 @@ fn flag(param: Param) -> &'static str {
         Param::MaxConnections => "--max-connections",
         Param::MaxDecodes => "--max-decodes",
         Param::PublicHost => "--public-host",
+        Param::Threshold => "--threshold",
+        Param::Limit => "--limit",
     }
 }
 

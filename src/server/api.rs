@@ -21,6 +21,7 @@ use super::jobs::IndexStatus;
 use super::{AppState, MAX_QUERY_CHARS, MAX_TEXTS_PER_REQUEST};
 use crate::error::{BadRequest, Param};
 use crate::pipeline::texts::{TextEntry, TextsSummary};
+use crate::service::dups::{self, DupsFound, DupsRequest, DupsResponse};
 use crate::service::query::{like_term, split_weight, text_term, PhotoFilterText, Term, TermInput};
 use crate::service::search::{
     first_photo, read_roots, search, Hit, QueryEcho, QueryInput, SearchRequest, SearchResponse,
@@ -49,6 +50,7 @@ pub(super) fn routes(max_upload_bytes: usize) -> OpenApiRouter<Shared> {
         .routes(routes!(info))
         .routes(routes!(search_text, search_body))
         .routes((schemas, paths, image_search))
+        .routes(routes!(duplicates))
         .routes(routes!(list_texts, add_texts))
         .routes(routes!(index_status, start_indexing, cancel_indexing))
         .routes(routes!(image))
@@ -152,6 +154,163 @@ async fn info(State(state): State<Shared>) -> ApiResult<Json<InfoDocument>> {
         info,
         indexing: state.indexing.status(),
     }))
+}
+
+/// Query parameters of `GET /api/duplicates`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DuplicatesQuery {
+    /// Near-duplicates at or above this symmetric Chamfer similarity, above 0 and at
+    /// most 1 (default 0.95).
+    threshold: Option<f32>,
+    /// Only photos whose path is under this folder (a filter: never opened).
+    under: Option<String>,
+    /// Groups skipped first (paging), at most 10 000.
+    offset: Option<usize>,
+    /// Groups wanted, 1 to 1000 (default 20).
+    limit: Option<usize>,
+    /// Also answer the similarity distribution (`scores`), to calibrate the threshold.
+    scores: Option<bool>,
+}
+
+/// A scan the server keeps for the next pages: valid while the index is at the same
+/// commit and the same threshold and folder are asked for.
+pub(super) struct DupsCache {
+    generation: u64,
+    request: DupsRequest,
+    found: Arc<DupsFound>,
+}
+
+/// A duplicate group's photo, with where to get it.
+#[derive(Serialize, ToSchema)]
+struct ServedDupMember {
+    #[serde(flatten)]
+    member: dups::DupMember,
+    /// The photo's JPEG thumbnail.
+    thumbnail_url: String,
+    /// The photo itself.
+    image_url: String,
+}
+
+/// A group of near-duplicates (or one photo at several paths), best first.
+#[derive(Serialize, ToSchema)]
+struct ServedDupGroup {
+    /// Best first: the most pixels, then the newest date taken, then the path.
+    members: Vec<ServedDupMember>,
+}
+
+/// One page of near-duplicate groups (as `qseek dups --json`, with URLs).
+#[derive(Serialize, ToSchema)]
+struct ServedDuplicates {
+    /// The threshold used.
+    threshold: f32,
+    /// Photos scanned.
+    images: usize,
+    /// Whether every pair was scored, else the HNSW graph's candidates.
+    exact: bool,
+    /// Groups in all pages.
+    total_groups: usize,
+    /// Groups skipped before this page.
+    offset: usize,
+    /// This page's groups, in the order of their first photo's path.
+    groups: Vec<ServedDupGroup>,
+    /// The similarity distribution, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scores: Option<dups::ScoreDistribution>,
+}
+
+impl From<DupsResponse> for ServedDuplicates {
+    fn from(r: DupsResponse) -> Self {
+        let groups = r
+            .groups
+            .into_iter()
+            .map(|g| ServedDupGroup {
+                members: g
+                    .members
+                    .into_iter()
+                    .map(|member| ServedDupMember {
+                        thumbnail_url: format!("/api/images/{}/thumbnail", member.image_id),
+                        image_url: format!("/api/images/{}", member.image_id),
+                        member,
+                    })
+                    .collect(),
+            })
+            .collect();
+        ServedDuplicates {
+            threshold: r.threshold,
+            images: r.images,
+            exact: r.exact,
+            total_groups: r.total_groups,
+            offset: r.offset,
+            groups,
+            scores: r.scores,
+        }
+    }
+}
+
+/// Groups of near-duplicate photos: bursts, resized, re-encoded, cropped or lightly
+/// edited copies, every two photos of a group at least `threshold` alike, each group
+/// best first (the most pixels, then the newest date, then the path) with each photo's
+/// similarity to the first. A photo stored at several paths is a group too. Paged; the
+/// scan is kept for the next pages until the index changes. Nothing is ever deleted.
+#[utoipa::path(get, path = "/api/duplicates", tag = "collection", params(DuplicatesQuery),
+    responses(
+        (status = 200, description = "One page of groups", body = ServedDuplicates),
+        (status = 400, description = "A parameter out of range", body = ErrorBody)))]
+async fn duplicates(
+    State(state): State<Shared>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<ServedDuplicates>> {
+    let q: DuplicatesQuery = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| bad_request(format!("query parameters: {e}")))?;
+    let offset = q.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(BadRequest::OutOfRange {
+            param: Param::Offset,
+            expected: "at most 10000",
+        }
+        .into());
+    }
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=MAX_K).contains(&limit) {
+        return Err(BadRequest::OutOfRange {
+            param: Param::Limit,
+            expected: "between 1 and 1000",
+        }
+        .into());
+    }
+    let request = DupsRequest {
+        threshold: Some(dups::threshold(q.threshold)?),
+        // A filter only: compared with indexed paths, never opened.
+        under: q.under.filter(|u| !u.is_empty()).map(Into::into),
+    };
+    let scores = q.scores.unwrap_or(false);
+    let page = blocking(&state, move |s| {
+        let index = &s.collection.index;
+        let generation = index.stats().generation;
+        let cached = s
+            .dups
+            .lock()
+            .expect("dups cache lock")
+            .as_ref()
+            .filter(|c| c.generation == generation && c.request == request)
+            .map(|c| c.found.clone());
+        let found = match cached {
+            Some(found) => found,
+            None => {
+                let found = Arc::new(dups::find(index, &request)?);
+                *s.dups.lock().expect("dups cache lock") = Some(DupsCache {
+                    generation,
+                    request,
+                    found: found.clone(),
+                });
+                found
+            }
+        };
+        dups::page(&found, offset, Some(limit), scores)
+    })
+    .await?;
+    Ok(Json(page.into()))
 }
 
 /// Query parameters of the search routes (and the keys of `POST /api/search`'s body).
@@ -720,6 +879,7 @@ mod tests {
             ("/", "get"),
             ("/api/health", "get"),
             ("/api/info", "get"),
+            ("/api/duplicates", "get"),
             ("/api/search", "get"),
             ("/api/search", "post"),
             ("/api/search/image", "get"),
@@ -774,6 +934,7 @@ mod tests {
             "IndexStatus",
             "InfoDocument",
             "TextsSummary",
+            "ServedDuplicates",
         ] {
             assert!(
                 doc["components"]["schemas"][schema].is_object(),

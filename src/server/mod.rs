@@ -220,6 +220,8 @@ pub struct AppState {
     decodes: DecodeSlots,
     batch: usize,
     max_upload_bytes: usize,
+    /// The last near-duplicate scan, kept for its next pages (`api::duplicates`).
+    dups: std::sync::Mutex<Option<api::DupsCache>>,
 }
 
 /// Serves until Ctrl-C, searching the index (or `opts.engine`).
@@ -319,6 +321,7 @@ fn router(collection: Collection, opts: &ServeOptions, bound: SocketAddr) -> Rou
         decodes: DecodeSlots::new(opts.max_decodes),
         batch: opts.batch,
         max_upload_bytes: opts.max_upload_bytes,
+        dups: std::sync::Mutex::new(None),
         collection,
     });
     let edge = Arc::new(Edge::new(

@@ -7,12 +7,14 @@
 //! - [`query`]: the parts of a search request parsed the same way everywhere: the
 //!   metadata filters and the sort.
 //! - [`texts`]: adding and listing the sentences image → texts finds.
+//! - [`dups`]: near-duplicate photos, grouped, best first.
 //! - [`manage`]: what an index holds, removing files and folders.
 //! - [`embeddings`]: the model alone: embeddings (`embed`) and ITC/ITM scores (`score`).
 //! - [`calls`]: [`calls::ModelCalls`], how a search reaches the model (directly, or
 //!   through the server's batcher).
 
 pub mod calls;
+pub mod dups;
 pub mod embeddings;
 pub mod manage;
 pub mod query;

@@ -577,9 +577,104 @@ $("index-form").addEventListener("submit", async (e) => {
 $("cancel").addEventListener("click", async () => { await api("/api/index", { method: "DELETE" }); poll(); });
 poll();
 
+// ---- Duplicates -----------------------------------------------------------------
+//
+// Its own view (the address's `#duplicates`): groups of near-duplicate photos side by
+// side, each photo with its size, date, similarity to the group's first and its folder.
+// The page only lists them: qseek never deletes a photo.
+const DUP_PAGE = 20;
+let dups = null; // { threshold, under, next, total }: the groups shown
+let dupSeq = 0;
+
+function showDupsView(on) {
+  $("dups").hidden = !on;
+  document.querySelector("main").hidden = on;
+  $("dups-open").setAttribute("aria-pressed", String(on));
+  if (on && location.hash !== "#duplicates") history.pushState(history.state, "", location.pathname + location.search + "#duplicates");
+  if (!on && location.hash === "#duplicates") history.pushState(history.state, "", location.pathname + location.search);
+}
+
+function folderLink(folder) {
+  const a = el("a", { className: "folder", href: "file://" + folder.split("/").map(encodeURIComponent).join("/") + "/", textContent: folder });
+  a.title = "Its folder (the browser may only let you copy this address into a file manager)";
+  return a;
+}
+
+function dupMember(m, first) {
+  remember(m.image_id, m.path);
+  const name = m.path.split(/[\\/]/).pop();
+  const photo = el("a", { className: "dup-photo", href: m.image_url, target: "_blank", rel: "noopener" },
+    el("img", { loading: "lazy", src: m.thumbnail_url, alt: name }));
+  const sim = first ? el("span", { className: "best", textContent: "best copy" })
+    : el("span", { className: "sim", textContent: `similarity ${m.similarity.toFixed(3)}` });
+  const date = readableDate(m.taken_at);
+  const caption = el("figcaption", {},
+    el("strong", { className: "name", textContent: name }),
+    sim,
+    el("span", { textContent: `${m.width} × ${m.height} px` }),
+    date ? el("time", { dateTime: m.taken_at, textContent: date }) : el("span", { className: "undated", textContent: "no date" }),
+    folderLink(m.folder),
+    m.copies.length ? el("span", { className: "copies", textContent: `+ ${m.copies.length} identical ${m.copies.length === 1 ? "copy" : "copies"}`, title: m.copies.join("\n") }) : null);
+  const fig = el("figure", { className: "dup-member" }, photo, caption);
+  fig.dataset.id = m.image_id;
+  return fig;
+}
+
+async function loadDups(append) {
+  const mine = ++dupSeq;
+  if (!append) {
+    const t = $("dups-threshold").value.trim();
+    dups = { threshold: t, under: $("dups-under").value.trim(), next: 0, total: 0 };
+    $("dup-groups").replaceChildren();
+  }
+  const p = new URLSearchParams({ offset: dups.next, limit: DUP_PAGE });
+  if (dups.threshold) p.set("threshold", dups.threshold);
+  if (dups.under) p.set("under", dups.under);
+  $("dups-status").textContent = "Looking for near-duplicates…";
+  $("dups-more").hidden = true;
+  let doc;
+  try {
+    doc = await api("/api/duplicates?" + p);
+  } catch (e) {
+    if (mine === dupSeq) $("dups-status").textContent = e.message;
+    return;
+  }
+  if (mine !== dupSeq) return;
+  for (const g of doc.groups) {
+    const files = g.members.reduce((n, m) => n + 1 + m.copies.length, 0);
+    const title = g.members.length === 1 ? `${files} identical files` : `${g.members.length} near-duplicates`;
+    const group = el("section", { className: "dup-group" },
+      el("h3", { textContent: title }),
+      el("div", { className: "dup-row" }, ...g.members.map((m, i) => dupMember(m, i === 0))));
+    $("dup-groups").append(group);
+  }
+  saveNames();
+  dups.next = doc.offset + doc.groups.length;
+  dups.total = doc.total_groups;
+  $("dups-status").textContent = doc.total_groups
+    ? `${doc.total_groups} group${doc.total_groups === 1 ? "" : "s"} among ${doc.images} photos (similarity ≥ ${doc.threshold})`
+    : `No near-duplicates among ${doc.images} photos at similarity ≥ ${doc.threshold}.`;
+  $("dups-more").hidden = dups.next >= dups.total;
+}
+
+$("dups-open").addEventListener("click", () => {
+  const on = $("dups").hidden;
+  showDupsView(on);
+  if (on && !dups) loadDups(false);
+});
+$("dups-close").addEventListener("click", () => showDupsView(false));
+$("dups-form").addEventListener("submit", (e) => { e.preventDefault(); loadDups(false); });
+$("dups-more").addEventListener("click", () => loadDups(true));
+window.addEventListener("hashchange", () => {
+  const on = location.hash === "#duplicates";
+  if (on !== !$("dups").hidden) showDupsView(on);
+  if (on && !dups) loadDups(false);
+});
+
 // The search in the address, if any (a link, a reload).
 {
   const s = normalize(fromParams(new URLSearchParams(location.search)));
   history.replaceState({ search: s }, "", addressOf(s));
   if (hasSubject(s) || isFiltered(s)) { fill(s); run(s, false); }
 }
+if (location.hash === "#duplicates") { showDupsView(true); loadDups(false); }
