@@ -244,6 +244,9 @@ struct QFormerLayer {
 }
 
 impl QFormerLayer {
+    /// xs (1, queries + text, hidden) → the same rows, or with `queries_only` (the last
+    /// layer: ITM reads the queries) the queries alone; with `probe`, the
+    /// cross-attention's probabilities as a [`Var`].
     fn forward(
         &self,
         xs: &Tensor,
@@ -251,6 +254,7 @@ impl QFormerLayer {
         vision: &Tensor,
         query_len: usize,
         probe: bool,
+        queries_only: bool,
     ) -> Result<(Tensor, Option<Var>)> {
         let (attended, _) = self.attention.forward(xs, xs, Some(mask), false)?;
         let mut queries = attended.narrow(1, 0, query_len)?;
@@ -259,6 +263,9 @@ impl QFormerLayer {
             (queries, var) = cross.forward(&queries, vision, None, probe)?;
         }
         let queries = self.query_feed_forward.forward(&queries)?;
+        if queries_only {
+            return Ok((queries, var));
+        }
         let total = attended.dim(1)?;
         let text =
             self.text_feed_forward
@@ -364,8 +371,9 @@ impl ItmGradCam {
         )?;
         let mut xs = self.layernorm.forward(&embeds)?;
         let mut probs = None;
+        let last = self.layer.len() - 1;
         for (i, l) in self.layer.iter().enumerate() {
-            let (out, var) = l.forward(&xs, &mask, &vision, query_len, i == layer)?;
+            let (out, var) = l.forward(&xs, &mask, &vision, query_len, i == layer, i == last)?;
             xs = out;
             probs = probs.or(var);
         }
