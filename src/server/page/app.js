@@ -517,7 +517,7 @@ async function whyOn() {
 // A jet-like colour for t in [0, 1] (the server's overlay uses the same).
 function heatColour(t) {
   const ramp = (c) => Math.round(Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - c))) * 255);
-  return [ramp(3), ramp(2), ramp(1)];
+  return [ramp(3.5), ramp(2), ramp(0.5)];
 }
 
 function drawWhy(i) {
@@ -533,7 +533,7 @@ function drawWhy(i) {
       const v = t.heat_max > 0 ? t.heat[r][c] / t.heat_max : 0;
       const [red, green, blue] = heatColour(v);
       const o = (r * g + c) * 4;
-      data.data.set([red, green, blue, Math.round(0.65 * v * 255)], o);
+      data.data.set([red, green, blue, Math.round(0.7 * v * v * 255)], o);
     }
   }
   ctx.putImageData(data, 0, 0);

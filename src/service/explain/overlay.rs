@@ -4,7 +4,8 @@
 //! covers the whole photo: cell (r, c) is rows r/grid … (r+1)/grid of its height and
 //! columns c/grid … (c+1)/grid of its width. The map is scaled by its max,
 //! interpolated bilinearly between the cells' centres, coloured (blue → red) and blended
-//! over the photo in proportion to its value, so cold patches show the photo as it is.
+//! over the photo with an opacity of 0.7 · value², so cold patches show the photo as it
+//! is and hot ones stand out.
 
 use std::io::Cursor;
 
@@ -57,7 +58,8 @@ pub fn blend(photo: &RgbImage, map: &[f32], grid: usize) -> RgbImage {
             let bottom = at(r1, c0) * (1.0 - fx) + at(r1, c1) * fx;
             let t = top * (1.0 - fy) + bottom * fy;
             let colour = colormap(t);
-            let alpha = 0.65 * t;
+            // Squared: the middle of the scale tints, the hot patches colour.
+            let alpha = 0.7 * t * t;
             let px = img.get_pixel_mut(x, y);
             for (ch, col) in px.0.iter_mut().zip(colour) {
                 *ch = (*ch as f32 * (1.0 - alpha) + col * alpha).round() as u8;
@@ -67,11 +69,13 @@ pub fn blend(photo: &RgbImage, map: &[f32], grid: usize) -> RgbImage {
     img
 }
 
-/// t in [0, 1] → blue, cyan, green, yellow, red (a jet-like map, as LAVIS's demo draws).
+/// t in [0, 1] → blue, cyan, green, yellow, red: jet's ramps (LAVIS's demo draws jet),
+/// with its ends at full blue and full red rather than dark, so the hottest patch is
+/// the brightest.
 fn colormap(t: f32) -> [f32; 3] {
     let t = t.clamp(0.0, 1.0);
     let ramp = |centre: f32| (1.5 - (4.0 * t - centre).abs()).clamp(0.0, 1.0) * 255.0;
-    [ramp(3.0), ramp(2.0), ramp(1.0)]
+    [ramp(3.5), ramp(2.0), ramp(0.5)]
 }
 
 #[cfg(test)]
