@@ -465,6 +465,47 @@ fn the_page_searches_shows_photos_and_works_at_phone_width() {
         assert!(meta.as_str().unwrap().contains(label), "{meta}");
     }
     dt.screenshot(&shots.join("desktop-detail.png"));
+    // Why?: the ITM head's heat map drawn over the photo, with its numbers; off again.
+    assert_eq!(
+        dt.eval("document.getElementById('why').hidden"),
+        json!(false)
+    );
+    dt.eval("document.getElementById('why').click()");
+    dt.wait_for(
+        "the heat map",
+        "!document.getElementById('detail-heat').hidden \
+         && document.getElementById('why-text').textContent.startsWith('ITC')",
+    );
+    let heat = dt.eval(
+        "(() => { const c = document.getElementById('detail-heat'), i = document.getElementById('detail-img'); \
+         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; let alpha = 0; \
+         for (let k = 3; k < d.length; k += 4) alpha = Math.max(alpha, d[k]); \
+         const a = c.getBoundingClientRect(), b = i.getBoundingClientRect(); \
+         return [c.width, c.height, alpha, a.width > 50 && a.left >= b.left - 1 && a.top >= b.top - 1 \
+           && a.right <= b.right + 1 && a.bottom <= b.bottom + 1 \
+           && (Math.abs(a.width - b.width) < 1 || Math.abs(a.height - b.height) < 1) \
+           && Math.abs(a.width / a.height - i.naturalWidth / i.naturalHeight) < 0.02]; })()",
+    );
+    assert_eq!(heat[0], json!(16), "{heat}");
+    assert_eq!(heat[1], json!(16), "{heat}");
+    assert!(
+        heat[2].as_u64().unwrap() > 150,
+        "the hottest patch is drawn: {heat}"
+    );
+    assert_eq!(
+        heat[3],
+        json!(true),
+        "the map covers the photo as drawn: {heat}"
+    );
+    let why = dt.eval("document.getElementById('why-text').textContent");
+    assert!(why.as_str().unwrap().contains("query vector"), "{why}");
+    assert!(why.as_str().unwrap().contains("ITM match"), "{why}");
+    dt.screenshot(&shots.join("desktop-why.png"));
+    dt.eval("document.getElementById('why').click()");
+    assert_eq!(
+        dt.eval("document.getElementById('detail-heat').hidden && document.getElementById('why-panel').hidden"),
+        json!(true)
+    );
 
     // More like this: the photo's neighbours, itself left out.
     dt.eval("document.getElementById('like-this').click()");

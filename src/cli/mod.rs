@@ -6,6 +6,7 @@
 mod dups;
 mod embed;
 mod eval;
+mod explain;
 mod export;
 mod index;
 mod manage;
@@ -39,6 +40,8 @@ enum Command {
     Embed(embed::EmbedCommand),
     /// Score images against texts: ITC cosine, ITM logits and match probability.
     Score(score::ScoreArgs),
+    /// Why a photo matches a sentence: the ITC query vector and an ITM heat map.
+    Explain(explain::ExplainArgs),
     /// Index folders of photos (incremental: only new or changed files run the model).
     Index(index::IndexArgs),
     /// Embed one shard of a folder or file list into a Parquet file (for `import`).
@@ -98,6 +101,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match cli.command {
         Command::Embed(cmd) => embed::run(cmd),
         Command::Score(args) => score::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Index(args) => index::run(args),
         Command::ShardEmbed(args) => shard::shard_embed_run(args),
         Command::Import(args) => shard::import_run(args),

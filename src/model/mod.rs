@@ -2,10 +2,12 @@
 //!
 //! `config` reads `config.json`; `vision` is `vision_model.*`; `qformer` is
 //! `embeddings.*` and `qformer.*`; `retrieval` ties them with `query_tokens`, the
-//! projections and `itm_head`; `checkpoint` finds and opens the files.
+//! projections and `itm_head`; `gradcam` is the ITM pass again with a backward pass, for
+//! explanations; `checkpoint` finds and opens the files.
 
 pub mod checkpoint;
 pub mod config;
+pub mod gradcam;
 mod lazy;
 pub mod ops;
 mod precision;

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::config::Blip2Config;
+use super::gradcam::{GradCam, ItmGradCam};
 use super::lazy::Lazy;
 use super::on_compute_pool;
 use super::ops::{additive_mask, l2_normalize, Linear};
@@ -73,6 +74,10 @@ pub struct Blip2ForImageTextRetrieval {
     /// bf16, read at the first ITM call, so a process that never reranks never holds
     /// it (~2 bytes per Q-Former weight). `None` elsewhere (ITM then runs `qformer`).
     itm_qformer: Option<Arc<Lazy<QFormerModel>>>,
+    /// The ITM pass again in ops with a backward pass, for
+    /// [`itm_gradcam`](Self::itm_gradcam): read from the checkpoint (f32) at the first
+    /// explanation, so a process that never explains never holds it.
+    itm_gradcam: Arc<Lazy<ItmGradCam>>,
     /// The precision asked for.
     precision: Precision,
     /// The dtype of the ViT's activations: `dtype`, or f32 where `qseek_kernels::gemm` computes
@@ -165,6 +170,12 @@ impl Blip2ForImageTextRetrieval {
                     QFormerModel::new(&q, vb.clone(), Some(kernel), f32)
                 }))
             }),
+            itm_gradcam: {
+                let (cfg, vb) = (cfg.clone(), f32_vb.clone());
+                Arc::new(Lazy::new("itm_gradcam", move || {
+                    ItmGradCam::new(&cfg, vb.clone())
+                }))
+            },
             precision,
             vision_dtype,
             num_query_tokens: cfg.num_query_tokens,
@@ -291,6 +302,17 @@ impl Blip2ForImageTextRetrieval {
             let logits = self.itm_head.forward(&out)?;
             logits.mean(1)
         })
+    }
+}
+
+impl Blip2ForImageTextRetrieval {
+    /// The ITM Grad-CAM (see [`super::gradcam`]) of one image's vision features
+    /// (1, 1 + grid², vision hidden) with one text's token ids, at the cross-attention
+    /// layer `layer` (`qformer.encoder.layer.{layer}`; [`super::gradcam::default_layer`]
+    /// is the default). Runs in f32 through candle's ops and autograd, not the packed
+    /// kernels: seconds for the full model, where an ITM score takes milliseconds.
+    pub fn itm_gradcam(&self, vision: &Tensor, ids: &[u32], layer: usize) -> Result<GradCam> {
+        self.on_compute_pool(|| self.itm_gradcam.get()?.forward(vision, ids, layer))
     }
 }
 

@@ -22,6 +22,8 @@ use super::{AppState, MAX_QUERY_CHARS, MAX_TEXTS_PER_REQUEST};
 use crate::error::{BadRequest, Param};
 use crate::pipeline::texts::{TextEntry, TextsSummary};
 use crate::service::dups::{self, DupsFound, DupsRequest, DupsResponse};
+use crate::service::explain::overlay::overlay_png;
+use crate::service::explain::{ExplainImage, ExplainRequest, Explanation};
 use crate::service::query::{like_term, split_weight, text_term, PhotoFilterText, Term, TermInput};
 use crate::service::search::{
     first_photo, read_roots, search, Hit, QueryEcho, QueryInput, SearchRequest, SearchResponse,
@@ -53,6 +55,7 @@ pub(super) fn routes(max_upload_bytes: usize) -> OpenApiRouter<Shared> {
         .routes(routes!(duplicates))
         .routes(routes!(list_texts, add_texts))
         .routes(routes!(index_status, start_indexing, cancel_indexing))
+        .routes(routes!(explain))
         .routes(routes!(image))
         .routes(routes!(thumbnail))
         .routes(routes!(openapi_document))
@@ -805,6 +808,141 @@ async fn cancel_indexing(State(state): State<Shared>) -> Json<IndexStatus> {
     Json(state.indexing.cancel())
 }
 
+/// Query parameters of `GET /api/explain`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ExplainQuery {
+    /// The indexed photo.
+    id: u64,
+    /// The sentence, at most 1000 characters.
+    q: Option<String>,
+    /// Another sentence of the query (repeatable), with an optional weight: each has its
+    /// own map.
+    #[serde(default)]
+    also: Vec<String>,
+    /// A sentence the photo must not match (repeatable): its map shows where it would.
+    #[serde(default)]
+    not: Vec<String>,
+    /// The Q-Former layer whose cross-attention the maps read (default: the one nearest
+    /// the middle, 6 for BLIP-2).
+    layer: Option<usize>,
+    /// `json` (the default) or `png`: the photo with one term's map blended over it.
+    format: Option<String>,
+    /// With `format=png`: which term's map, 0 for `q` (the default), then `also`, then
+    /// `not`, in their order.
+    term: Option<usize>,
+}
+
+/// The parameters of `GET /api/explain`, the repeatable `also` and `not` included.
+fn explain_params(raw: Option<String>) -> ApiResult<ExplainQuery> {
+    let raw = raw.unwrap_or_default();
+    let mut rest = form_urlencoded::Serializer::new(String::new());
+    let (mut also, mut not) = (Vec::new(), Vec::new());
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        match &*key {
+            "also" => also.push(value.into_owned()),
+            "not" => not.push(value.into_owned()),
+            _ => {
+                rest.append_pair(&key, &value);
+            }
+        }
+    }
+    let mut q: ExplainQuery = serde_urlencoded::from_str(&rest.finish())
+        .map_err(|e| bad_request(format!("query parameters: {e}")))?;
+    (q.also, q.not) = (also, not);
+    Ok(q)
+}
+
+/// Why an indexed photo matches a sentence: for each text term (`q`, `also`, `not`),
+/// the query vector that gave the ITC max and the runner-up, the ITM logit, and the
+/// Grad-CAM heat map of the ITM head's cross-attention over the ViT's patch grid; with
+/// `format=png`, the photo with a map blended over it. Uses the photo's stored vision
+/// features when the index holds them; costs about a second per sentence on 2 cores
+/// for BLIP-2 (ViT-g).
+#[utoipa::path(get, path = "/api/explain", tag = "search", params(ExplainQuery),
+    responses((status = 200, description = "The explanation (or, with format=png, the overlay as image/png)", body = Explanation),
+        (status = 400, description = "A bad request", body = ErrorBody),
+        (status = 404, description = "No such image", body = ErrorBody)))]
+async fn explain(State(state): State<Shared>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+    let q = explain_params(raw)?;
+    let (also, not) = (&q.also, &q.not);
+    let png = match q.format.as_deref().unwrap_or("json") {
+        "json" => false,
+        "png" => true,
+        other => return Err(bad_request(format!("format {other:?}: use json or png"))),
+    };
+    let mut terms = Vec::new();
+    if let Some(text) = q.q.as_deref().filter(|t| !t.trim().is_empty()) {
+        terms.push(text_term("q", text, false)?);
+    }
+    for a in also {
+        terms.push(text_term("also", a, false)?);
+    }
+    for n in not {
+        terms.push(text_term("not", n, true)?);
+    }
+    if terms.is_empty() {
+        return Err(BadRequest::EmptyQuery.into());
+    }
+    if terms.len() > MAX_TERMS {
+        return Err(BadRequest::OutOfRange {
+            param: Param::Terms,
+            expected: "at most 8",
+        }
+        .into());
+    }
+    for t in &terms {
+        if let TermInput::Text(text) = &t.input {
+            let chars = text.chars().count();
+            if chars > MAX_QUERY_CHARS {
+                return Err(BadRequest::QueryTooLong {
+                    chars,
+                    limit: MAX_QUERY_CHARS,
+                }
+                .into());
+            }
+        }
+    }
+    let term = q.term.unwrap_or(0);
+    if term >= terms.len() {
+        return Err(bad_request(format!(
+            "term {term}: the query has {} sentences (0 is q)",
+            terms.len()
+        )));
+    }
+    let req = ExplainRequest {
+        terms,
+        layer: q.layer,
+    };
+    // An explanation is seconds of model work and may decode the photo: it waits for a
+    // decode permit, so that a burst of them queues instead of taking every core.
+    let permit = state.decodes.permit().await;
+    let answer = blocking(&state, move |s| {
+        let c = &s.collection;
+        let image = ExplainImage::indexed(c, &s.settings, q.id, png)?;
+        let explanation = crate::service::explain::explain(&c.embedder, &s.model, &image, &req)?;
+        let overlay = match (png, &image.photo) {
+            (true, Some(photo)) => {
+                let map: Vec<f32> = explanation.terms[term]
+                    .heat
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect();
+                Some(overlay_png(photo, &map, explanation.grid)?)
+            }
+            _ => None,
+        };
+        drop(permit);
+        Ok((explanation, overlay))
+    })
+    .await?;
+    Ok(match answer {
+        (_, Some(png)) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
+        (explanation, None) => Json(explanation).into_response(),
+    })
+}
+
 /// An indexed photo's file, as it is on disk.
 #[utoipa::path(get, path = "/api/images/{id}", tag = "images",
     params(("id" = u64, Path, description = "The image's id")),
@@ -889,6 +1027,7 @@ mod tests {
             ("/api/index", "get"),
             ("/api/index", "post"),
             ("/api/index", "delete"),
+            ("/api/explain", "get"),
             ("/api/images/{id}", "get"),
             ("/api/images/{id}/thumbnail", "get"),
             ("/api/openapi.json", "get"),
@@ -935,6 +1074,7 @@ mod tests {
             "InfoDocument",
             "TextsSummary",
             "ServedDuplicates",
+            "Explanation",
         ] {
             assert!(
                 doc["components"]["schemas"][schema].is_object(),

@@ -10,12 +10,15 @@
 //! - [`dups`]: near-duplicate photos, grouped, best first.
 //! - [`manage`]: what an index holds, removing files and folders.
 //! - [`embeddings`]: the model alone: embeddings (`embed`) and ITC/ITM scores (`score`).
+//! - [`explain`]: why a photo matches a sentence: the ITC query vector and the ITM
+//!   Grad-CAM heat map.
 //! - [`calls`]: [`calls::ModelCalls`], how a search reaches the model (directly, or
 //!   through the server's batcher).
 
 pub mod calls;
 pub mod dups;
 pub mod embeddings;
+pub mod explain;
 pub mod manage;
 pub mod query;
 pub mod search;

@@ -462,8 +462,108 @@ function openDetail(hit) {
   dl.replaceChildren();
   for (const [k, v] of rows) dl.append(el("dt", { textContent: k }), el("dd", {}, v));
   $("like-and-q").value = "";
+  whyOff();
+  $("why").hidden = whyTerms().length === 0;
   $("detail").showModal();
 }
+
+// ---- Why? The ITM head's heat map over the photo ----------------------------------
+
+// The search's sentences, as `GET /api/explain` takes them: q, then also, then not.
+function whyTerms() {
+  if (!current || current.texts !== null) return [];
+  const terms = [];
+  if (current.q) terms.push(["q", current.q]);
+  for (const t of current.also) terms.push(["also", t]);
+  for (const t of current.not) terms.push(["not", t]);
+  return terms;
+}
+let why = null; // the explanation shown: { id, doc }
+
+function whyOff() {
+  why = null;
+  $("why").setAttribute("aria-pressed", "false");
+  $("why-panel").hidden = true;
+  $("detail-heat").hidden = true;
+}
+
+async function whyOn() {
+  const hit = detailHit, terms = whyTerms();
+  const p = new URLSearchParams({ id: String(hit.image_id) });
+  for (const [k, v] of terms) p.append(k, v);
+  $("why").setAttribute("aria-pressed", "true");
+  $("why-panel").hidden = false;
+  $("why-term").hidden = true;
+  $("why-text").textContent = "Looking where the model looked…";
+  let doc;
+  try {
+    const response = await fetch(`/api/explain?${p}`);
+    doc = await response.json();
+    if (!response.ok) throw new Error(doc.error ? doc.error.message : response.statusText);
+  } catch (e) {
+    if (detailHit === hit) $("why-text").textContent = `No explanation: ${e.message}`;
+    return;
+  }
+  if (detailHit !== hit || $("why").getAttribute("aria-pressed") !== "true") return;
+  why = { id: hit.image_id, doc };
+  const select = $("why-term");
+  select.replaceChildren(...doc.terms.map((t, i) => el("option", {
+    value: String(i), textContent: (t.weight < 0 ? "not: " : "") + t.text,
+  })));
+  select.hidden = doc.terms.length < 2;
+  drawWhy(0);
+}
+
+// A jet-like colour for t in [0, 1] (the server's overlay uses the same).
+function heatColour(t) {
+  const ramp = (c) => Math.round(Math.min(1, Math.max(0, 1.5 - Math.abs(4 * t - c))) * 255);
+  return [ramp(3.5), ramp(2), ramp(0.5)];
+}
+
+function drawWhy(i) {
+  if (!why) return;
+  const t = why.doc.terms[i], g = why.doc.grid;
+  const canvas = $("detail-heat"), img = $("detail-img");
+  canvas.width = g;
+  canvas.height = g;
+  const ctx = canvas.getContext("2d");
+  const data = ctx.createImageData(g, g);
+  for (let r = 0; r < g; r++) {
+    for (let c = 0; c < g; c++) {
+      const v = t.heat_max > 0 ? t.heat[r][c] / t.heat_max : 0;
+      const [red, green, blue] = heatColour(v);
+      const o = (r * g + c) * 4;
+      data.data.set([red, green, blue, Math.round(0.7 * v * v * 255)], o);
+    }
+  }
+  ctx.putImageData(data, 0, 0);
+  // Over the photo as it is drawn inside its box (`object-fit: contain`); BLIP-2 sees it
+  // squashed to a square, so the grid covers all of it.
+  const w = img.clientWidth, h = img.clientHeight;
+  const scale = Math.min(w / (img.naturalWidth || w), h / (img.naturalHeight || h)) || 1;
+  const cw = (img.naturalWidth || w) * scale, ch = (img.naturalHeight || h) * scale;
+  Object.assign(canvas.style, {
+    left: `${img.offsetLeft + (w - cw) / 2}px`, top: `${img.offsetTop + (h - ch) / 2}px`,
+    width: `${cw}px`, height: `${ch}px`,
+  });
+  canvas.hidden = false;
+  const ru = t.itc.runner_up;
+  $("why-text").textContent =
+    `ITC ${t.itc.best.similarity.toFixed(4)} from query vector ${t.itc.best.query}` +
+    (ru ? ` (runner-up ${ru.query}: ${ru.similarity.toFixed(4)})` : "") +
+    `\nITM match ${(t.itm_prob * 100).toFixed(1)}% (logit ${t.itm_logit.toFixed(3)})` +
+    `\nHeat: Grad-CAM of layer ${why.doc.layer}'s cross-attention; hottest patch row ${t.hottest[0]}, column ${t.hottest[1]}` +
+    (why.doc.stored_features ? "" : " (the photo went through the image encoder)");
+}
+
+$("why").addEventListener("click", () => {
+  if ($("why").getAttribute("aria-pressed") === "true") whyOff();
+  else whyOn();
+});
+$("why-term").addEventListener("change", (e) => drawWhy(Number(e.target.value)));
+const redrawWhy = () => { if (why && !$("detail-heat").hidden) drawWhy(Number($("why-term").value) || 0); };
+window.addEventListener("resize", redrawWhy);
+$("detail-img").addEventListener("load", redrawWhy);
 
 // A new search about the photo in the dialog: the form's filters stay.
 function aboutPhoto(change) {
