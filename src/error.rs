@@ -197,9 +197,9 @@ pub enum BadRequest {
         /// The file (or request) it came from.
         source_name: String,
     },
-    /// An upload is not a request body the service understands.
-    #[error("bad upload: {reason}")]
-    BadUpload {
+    /// A request (its parameters, body or upload) the service cannot read.
+    #[error("{reason}")]
+    Malformed {
         /// What is wrong.
         reason: String,
     },

@@ -89,7 +89,7 @@ impl IntoResponse for ApiError {
 /// A bad request in words (a malformed parameter, body or upload).
 pub fn bad_request(reason: impl Into<String>) -> ApiError {
     ApiError(
-        BadRequest::BadUpload {
+        BadRequest::Malformed {
             reason: reason.into(),
         }
         .into(),
