@@ -258,8 +258,12 @@ fn photo_of(i: u64) -> PhotoMeta {
 
 /// The item number of a hit: paths are `photos/{i % 100}/{i}.jpg`.
 fn item_of(hit: &ImageHit) -> u64 {
-    hit.paths[0]
-        .rsplit('/')
+    item_of_path(&hit.paths[0])
+}
+
+/// The item number of a path `photos/{i % 100}/{i}.jpg`.
+fn item_of_path(path: &str) -> u64 {
+    path.rsplit('/')
         .next()
         .unwrap()
         .trim_end_matches(".jpg")
@@ -437,14 +441,7 @@ fn dups_bench(args: &Args, dir: &std::path::Path, build_s: f64) {
     let dups_s = start.elapsed().as_secs_f64();
     let item = |id| {
         let info = index.image(id).expect("a group's image is live");
-        info.paths[0]
-            .path
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .trim_end_matches(".jpg")
-            .parse::<u64>()
-            .unwrap()
+        item_of_path(&info.paths[0].path)
     };
     // Planted: {i, i + 1, i + 2} for i % 10 == 7 (the last one only if complete).
     let planted: usize = (0..args.items as u64)

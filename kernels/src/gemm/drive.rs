@@ -63,16 +63,7 @@ pub(crate) fn drive<E: Element>(
                         if let Some(dequant) = dequant {
                             dequant.apply(i0 + r, j * NR, row);
                         }
-                        match epilogue {
-                            Epilogue::Gelu => gelu_in_place(kernel, row),
-                            Epilogue::Residual(residual) => {
-                                let at = (i0 + r) * n + j * NR;
-                                for (y, x) in row.iter_mut().zip(&residual[at..at + cols]) {
-                                    *y += x;
-                                }
-                            }
-                            Epilogue::None => {}
-                        }
+                        apply_epilogue(kernel, epilogue, (i0 + r) * n + j * NR, row);
                     }
                 }
             }
@@ -83,6 +74,21 @@ pub(crate) fn drive<E: Element>(
     // blocks read them back.
     unsafe { y.set_len(rows * n) };
     y
+}
+
+/// `epilogue` on `row`, outputs of `y` from element `at` of it (row-major, rows × n): the
+/// residual's values at the same place.
+pub(crate) fn apply_epilogue(kernel: Kernel, epilogue: Epilogue, at: usize, row: &mut [f32]) {
+    match epilogue {
+        Epilogue::Gelu => gelu_in_place(kernel, row),
+        Epilogue::Residual(residual) => {
+            let end = at + row.len();
+            for (y, x) in row.iter_mut().zip(&residual[at..end]) {
+                *y += x;
+            }
+        }
+        Epilogue::None => {}
+    }
 }
 
 /// An output buffer shared by tasks that write disjoint parts of it: `drive`'s column

@@ -33,7 +33,7 @@
 
 use rayon::prelude::*;
 
-use super::drive::{drive, Element};
+use super::drive::{apply_epilogue, drive, Element};
 use super::pack::{pack_rows, padded_bias, PackedWeight};
 use super::{Epilogue, Kernel, Rows, NR};
 
@@ -427,24 +427,27 @@ pub(crate) fn matmul<E: Unit>(
     drop(a);
     // The second pass: what the codes left out of each row (at most half a step each),
     // coded with a step of its own, about 1/254 of the first.
-    let left_out = |r: usize| -> Vec<f32> {
-        let inv = 1.0 / steps[r];
-        let mut rest: Vec<f32> = x
-            .row(r)
-            .iter()
-            .map(|&v| v - code(v, inv) as f32 * steps[r])
-            .collect();
-        for o in &splits[r].outliers {
-            rest[o.channel as usize] = 0.0;
-        }
-        rest
-    };
-    let steps2: Vec<f32> = (0..x.rows)
+    let (rows, k, n) = (x.rows, w.k, w.n);
+    let mut left_out = vec![0f32; rows * k];
+    left_out
+        .par_chunks_mut(k.max(1))
+        .enumerate()
+        .for_each(|(r, rest)| {
+            let inv = 1.0 / steps[r];
+            for (e, &v) in rest.iter_mut().zip(x.row(r)) {
+                *e = v - code(v, inv) as f32 * steps[r];
+            }
+            for o in &splits[r].outliers {
+                rest[o.channel as usize] = 0.0;
+            }
+        });
+    let left_out = Rows::new(&left_out, rows, k);
+    let steps2: Vec<f32> = (0..rows)
         .into_par_iter()
-        .map(|r| scale(&left_out(r), LEVELS))
+        .map(|r| scale(left_out.row(r), LEVELS))
         .collect();
-    let a2 = pack_rows(x, w.k.div_ceil(E::K), |r, _, out| {
-        E::row(&left_out(r), 1.0 / steps2[r], out)
+    let a2 = pack_rows(left_out, k.div_ceil(E::K), |r, row, out| {
+        E::row(row, 1.0 / steps2[r], out)
     });
     let zeros = vec![0f32; packed.bias.len()];
     let dequant2 = Dequant {
@@ -456,14 +459,13 @@ pub(crate) fn matmul<E: Unit>(
     };
     let y2 = drive(
         kernel,
-        x.rows,
+        rows,
         w,
         &packed.units,
         &a2,
         Some(&dequant2),
         Epilogue::None,
     );
-    let n = w.n;
     y.par_chunks_mut(n)
         .zip(y2.par_chunks(n))
         .enumerate()
@@ -471,15 +473,7 @@ pub(crate) fn matmul<E: Unit>(
             for (a, b) in row.iter_mut().zip(second) {
                 *a += b;
             }
-            match epilogue {
-                Epilogue::Gelu => crate::activations::gelu_in_place(kernel, row),
-                Epilogue::Residual(residual) => {
-                    for (a, b) in row.iter_mut().zip(&residual[r * n..(r + 1) * n]) {
-                        *a += b;
-                    }
-                }
-                Epilogue::None => {}
-            }
+            apply_epilogue(kernel, epilogue, r * n, row);
         });
     y
 }
