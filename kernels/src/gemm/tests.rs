@@ -692,8 +692,9 @@ fn a_row_gives_its_outliers_and_exact_inputs_to_f32_and_keeps_its_step_otherwise
     let zeros = vec![0f32; 64];
     let mut one = vec![0f32; 64];
     one[9] = -3.0;
-    // (row, exact inputs, channels taken, step)
-    let cases: [(&str, &[f32], &[usize], Vec<usize>, f32); 7] = [
+    /// (name, row, exact inputs, channels taken, step)
+    type Case<'a> = (&'a str, &'a [f32], &'a [usize], Vec<usize>, f32);
+    let cases: [Case; 7] = [
         ("no outliers", &plain, &[], vec![], max(&plain) / 127.0),
         (
             "4 × 50",
